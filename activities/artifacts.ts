@@ -1,0 +1,105 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
+import type { ArtifactRef } from '../schemas/pipeline';
+
+const URI_PATTERN = /^artifact:([a-z-]+)\/([0-9a-f]{64})\.([a-z0-9.]+)$/;
+
+export function sha256Hex(data: Buffer | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/**
+ * Content-addressed files under `<DACP_HOME>/artifacts`. A file's name is its sha256, so the same
+ * bytes are stored once and a retried write is a no-op. Writes go to a temporary file, are fsynced
+ * and renamed into place, so a crash never leaves a half-written artifact under its final name.
+ * Reads verify the hash, so a corrupted file is never used.
+ */
+export class ArtifactStore {
+  constructor(readonly root: string) {}
+
+  pathOf(uri: string): string {
+    const match = URI_PATTERN.exec(uri);
+    if (!match) throw ApplicationFailure.nonRetryable(`not an artifact URI: ${uri}`, 'ArtifactUriInvalid');
+    const [, kind, sha, ext] = match;
+    return path.join(this.root, kind, sha.slice(0, 2), `${sha}.${ext}`);
+  }
+
+  async put(kind: string, data: Buffer, ext: string): Promise<ArtifactRef> {
+    const sha256 = sha256Hex(data);
+    const uri = `artifact:${kind}/${sha256}.${ext}`;
+    const target = this.pathOf(uri);
+    if (await this.isIntact(target, sha256)) return { uri, sha256, bytes: data.length };
+    const dir = path.dirname(target);
+    await fs.mkdir(dir, { recursive: true });
+    const temp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const handle = await fs.open(temp, 'w');
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    try {
+      await fs.rename(temp, target);
+    } catch (err) {
+      await fs.rm(temp, { force: true });
+      throw err;
+    }
+    await syncDirectory(dir);
+    return { uri, sha256, bytes: data.length };
+  }
+
+  async putJson(kind: string, value: unknown): Promise<ArtifactRef> {
+    return this.put(kind, Buffer.from(JSON.stringify(value, null, 2) + '\n'), 'json');
+  }
+
+  /** Read an artifact and check it is exactly what `ref` names. */
+  async get(ref: { uri: string; sha256: string }): Promise<Buffer> {
+    const file = this.pathOf(ref.uri);
+    let data: Buffer;
+    try {
+      data = await fs.readFile(file);
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(
+        `artifact ${ref.uri} is missing from ${this.root} (${(err as NodeJS.ErrnoException).code}); was DACP_HOME changed?`,
+        'ArtifactMissing',
+      );
+    }
+    const actual = sha256Hex(data);
+    if (actual !== ref.sha256) {
+      throw ApplicationFailure.nonRetryable(
+        `artifact ${ref.uri} is corrupted: sha256 ${actual} instead of ${ref.sha256}`,
+        'ArtifactCorrupted',
+      );
+    }
+    return data;
+  }
+
+  async getJson<T>(ref: { uri: string; sha256: string }): Promise<T> {
+    return JSON.parse((await this.get(ref)).toString('utf8')) as T;
+  }
+
+  /** True when the artifact exists and hashes to what it should. */
+  async verify(ref: { uri: string; sha256: string }): Promise<boolean> {
+    return this.isIntact(this.pathOf(ref.uri), ref.sha256);
+  }
+
+  private async isIntact(file: string, sha256: string): Promise<boolean> {
+    try {
+      return sha256Hex(await fs.readFile(file)) === sha256;
+    } catch {
+      return false;
+    }
+  }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

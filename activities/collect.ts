@@ -1,0 +1,77 @@
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
+import { Context } from '@temporalio/activity';
+import { upsertDataset } from '../db/records';
+import type { DatasetRef, DatasetRole } from '../schemas/pipeline';
+import type { RunSpec } from '../schemas/runSpec';
+import type { ActivityDeps } from './context';
+import { writeDataset, type DatasetDoc } from './datasets';
+import { readSource, type SourceDoc } from './sources';
+
+export interface CollectSummary {
+  sources: { index: number; kind: string; role: DatasetRole; docs: number }[];
+  docs: Record<DatasetRole, number>;
+  bytes: Record<DatasetRole, number>;
+}
+
+function toDatasetDoc(doc: SourceDoc): DatasetDoc {
+  return 'text' in doc ? { text: doc.text } : { prompt: doc.prompt, response: doc.response };
+}
+
+/** collect: read every source, group documents by role, and store them as content-addressed shards. */
+export function collectActivities({ pool, store }: ActivityDeps) {
+  return {
+    async collectSources(input: { runId: string; spec: RunSpec; baseDir: string }): Promise<{
+      datasets: DatasetRef[];
+      summary: CollectSummary;
+    }> {
+      const { spec, baseDir } = input;
+      const allowedRoots = spec.dataRoots?.map((root) => path.resolve(baseDir, root));
+      const byRole: Record<DatasetRole, DatasetDoc[]> = { domain: [], replay: [], instruct: [] };
+      const summary: CollectSummary = {
+        sources: [],
+        docs: { domain: 0, replay: 0, instruct: 0 },
+        bytes: { domain: 0, replay: 0, instruct: 0 },
+      };
+      for (const [index, source] of spec.sources.entries()) {
+        Context.current().heartbeat({ source: index });
+        let docs: SourceDoc[];
+        try {
+          docs = await readSource(source, { baseDir, allowedRoots });
+        } catch (err) {
+          if (err instanceof ApplicationFailure) {
+            throw ApplicationFailure.create({
+              message: `sources[${index}] (${source.kind}, role ${source.role}): ${err.message}`,
+              type: err.type ?? 'SourceInvalid',
+              nonRetryable: Boolean(err.nonRetryable),
+            });
+          }
+          throw err;
+        }
+        for (const doc of docs) {
+          const entry = toDatasetDoc(doc);
+          if (source.role === 'instruct' && !('prompt' in entry)) {
+            throw ApplicationFailure.nonRetryable(
+              `sources[${index}]: role "instruct" needs prompt/response pairs, but ${doc.origin} gave plain text; use a JSONL file with prompt and response fields`,
+              'SourceInvalid',
+            );
+          }
+          if (source.role !== 'instruct' && !('text' in entry)) {
+            throw ApplicationFailure.nonRetryable(`sources[${index}]: role "${source.role}" needs text documents`, 'SourceInvalid');
+          }
+          byRole[source.role].push(entry);
+        }
+        summary.sources.push({ index, kind: source.kind, role: source.role, docs: docs.length });
+      }
+      const datasets: DatasetRef[] = [];
+      for (const role of ['domain', 'replay', 'instruct'] as const) {
+        const ref = await writeDataset(store, role, 'train', byRole[role]);
+        await upsertDataset(pool, input.runId, 'collect', ref);
+        summary.docs[role] = ref.docs;
+        summary.bytes[role] = ref.dataBytes;
+        datasets.push(ref);
+      }
+      return { datasets, summary };
+    },
+  };
+}

@@ -1,0 +1,13 @@
+import type { Client } from '@temporalio/client';
+import type { Pool } from 'pg';
+import type { ArtifactStore } from './artifacts';
+
+/** What activities need from the worker that hosts them; created once per worker process. */
+export interface ActivityDeps {
+  pool: Pool;
+  store: ArtifactStore;
+  /** Used by training activities to signal live progress to their workflow. */
+  client?: Client;
+  /** Training backend preference (else DACP_TF_BACKEND, else the best available). */
+  tfBackend?: string;
+}

@@ -1,0 +1,81 @@
+import { ApplicationFailure } from '@temporalio/common';
+import { upsertDataset } from '../db/records';
+import { cleanDocuments, normalizeForDedup, type QualityReport } from '../ml/quality';
+import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
+import type { RunSpec } from '../schemas/runSpec';
+import { sha256Hex } from './artifacts';
+import type { ActivityDeps } from './context';
+import { docText, readDataset, writeDataset, type DatasetDoc } from './datasets';
+
+export interface QualitySummary {
+  report: ArtifactRef;
+  perRole: Record<DatasetRole, QualityReport & { train: number; heldout: number }>;
+}
+
+/**
+ * Held-out membership is a pure function of the document's normalised text, so a document lands on
+ * the same side in every run and retry, and near-identical copies cannot straddle train and held-out.
+ */
+function isHeldout(doc: DatasetDoc, fraction: number): boolean {
+  const h = sha256Hex(normalizeForDedup(docText(doc)));
+  return parseInt(h.slice(0, 8), 16) / 0x1_0000_0000 < fraction;
+}
+
+function splitHeldout(docs: DatasetDoc[], fraction: number): { train: DatasetDoc[]; heldout: DatasetDoc[] } {
+  const train: DatasetDoc[] = [];
+  const heldout: DatasetDoc[] = [];
+  for (const doc of docs) (isHeldout(doc, fraction) ? heldout : train).push(doc);
+  // Both sides must be non-empty for training and evaluation; move one document if the hash split is lopsided.
+  if (heldout.length === 0 && train.length > 1) heldout.push(train.pop() as DatasetDoc);
+  if (train.length === 0 && heldout.length > 1) train.push(heldout.pop() as DatasetDoc);
+  return { train, heldout };
+}
+
+/** quality: de-duplicate, filter, redact PII, split held-out sets; fail clearly when too little survives. */
+export function qualityActivities({ pool, store }: ActivityDeps) {
+  return {
+    async qualityFilter(input: { runId: string; spec: RunSpec; raw: DatasetRef[] }): Promise<{
+      datasets: DatasetRef[];
+      summary: QualitySummary;
+    }> {
+      const { spec } = input;
+      const datasets: DatasetRef[] = [];
+      const perRole = {} as QualitySummary['perRole'];
+      const problems: string[] = [];
+      for (const raw of input.raw) {
+        const docs = await readDataset(store, raw);
+        const { kept, report } = cleanDocuments(docs, {
+          minChars: spec.quality.minChars,
+          maxChars: spec.quality.maxChars,
+          maxRepetitionRatio: spec.quality.maxRepetitionRatio,
+          maxSymbolRatio: spec.quality.maxSymbolRatio,
+          redactPii: spec.quality.redactPii,
+        });
+        if (kept.length < spec.quality.minDocs) {
+          const reasons = Object.entries(report.removed)
+            .filter(([, n]) => n > 0)
+            .map(([reason, n]) => `${reason}: ${n}`)
+            .join(', ');
+          problems.push(
+            `${raw.role}: ${kept.length} of ${docs.length} documents survived (need quality.minDocs = ${spec.quality.minDocs}; removed ${reasons || 'none'})`,
+          );
+        }
+        const { train, heldout } = splitHeldout(kept, spec.heldoutFraction);
+        perRole[raw.role] = { ...report, train: train.length, heldout: heldout.length };
+        for (const [split, part] of [['train', train], ['heldout', heldout]] as const) {
+          const ref = await writeDataset(store, raw.role, split, part);
+          await upsertDataset(pool, input.runId, 'quality', ref);
+          datasets.push(ref);
+        }
+      }
+      const reportRef = await store.putJson('reports', { kind: 'quality', runId: input.runId, perRole });
+      if (problems.length) {
+        throw ApplicationFailure.nonRetryable(
+          `too few documents survived quality filtering — ${problems.join('; ')}. Add data or relax the quality settings.`,
+          'TooFewDocuments',
+        );
+      }
+      return { datasets, summary: { report: reportRef, perRole } };
+    },
+  };
+}

@@ -1,0 +1,60 @@
+import { ApplicationFailure } from '@temporalio/common';
+import * as records from '../db/records';
+import type { ApprovalRequest, Decision, RunState, Stage } from '../schemas/pipeline';
+import type { RunSpec } from '../schemas/runSpec';
+import { sha256Hex } from './artifacts';
+import type { ActivityDeps } from './context';
+
+/** Activities that write the run's own records: the run row, transitions and approval decisions. */
+export function recordActivities({ pool }: ActivityDeps) {
+  return {
+    async registerRun(input: { runId: string; workflowId: string; spec: RunSpec; initiator: string }): Promise<void> {
+      await records.insertRun(pool, {
+        ...input,
+        specSha256: sha256Hex(JSON.stringify(input.spec)),
+      });
+    },
+
+    async recordTransition(input: {
+      runId: string;
+      key: string;
+      event: string;
+      stage: Stage;
+      state?: RunState;
+      actor: string;
+      details: Record<string, unknown>;
+    }): Promise<void> {
+      await records.recordTransition(pool, input);
+    },
+
+    async recordDecision(input: { runId: string; decision: Decision; request: ApprovalRequest }): Promise<void> {
+      const signed = {
+        baseModel: input.request.artifacts.baseModel.sha256,
+        tunedModel: input.request.artifacts.tunedModel.sha256,
+        forgettingReport: input.request.artifacts.forgettingReport.sha256,
+        instructReport: input.request.artifacts.instructReport.sha256,
+      };
+      const fresh = await records.insertDecision(pool, input.runId, input.decision, signed);
+      if (!fresh) {
+        const { rows } = await pool.query('SELECT decision FROM approvals WHERE run_id = $1 AND principal = $2', [
+          input.runId,
+          input.decision.principal,
+        ]);
+        if (rows[0]?.decision !== input.decision.decision) {
+          throw ApplicationFailure.nonRetryable(
+            `${input.decision.principal} already recorded a different decision on ${input.runId}`,
+            'DecisionConflict',
+          );
+        }
+      }
+      await records.recordTransition(pool, {
+        runId: input.runId,
+        key: `${input.runId}:decision:${input.decision.principal}`,
+        event: input.decision.decision === 'approve' ? 'approved_by' : 'rejected_by',
+        stage: 'approval',
+        actor: input.decision.principal,
+        details: { comment: input.decision.comment ?? null, artifacts: signed, at: input.decision.at },
+      });
+    },
+  };
+}

@@ -1,0 +1,325 @@
+/**
+ * Reading one run source into documents: files and globs (plain text, Markdown, JSON lines) or a
+ * read-only Postgres query. Called from the collect activity; every expected failure is a
+ * non-retryable ApplicationFailure with a type name and a one-line message that says what to fix.
+ * The caller prefixes messages with the source's index.
+ */
+import { promises as fs, type Dirent } from 'node:fs';
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
+import { Client, type QueryConfig, type QueryResult } from 'pg';
+
+export type SourceRole = 'domain' | 'replay' | 'instruct';
+export type Source =
+  | { kind: 'files'; role: SourceRole; paths: string[]; format?: 'auto' | 'text' | 'jsonl'; textField?: string; promptField?: string; responseField?: string }
+  | { kind: 'postgres'; role: SourceRole; query: string; textColumn?: string; promptColumn?: string; responseColumn?: string; connectionEnv?: string };
+export type SourceDoc = { text: string; origin: string } | { prompt: string; response: string; origin: string };
+
+export interface ReadSourceOptions {
+  /** Directory that relative paths and globs are resolved against. */
+  baseDir: string;
+  /** When given, files must lie (after resolving symlinks) below one of these directories. */
+  allowedRoots?: string[];
+  /** Largest file read; bigger ones are refused rather than loaded into memory. */
+  maxFileBytes?: number;
+}
+
+export const defaultMaxFileBytes = 256 * 1024 * 1024;
+
+export type SourceFailureType =
+  | 'SourceNotFound' | 'SourceUnreadable' | 'SourceInvalid' | 'SourceTooLarge'
+  | 'SourceQueryFailed' | 'SourceOutsideRoots' | 'SourceEnvMissing' | 'SourceConnectFailed';
+
+function fail(type: SourceFailureType, message: string): never {
+  throw ApplicationFailure.nonRetryable(message, type);
+}
+
+export async function readSource(source: Source, o: ReadSourceOptions): Promise<SourceDoc[]> {
+  return source.kind === 'files' ? readFileSource(source, o) : readPostgresSource(source);
+}
+
+// ---------------------------------------------------------------- files
+
+type FileSource = Extract<Source, { kind: 'files' }>;
+
+async function readFileSource(source: FileSource, o: ReadSourceOptions): Promise<SourceDoc[]> {
+  const roots = o.allowedRoots ? await Promise.all(o.allowedRoots.map((r) => realOrResolved(path.resolve(o.baseDir, r)))) : undefined;
+  const files = new Set<string>();
+  for (const entry of source.paths) {
+    for (const file of await expandPath(entry, o.baseDir, roots)) files.add(file);
+  }
+  const docs: SourceDoc[] = [];
+  for (const file of [...files].sort()) {
+    const shown = displayPath(file, o.baseDir);
+    if (roots) await ensureInsideRoots(file, shown, roots);
+    const text = await readUtf8(file, shown, o.maxFileBytes ?? defaultMaxFileBytes);
+    const format = formatOf(source.format ?? 'auto', file, shown);
+    if (format === 'text') {
+      if (source.role === 'instruct') {
+        fail('SourceInvalid', `${shown}: an instruct source needs prompt/response pairs; give a .jsonl file with "${source.promptField ?? 'prompt'}" and "${source.responseField ?? 'response'}" fields`);
+      }
+      docs.push({ text, origin: shown });
+    } else {
+      docs.push(...parseJsonl(text, shown, source));
+    }
+  }
+  return docs;
+}
+
+function displayPath(file: string, baseDir: string): string {
+  const relative = path.relative(path.resolve(baseDir), file);
+  return relative.startsWith('..') || path.isAbsolute(relative) ? file : relative.split(path.sep).join('/');
+}
+
+async function realOrResolved(p: string): Promise<string> {
+  try {
+    return await fs.realpath(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+function isInside(file: string, root: string): boolean {
+  const relative = path.relative(root, file);
+  return relative === '' || (!relative.startsWith('..') && !path.isAbsolute(relative));
+}
+
+async function ensureInsideRoots(file: string, shown: string, roots: string[]): Promise<void> {
+  const real = await realOrResolved(file);
+  if (!roots.some((root) => isInside(real, root))) {
+    fail('SourceOutsideRoots', `${shown} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its directory to allowedRoots`);
+  }
+}
+
+const globChars = /[*?]/;
+
+/** A literal path, or a glob (`*`, `?`, `**`) expanded by walking below its literal prefix. */
+async function expandPath(entry: string, baseDir: string, roots: string[] | undefined): Promise<string[]> {
+  const absolute = path.resolve(baseDir, entry);
+  const segments = absolute.split(path.sep);
+  const firstGlob = segments.findIndex((s) => globChars.test(s));
+  if (firstGlob === -1) {
+    try {
+      await fs.stat(absolute);
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT' || errorCode(err) === 'ENOTDIR') {
+        fail('SourceNotFound', `${entry}: no such file (resolved to ${absolute}); check the path, which is relative to ${baseDir}`);
+      }
+      fail('SourceUnreadable', `${entry}: cannot access (${errorCode(err) ?? describe(err)}); check its permissions`);
+    }
+    return [absolute];
+  }
+  const prefix = segments.slice(0, firstGlob).join(path.sep) || path.sep;
+  if (roots) {
+    // Refuse before walking, so a glob cannot be used to probe directories outside the roots.
+    const real = await realOrResolved(prefix);
+    if (!roots.some((root) => isInside(real, root) || isInside(root, real))) {
+      fail('SourceOutsideRoots', `${entry} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its directory to allowedRoots`);
+    }
+  }
+  const rest = segments.slice(firstGlob);
+  const matcher = globToRegExp(rest);
+  const maxDepth = rest.includes('**') ? Infinity : rest.length;
+  const matches: string[] = [];
+  await walk(prefix, [], maxDepth, (relative, full) => {
+    if (matcher.test(relative.join('/'))) matches.push(full);
+  });
+  if (matches.length === 0) {
+    fail('SourceNotFound', `${entry}: the glob matched no files (searched below ${prefix}); check the pattern and that the files exist`);
+  }
+  return matches;
+}
+
+/** `**` spans any number of directories, `*` and `?` stay within one path segment. */
+export function globToRegExp(segments: string[]): RegExp {
+  const escape = (s: string): string => s.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  const parts = segments.map((segment, i) => {
+    const last = i === segments.length - 1;
+    if (segment === '**') return last ? '.*' : '(?:[^/]+/)*';
+    const body = segment
+      .split('')
+      .map((ch) => (ch === '*' ? '[^/]*' : ch === '?' ? '[^/]' : escape(ch)))
+      .join('');
+    return last ? body : `${body}/`;
+  });
+  return new RegExp(`^${parts.join('')}$`);
+}
+
+/** Visits files below `dir` in sorted order; hidden entries (leading dot) are skipped, symlinked directories not followed. */
+async function walk(dir: string, relative: string[], maxDepth: number, visit: (relative: string[], full: string) => void): Promise<void> {
+  if (relative.length >= maxDepth) return;
+  let entries: Dirent[];
+  try {
+    entries = await fs.readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    if (relative.length === 0 && errorCode(err) !== 'ENOENT') {
+      fail('SourceUnreadable', `${dir}: cannot list the directory (${errorCode(err) ?? describe(err)}); check its permissions`);
+    }
+    return;
+  }
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const entry of entries) {
+    if (entry.name.startsWith('.')) continue;
+    const full = path.join(dir, entry.name);
+    const rel = [...relative, entry.name];
+    if (entry.isDirectory()) await walk(full, rel, maxDepth, visit);
+    else if (entry.isFile() || (entry.isSymbolicLink() && (await isFileTarget(full)))) visit(rel, full);
+  }
+}
+
+async function isFileTarget(link: string): Promise<boolean> {
+  try {
+    return (await fs.stat(link)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+const textExtensions = new Set(['.txt', '.md', '.markdown', '.text']);
+const jsonlExtensions = new Set(['.jsonl', '.ndjson']);
+
+function formatOf(format: 'auto' | 'text' | 'jsonl', file: string, shown: string): 'text' | 'jsonl' {
+  if (format !== 'auto') return format;
+  const ext = path.extname(file).toLowerCase();
+  if (textExtensions.has(ext)) return 'text';
+  if (jsonlExtensions.has(ext)) return 'jsonl';
+  return fail('SourceInvalid', `${shown}: cannot tell the format from the extension "${ext}"; use .txt, .md or .jsonl, or set format to "text" or "jsonl"`);
+}
+
+async function readUtf8(file: string, shown: string, maxBytes: number): Promise<string> {
+  let bytes: Buffer;
+  try {
+    const stat = await fs.stat(file);
+    if (!stat.isFile()) fail('SourceUnreadable', `${shown} is not a regular file; point the source at files, or use a glob such as ${shown}/**/*.txt`);
+    if (stat.size > maxBytes) fail('SourceTooLarge', `${shown} is ${stat.size} bytes, over the ${maxBytes}-byte limit; split it into smaller files`);
+    bytes = await fs.readFile(file);
+  } catch (err) {
+    if (err instanceof ApplicationFailure) throw err;
+    fail('SourceUnreadable', `${shown}: cannot read (${errorCode(err) ?? describe(err)}); check that it exists and is readable`);
+  }
+  if (bytes.includes(0)) fail('SourceInvalid', `${shown} looks binary (contains NUL bytes); give text, Markdown or JSON lines`);
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    return fail('SourceInvalid', `${shown} is not valid UTF-8; convert it (e.g. iconv -t UTF-8) before using it`);
+  }
+}
+
+function parseJsonl(text: string, shown: string, source: FileSource): SourceDoc[] {
+  const docs: SourceDoc[] = [];
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].trim();
+    if (line === '') continue;
+    const where = `${shown}:${i + 1}`;
+    let record: unknown;
+    try {
+      record = JSON.parse(line);
+    } catch (err) {
+      fail('SourceInvalid', `${where}: invalid JSON (${describe(err)}); each line must be one JSON object`);
+    }
+    if (typeof record !== 'object' || record === null || Array.isArray(record)) {
+      fail('SourceInvalid', `${where}: expected a JSON object per line, got ${Array.isArray(record) ? 'an array' : typeof record}`);
+    }
+    const field = (name: string, setting: string): string => {
+      const value: unknown = (record as Record<string, unknown>)[name];
+      if (typeof value !== 'string') {
+        const problem = value === undefined ? 'has no' : `has a non-string (${value === null ? 'null' : typeof value})`;
+        fail('SourceInvalid', `${where}: record ${problem} "${name}" field; add it or set ${setting} to the field that holds it`);
+      }
+      return value;
+    };
+    if (source.role === 'instruct') {
+      docs.push({ prompt: field(source.promptField ?? 'prompt', 'promptField'), response: field(source.responseField ?? 'response', 'responseField'), origin: where });
+    } else {
+      docs.push({ text: field(source.textField ?? 'text', 'textField'), origin: where });
+    }
+  }
+  return docs;
+}
+
+// ---------------------------------------------------------------- postgres
+
+type PostgresSource = Extract<Source, { kind: 'postgres' }>;
+
+/** Network-level failures may heal on their own, so those stay retryable; everything else does not. */
+const transientNetworkCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P03']);
+
+/** Shows up in pg_stat_activity, so a DBA can tell what is reading. */
+export const sourceApplicationName = 'dacp-source';
+
+async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> {
+  const envName = source.connectionEnv ?? 'DATABASE_URL';
+  const url = process.env[envName];
+  if (!url) fail('SourceEnvMissing', `environment variable ${envName} is not set; set it to the connection URL of the database to read, or set connectionEnv`);
+  const scrub = secretScrubber(url);
+
+  const client = new Client({ connectionString: url, connectionTimeoutMillis: 15_000, application_name: sourceApplicationName });
+  // A dead connection emits 'error' outside any query; without a listener that would crash the worker.
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (err) {
+    const message = `cannot connect to the database in ${envName}: ${scrub(describe(err))}; check that the server is up and the URL, user and password are right`;
+    if (transientNetworkCodes.has(errorCode(err) ?? '')) throw ApplicationFailure.retryable(message, 'SourceConnectFailed');
+    fail('SourceConnectFailed', message);
+  }
+
+  let result: QueryResult<Record<string, unknown>>;
+  try {
+    await client.query('BEGIN READ ONLY');
+    // The extended protocol runs exactly one statement, so `…; COMMIT; DELETE …` cannot leave the read-only transaction.
+    const query: QueryConfig & { queryMode: 'extended' } = { text: source.query, queryMode: 'extended' };
+    result = await client.query<Record<string, unknown>>(query);
+  } catch (err) {
+    fail('SourceQueryFailed', `query failed: ${scrub(describe(err))}; fix the query (it runs in a read-only transaction and must be a single SELECT)`);
+  } finally {
+    await client.query('ROLLBACK').catch(() => undefined);
+    await client.end().catch(() => undefined);
+  }
+
+  const columns = result.fields.map((f) => f.name);
+  const column = (row: Record<string, unknown>, index: number, name: string, setting: string): string => {
+    if (!columns.includes(name)) {
+      fail('SourceInvalid', `the query returns no column "${name}" (columns: ${columns.join(', ') || 'none'}); alias one with AS ${name} or set ${setting}`);
+    }
+    const value = row[name];
+    if (typeof value !== 'string') {
+      const what = value === null ? 'NULL' : `a ${typeof value}`;
+      fail('SourceInvalid', `row ${index + 1}: column "${name}" is ${what}, not text; filter NULLs out or cast it with ${name}::text in the query`);
+    }
+    return value;
+  };
+  return result.rows.map((row, i): SourceDoc => {
+    const origin = `postgres:${envName}#${i + 1}`;
+    if (source.role === 'instruct') {
+      return { prompt: column(row, i, source.promptColumn ?? 'prompt', 'promptColumn'), response: column(row, i, source.responseColumn ?? 'response', 'responseColumn'), origin };
+    }
+    return { text: column(row, i, source.textColumn ?? 'text', 'textColumn'), origin };
+  });
+}
+
+/** Removes the connection URL and its password from a message, in case a driver echoes them. */
+function secretScrubber(url: string): (message: string) => string {
+  const secrets = [url];
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) secrets.push(parsed.password, decodeURIComponent(parsed.password));
+  } catch {
+    // Not a URL (a key=value string, say): scrubbing the whole string is all we can do.
+  }
+  return (message) => secrets.filter((s) => s.length > 0).reduce((m, s) => m.split(s).join('***'), message);
+}
+
+function errorCode(err: unknown): string | undefined {
+  if (typeof err === 'object' && err !== null && 'code' in err) {
+    const code = (err as { code: unknown }).code;
+    return typeof code === 'string' ? code : undefined;
+  }
+  return undefined;
+}
+
+function describe(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.replace(/\s+/g, ' ').trim() || (errorCode(err) ?? 'unknown error');
+}

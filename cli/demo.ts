@@ -1,0 +1,134 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { generateDemoCorpus } from '../ml/demoCorpus';
+import type { PipelineResult, RunStatus } from '../schemas/pipeline';
+import type { RunSpecInput } from '../schemas/runSpec';
+import { defaultTemporalPort } from './connection';
+import { freePort, isPortFree } from './devServer';
+import { dacpHome } from './paths';
+import { approvalRequest, decide, loadSpecFile, runStatus, startRun, waitForResult } from './runs';
+import { openDatabase, startLocalServer, startWorkers } from './runtime';
+
+export const DEMO_INITIATOR = 'demo-engineer';
+export const DEMO_APPROVER = 'demo-approver';
+
+/** The demo's spec: sizes chosen so the whole lifecycle runs in a few minutes on two CPU cores. */
+export function demoSpec(): RunSpecInput {
+  return {
+    name: 'telecom-demo',
+    sources: [
+      { kind: 'files', role: 'domain', paths: ['data/domain/*.txt'] },
+      { kind: 'files', role: 'replay', paths: ['data/general.jsonl'] },
+      { kind: 'files', role: 'instruct', paths: ['data/instructions.jsonl'] },
+    ],
+    dataRoots: ['data'],
+    replayRatio: 0.25,
+    baseModel: {
+      ref: 'production',
+      bootstrapIfMissing: true,
+      shape: { contextLength: 64, dModel: 64, nLayers: 2, nHeads: 4 },
+      bootstrap: { steps: 300, batchSize: 16, learningRate: 3e-3, warmupFraction: 0.05, checkpointEvery: 100 },
+    },
+    dacp: { steps: 200, batchSize: 16, learningRate: 2e-3, checkpointEvery: 25 },
+    forgetting: { maxGeneralRegression: 0.25, minDomainGain: 0.05, onFail: 'retry-with-more-replay', maxRetries: 1 },
+    instruct: { steps: 120, batchSize: 16, learningRate: 2e-3, checkpointEvery: 40 },
+    approval: { approvers: [DEMO_APPROVER], quorum: 1, timeout: '1h' },
+    deploy: { alias: 'production' },
+  };
+}
+
+/** `dacp demo --prepare DIR`: the seeded demo corpus and a ready spec.json, nothing else. */
+export function prepareDemo(dir: string): string {
+  const corpus = generateDemoCorpus({ seed: 7 });
+  const data = path.join(dir, 'data');
+  mkdirSync(path.join(data, 'domain'), { recursive: true });
+  corpus.domain.forEach((text, i) => writeFileSync(path.join(data, 'domain', `doc-${String(i).padStart(4, '0')}.txt`), text + '\n'));
+  writeFileSync(path.join(data, 'general.jsonl'), corpus.general.map((text) => JSON.stringify({ text })).join('\n') + '\n');
+  writeFileSync(path.join(data, 'instructions.jsonl'), corpus.instructions.map((p) => JSON.stringify(p)).join('\n') + '\n');
+  const specFile = path.join(dir, 'spec.json');
+  writeFileSync(specFile, JSON.stringify(demoSpec(), null, 2) + '\n');
+  return specFile;
+}
+
+const fmt = (x: number | undefined) => (x === undefined ? '–' : x.toFixed(2));
+
+function progressLine(s: RunStatus): string {
+  const p = s.progress.totalSteps ? ` step ${s.progress.step}/${s.progress.totalSteps}${s.progress.loss !== null ? ` loss ${s.progress.loss.toFixed(3)}` : ''}` : '';
+  return `  [${s.state}] ${s.stage}${p}`;
+}
+
+/**
+ * `dacp demo`: embedded Postgres and Temporal, both workers in this process, the demo corpus, the
+ * whole lifecycle with the demo approver signing off, and a summary of what happened.
+ */
+export async function runDemo(log: (line: string) => void = console.log): Promise<PipelineResult> {
+  const started = Date.now();
+  const home = dacpHome();
+  log(`dacp demo — state directory ${home}`);
+  const db = await openDatabase(home);
+  log(`database: ${db.embedded ? 'embedded PostgreSQL' : 'DATABASE_URL'} (migrated)`);
+  const preferred = defaultTemporalPort();
+  const port = (await isPortFree(preferred)) ? preferred : await freePort();
+  const server = await startLocalServer({ home, port, uiPort: null, log });
+  log(`temporal: dev server on ${server.address} (history in ${path.join(home, 'temporal', 'temporal.db')})`);
+  const workers = await startWorkers(['control', 'gpu'], db, { home, address: server.address });
+  try {
+    const specFile = prepareDemo(path.join(home, 'demo'));
+    log(`demo data and spec: ${specFile}`);
+    const { spec, baseDir } = loadSpecFile(specFile);
+    const runId = await startRun(workers.client, { spec, baseDir, initiator: DEMO_INITIATOR });
+    log(`run started: ${runId} (initiator ${DEMO_INITIATOR})`);
+
+    let lastPhase = '';
+    let lastPrintAt = 0;
+    for (;;) {
+      const status = await runStatus(workers.client, runId);
+      const phase = `${status.stage}/${status.state}`;
+      if (phase !== lastPhase || (status.progress.totalSteps > 0 && Date.now() - lastPrintAt > 5_000)) {
+        log(progressLine(status));
+        lastPhase = phase;
+        lastPrintAt = Date.now();
+      }
+      if (status.state === 'awaiting_approval') break;
+      if (status.state !== 'running') throw new Error(`the demo run ended ${status.state}: ${String(status.metrics.error ?? '')}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+
+    const view = await approvalRequest(workers.client, runId);
+    const r = view.request;
+    log('');
+    log('approval request');
+    log(`  base model     ${r.artifacts.baseModel.versionId}  sha256 ${r.artifacts.baseModel.sha256}`);
+    log(`  tuned model    sha256 ${r.artifacts.tunedModel.sha256}`);
+    log(`  forgetting     report sha256 ${r.artifacts.forgettingReport.sha256} — ${r.forgetting.passed ? 'passed' : 'failed'}`);
+    log(`  instruct       report sha256 ${r.artifacts.instructReport.sha256}`);
+    for (const d of r.artifacts.datasets) log(`  dataset        ${d.role}/${d.split} ${d.docs} docs sha256 ${d.sha256}`);
+    for (const s of r.instruct.samples.slice(0, 2)) log(`  sample         ${JSON.stringify(s.prompt)} → ${JSON.stringify(s.generated)}`);
+    log(`  approvers ${r.approvers.join(', ')}, quorum ${r.quorum}`);
+    const { decision } = await decide(workers.client, { runId, principal: DEMO_APPROVER, decision: 'approve', comment: 'demo sign-off' });
+    log(`approved by ${decision.principal}`);
+
+    const result = await waitForResult(workers.client, runId);
+    const f = result.forgetting;
+    log('');
+    log(`run ${runId}: ${result.state}`);
+    if (f) {
+      log(`  domain perplexity   ${fmt(f.base.domainPerplexity)} → ${fmt(f.adapted.domainPerplexity)}  (gain ${(f.domainGain * 100).toFixed(1)} %, floor ${(f.budgets.minDomainGain * 100).toFixed(1)} %)`);
+      log(`  general perplexity  ${fmt(f.base.generalPerplexity)} → ${fmt(f.adapted.generalPerplexity)}  (change ${(f.generalRegression * 100).toFixed(1)} %, budget ${(f.budgets.maxGeneralRegression * 100).toFixed(1)} %)`);
+      log(`  forgetting gate     ${f.passed ? 'passed' : 'failed'} (round ${f.round}, replay ratio ${f.replayRatio})`);
+    }
+    if (result.instruct) {
+      const { base, tuned } = result.instruct;
+      log(`  instruction score   response perplexity ${fmt(base.responsePerplexity)} → ${fmt(tuned.responsePerplexity)}, token accuracy ${fmt(base.tokenAccuracy)} → ${fmt(tuned.tokenAccuracy)}, ROUGE-L ${fmt(base.rougeL)} → ${fmt(tuned.rougeL)}`);
+    }
+    log(`  approval gate       approved by ${DEMO_APPROVER}`);
+    log(`  model version       ${result.versionId} (alias production)`);
+    log(`  time per stage      ${Object.entries(result.stageSeconds).map(([s, t]) => `${s} ${t!.toFixed(1)}s`).join(', ')}`);
+    log(`  total               ${((Date.now() - started) / 1000).toFixed(1)}s`);
+    return result;
+  } finally {
+    await workers.shutdown();
+    await server.stop();
+    await db.close();
+  }
+}

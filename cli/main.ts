@@ -1,0 +1,330 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import type { Client } from '@temporalio/client';
+import { listModelVersions } from '../db/records';
+import type { PipelineResult } from '../schemas/pipeline';
+import { InputError } from '../schemas/runSpec';
+import { exportAudit, verifyAudit } from './audit';
+import { connectClient, defaultTemporalPort, temporalSettings } from './connection';
+import { prepareDemo, runDemo } from './demo';
+import { dacpHome } from './paths';
+import {
+  cancelRun,
+  checkRunId,
+  decide,
+  defaultPrincipal,
+  listRuns,
+  loadSpecFile,
+  preflightSources,
+  runStatus,
+  startRun,
+  waitForResult,
+} from './runs';
+import { openDatabase, startLocalServer, startWorkers } from './runtime';
+
+const USAGE = `dacp — durable domain-adaptive continual pretraining on Temporal
+
+  dacp demo [--prepare DIR]            the whole lifecycle on generated demo data (embedded engine + DB)
+  dacp dev                             dev server + both workers, foreground
+  dacp server                          dev server (+ embedded Postgres without DATABASE_URL), foreground
+  dacp worker --queue control|gpu      one worker, foreground
+  dacp migrate                         apply database migrations
+  dacp run start --spec FILE [--id ID] [--as PRINCIPAL] [--wait] [--json]
+  dacp run status ID [--json]
+  dacp run list [--json]
+  dacp run cancel ID
+  dacp approve ID --as PRINCIPAL [--comment TEXT]
+  dacp reject ID --as PRINCIPAL --reason TEXT [--comment TEXT]
+  dacp audit export ID [--out FILE]
+  dacp audit verify FILE
+  dacp models list [--json]
+
+State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
+server on 127.0.0.1:DACP_TEMPORAL_PORT, 7233). Database: DATABASE_URL (default: embedded PostgreSQL).`;
+
+type Flags = Record<string, string | boolean | undefined>;
+
+function parse(args: string[], options: Record<string, { type: 'string' | 'boolean' }>): { flags: Flags; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
+    return { flags: values as Flags, positionals };
+  } catch (err) {
+    throw new InputError(`${(err as Error).message.split('\n')[0]}; see \`dacp --help\``);
+  }
+}
+
+function need(value: string | boolean | undefined, what: string): string {
+  if (typeof value !== 'string' || value.length === 0) throw new InputError(`missing ${what}; see \`dacp --help\``);
+  return value;
+}
+
+function onePositional(positionals: string[], what: string): string {
+  if (positionals.length !== 1) throw new InputError(`expected exactly one ${what}, got ${positionals.length}; see \`dacp --help\``);
+  return positionals[0];
+}
+
+async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await connectClient();
+  try {
+    return await fn(client);
+  } finally {
+    await client.connection.close();
+  }
+}
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  console.log(json ? JSON.stringify(value, null, 2) : text());
+}
+
+/** Resolves on SIGINT/SIGTERM, so foreground commands can shut down in order. */
+function untilStopped(): Promise<string> {
+  return new Promise((resolve) => {
+    const stop = (signal: string) => resolve(signal);
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+}
+
+async function serve(withWorkers: boolean): Promise<void> {
+  const home = dacpHome();
+  const db = await openDatabase(home);
+  console.log(`database: ${db.embedded ? `embedded PostgreSQL under ${path.join(home, 'postgres')}` : 'DATABASE_URL'} (migrated)`);
+  const settings = temporalSettings();
+  let server: Awaited<ReturnType<typeof startLocalServer>> | null = null;
+  try {
+    if (settings.external) {
+      console.log(`temporal: using ${settings.address} (TEMPORAL_ADDRESS), namespace ${settings.namespace}`);
+    } else {
+      const uiPort = Number(process.env.DACP_TEMPORAL_UI_PORT ?? defaultTemporalPort() + 1000);
+      server = await startLocalServer({ home, port: defaultTemporalPort(), uiPort, log: console.log });
+      console.log(`temporal: dev server on ${server.address}, history in ${path.join(home, 'temporal', 'temporal.db')}`);
+      console.log(`temporal UI: ${server.uiUrl}`);
+    }
+    const workers = withWorkers ? await startWorkers(['control', 'gpu'], db, { home, address: server?.address }) : null;
+    if (workers) console.log('workers: dacp-control and dacp-gpu polling');
+    console.log('ready — Ctrl-C to stop');
+    const serverExited = server ? new Promise<string>((resolve) => server!.process.once('exit', () => resolve('server exit'))) : new Promise<string>(() => undefined);
+    const why = await Promise.race([untilStopped(), serverExited, workers ? workers.done.then(() => 'workers stopped') : new Promise<string>(() => undefined)]);
+    console.log(`stopping (${why}) …`);
+    if (workers) await workers.shutdown();
+  } finally {
+    if (server) await server.stop();
+    await db.close();
+  }
+  console.log('stopped');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      console.log(USAGE);
+      return 0;
+
+    case 'demo': {
+      const { flags } = parse(rest, { prepare: { type: 'string' } });
+      if (flags.prepare !== undefined) {
+        const spec = prepareDemo(path.resolve(need(flags.prepare, '--prepare DIR')));
+        console.log(`demo data and spec written: ${spec}`);
+        return 0;
+      }
+      const result = await runDemo();
+      return result.state === 'completed' ? 0 : 1;
+    }
+
+    case 'server':
+      parse(rest, {});
+      await serve(false);
+      return 0;
+
+    case 'dev':
+      parse(rest, {});
+      await serve(true);
+      return 0;
+
+    case 'worker': {
+      const { flags } = parse(rest, { queue: { type: 'string' } });
+      const queue = need(flags.queue, '--queue control|gpu');
+      if (queue !== 'control' && queue !== 'gpu') throw new InputError(`--queue must be control or gpu, not "${queue}"`);
+      const db = await openDatabase();
+      try {
+        const workers = await startWorkers([queue], db);
+        console.log(`worker: dacp-${queue} polling ${temporalSettings().address}`);
+        await Promise.race([workers.done, untilStopped().then(() => workers.shutdown())]);
+        await workers.done;
+      } finally {
+        await db.close();
+      }
+      return 0;
+    }
+
+    case 'migrate': {
+      parse(rest, {});
+      const db = await openDatabase();
+      await db.close();
+      console.log('migrations applied');
+      return 0;
+    }
+
+    case 'run':
+      return runCommand(rest);
+
+    case 'approve':
+    case 'reject': {
+      const { flags, positionals } = parse(rest, { as: { type: 'string' }, comment: { type: 'string' }, reason: { type: 'string' } });
+      const runId = checkRunId(onePositional(positionals, 'run id'));
+      const principal = need(flags.as, '--as PRINCIPAL');
+      const reason = command === 'reject' ? need(flags.reason, '--reason TEXT') : undefined;
+      const outcome = await withClient((client) =>
+        decide(client, { runId, principal, decision: command, comment: flags.comment as string | undefined, reason }),
+      );
+      console.log(
+        command === 'approve'
+          ? `approved run ${runId} as ${principal}${outcome.quorum ? ` (${outcome.approvals} of ${outcome.quorum})` : ''}`
+          : `rejected run ${runId} as ${principal}`,
+      );
+      return 0;
+    }
+
+    case 'audit': {
+      const [sub, ...args] = rest;
+      if (sub === 'export') {
+        const { flags, positionals } = parse(args, { out: { type: 'string' } });
+        const runId = checkRunId(onePositional(positionals, 'run id'));
+        const db = await openDatabase();
+        try {
+          const bundle = await withClient((client) => exportAudit(client, db.pool, runId));
+          const text = JSON.stringify(bundle, null, 2) + '\n';
+          if (typeof flags.out === 'string') {
+            writeFileSync(flags.out, text);
+            console.log(`audit bundle for ${runId} written to ${flags.out} (sha256 ${bundle.sha256})`);
+          } else {
+            process.stdout.write(text);
+          }
+        } finally {
+          await db.close();
+        }
+        return 0;
+      }
+      if (sub === 'verify') {
+        const { positionals } = parse(args, {});
+        const file = onePositional(positionals, 'bundle file');
+        let bundle: unknown;
+        try {
+          bundle = JSON.parse(readFileSync(file, 'utf8'));
+        } catch (err) {
+          throw new InputError(`cannot read audit bundle ${file}: ${(err as Error).message.split('\n')[0]}`);
+        }
+        const verdict = verifyAudit(bundle);
+        console.log(verdict.ok ? `audit bundle ${file}: verified` : `audit bundle ${file}: NOT verified — ${verdict.problems.join('; ')}`);
+        return verdict.ok ? 0 : 1;
+      }
+      throw new InputError('usage: dacp audit export ID [--out FILE] | dacp audit verify FILE');
+    }
+
+    case 'models': {
+      const [sub, ...args] = rest;
+      if (sub !== 'list') throw new InputError('usage: dacp models list [--json]');
+      const { flags } = parse(args, { json: { type: 'boolean' } });
+      const db = await openDatabase();
+      try {
+        const versions = await listModelVersions(db.pool);
+        print(Boolean(flags.json), versions, () =>
+          versions.length === 0
+            ? 'no model versions yet'
+            : versions
+                .map((v) => `${v.versionId.padEnd(28)} ${v.aliases.join(',').padEnd(12)} parent ${v.parentVersionId ?? '–'}  run ${v.runId ?? '–'}  sha256 ${v.sha256.slice(0, 16)}…`)
+                .join('\n'),
+        );
+      } finally {
+        await db.close();
+      }
+      return 0;
+    }
+
+    default:
+      throw new InputError(`unknown command "${command}"; see \`dacp --help\``);
+  }
+}
+
+async function runCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'start': {
+      const { flags } = parse(rest, {
+        spec: { type: 'string' },
+        id: { type: 'string' },
+        as: { type: 'string' },
+        wait: { type: 'boolean' },
+        json: { type: 'boolean' },
+      });
+      const { spec, baseDir } = loadSpecFile(need(flags.spec, '--spec FILE'));
+      await preflightSources(spec, baseDir);
+      const initiator = typeof flags.as === 'string' ? flags.as : defaultPrincipal();
+      return withClient(async (client) => {
+        const runId = await startRun(client, { spec, baseDir, runId: flags.id as string | undefined, initiator });
+        if (!flags.wait) {
+          print(Boolean(flags.json), { runId }, () => runId);
+          return 0;
+        }
+        let result: PipelineResult | undefined;
+        try {
+          result = await waitForResult(client, runId);
+        } catch {
+          // The run failed or was cancelled: its status says how.
+        }
+        const status = await runStatus(client, runId);
+        print(Boolean(flags.json), status, () => `${runId} ${status.state}${result?.versionId ? ` — deployed ${result.versionId}` : ''}`);
+        return status.state === 'completed' ? 0 : 1;
+      });
+    }
+    case 'status': {
+      const { flags, positionals } = parse(rest, { json: { type: 'boolean' } });
+      const runId = checkRunId(onePositional(positionals, 'run id'));
+      const status = await withClient((client) => runStatus(client, runId));
+      print(Boolean(flags.json), status, () =>
+        [
+          `run ${status.runId}: ${status.state}, stage ${status.stage}`,
+          status.progress.totalSteps ? `progress: step ${status.progress.step}/${status.progress.totalSteps}, loss ${status.progress.loss ?? '–'}` : null,
+          Object.keys(status.attempts).length ? `attempts: ${Object.entries(status.attempts).map(([s, n]) => `${s} ${n}`).join(', ')}` : null,
+          status.resumedFromStep !== null ? `resumed from step ${status.resumedFromStep}` : null,
+          status.metrics.error ? `error: ${String(status.metrics.error)}` : null,
+        ]
+          .filter(Boolean)
+          .join('\n'),
+      );
+      return 0;
+    }
+    case 'list': {
+      const { flags } = parse(rest, { json: { type: 'boolean' } });
+      const runs = await withClient((client) => listRuns(client));
+      print(Boolean(flags.json), runs, () =>
+        runs.length === 0 ? 'no runs yet' : runs.map((r) => `${r.runId.padEnd(40)} ${(r.state ?? r.status).padEnd(18)} ${r.stage ?? ''}`).join('\n'),
+      );
+      return 0;
+    }
+    case 'cancel': {
+      const { positionals } = parse(rest, {});
+      const runId = checkRunId(onePositional(positionals, 'run id'));
+      await withClient((client) => cancelRun(client, runId));
+      console.log(`cancellation requested for run ${runId}`);
+      return 0;
+    }
+    default:
+      throw new InputError('usage: dacp run start|status|list|cancel …; see `dacp --help`');
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    const message = err instanceof Error ? err.message : String(err);
+    console.error(`dacp: ${message.split('\n')[0]}`);
+    if (process.env.DACP_DEBUG && err instanceof Error) console.error(err.stack);
+    process.exit(err instanceof InputError ? 2 : 1);
+  },
+);

@@ -1,0 +1,182 @@
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+} from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { readSource } from '../activities/sources';
+import type { Decision, PipelineInput, PipelineResult, RunStatus } from '../schemas/pipeline';
+import { InputError, parseRunSpec, type RunSpec } from '../schemas/runSpec';
+import { approvalRequestQuery, approvalWorkflowId, approveUpdate, rejectUpdate, statusQuery } from '../workflows/messages';
+import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
+import { TASK_QUEUES } from '../workers/options';
+
+const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+export function checkRunId(id: string): string {
+  if (!RUN_ID.test(id)) throw new InputError(`run id "${id}" is invalid: use 1–100 letters, digits, ".", "_" or "-"`);
+  return id;
+}
+
+export function defaultPrincipal(): string {
+  return process.env.DACP_USER ?? os.userInfo().username;
+}
+
+/** Read and validate a spec file: JSON syntax, then every field. */
+export function loadSpecFile(file: string): { spec: RunSpec; baseDir: string } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new InputError(`cannot read spec ${file} (${(err as NodeJS.ErrnoException).code}); check --spec`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new InputError(`spec ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  return { spec: parseRunSpec(raw, `spec ${file}`), baseDir: path.dirname(path.resolve(file)) };
+}
+
+/**
+ * Refuse a run whose sources cannot be read before anything starts: every file source must match
+ * readable documents, and every database source must have its connection variable set.
+ */
+export async function preflightSources(spec: RunSpec, baseDir: string): Promise<void> {
+  const allowedRoots = spec.dataRoots?.map((root) => path.resolve(baseDir, root));
+  for (const [index, source] of spec.sources.entries()) {
+    if (source.kind === 'postgres') {
+      if (!process.env[source.connectionEnv]) {
+        throw new InputError(`sources[${index}]: environment variable ${source.connectionEnv} is not set; export the source database URL in it`);
+      }
+      continue;
+    }
+    try {
+      await readSource(source, { baseDir, allowedRoots });
+    } catch (err) {
+      if (err instanceof ApplicationFailure || err instanceof Error) throw new InputError(`sources[${index}]: ${err.message}`);
+      throw err;
+    }
+  }
+}
+
+export async function startRun(
+  client: Client,
+  o: { spec: RunSpec; baseDir: string; runId?: string; initiator: string },
+): Promise<string> {
+  const runId = checkRunId(o.runId ?? `${o.spec.name}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${randomBytes(2).toString('hex')}`);
+  const input: PipelineInput = { runId, spec: o.spec, baseDir: o.baseDir, initiator: o.initiator };
+  try {
+    await client.workflow.start('dacpPipeline', {
+      taskQueue: TASK_QUEUES.control,
+      workflowId: runId,
+      args: [input],
+      typedSearchAttributes: [
+        { key: dacpStageKey, value: 'collect' },
+        { key: dacpStateKey, value: 'running' },
+      ],
+    });
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError) throw new InputError(`run ${runId} already exists; choose another --id`);
+    throw err;
+  }
+  return runId;
+}
+
+/** The run's status from its workflow; needs a control worker to answer. */
+export async function runStatus(client: Client, runId: string): Promise<RunStatus> {
+  checkRunId(runId);
+  const handle = client.workflow.getHandle(runId);
+  try {
+    await handle.describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new InputError(`no run with id ${runId}; see \`dacp run list\``);
+    throw err;
+  }
+  try {
+    return await client.connection.withDeadline(Date.now() + 15_000, () => handle.query(statusQuery));
+  } catch (err) {
+    throw new Error(
+      `run ${runId} did not answer its status query (${(err as Error).message.split('\n')[0]}); is a control worker running (\`dacp dev\` or \`dacp worker --queue control\`)?`,
+    );
+  }
+}
+
+export async function waitForResult(client: Client, runId: string): Promise<PipelineResult> {
+  return client.workflow.getHandle(runId).result() as Promise<PipelineResult>;
+}
+
+export interface RunListing {
+  runId: string;
+  status: string;
+  stage: string | null;
+  state: string | null;
+  startTime: string;
+  closeTime: string | null;
+}
+
+export async function listRuns(client: Client, limit = 100): Promise<RunListing[]> {
+  const runs: RunListing[] = [];
+  for await (const wf of client.workflow.list({ query: `WorkflowType = 'dacpPipeline'` })) {
+    runs.push({
+      runId: wf.workflowId,
+      status: wf.status.name,
+      stage: wf.typedSearchAttributes.get(dacpStageKey) ?? null,
+      state: wf.typedSearchAttributes.get(dacpStateKey) ?? null,
+      startTime: wf.startTime.toISOString(),
+      closeTime: wf.closeTime?.toISOString() ?? null,
+    });
+    if (runs.length >= limit) break;
+  }
+  return runs;
+}
+
+export async function cancelRun(client: Client, runId: string): Promise<void> {
+  const status = await runStatus(client, runId);
+  if (status.state !== 'running' && status.state !== 'awaiting_approval') {
+    throw new InputError(`run ${runId} is ${status.state}; only running runs can be cancelled`);
+  }
+  await client.workflow.getHandle(runId).cancel();
+}
+
+/** Approve or reject through the run's approval gate; the gate's validator enforces the rules. */
+export async function decide(
+  client: Client,
+  o: { runId: string; principal: string; decision: 'approve' | 'reject'; comment?: string; reason?: string },
+): Promise<{ decision: Decision; approvals: number; quorum: number }> {
+  const status = await runStatus(client, o.runId);
+  if (status.state !== 'awaiting_approval') {
+    throw new InputError(`run ${o.runId} is not awaiting approval (stage ${status.stage}, state ${status.state})`);
+  }
+  const gate = client.workflow.getHandle(approvalWorkflowId(o.runId));
+  let decision: Decision;
+  try {
+    decision =
+      o.decision === 'approve'
+        ? await gate.executeUpdate(approveUpdate, { args: [{ principal: o.principal, comment: o.comment }] })
+        : await gate.executeUpdate(rejectUpdate, { args: [{ principal: o.principal, reason: o.reason ?? '', comment: o.comment }] });
+  } catch (err) {
+    if (err instanceof WorkflowUpdateFailedError) throw new InputError((err.cause as Error | undefined)?.message ?? err.message);
+    throw err;
+  }
+  let approvals = 0;
+  let quorum = 0;
+  try {
+    const view = await gate.query(approvalRequestQuery);
+    approvals = view.decisions.filter((d) => d.decision === 'approve').length;
+    quorum = view.request.quorum;
+  } catch {
+    // The gate closes as soon as quorum is reached; a closed gate's counts are in the run's status.
+  }
+  return { decision, approvals, quorum };
+}
+
+export async function approvalRequest(client: Client, runId: string) {
+  return client.workflow.getHandle(approvalWorkflowId(runId)).query(approvalRequestQuery);
+}

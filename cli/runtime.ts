@@ -1,0 +1,90 @@
+import path from 'node:path';
+import type { Client } from '@temporalio/client';
+import type { NativeConnection, Worker } from '@temporalio/worker';
+import type { Pool } from 'pg';
+import { resolveDatabase } from '../db/embedded';
+import { migrate } from '../db/migrate';
+import { createPool } from '../db/pool';
+import { createWorker, type QueueName } from '../workers/options';
+import { connectClient, connectWorker, ensureSearchAttributes, temporalSettings } from './connection';
+import { startDevServer, type DevServer } from './devServer';
+import { dacpHome } from './paths';
+
+/** The database every command of this home shares: DATABASE_URL, or the embedded server. Migrated. */
+export interface Database {
+  pool: Pool;
+  url: string;
+  embedded: boolean;
+  close(): Promise<void>;
+}
+
+export async function openDatabase(home = dacpHome()): Promise<Database> {
+  const resolved = await resolveDatabase(home);
+  const pool = createPool(resolved.url);
+  try {
+    await migrate(pool);
+  } catch (err) {
+    await pool.end();
+    await resolved.release();
+    throw err;
+  }
+  return {
+    pool,
+    url: resolved.url,
+    embedded: resolved.embedded,
+    close: async () => {
+      await pool.end();
+      await resolved.release();
+    },
+  };
+}
+
+export function artifactsDir(home = dacpHome()): string {
+  return path.join(home, 'artifacts');
+}
+
+/** The project's own Temporal dev server for this home, unless TEMPORAL_ADDRESS names a cluster. */
+export async function startLocalServer(o: { home?: string; port: number; uiPort: number | null; log: (line: string) => void }): Promise<DevServer> {
+  return startDevServer({ stateDir: path.join(o.home ?? dacpHome(), 'temporal'), port: o.port, uiPort: o.uiPort, log: o.log });
+}
+
+export interface RunningWorkers {
+  workers: Worker[];
+  client: Client;
+  /** Resolves when every worker has stopped. */
+  done: Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+/** Start workers for the given queues in this process, sharing one connection, pool and client. */
+export async function startWorkers(queues: QueueName[], db: Database, o: { home?: string; address?: string } = {}): Promise<RunningWorkers> {
+  const settings = o.address ? { ...temporalSettings(), address: o.address } : temporalSettings();
+  const connection: NativeConnection = await connectWorker(settings);
+  const client = await connectClient(settings);
+  if (settings.external) await ensureSearchAttributes(client, settings.namespace);
+  const workers: Worker[] = [];
+  for (const queue of queues) {
+    workers.push(
+      await createWorker(queue, {
+        connection,
+        namespace: settings.namespace,
+        pool: db.pool,
+        artifactsDir: artifactsDir(o.home),
+        client,
+      }),
+    );
+  }
+  const done = Promise.all(workers.map((w) => w.run())).then(async () => {
+    await connection.close();
+    await client.connection.close();
+  });
+  return {
+    workers,
+    client,
+    done,
+    shutdown: async () => {
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      await done;
+    },
+  };
+}

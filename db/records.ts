@@ -1,0 +1,256 @@
+import type { Pool, PoolClient } from 'pg';
+import type { ArtifactRef, DatasetRef, Decision, RunState, Stage } from '../schemas/pipeline';
+
+/**
+ * Repositories for the domain records. Every write is keyed so that a retried activity repeats it
+ * without effect (ON CONFLICT DO NOTHING / an idempotency key), as activities may run more than once.
+ */
+
+type Queryable = Pool | PoolClient;
+
+export async function insertRun(
+  db: Queryable,
+  run: { runId: string; workflowId: string; spec: unknown; specSha256: string; initiator: string },
+): Promise<void> {
+  await db.query(
+    `INSERT INTO runs (run_id, workflow_id, spec, spec_sha256, initiator, state, stage)
+     VALUES ($1, $2, $3, $4, $5, 'running', 'collect')
+     ON CONFLICT (run_id) DO NOTHING`,
+    [run.runId, run.workflowId, JSON.stringify(run.spec), run.specSha256, run.initiator],
+  );
+}
+
+/** Record one transition: the audit entry and the run's current stage/state move together. */
+export async function recordTransition(
+  db: Pool,
+  t: { runId: string; key: string; event: string; stage: Stage; state?: RunState; actor: string; details: unknown },
+): Promise<boolean> {
+  const client = await db.connect();
+  try {
+    await client.query('BEGIN');
+    const inserted = await client.query(
+      `INSERT INTO audit_log (run_id, idempotency_key, event, stage, actor, details)
+       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
+      [t.runId, t.key, t.event, t.stage, t.actor, JSON.stringify(t.details ?? {})],
+    );
+    const fresh = (inserted.rowCount ?? 0) > 0;
+    if (fresh && t.state) {
+      const terminal = ['completed', 'rejected', 'failed', 'cancelled'].includes(t.state);
+      await client.query(
+        `UPDATE runs SET stage = $2, state = $3, updated_at = now(),
+           finished_at = CASE WHEN $4 THEN now() ELSE finished_at END,
+           error = CASE WHEN $3 = 'failed' THEN $5 ELSE error END
+         WHERE run_id = $1`,
+        [t.runId, t.stage, t.state, terminal, (t.details as { reason?: string } | undefined)?.reason ?? null],
+      );
+    }
+    await client.query('COMMIT');
+    return fresh;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+export async function upsertDataset(db: Queryable, runId: string, stage: 'collect' | 'quality', d: DatasetRef): Promise<void> {
+  await db.query(
+    `INSERT INTO datasets (run_id, stage, role, split, uri, sha256, docs, bytes, tokens)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (run_id, stage, role, split) DO NOTHING`,
+    [runId, stage, d.role, d.split, d.uri, d.sha256, d.docs, d.dataBytes, d.tokens],
+  );
+}
+
+export interface CheckpointRow {
+  step: number;
+  uri: string;
+  sha256: string;
+  bytes: number;
+  loss: number | null;
+}
+
+export async function insertCheckpoint(
+  db: Queryable,
+  c: { runId: string; stage: 'dacp' | 'instruct' | 'bootstrap'; round: number } & CheckpointRow,
+): Promise<void> {
+  // A step re-done after a resume from an older checkpoint replaces the row: the newest bytes win.
+  await db.query(
+    `INSERT INTO checkpoints (run_id, stage, round, step, uri, sha256, bytes, loss)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (run_id, stage, round, step) DO UPDATE SET uri = EXCLUDED.uri, sha256 = EXCLUDED.sha256,
+       bytes = EXCLUDED.bytes, loss = EXCLUDED.loss, created_at = now()`,
+    [c.runId, c.stage, c.round, c.step, c.uri, c.sha256, c.bytes, c.loss],
+  );
+}
+
+export async function listCheckpoints(
+  db: Queryable,
+  runId: string,
+  stage: 'dacp' | 'instruct' | 'bootstrap',
+  round: number,
+): Promise<CheckpointRow[]> {
+  const { rows } = await db.query(
+    `SELECT step, uri, sha256, bytes, loss FROM checkpoints
+     WHERE run_id = $1 AND stage = $2 AND round = $3 ORDER BY step DESC`,
+    [runId, stage, round],
+  );
+  return rows.map((r) => ({ step: r.step, uri: r.uri, sha256: r.sha256, bytes: Number(r.bytes), loss: r.loss }));
+}
+
+export async function insertMetrics(
+  db: Queryable,
+  runId: string,
+  stage: string,
+  round: number,
+  points: { step: number; name: string; value: number }[],
+): Promise<void> {
+  if (points.length === 0) return;
+  const values: unknown[] = [];
+  const rows = points.map((p, i) => {
+    values.push(runId, stage, round, p.step, p.name, p.value);
+    const o = i * 6;
+    return `($${o + 1}, $${o + 2}, $${o + 3}, $${o + 4}, $${o + 5}, $${o + 6})`;
+  });
+  await db.query(
+    `INSERT INTO metrics (run_id, stage, round, step, name, value) VALUES ${rows.join(', ')}
+     ON CONFLICT (run_id, stage, round, step, name) DO UPDATE SET value = EXCLUDED.value`,
+    values,
+  );
+}
+
+export async function insertEvaluation(
+  db: Queryable,
+  e: { runId: string; kind: 'forgetting' | 'instruct'; round: number; passed: boolean; report: unknown; ref: ArtifactRef },
+): Promise<void> {
+  await db.query(
+    `INSERT INTO evaluations (run_id, kind, round, passed, report_uri, sha256, report)
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, kind, round) DO NOTHING`,
+    [e.runId, e.kind, e.round, e.passed, e.ref.uri, e.ref.sha256, JSON.stringify(e.report)],
+  );
+}
+
+export async function insertDecision(db: Queryable, runId: string, d: Decision, artifacts: unknown): Promise<boolean> {
+  const res = await db.query(
+    `INSERT INTO approvals (run_id, principal, decision, comment, artifacts, decided_at)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, principal) DO NOTHING`,
+    [runId, d.principal, d.decision, d.comment ?? null, JSON.stringify(artifacts), d.at],
+  );
+  return (res.rowCount ?? 0) > 0;
+}
+
+export interface ModelVersionRow {
+  versionId: string;
+  name: string;
+  parentVersionId: string | null;
+  runId: string | null;
+  uri: string;
+  sha256: string;
+  lineage: Record<string, unknown>;
+  metrics: Record<string, unknown>;
+  createdAt: string;
+}
+
+function toModelVersion(r: Record<string, unknown>): ModelVersionRow {
+  return {
+    versionId: r.version_id as string,
+    name: r.name as string,
+    parentVersionId: (r.parent_version_id as string | null) ?? null,
+    runId: (r.run_id as string | null) ?? null,
+    uri: r.uri as string,
+    sha256: r.sha256 as string,
+    lineage: r.lineage as Record<string, unknown>,
+    metrics: r.metrics as Record<string, unknown>,
+    createdAt: (r.created_at as Date).toISOString(),
+  };
+}
+
+/** A version id or an alias → the model version, or null. */
+export async function findModelVersion(db: Queryable, ref: string): Promise<ModelVersionRow | null> {
+  const { rows } = await db.query(
+    `SELECT v.* FROM model_versions v WHERE v.version_id = $1
+     UNION ALL
+     SELECT v.* FROM model_aliases a JOIN model_versions v ON v.version_id = a.version_id WHERE a.alias = $1
+     LIMIT 1`,
+    [ref],
+  );
+  return rows.length ? toModelVersion(rows[0]) : null;
+}
+
+export async function listModelVersions(db: Queryable): Promise<(ModelVersionRow & { aliases: string[] })[]> {
+  const { rows } = await db.query(
+    `SELECT v.*, COALESCE(array_agg(a.alias ORDER BY a.alias) FILTER (WHERE a.alias IS NOT NULL), '{}') AS aliases
+     FROM model_versions v LEFT JOIN model_aliases a ON a.version_id = v.version_id
+     GROUP BY v.version_id ORDER BY v.created_at, v.version_id`,
+  );
+  return rows.map((r) => ({ ...toModelVersion(r), aliases: r.aliases as string[] }));
+}
+
+/**
+ * Create a model version with the next number for its name. Returns the existing version when this
+ * run already created one for the same artifact (a retried activity).
+ */
+export async function createModelVersion(
+  client: PoolClient,
+  v: { name: string; parentVersionId: string | null; runId: string; model: ArtifactRef; lineage: unknown; metrics: unknown },
+): Promise<string> {
+  await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dacp-model:${v.name}`]);
+  const existing = await client.query(
+    `SELECT version_id FROM model_versions WHERE name = $1 AND run_id = $2 AND sha256 = $3`,
+    [v.name, v.runId, v.model.sha256],
+  );
+  if (existing.rows.length) return existing.rows[0].version_id as string;
+  const { rows } = await client.query(`SELECT count(*)::int AS n FROM model_versions WHERE name = $1`, [v.name]);
+  const versionId = `${v.name}:v${(rows[0].n as number) + 1}`;
+  await client.query(
+    `INSERT INTO model_versions (version_id, name, parent_version_id, run_id, uri, sha256, lineage, metrics)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+    [versionId, v.name, v.parentVersionId, v.runId, v.model.uri, v.model.sha256, JSON.stringify(v.lineage), JSON.stringify(v.metrics)],
+  );
+  return versionId;
+}
+
+/** Point `alias` at `versionId`, recording the deployment and the version it replaces. */
+export async function moveAlias(
+  client: PoolClient,
+  d: { runId: string; alias: string; versionId: string },
+): Promise<{ deploymentId: number; previousVersionId: string | null }> {
+  const done = await client.query(
+    `SELECT id, previous_version_id FROM deployments WHERE run_id = $1 AND alias = $2`,
+    [d.runId, d.alias],
+  );
+  if (done.rows.length) {
+    return { deploymentId: Number(done.rows[0].id), previousVersionId: done.rows[0].previous_version_id };
+  }
+  const current = await client.query(`SELECT version_id FROM model_aliases WHERE alias = $1 FOR UPDATE`, [d.alias]);
+  const previousVersionId: string | null = current.rows.length ? current.rows[0].version_id : null;
+  await client.query(
+    `INSERT INTO model_aliases (alias, version_id) VALUES ($1, $2)
+     ON CONFLICT (alias) DO UPDATE SET version_id = EXCLUDED.version_id, updated_at = now()`,
+    [d.alias, d.versionId],
+  );
+  const inserted = await client.query(
+    `INSERT INTO deployments (run_id, alias, version_id, previous_version_id) VALUES ($1, $2, $3, $4) RETURNING id`,
+    [d.runId, d.alias, d.versionId, previousVersionId],
+  );
+  return { deploymentId: Number(inserted.rows[0].id), previousVersionId };
+}
+
+/** Every database row that belongs to a run, for the audit bundle. */
+export async function runRecords(db: Queryable, runId: string): Promise<Record<string, unknown[]>> {
+  const tables: [string, string][] = [
+    ['runs', 'SELECT * FROM runs WHERE run_id = $1'],
+    ['audit_log', 'SELECT * FROM audit_log WHERE run_id = $1 ORDER BY id'],
+    ['datasets', 'SELECT * FROM datasets WHERE run_id = $1 ORDER BY id'],
+    ['checkpoints', 'SELECT * FROM checkpoints WHERE run_id = $1 ORDER BY id'],
+    ['metrics', 'SELECT * FROM metrics WHERE run_id = $1 ORDER BY id'],
+    ['evaluations', 'SELECT * FROM evaluations WHERE run_id = $1 ORDER BY id'],
+    ['approvals', 'SELECT * FROM approvals WHERE run_id = $1 ORDER BY id'],
+    ['model_versions', 'SELECT * FROM model_versions WHERE run_id = $1 ORDER BY created_at'],
+    ['deployments', 'SELECT * FROM deployments WHERE run_id = $1 ORDER BY id'],
+  ];
+  const out: Record<string, unknown[]> = {};
+  for (const [name, sql] of tables) out[name] = (await db.query(sql, [runId])).rows;
+  return out;
+}

@@ -1,0 +1,182 @@
+import * as tf from '@tensorflow/tfjs';
+import { formatInstructionPrompt, sftRow } from './mixing';
+import { GPT } from './model';
+import { deriveSeed, mulberry32 } from './random';
+import { ByteTokenizer } from './tokenizer';
+
+/** Windows scored per forward pass; bounds memory, not results. */
+const EVAL_BATCH = 8;
+
+/**
+ * Perplexity over a token stream. Windows of contextLength+1 tokens advance by contextLength,
+ * so their targets do not overlap and every token after the first is predicted exactly once
+ * (the last window may be shorter). maxWindows keeps evenly spaced windows.
+ */
+export function perplexity(model: GPT, tokens: number[], o: { maxWindows?: number } = {}): { perplexity: number; meanLoss: number; tokens: number } {
+  const T = model.config.contextLength;
+  if (tokens.length < 2) throw new Error('perplexity needs at least 2 tokens');
+  const starts: number[] = [];
+  for (let start = 0; start + 1 < tokens.length; start += T) starts.push(start);
+  const chosen = o.maxWindows !== undefined && o.maxWindows < starts.length
+    ? Array.from({ length: Math.max(1, o.maxWindows) }, (_, i) => starts[Math.floor((i * starts.length) / Math.max(1, o.maxWindows ?? 1))] as number)
+    : starts;
+  const rows = chosen.map((start) => {
+    const window = tokens.slice(start, start + T + 1);
+    const used = window.length - 1;
+    const pad = (row: number[]): number[] => [...row, ...new Array<number>(T - row.length).fill(0)];
+    return { inputs: pad(window.slice(0, -1)), targets: pad(window.slice(1)), mask: pad(new Array<number>(used).fill(1)) };
+  });
+  const { nll, count } = sumNll(model, rows);
+  const meanLoss = nll / count;
+  return { perplexity: Math.exp(meanLoss), meanLoss, tokens: count };
+}
+
+interface Row { inputs: number[]; targets: number[]; mask: number[] }
+
+/** Summed negative log-likelihood and argmax hits over mask==1 targets. */
+function sumNll(model: GPT, rows: Row[]): { nll: number; count: number; correct: number } {
+  let nll = 0;
+  let count = 0;
+  let correct = 0;
+  for (let i = 0; i < rows.length; i += EVAL_BATCH) {
+    const chunk = rows.slice(i, i + EVAL_BATCH);
+    const [chunkNll, chunkCorrect, chunkCount] = tf.tidy(() => {
+      const inputs = tf.tensor2d(chunk.map((r) => r.inputs), undefined, 'int32');
+      const targets = tf.tensor2d(chunk.map((r) => r.targets), undefined, 'int32');
+      const mask = tf.tensor2d(chunk.map((r) => r.mask), undefined, 'float32');
+      const logits = model.logits(inputs); // [B,T,V]
+      const logProbs = tf.logSoftmax(logits);
+      const picked = tf.oneHot(targets, model.config.vocabSize).toFloat().mul(logProbs).sum(-1); // [B,T]
+      const hits = logits.argMax(-1).equal(targets).toFloat(); // [B,T]
+      return [picked.mul(mask).sum().neg().dataSync()[0], hits.mul(mask).sum().dataSync()[0], mask.sum().dataSync()[0]];
+    });
+    nll += chunkNll as number;
+    correct += chunkCorrect as number;
+    count += chunkCount as number;
+  }
+  return { nll, count, correct };
+}
+
+/** Continues `prompt`; greedy when temperature is 0 or absent, else seeded sampling. Stops at eos. */
+export function generate(
+  model: GPT,
+  tokenizer: ByteTokenizer,
+  prompt: string,
+  o: { maxNewTokens: number; temperature?: number; seed?: number },
+): string {
+  return tokenizer.decode(generateIds(model, tokenizer, tokenizer.encode(prompt), o));
+}
+
+function generateIds(
+  model: GPT,
+  tokenizer: ByteTokenizer,
+  promptIds: number[],
+  o: { maxNewTokens: number; temperature?: number; seed?: number },
+): number[] {
+  const T = model.config.contextLength;
+  const temperature = o.temperature ?? 0;
+  const uniform = mulberry32(deriveSeed(o.seed ?? 0, 'generate'));
+  const ids = promptIds.length > 0 ? [...promptIds] : [tokenizer.eosId];
+  const generated: number[] = [];
+  for (let i = 0; i < o.maxNewTokens; i++) {
+    // No KV cache: recomputing the window is fine at the sizes this engine trains.
+    const context = ids.slice(-T);
+    const last = tf.tidy(() => {
+      const logits = model.logits(tf.tensor2d([context], undefined, 'int32')); // [1,t,V]
+      return logits.slice([0, context.length - 1, 0], [1, 1, -1]).reshape([-1]).dataSync() as Float32Array; // [V]
+    });
+    const next = temperature > 0 ? sample(last, temperature, uniform()) : argmax(last);
+    if (next === tokenizer.eosId) break;
+    ids.push(next);
+    generated.push(next);
+  }
+  return generated;
+}
+
+function argmax(values: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if ((values[i] as number) > (values[best] as number)) best = i;
+  return best;
+}
+
+function sample(logits: Float32Array, temperature: number, u: number): number {
+  const max = logits[argmax(logits)] as number;
+  const weights = Array.from(logits, (l) => Math.exp((l - max) / temperature));
+  const total = weights.reduce((a, b) => a + b, 0);
+  let acc = 0;
+  for (let i = 0; i < weights.length; i++) {
+    acc += (weights[i] as number) / total;
+    if (u < acc) return i;
+  }
+  return weights.length - 1;
+}
+
+export interface InstructionScore {
+  /** exp(mean NLL) of the reference response + eos given the formatted prompt (teacher forcing). */
+  responsePerplexity: number;
+  /** Share of reference response tokens the model ranks first (teacher forcing). */
+  tokenAccuracy: number;
+  /** Share of greedy generations equal to the reference after trimming whitespace. */
+  exactMatch: number;
+  /** Mean ROUGE-L F1 over whitespace-separated words of generation vs reference. */
+  rougeL: number;
+  samples: { prompt: string; expected: string; generated: string }[];
+}
+
+/**
+ * How well the model follows instructions, on the same prompt template SFT trains with.
+ * maxNewTokens defaults to the reference length plus a margin of 16 tokens.
+ */
+export function instructionScore(
+  model: GPT,
+  tokenizer: ByteTokenizer,
+  pairs: { prompt: string; response: string }[],
+  o: { maxNewTokens?: number; maxPairs?: number } = {},
+): InstructionScore {
+  const chosen = pairs.slice(0, o.maxPairs ?? pairs.length);
+  if (chosen.length === 0) throw new Error('instructionScore needs at least one prompt/response pair');
+  const encoded = chosen.map((pair) => ({
+    prompt: tokenizer.encode(formatInstructionPrompt(pair.prompt)),
+    response: tokenizer.encode(pair.response),
+  }));
+  const rows = encoded.map((example) => sftRow(example, { contextLength: model.config.contextLength, padId: tokenizer.padId, eosId: tokenizer.eosId }));
+  const { nll, count, correct } = sumNll(model, rows);
+
+  let exact = 0;
+  let rouge = 0;
+  const samples = chosen.map((pair, i) => {
+    const example = encoded[i] as { prompt: number[]; response: number[] };
+    const maxNewTokens = o.maxNewTokens ?? example.response.length + 16;
+    const generated = tokenizer.decode(generateIds(model, tokenizer, example.prompt, { maxNewTokens }));
+    if (generated.trim() === pair.response.trim()) exact++;
+    rouge += rougeL(generated, pair.response);
+    return { prompt: pair.prompt, expected: pair.response, generated };
+  });
+  return {
+    responsePerplexity: Math.exp(nll / Math.max(1, count)),
+    tokenAccuracy: correct / Math.max(1, count),
+    exactMatch: exact / chosen.length,
+    rougeL: rouge / chosen.length,
+    samples,
+  };
+}
+
+/** ROUGE-L F1 on whitespace-separated words (longest common subsequence). */
+export function rougeL(candidate: string, reference: string): number {
+  const a = candidate.split(/\s+/).filter(Boolean);
+  const b = reference.split(/\s+/).filter(Boolean);
+  if (a.length === 0 || b.length === 0) return a.length === b.length ? 1 : 0;
+  let previous = new Array<number>(b.length + 1).fill(0);
+  for (const word of a) {
+    const current = new Array<number>(b.length + 1).fill(0);
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = word === b[j - 1] ? (previous[j - 1] as number) + 1 : Math.max(previous[j] as number, current[j - 1] as number);
+    }
+    previous = current;
+  }
+  const lcs = previous[b.length] as number;
+  if (lcs === 0) return 0;
+  const precision = lcs / a.length;
+  const recall = lcs / b.length;
+  return (2 * precision * recall) / (precision + recall);
+}

@@ -1,0 +1,84 @@
+import { GPT, parseModelConfig } from './model';
+import { decodeSafetensors, encodeSafetensors, SafetensorsTensor, tensorsDigest } from './safetensors';
+import { ByteTokenizer } from './tokenizer';
+
+/**
+ * A model artifact is one safetensors file: the weights as F32 tensors named like
+ * GPT.variables, and in __metadata__ the keys below. Any other metadata keys are the caller's
+ * (lineage, run id …) and come back unchanged in `meta`.
+ */
+export const MODEL_FORMAT = 'dacp-gpt/1';
+export const RESERVED_KEYS = { format: 'format', config: 'dacp.config', tokenizer: 'dacp.tokenizer', digest: 'dacp.sha256' } as const;
+/** `format` and every `dacp.*` key belong to the file format; callers use any other name. */
+export const isReservedKey = (key: string): boolean => key === RESERVED_KEYS.format || key.startsWith('dacp.');
+
+export function serializeModel(model: GPT, tokenizer: ByteTokenizer, meta: Record<string, string> = {}): Buffer {
+  const weights = model.weights();
+  const tensors: Record<string, SafetensorsTensor> = {};
+  for (const [name, variable] of model.variables) {
+    tensors[name] = { dtype: 'F32', shape: [...variable.shape], data: weights[name] as Float32Array };
+  }
+  return encodeSafetensors(tensors, withReserved(meta, MODEL_FORMAT, { config: model.config, tokenizer: tokenizer.toJSON(), tensors }));
+}
+
+export function deserializeModel(buf: Buffer): { model: GPT; tokenizer: ByteTokenizer; meta: Record<string, string> } {
+  const { tensors, metadata } = decodeSafetensors(buf);
+  const { config, tokenizer, meta } = readReserved(metadata, MODEL_FORMAT, tensors, 'model file');
+  const weights: Record<string, Float32Array> = {};
+  for (const [name, tensor] of Object.entries(tensors)) {
+    if (!(tensor.data instanceof Float32Array)) throw new Error(`model file: tensor "${name}" is ${tensor.dtype}, expected F32`);
+    weights[name] = tensor.data;
+  }
+  const model = GPT.fromWeights(parseModelConfig(config), weights);
+  if (model.config.vocabSize !== tokenizer.vocabSize) {
+    model.dispose();
+    throw new Error(`model file: model vocabSize ${model.config.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
+  }
+  return { model, tokenizer, meta };
+}
+
+/** Shared with checkpoints: the caller's keys, the format's own (`extra`), and a digest of all tensors. */
+export function withReserved(
+  meta: Record<string, string>,
+  format: string,
+  o: { config: object; tokenizer: object; tensors: Record<string, SafetensorsTensor>; extra?: Record<string, string> },
+): Record<string, string> {
+  const clash = Object.keys(meta).filter(isReservedKey);
+  if (clash.length > 0) throw new Error(`metadata keys ${clash.join(', ')} are reserved by the ${format} format ("format" and "dacp.*")`);
+  return {
+    ...meta,
+    ...o.extra,
+    [RESERVED_KEYS.format]: format,
+    [RESERVED_KEYS.config]: JSON.stringify(o.config),
+    [RESERVED_KEYS.tokenizer]: JSON.stringify(o.tokenizer),
+    [RESERVED_KEYS.digest]: tensorsDigest(o.tensors),
+  };
+}
+
+export function readReserved(
+  metadata: Record<string, string>,
+  format: string,
+  tensors: Record<string, SafetensorsTensor>,
+  what: string,
+): { config: unknown; tokenizer: ByteTokenizer; meta: Record<string, string> } {
+  const found = metadata[RESERVED_KEYS.format];
+  if (found !== format) throw new Error(`${what}: metadata format is ${found === undefined ? 'missing' : `"${found}"`}, expected "${format}"`);
+  const digest = metadata[RESERVED_KEYS.digest];
+  if (digest !== undefined && digest !== tensorsDigest(tensors)) {
+    throw new Error(`${what}: tensor data does not match its sha256 (${RESERVED_KEYS.digest}); the file is corrupted`);
+  }
+  const parse = (key: string): unknown => {
+    const text = metadata[key];
+    if (text === undefined) throw new Error(`${what}: metadata "${key}" is missing`);
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw new Error(`${what}: metadata "${key}" is not JSON`);
+    }
+  };
+  const config = parse(RESERVED_KEYS.config);
+  const tokenizer = ByteTokenizer.fromJSON(parse(RESERVED_KEYS.tokenizer));
+  const meta: Record<string, string> = {};
+  for (const [key, value] of Object.entries(metadata)) if (!isReservedKey(key)) meta[key] = value;
+  return { config, tokenizer, meta };
+}

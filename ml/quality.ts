@@ -1,0 +1,386 @@
+/**
+ * The quality stage as a pipeline of small pure steps (datatrove style).
+ *
+ * Each step takes the surviving candidates, returns the ones it keeps and a count of what it removed
+ * and why; `cleanDocuments` runs them in order and the report is the sum of their counts. Filters see
+ * a document's whole text; an instruction pair is judged on prompt + response together, and both of
+ * its fields are redacted.
+ */
+export interface QualitySettings {
+  minChars: number;
+  maxChars: number;
+  /** Highest share of a document's characters that may sit in repeated lines or repeated word 5-grams. */
+  maxRepetitionRatio: number;
+  /** Highest share of non-space characters that may be symbols (not letters, digits or common punctuation). */
+  maxSymbolRatio: number;
+  /** Estimated Jaccard similarity of word 5-gram sets at or above which a later document is a near-duplicate; absent = off. */
+  nearDuplicateThreshold?: number;
+  redactPii: boolean;
+}
+
+export const defaultQualitySettings: QualitySettings = {
+  minChars: 20,
+  maxChars: 100_000,
+  maxRepetitionRatio: 0.3,
+  maxSymbolRatio: 0.25,
+  nearDuplicateThreshold: 0.85,
+  redactPii: true,
+};
+
+export type QualityDoc = { text: string } | { prompt: string; response: string };
+
+/** Stable removal reasons; reports always carry every key. */
+export const removalReasons = ['duplicate', 'near_duplicate', 'too_short', 'too_long', 'repetitive', 'symbols'] as const;
+export type RemovalReason = (typeof removalReasons)[number];
+
+export interface QualityReport {
+  input: number;
+  kept: number;
+  removed: Record<string, number>;
+  redactions: Record<PiiKind, number>;
+}
+
+export type PiiKind = 'email' | 'phone' | 'card' | 'ip';
+export type PiiCounts = Record<PiiKind, number>;
+
+/** A document on its way through the pipeline: the text the filters judge, and what was redacted in it. */
+export interface Candidate<T extends QualityDoc> {
+  doc: T;
+  text: string;
+  redactions?: PiiCounts;
+}
+
+export interface StepResult<T extends QualityDoc> {
+  kept: Candidate<T>[];
+  removed: Partial<Record<RemovalReason, number>>;
+}
+
+export function documentText(doc: QualityDoc): string {
+  return 'text' in doc ? doc.text : `${doc.prompt}\n${doc.response}`;
+}
+
+/** The key exact de-duplication compares: NFKC, case-folded, whitespace collapsed. */
+export function normalizeForDedup(text: string): string {
+  return text.normalize('NFKC').toLowerCase().replace(/\s+/gu, ' ').trim();
+}
+
+function filterBy<T extends QualityDoc>(
+  docs: Candidate<T>[],
+  reasonOf: (c: Candidate<T>) => RemovalReason | null,
+): StepResult<T> {
+  const kept: Candidate<T>[] = [];
+  const removed: Partial<Record<RemovalReason, number>> = {};
+  for (const c of docs) {
+    const reason = reasonOf(c);
+    if (reason === null) kept.push(c);
+    else removed[reason] = (removed[reason] ?? 0) + 1;
+  }
+  return { kept, removed };
+}
+
+// ---------------------------------------------------------------- exact de-duplication
+
+export function exactDedup<T extends QualityDoc>(docs: Candidate<T>[]): StepResult<T> {
+  const seen = new Set<string>();
+  return filterBy(docs, (c) => {
+    const key = normalizeForDedup(c.text);
+    if (seen.has(key)) return 'duplicate';
+    seen.add(key);
+    return null;
+  });
+}
+
+// ---------------------------------------------------------------- length
+
+export function lengthFilter<T extends QualityDoc>(
+  docs: Candidate<T>[],
+  limits: { minChars: number; maxChars: number } = defaultQualitySettings,
+): StepResult<T> {
+  return filterBy(docs, (c) => {
+    const chars = c.text.trim().length;
+    if (chars < limits.minChars) return 'too_short';
+    if (chars > limits.maxChars) return 'too_long';
+    return null;
+  });
+}
+
+// ---------------------------------------------------------------- repetition
+
+/** Word n-gram size whose repeats count as repetition (Gopher uses 5–10). */
+export const repetitionNgram = 5;
+/** Shorter texts skip the n-gram check: a short answer that echoes its question is not spam. */
+export const repetitionNgramMinWords = 50;
+
+/**
+ * The larger of: the share of characters in lines that repeat an earlier line, and the share of word
+ * characters covered by word n-grams that occur more than once (Gopher's duplicate n-gram fraction).
+ */
+export function repetitionRatio(text: string): number {
+  return Math.max(duplicateLineShare(text), duplicateNgramShare(text, repetitionNgram));
+}
+
+function duplicateLineShare(text: string): number {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+  const total = lines.reduce((n, l) => n + l.length, 0);
+  if (total === 0) return 0;
+  const seen = new Set<string>();
+  let duplicated = 0;
+  for (const line of lines) {
+    if (seen.has(line)) duplicated += line.length;
+    else seen.add(line);
+  }
+  return duplicated / total;
+}
+
+function duplicateNgramShare(text: string, n: number): number {
+  const words = text.toLowerCase().split(/\s+/u).filter((w) => w.length > 0);
+  if (words.length < Math.max(2 * n, repetitionNgramMinWords)) return 0;
+  const totalChars = words.reduce((sum, w) => sum + w.length, 0);
+  const counts = new Map<string, number>();
+  for (let i = 0; i + n <= words.length; i++) {
+    const gram = words.slice(i, i + n).join(' ');
+    counts.set(gram, (counts.get(gram) ?? 0) + 1);
+  }
+  const covered = new Uint8Array(words.length);
+  for (let i = 0; i + n <= words.length; i++) {
+    if ((counts.get(words.slice(i, i + n).join(' ')) ?? 0) > 1) covered.fill(1, i, i + n);
+  }
+  let coveredChars = 0;
+  for (let i = 0; i < words.length; i++) if (covered[i]) coveredChars += words[i].length;
+  return coveredChars / totalChars;
+}
+
+export function repetitionFilter<T extends QualityDoc>(
+  docs: Candidate<T>[],
+  maxRepetitionRatio = defaultQualitySettings.maxRepetitionRatio,
+): StepResult<T> {
+  return filterBy(docs, (c) => (repetitionRatio(c.text) > maxRepetitionRatio ? 'repetitive' : null));
+}
+
+// ---------------------------------------------------------------- symbols
+
+const ordinaryChar = /[\p{L}\p{N}\p{M}.,;:!?'"()\-/%&’‘“”—–…]/u;
+
+/** Share of non-whitespace characters that are neither letters, digits, marks nor common punctuation. */
+export function symbolRatio(text: string): number {
+  let visible = 0;
+  let symbols = 0;
+  for (const ch of text) {
+    if (/\s/u.test(ch)) continue;
+    visible++;
+    if (!ordinaryChar.test(ch)) symbols++;
+  }
+  return visible === 0 ? 0 : symbols / visible;
+}
+
+export function symbolFilter<T extends QualityDoc>(
+  docs: Candidate<T>[],
+  maxSymbolRatio = defaultQualitySettings.maxSymbolRatio,
+): StepResult<T> {
+  return filterBy(docs, (c) => (symbolRatio(c.text) > maxSymbolRatio ? 'symbols' : null));
+}
+
+// ---------------------------------------------------------------- near-duplicates (MinHash + LSH)
+
+const minhashPermutations = 128;
+const lshBands = 32; // 4 rows a band: pairs from ~0.4 similarity become candidates, then the estimate decides
+
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+function fmix32(x: number): number {
+  let h = x;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+const permutationSeeds = Array.from({ length: minhashPermutations }, (_, i) => fmix32(i + 0x9e3779b9));
+
+/** MinHash signature of a text's word 5-gram set (a text shorter than that is one shingle). */
+export function minhashSignature(text: string): Uint32Array {
+  const words = normalizeForDedup(text).split(' ');
+  const shingles = new Set<number>();
+  if (words.length < repetitionNgram) shingles.add(fnv1a(words.join(' ')));
+  for (let i = 0; i + repetitionNgram <= words.length; i++) {
+    shingles.add(fnv1a(words.slice(i, i + repetitionNgram).join(' ')));
+  }
+  const signature = new Uint32Array(minhashPermutations).fill(0xffffffff);
+  for (const shingle of shingles) {
+    for (let p = 0; p < minhashPermutations; p++) {
+      const h = fmix32(shingle ^ permutationSeeds[p]);
+      if (h < signature[p]) signature[p] = h;
+    }
+  }
+  return signature;
+}
+
+export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
+  let same = 0;
+  for (let i = 0; i < a.length; i++) if (a[i] === b[i]) same++;
+  return same / a.length;
+}
+
+/** Removes a document whose estimated similarity to an earlier kept one reaches the threshold. */
+export function nearDedup<T extends QualityDoc>(docs: Candidate<T>[], threshold: number): StepResult<T> {
+  const rows = minhashPermutations / lshBands;
+  const buckets = new Map<string, number[]>();
+  const keptSignatures: Uint32Array[] = [];
+  return filterBy(docs, (c) => {
+    const signature = minhashSignature(c.text);
+    const bandKeys: string[] = [];
+    const candidates = new Set<number>();
+    for (let b = 0; b < lshBands; b++) {
+      const key = `${b}:${Array.from(signature.subarray(b * rows, (b + 1) * rows)).join(',')}`;
+      bandKeys.push(key);
+      for (const index of buckets.get(key) ?? []) candidates.add(index);
+    }
+    for (const index of candidates) {
+      if (estimatedJaccard(signature, keptSignatures[index]) >= threshold) return 'near_duplicate';
+    }
+    const index = keptSignatures.push(signature) - 1;
+    for (const key of bandKeys) {
+      const bucket = buckets.get(key);
+      if (bucket) bucket.push(index);
+      else buckets.set(key, [index]);
+    }
+    return null;
+  });
+}
+
+// ---------------------------------------------------------------- PII redaction
+
+function emptyPiiCounts(): PiiCounts {
+  return { email: 0, phone: 0, card: 0, ip: 0 };
+}
+
+function addPiiCounts(into: PiiCounts, more: PiiCounts): void {
+  for (const kind of Object.keys(into) as PiiKind[]) into[kind] += more[kind];
+}
+
+const emailPattern = /[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}/g;
+// Candidates only; each is validated below. Look-arounds keep matches off the middle of longer tokens
+// ("v1.2.3.4", "std::map", version strings, 3GPP spec numbers).
+const ipv6Candidate = /(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:]|\.\d)/g;
+const ipv4Pattern = /(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)/g;
+const cardCandidate = /(?<![\w+.-])\d(?:[ -]?\d){12,18}(?![\w-]|\.\d)/g;
+const phoneCandidate = /(?<![\w.+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-]|\.\d)/g;
+
+function isIpv6(candidate: string): boolean {
+  if (!/\d/.test(candidate)) return false; // "abc::def" is more likely code than an address
+  const halves = candidate.split('::');
+  if (halves.length > 2) return false;
+  const groupsOf = (part: string): string[] => (part === '' ? [] : part.split(':'));
+  const groups = halves.flatMap(groupsOf);
+  if (!groups.every((g) => /^[0-9A-Fa-f]{1,4}$/.test(g))) return false;
+  return halves.length === 2 ? groups.length <= 7 : groups.length === 8;
+}
+
+function isLuhnValid(digits: string): boolean {
+  let sum = 0;
+  for (let i = 0; i < digits.length; i++) {
+    let d = digits.charCodeAt(digits.length - 1 - i) - 48;
+    if (i % 2 === 1) {
+      d *= 2;
+      if (d > 9) d -= 9;
+    }
+    sum += d;
+  }
+  return sum % 10 === 0;
+}
+
+function isPhone(candidate: string): boolean {
+  const digits = candidate.replace(/\D/g, '');
+  if (candidate.startsWith('+')) return digits.length >= 8 && digits.length <= 15;
+  if (candidate.includes('(')) return digits.length >= 7 && digits.length <= 15;
+  // Without a country code or area-code brackets, only national-length numbers with one kind of
+  // separator count: this keeps dates, years in a row and spec numbers out.
+  if (digits.length < 10 || digits.length > 11) return false;
+  const separators = new Set(candidate.replace(/\d/g, ''));
+  if (separators.size !== 1) return false;
+  return !/^\d{4}[-.]\d{2}[-.]\d{2}/.test(candidate);
+}
+
+/** Replaces e-mail addresses, IP addresses, Luhn-valid card numbers and phone numbers with placeholders. */
+export function redactPii(text: string): { text: string; counts: Record<PiiKind, number> } {
+  const counts = emptyPiiCounts();
+  const replace = (input: string, pattern: RegExp, kind: PiiKind, accept: (m: string) => boolean): string =>
+    input.replace(pattern, (match) => {
+      if (!accept(match)) return match;
+      counts[kind]++;
+      return `[${kind.toUpperCase()}]`;
+    });
+  let out = replace(text, emailPattern, 'email', () => true);
+  out = replace(out, ipv6Candidate, 'ip', isIpv6);
+  out = replace(out, ipv4Pattern, 'ip', () => true);
+  out = replace(out, cardCandidate, 'card', (m) => isLuhnValid(m.replace(/\D/g, '')));
+  out = replace(out, phoneCandidate, 'phone', isPhone);
+  return { text: out, counts };
+}
+
+/** Redacts every text field of each document; removes nothing. */
+export function piiRedaction<T extends QualityDoc>(docs: Candidate<T>[]): StepResult<T> {
+  const kept = docs.map((c): Candidate<T> => {
+    if ('text' in c.doc) {
+      const r = redactPii(c.doc.text);
+      const doc: T = { ...c.doc, text: r.text };
+      return { doc, text: documentText(doc), redactions: r.counts };
+    }
+    const prompt = redactPii(c.doc.prompt);
+    const response = redactPii(c.doc.response);
+    const redactions = emptyPiiCounts();
+    addPiiCounts(redactions, prompt.counts);
+    addPiiCounts(redactions, response.counts);
+    const doc: T = { ...c.doc, prompt: prompt.text, response: response.text };
+    return { doc, text: documentText(doc), redactions };
+  });
+  return { kept, removed: {} };
+}
+
+// ---------------------------------------------------------------- the pipeline
+
+/**
+ * Order: cheap per-document filters first, then redaction, then de-duplication on the redacted text
+ * (two copies that differ only in an e-mail address are the same document). Redaction counts cover
+ * only the documents that survive.
+ */
+export function cleanDocuments<T extends QualityDoc>(
+  docs: T[],
+  settings: QualitySettings,
+): { kept: T[]; report: QualityReport } {
+  type Step = (c: Candidate<T>[]) => StepResult<T>;
+  const steps: Step[] = [
+    (c) => lengthFilter(c, settings),
+    (c) => repetitionFilter(c, settings.maxRepetitionRatio),
+    (c) => symbolFilter(c, settings.maxSymbolRatio),
+    ...(settings.redactPii ? [(c: Candidate<T>[]) => piiRedaction(c)] : []),
+    (c) => exactDedup(c),
+    ...(settings.nearDuplicateThreshold !== undefined
+      ? [(c: Candidate<T>[]) => nearDedup(c, settings.nearDuplicateThreshold ?? 1)]
+      : []),
+  ];
+
+  const removed: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
+  let candidates: Candidate<T>[] = docs.map((doc) => ({ doc, text: documentText(doc) }));
+  for (const step of steps) {
+    const result = step(candidates);
+    for (const [reason, count] of Object.entries(result.removed)) removed[reason] += count ?? 0;
+    candidates = result.kept;
+  }
+
+  const redactions = emptyPiiCounts();
+  for (const c of candidates) if (c.redactions) addPiiCounts(redactions, c.redactions);
+  return {
+    kept: candidates.map((c) => c.doc),
+    report: { input: docs.length, kept: candidates.length, removed, redactions },
+  };
+}

@@ -1,0 +1,147 @@
+import { createHash } from 'crypto';
+import * as os from 'os';
+import { z } from 'zod';
+
+/**
+ * The safetensors format (https://github.com/huggingface/safetensors), so checkpoints and
+ * models open in the Python ecosystem too:
+ *
+ *   [8 bytes: header length N, u64 little-endian]
+ *   [N bytes: JSON {"name": {"dtype","shape","data_offsets":[begin,end]}, ..., "__metadata__": {str: str}},
+ *             padded with spaces to a multiple of 8]
+ *   [data: raw little-endian tensors; offsets are relative to the start of this section]
+ */
+
+export type SafetensorsDtype = 'F32' | 'I32';
+
+export interface SafetensorsTensor {
+  dtype: SafetensorsDtype;
+  shape: number[];
+  data: Float32Array | Int32Array;
+}
+
+const BYTES_PER_ELEMENT: Record<SafetensorsDtype, number> = { F32: 4, I32: 4 };
+const METADATA_KEY = '__metadata__';
+/** Same cap as the reference implementation: a larger header is almost surely corruption. */
+const MAX_HEADER_BYTES = 100_000_000;
+
+function assertLittleEndianHost(): void {
+  if (os.endianness() !== 'LE') throw new Error('safetensors: big-endian hosts are not supported');
+}
+
+export function encodeSafetensors(tensors: Record<string, SafetensorsTensor>, metadata?: Record<string, string>): Buffer {
+  assertLittleEndianHost();
+  const names = Object.keys(tensors).sort();
+  const header: Record<string, unknown> = {};
+  if (metadata !== undefined && Object.keys(metadata).length > 0) header[METADATA_KEY] = { ...metadata };
+  let offset = 0;
+  for (const name of names) {
+    if (name === METADATA_KEY) throw new Error(`safetensors: "${METADATA_KEY}" is reserved and cannot name a tensor`);
+    const tensor = tensors[name] as SafetensorsTensor;
+    const expected = elementCount(tensor.shape, name);
+    const isRightType = tensor.dtype === 'F32' ? tensor.data instanceof Float32Array : tensor.data instanceof Int32Array;
+    if (!isRightType) throw new Error(`safetensors: tensor "${name}" is declared ${tensor.dtype} but holds a ${tensor.data.constructor.name}`);
+    if (tensor.data.length !== expected) {
+      throw new Error(`safetensors: tensor "${name}" has ${tensor.data.length} values but shape [${tensor.shape.join(',')}] needs ${expected}`);
+    }
+    const bytes = expected * BYTES_PER_ELEMENT[tensor.dtype];
+    header[name] = { dtype: tensor.dtype, shape: tensor.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const out = Buffer.alloc(8 + headerBytes.length + offset);
+  out.writeBigUInt64LE(BigInt(headerBytes.length), 0);
+  headerBytes.copy(out, 8);
+  let cursor = 8 + headerBytes.length;
+  for (const name of names) {
+    const { data } = tensors[name] as SafetensorsTensor;
+    Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(out, cursor);
+    cursor += data.byteLength;
+  }
+  return out;
+}
+
+const entrySchema = z.object({
+  dtype: z.string(),
+  shape: z.array(z.number().int().nonnegative()),
+  data_offsets: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]),
+});
+const metadataSchema = z.record(z.string());
+
+export function decodeSafetensors(buf: Buffer): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> } {
+  assertLittleEndianHost();
+  const corrupt = (why: string): Error => new Error(`not a valid safetensors buffer (${buf.length} bytes): ${why}`);
+  if (buf.length < 8) throw corrupt('shorter than the 8-byte header length');
+  const headerLength = buf.readBigUInt64LE(0);
+  if (headerLength > BigInt(MAX_HEADER_BYTES)) throw corrupt(`header length ${headerLength} is implausibly large`);
+  if (BigInt(8) + headerLength > BigInt(buf.length)) throw corrupt(`header says ${headerLength} bytes but only ${buf.length - 8} follow (truncated?)`);
+  const headerEnd = 8 + Number(headerLength);
+
+  let header: unknown;
+  try {
+    header = JSON.parse(buf.subarray(8, headerEnd).toString('utf8'));
+  } catch (error) {
+    throw corrupt(`header is not JSON (${error instanceof Error ? error.message : String(error)})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw corrupt('header is not a JSON object');
+  const entries = header as Record<string, unknown>;
+
+  let metadata: Record<string, string> = {};
+  if (entries[METADATA_KEY] !== undefined) {
+    const parsed = metadataSchema.safeParse(entries[METADATA_KEY]);
+    if (!parsed.success) throw corrupt(`"${METADATA_KEY}" must map strings to strings`);
+    metadata = parsed.data;
+  }
+
+  const dataLength = buf.length - headerEnd;
+  const spans: { name: string; begin: number; end: number }[] = [];
+  const tensors: Record<string, SafetensorsTensor> = {};
+  for (const [name, raw] of Object.entries(entries)) {
+    if (name === METADATA_KEY) continue;
+    const parsed = entrySchema.safeParse(raw);
+    if (!parsed.success) throw corrupt(`tensor "${name}" has a malformed entry`);
+    const { dtype, shape, data_offsets: [begin, end] } = parsed.data;
+    if (dtype !== 'F32' && dtype !== 'I32') throw corrupt(`tensor "${name}" has unsupported dtype ${dtype} (supported: F32, I32)`);
+    const typed = dtype as SafetensorsDtype;
+    if (end < begin || end > dataLength) throw corrupt(`tensor "${name}" spans bytes ${begin}..${end} but the data section has ${dataLength} (truncated?)`);
+    const count = elementCount(shape, name);
+    if (end - begin !== count * BYTES_PER_ELEMENT[typed]) throw corrupt(`tensor "${name}" has ${end - begin} bytes, shape [${shape.join(',')}] needs ${count * BYTES_PER_ELEMENT[typed]}`);
+    // Copy out: the data may sit at an offset a Float32Array view cannot start at.
+    const bytes = new Uint8Array(end - begin);
+    bytes.set(buf.subarray(headerEnd + begin, headerEnd + end));
+    tensors[name] = { dtype: typed, shape, data: typed === 'F32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer) };
+    spans.push({ name, begin, end });
+  }
+  // Like the reference implementation: tensors tile the data section exactly, so trailing garbage
+  // or a truncated final tensor is detected rather than silently ignored.
+  spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let expectedBegin = 0;
+  for (const span of spans) {
+    if (span.begin !== expectedBegin) throw corrupt(`tensor "${span.name}" starts at byte ${span.begin}, expected ${expectedBegin} (overlap or gap)`);
+    expectedBegin = span.end;
+  }
+  if (expectedBegin !== dataLength) throw corrupt(`data section has ${dataLength} bytes but tensors cover ${expectedBegin}`);
+  return { tensors, metadata };
+}
+
+function elementCount(shape: number[], name: string): number {
+  if (!shape.every((d) => Number.isInteger(d) && d >= 0)) throw new Error(`safetensors: tensor "${name}" has invalid shape [${shape.join(',')}]`);
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * sha256 over every tensor's name, dtype, shape and bytes, in name order. safetensors has no
+ * checksum of its own; dacp stores this digest in the metadata so a flipped bit in a checkpoint
+ * is caught on load instead of silently resuming from damaged weights.
+ */
+export function tensorsDigest(tensors: Record<string, SafetensorsTensor>): string {
+  const hash = createHash('sha256');
+  for (const name of Object.keys(tensors).sort()) {
+    const { dtype, shape, data } = tensors[name] as SafetensorsTensor;
+    hash.update(JSON.stringify([name, dtype, shape]));
+    hash.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  }
+  return hash.digest('hex');
+}

@@ -1,0 +1,289 @@
+import { setImmediate as yieldToEventLoop } from 'timers/promises';
+import * as tf from '@tensorflow/tfjs';
+import { z } from 'zod';
+import { Batch, BatchSource } from './mixing';
+import { GPT, parameterSpecs, parseModelConfig } from './model';
+import { readReserved, serializeModel, withReserved } from './modelFile';
+import { decodeSafetensors, encodeSafetensors, SafetensorsTensor } from './safetensors';
+import { ByteTokenizer } from './tokenizer';
+
+/**
+ * The training loop: AdamW with decoupled weight decay, linear warm-up then cosine decay,
+ * global-norm gradient clipping. The optimizer is written out by hand (a dozen tensor ops)
+ * so that its whole state — two moments per parameter and the step — lives in the
+ * checkpoint, and a resumed run continues bit for bit where the interrupted one stopped.
+ */
+
+export const CHECKPOINT_FORMAT = 'dacp-checkpoint/1';
+
+/** GPT-2/3 style AdamW constants; fixed so a checkpoint never disagrees with the code about them. */
+const ADAM = { beta1: 0.9, beta2: 0.95, epsilon: 1e-8 } as const;
+
+export const trainSettingsSchema = z
+  .object({
+    totalSteps: z.number().int().positive(),
+    batchSize: z.number().int().positive(),
+    learningRate: z.number().positive().finite(),
+    warmupSteps: z.number().int().nonnegative(),
+    minLrRatio: z.number().min(0).max(1),
+    weightDecay: z.number().min(0).finite(),
+    /** Global gradient-norm ceiling; 0 disables clipping. */
+    gradClip: z.number().min(0).finite(),
+    seed: z.number().int(),
+  })
+  .strict();
+
+export interface TrainSettings {
+  totalSteps: number;
+  batchSize: number;
+  learningRate: number;
+  warmupSteps: number;
+  minLrRatio: number;
+  weightDecay: number;
+  gradClip: number;
+  seed: number;
+}
+
+export function parseTrainSettings(json: unknown): TrainSettings {
+  const parsed = trainSettingsSchema.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`);
+    throw new Error(`invalid training settings: ${issues.join('; ')}`);
+  }
+  return parsed.data;
+}
+
+interface Moments { m: tf.Variable; v: tf.Variable; decay: boolean }
+
+export class Trainer {
+  private constructor(
+    readonly model: GPT,
+    readonly tokenizer: ByteTokenizer,
+    readonly settings: TrainSettings,
+    private currentStep: number,
+    private readonly moments: Map<string, Moments>,
+    /** Loss of the most recent step (NaN before the first); survives checkpoints. */
+    private latestLoss: number,
+    /** Caller metadata of the checkpoint this trainer was restored from ({} when fresh). */
+    readonly meta: Record<string, string>,
+  ) {}
+
+  static create(model: GPT, tokenizer: ByteTokenizer, settings: TrainSettings): Trainer {
+    const checked = parseTrainSettings(settings);
+    if (model.config.vocabSize !== tokenizer.vocabSize) {
+      throw new Error(`model vocabSize ${model.config.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
+    }
+    const zeros = new Map<string, { m: Float32Array; v: Float32Array }>();
+    for (const [name, variable] of model.variables) zeros.set(name, { m: new Float32Array(variable.size), v: new Float32Array(variable.size) });
+    return new Trainer(model, tokenizer, checked, 0, makeMoments(model, zeros), Number.NaN, {});
+  }
+
+  /** Restores everything checkpoint() wrote; rejects foreign, corrupted or inconsistent buffers. */
+  static fromCheckpoint(buf: Buffer): Trainer {
+    const fail = (why: string): Error => new Error(`invalid training checkpoint: ${why}`);
+    const { tensors, metadata } = decodeSafetensors(buf);
+    const { config, tokenizer, meta } = readReserved(metadata, CHECKPOINT_FORMAT, tensors, 'training checkpoint');
+    const settings = parseTrainSettings(parseJson(metadata['dacp.settings'], 'dacp.settings'));
+    const step = Number(metadata['dacp.step']);
+    if (!Number.isInteger(step) || step < 0 || step > settings.totalSteps) throw fail(`dacp.step "${metadata['dacp.step']}" is not a step in 0..${settings.totalSteps}`);
+    const optimizer = parseJson(metadata['dacp.optimizer'], 'dacp.optimizer');
+    if (JSON.stringify(optimizer) !== JSON.stringify({ kind: 'adamw', ...ADAM })) throw fail(`optimizer ${JSON.stringify(optimizer)} is not this code's AdamW ${JSON.stringify(ADAM)}`);
+    const lastLoss = Number(metadata['dacp.lastLoss'] ?? 'NaN');
+
+    const weights: Record<string, Float32Array> = {};
+    const state = new Map<string, { m: Float32Array; v: Float32Array }>();
+    const modelConfig = parseModelConfig(config);
+    for (const spec of parameterSpecs(modelConfig)) {
+      const [w, m, v] = ['model.', 'adam.m.', 'adam.v.'].map((prefix) => {
+        const tensor = tensors[prefix + spec.name];
+        if (tensor === undefined || !(tensor.data instanceof Float32Array)) throw fail(`F32 tensor "${prefix}${spec.name}" is missing`);
+        return tensor.data;
+      }) as [Float32Array, Float32Array, Float32Array];
+      if (m.length !== w.length || v.length !== w.length) throw fail(`optimizer moments of "${spec.name}" do not match its size`);
+      weights[spec.name] = w;
+      state.set(spec.name, { m, v });
+    }
+    const expected = 3 * Object.keys(weights).length;
+    if (Object.keys(tensors).length !== expected) throw fail(`holds ${Object.keys(tensors).length} tensors, expected ${expected}`);
+    const model = GPT.fromWeights(modelConfig, weights);
+    return new Trainer(model, tokenizer, settings, step, makeMoments(model, state), lastLoss, meta);
+  }
+
+  get step(): number {
+    return this.currentStep;
+  }
+
+  get lastLoss(): number {
+    return this.latestLoss;
+  }
+
+  /** Learning rate of the step with this 0-based index: linear re-warm, then cosine decay to minLrRatio × peak. */
+  learningRateAt(step: number): number {
+    const { learningRate: peak, warmupSteps, totalSteps, minLrRatio } = this.settings;
+    if (step < warmupSteps) return (peak * (step + 1)) / warmupSteps;
+    const progress = Math.min(1, (step - warmupSteps) / Math.max(1, totalSteps - warmupSteps));
+    const floor = peak * minLrRatio;
+    return floor + (peak - floor) * 0.5 * (1 + Math.cos(Math.PI * progress));
+  }
+
+  /** One optimizer step. Throws, leaving the state untouched, if the loss or gradients are not finite. */
+  trainStep(batch: Batch): { loss: number; lr: number; gradNorm: number } {
+    this.checkBatch(batch);
+    const lr = this.learningRateAt(this.currentStep);
+    const names = [...this.model.variables.keys()];
+    const { loss, gradNorm, grads } = tf.tidy(() => {
+      const inputs = tf.tensor2d(batch.inputs, undefined, 'int32');
+      const targets = tf.tensor2d(batch.targets, undefined, 'int32');
+      const mask = tf.tensor2d(batch.mask, undefined, 'float32');
+      const result = tf.variableGrads(() => this.model.loss(inputs, targets, mask), [...this.model.variables.values()]);
+      const byName = names.map((name) => result.grads[this.variableName(name)] as tf.Tensor);
+      const norm = tf.addN(byName.map((g) => g.square().sum())).sqrt();
+      return { loss: result.value, gradNorm: norm, grads: byName };
+    });
+    const [lossValue, normValue] = [loss.dataSync()[0] as number, gradNorm.dataSync()[0] as number];
+    loss.dispose();
+    gradNorm.dispose();
+    if (!Number.isFinite(lossValue) || !Number.isFinite(normValue)) {
+      tf.dispose(grads);
+      throw new Error(`training diverged at step ${this.currentStep}: loss ${lossValue}, gradient norm ${normValue}; lower learningRate or gradClip`);
+    }
+    const clipScale = this.settings.gradClip > 0 && normValue > this.settings.gradClip ? this.settings.gradClip / (normValue + 1e-6) : 1;
+    this.applyAdamW(names, grads, lr, clipScale);
+    tf.dispose(grads);
+    this.currentStep++;
+    this.latestLoss = lossValue;
+    return { loss: lossValue, lr, gradNorm: normValue };
+  }
+
+  /** One safetensors buffer: weights (model.*), AdamW moments (adam.m.*, adam.v.*), step, settings, config, tokenizer. */
+  checkpoint(meta: Record<string, string> = {}): Buffer {
+    const tensors: Record<string, SafetensorsTensor> = {};
+    for (const [name, variable] of this.model.variables) {
+      const shape = [...variable.shape];
+      const { m, v } = this.moments.get(name) as Moments;
+      tensors[`model.${name}`] = { dtype: 'F32', shape, data: variable.dataSync() as Float32Array };
+      tensors[`adam.m.${name}`] = { dtype: 'F32', shape, data: m.dataSync() as Float32Array };
+      tensors[`adam.v.${name}`] = { dtype: 'F32', shape, data: v.dataSync() as Float32Array };
+    }
+    return encodeSafetensors(tensors, withReserved(meta, CHECKPOINT_FORMAT, {
+      config: this.model.config,
+      tokenizer: this.tokenizer.toJSON(),
+      tensors,
+      extra: {
+        'dacp.step': String(this.currentStep),
+        'dacp.settings': JSON.stringify(this.settings),
+        'dacp.optimizer': JSON.stringify({ kind: 'adamw', ...ADAM }),
+        'dacp.lastLoss': String(this.latestLoss),
+      },
+    }));
+  }
+
+  exportModel(meta: Record<string, string> = {}): Buffer {
+    return serializeModel(this.model, this.tokenizer, meta);
+  }
+
+  dispose(): void {
+    for (const { m, v } of this.moments.values()) tf.dispose([m, v]);
+    this.model.dispose();
+  }
+
+  private applyAdamW(names: string[], grads: tf.Tensor[], lr: number, clipScale: number): void {
+    const t = this.currentStep + 1;
+    // Bias corrections in float64 on the host: the same numbers in every process.
+    const correction1 = 1 - ADAM.beta1 ** t;
+    const correction2 = 1 - ADAM.beta2 ** t;
+    const decayFactor = 1 - lr * this.settings.weightDecay;
+    tf.tidy(() => {
+      names.forEach((name, i) => {
+        const parameter = this.model.variables.get(name) as tf.Variable;
+        const { m, v, decay } = this.moments.get(name) as Moments;
+        const g = clipScale === 1 ? (grads[i] as tf.Tensor) : (grads[i] as tf.Tensor).mul(clipScale);
+        const m1 = m.mul(ADAM.beta1).add(g.mul(1 - ADAM.beta1));
+        const v1 = v.mul(ADAM.beta2).add(g.square().mul(1 - ADAM.beta2));
+        const update = m1.div(correction1).div(v1.div(correction2).sqrt().add(ADAM.epsilon));
+        // Decoupled decay (Loshchilov & Hutter): shrink the weight, not the gradient; matrices only.
+        const decayed = decay ? parameter.mul(decayFactor) : parameter;
+        m.assign(m1);
+        v.assign(v1);
+        parameter.assign(decayed.sub(update.mul(lr)));
+      });
+    });
+  }
+
+  private variableName(name: string): string {
+    return (this.model.variables.get(name) as tf.Variable).name;
+  }
+
+  private checkBatch(batch: Batch): void {
+    const rows = batch.inputs.length;
+    const cols = batch.inputs[0]?.length ?? 0;
+    const ok = rows > 0 && cols > 0 && cols <= this.model.config.contextLength &&
+      [batch.inputs, batch.targets, batch.mask].every((field) => field.length === rows && field.every((row) => row.length === cols));
+    if (!ok) throw new Error(`batch must be [rows][cols] with rows ≥ 1 and 1 ≤ cols ≤ ${this.model.config.contextLength} in inputs, targets and mask alike`);
+  }
+}
+
+function makeMoments(model: GPT, values: Map<string, { m: Float32Array; v: Float32Array }>): Map<string, Moments> {
+  const decays = new Map(parameterSpecs(model.config).map((spec) => [spec.name, spec.decay]));
+  const moments = new Map<string, Moments>();
+  for (const [name, variable] of model.variables) {
+    const { m, v } = values.get(name) as { m: Float32Array; v: Float32Array };
+    moments.set(name, {
+      m: tf.tidy(() => tf.variable(tf.tensor(m, variable.shape), false, `${variable.name}/adam.m`)),
+      v: tf.tidy(() => tf.variable(tf.tensor(v, variable.shape), false, `${variable.name}/adam.v`)),
+      decay: decays.get(name) ?? false,
+    });
+  }
+  return moments;
+}
+
+function parseJson(text: string | undefined, key: string): unknown {
+  if (text === undefined) throw new Error(`invalid training checkpoint: metadata "${key}" is missing`);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new Error(`invalid training checkpoint: metadata "${key}" is not JSON`);
+  }
+}
+
+export interface RunTrainingOptions {
+  trainer: Trainer;
+  batches: BatchSource;
+  /** Checkpoint after every this many steps, and always after the last. */
+  checkpointEvery: number;
+  onStep?: (s: { step: number; loss: number; lr: number }) => void | Promise<void>;
+  onCheckpoint: (s: { step: number; loss: number; checkpoint: Buffer }) => Promise<void>;
+  /** Polled between steps; true stops the loop after checkpointing the steps taken so far. */
+  shouldStop?: () => boolean;
+}
+
+/**
+ * Trains from trainer.step to settings.totalSteps. Between steps it yields to the event loop so
+ * the caller's heartbeats and cancellation get to run. A stop request ends the loop with a
+ * checkpoint of the work done, so a retry resumes without losing steps.
+ */
+export async function runTraining(o: RunTrainingOptions): Promise<{ stoppedEarly: boolean; finalStep: number; lastLoss: number }> {
+  const { trainer } = o;
+  if (!Number.isInteger(o.checkpointEvery) || o.checkpointEvery < 1) throw new Error(`checkpointEvery must be a positive integer, got ${o.checkpointEvery}`);
+  const { totalSteps } = trainer.settings;
+  // A restored trainer's state is already in the checkpoint it came from.
+  let checkpointedStep = trainer.step;
+  let stoppedEarly = false;
+  while (trainer.step < totalSteps) {
+    if (o.shouldStop?.() === true) {
+      stoppedEarly = true;
+      break;
+    }
+    const { loss, lr } = trainer.trainStep(o.batches(trainer.step));
+    await o.onStep?.({ step: trainer.step, loss, lr });
+    if (trainer.step % o.checkpointEvery === 0 || trainer.step === totalSteps) {
+      await o.onCheckpoint({ step: trainer.step, loss, checkpoint: trainer.checkpoint() });
+      checkpointedStep = trainer.step;
+    }
+    await yieldToEventLoop();
+  }
+  if (stoppedEarly && trainer.step > checkpointedStep) {
+    await o.onCheckpoint({ step: trainer.step, loss: trainer.lastLoss, checkpoint: trainer.checkpoint() });
+  }
+  return { stoppedEarly, finalStep: trainer.step, lastLoss: trainer.lastLoss };
+}

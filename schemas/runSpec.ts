@@ -1,0 +1,195 @@
+import { z } from 'zod';
+
+/**
+ * The run specification: everything a user decides about one DACP run. Validated at the edge
+ * (CLI, API, workflow start) and trusted inside. Every optional field has a default so that a spec
+ * naming only its sources and approvers is complete.
+ */
+
+const roles = ['domain', 'replay', 'instruct'] as const;
+export const SourceRole = z.enum(roles);
+
+const fileSource = z
+  .object({
+    kind: z.literal('files'),
+    role: SourceRole,
+    paths: z.array(z.string().min(1, 'a path must not be empty')).min(1, 'list at least one file or glob'),
+    format: z.enum(['auto', 'text', 'jsonl']).default('auto'),
+    textField: z.string().min(1).default('text'),
+    promptField: z.string().min(1).default('prompt'),
+    responseField: z.string().min(1).default('response'),
+  })
+  .strict();
+
+const postgresSource = z
+  .object({
+    kind: z.literal('postgres'),
+    role: SourceRole,
+    query: z.string().min(1, 'give the SELECT that returns the documents'),
+    textColumn: z.string().min(1).default('text'),
+    promptColumn: z.string().min(1).default('prompt'),
+    responseColumn: z.string().min(1).default('response'),
+    /** Name of the environment variable holding the connection URL; the URL itself is a secret. */
+    connectionEnv: z
+      .string()
+      .regex(/^[A-Z_][A-Z0-9_]*$/, 'name an environment variable (e.g. SOURCE_DATABASE_URL), not a URL')
+      .default('DATABASE_URL'),
+  })
+  .strict();
+
+export const SourceSpec = z.discriminatedUnion('kind', [fileSource, postgresSource]);
+export type SourceSpec = z.infer<typeof SourceSpec>;
+
+const durationPattern = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+const unitMs: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration such as "90s", "15m", "24h"; stored as milliseconds. */
+export const Duration = z
+  .string()
+  .regex(durationPattern, 'write a duration like "30s", "15m", "24h" or "7d"')
+  .transform((text) => {
+    const [, amount, unit] = durationPattern.exec(text) as RegExpExecArray;
+    return Math.round(Number(amount) * unitMs[unit]);
+  })
+  .refine((ms) => ms >= 1_000, 'a duration must be at least 1s');
+
+export const TrainingSettings = z
+  .object({
+    steps: z.number().int().min(1).max(1_000_000),
+    batchSize: z.number().int().min(1).max(4096),
+    learningRate: z.number().positive().max(1),
+    /** Re-warm: linear warm-up share of the steps (continual-pretraining practice: ~1 %). */
+    warmupFraction: z.number().min(0).max(0.5).default(0.01),
+    minLrRatio: z.number().min(0).max(1).default(0.1),
+    weightDecay: z.number().min(0).max(1).default(0.01),
+    gradClip: z.number().positive().default(1.0),
+    checkpointEvery: z.number().int().min(1).max(1_000_000),
+    seed: z.number().int().min(0).default(1234),
+  })
+  .strict();
+export type TrainingSettings = z.infer<typeof TrainingSettings>;
+
+export const ModelShape = z
+  .object({
+    contextLength: z.number().int().min(4).max(4096).default(64),
+    dModel: z.number().int().min(8).max(4096).default(64),
+    nLayers: z.number().int().min(1).max(64).default(2),
+    nHeads: z.number().int().min(1).max(64).default(4),
+  })
+  .strict()
+  .refine((m) => m.dModel % m.nHeads === 0, { message: 'dModel must be a multiple of nHeads', path: ['nHeads'] });
+
+export const RunSpec = z
+  .object({
+    /** Human name; also the registry name of the models this run produces. */
+    name: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'use 1–63 lowercase letters, digits, ".", "_" or "-"')
+      .default('dacp'),
+    sources: z.array(SourceSpec).min(1, 'list at least one source'),
+    /** Files sources may only read below these directories (relative to the spec file). */
+    dataRoots: z.array(z.string().min(1)).optional(),
+    heldoutFraction: z.number().min(0.01).max(0.5).default(0.1),
+    baseModel: z
+      .object({
+        /** A model version id or an alias; `production` by default. */
+        ref: z.string().min(1).default('production'),
+        /** When the ref resolves to nothing, train a tiny base model on the replay (general) data first. */
+        bootstrapIfMissing: z.boolean().default(false),
+        shape: ModelShape.default({}),
+        bootstrap: TrainingSettings.default({ steps: 300, batchSize: 16, learningRate: 3e-3, checkpointEvery: 100, warmupFraction: 0.05 }),
+      })
+      .strict()
+      .default({}),
+    replayRatio: z.number().min(0).max(0.95, 'keep at least 5 % domain data: replayRatio ≤ 0.95').default(0.25),
+    quality: z
+      .object({
+        minChars: z.number().int().min(0).default(20),
+        maxChars: z.number().int().min(1).default(100_000),
+        maxRepetitionRatio: z.number().min(0).max(1).default(0.5),
+        maxSymbolRatio: z.number().min(0).max(1).default(0.3),
+        redactPii: z.boolean().default(true),
+        /** Fewer surviving documents than this per role fails the run. */
+        minDocs: z.number().int().min(1).default(10),
+      })
+      .strict()
+      .default({}),
+    dacp: TrainingSettings.default({ steps: 200, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
+    forgetting: z
+      .object({
+        /** Largest allowed relative rise of general (held-out replay) perplexity, e.g. 0.15 = +15 %. */
+        maxGeneralRegression: z.number().min(0).max(10).default(0.15),
+        /** Smallest required relative fall of domain perplexity, e.g. 0.05 = −5 %. */
+        minDomainGain: z.number().min(-1).max(1).default(0.05),
+        onFail: z.enum(['fail', 'retry-with-more-replay']).default('retry-with-more-replay'),
+        maxRetries: z.number().int().min(0).max(5).default(1),
+        replayIncrement: z.number().positive().max(0.5).default(0.2),
+        maxEvalWindows: z.number().int().min(1).default(64),
+      })
+      .strict()
+      .default({}),
+    instruct: TrainingSettings.default({ steps: 100, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
+    approval: z
+      .object({
+        approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver'),
+        quorum: z.number().int().min(1).default(1),
+        timeout: Duration.default('24h'),
+      })
+      .strict()
+      .refine((a) => a.quorum <= new Set(a.approvers).size, {
+        message: 'quorum cannot exceed the number of distinct approvers',
+        path: ['quorum'],
+      }),
+    deploy: z
+      .object({
+        alias: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an alias is lowercase letters, digits and "-"').default('production'),
+      })
+      .strict()
+      .default({}),
+    /** How long a training attempt may go without a heartbeat before Temporal retries it elsewhere. */
+    heartbeatTimeout: Duration.default('20s'),
+  })
+  .strict()
+  .superRefine((spec, ctx) => {
+    for (const role of ['domain', 'replay', 'instruct'] as const) {
+      if (!spec.sources.some((s) => s.role === role)) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['sources'], message: `add a source with role "${role}"` });
+      }
+    }
+  });
+
+/** A spec as written by a user (defaults not yet applied). */
+export type RunSpecInput = z.input<typeof RunSpec>;
+/** A validated spec with every default applied. This is what travels into the workflow. */
+export type RunSpec = z.output<typeof RunSpec>;
+
+/** Thrown for any invalid user input; `problems` lists every wrong field. */
+export class InputError extends Error {
+  constructor(
+    message: string,
+    readonly problems: string[] = [],
+  ) {
+    super(message);
+    this.name = 'InputError';
+  }
+}
+
+export function describeIssues(error: z.ZodError): string[] {
+  return error.issues.map((issue) => {
+    const where = issue.path.length ? issue.path.join('.') : '(top level)';
+    if (issue.code === z.ZodIssueCode.unrecognized_keys) {
+      return `${where}: unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')} — remove them or check the spelling`;
+    }
+    return `${where}: ${issue.message}`;
+  });
+}
+
+/** Validate a spec; on failure the error names every wrong field and what to do. */
+export function parseRunSpec(input: unknown, origin = 'spec'): RunSpec {
+  const result = RunSpec.safeParse(input);
+  if (!result.success) {
+    const problems = describeIssues(result.error);
+    throw new InputError(`${origin} is invalid: ${problems.join('; ')}`, problems);
+  }
+  return result.data;
+}

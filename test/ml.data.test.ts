@@ -1,0 +1,98 @@
+import { formatInstructionPrompt, mixedLmBatches, sftBatches, sftRow } from '../ml/mixing';
+import { ByteTokenizer } from '../ml/tokenizer';
+
+describe('ByteTokenizer', () => {
+  const tokenizer = new ByteTokenizer();
+
+  test('has 256 byte ids followed by eos and pad', () => {
+    expect([tokenizer.eosId, tokenizer.padId, tokenizer.vocabSize]).toEqual([256, 257, 258]);
+  });
+
+  test('round-trips any text through UTF-8 bytes', () => {
+    const text = 'Grüße, 世界! 🚀\n\ttabs';
+    expect(tokenizer.decode(tokenizer.encode(text))).toBe(text);
+    expect(tokenizer.encode('é')).toEqual([0xc3, 0xa9]);
+  });
+
+  test('decode skips special tokens and tolerates a cut multi-byte character', () => {
+    expect(tokenizer.decode([104, 256, 105, 257])).toBe('hi');
+    expect(tokenizer.decode([0xc3])).toBe('\ufffd');
+  });
+
+  test('toJSON/fromJSON round-trip and invalid JSON is rejected', () => {
+    expect(ByteTokenizer.fromJSON(JSON.parse(JSON.stringify(tokenizer.toJSON()))).vocabSize).toBe(258);
+    expect(() => ByteTokenizer.fromJSON({ kind: 'bpe', version: 1 })).toThrow(/invalid tokenizer JSON.*kind/);
+  });
+});
+
+describe('mixedLmBatches', () => {
+  // Disjoint alphabets tell the two streams apart.
+  const domain = Array.from({ length: 500 }, (_, i) => i % 100);
+  const replay = Array.from({ length: 300 }, (_, i) => 100 + (i % 100));
+  const isReplayRow = (row: number[]): boolean => row.every((t) => t >= 100);
+
+  test('holds round(batchSize × replayRatio) replay rows in every batch', () => {
+    const batches = mixedLmBatches({ domain, replay, replayRatio: 0.3, batchSize: 10, contextLength: 16, seed: 7 });
+    for (const step of [0, 1, 57]) {
+      const batch = batches(step);
+      expect(batch.inputs.filter(isReplayRow)).toHaveLength(3);
+      expect(batch.inputs).toHaveLength(10);
+      expect(batch.inputs.every((row) => row.length === 16)).toBe(true);
+    }
+  });
+
+  test('targets are inputs shifted by one and every position counts', () => {
+    const batch = mixedLmBatches({ domain, replay, replayRatio: 0.5, batchSize: 4, contextLength: 8, seed: 1 })(3);
+    batch.inputs.forEach((row, r) => expect(row.slice(1)).toEqual(batch.targets[r]?.slice(0, -1)));
+    expect(batch.mask.flat().every((m) => m === 1)).toBe(true);
+  });
+
+  test('a batch is a pure function of (seed, step)', () => {
+    const options = { domain, replay, replayRatio: 0.25, batchSize: 8, contextLength: 16, seed: 11 };
+    const first = mixedLmBatches(options);
+    const again = mixedLmBatches(options);
+    expect(again(5)).toEqual(first(5));
+    expect(first(5)).not.toEqual(first(6));
+    expect(mixedLmBatches({ ...options, seed: 12 })(5)).not.toEqual(first(5));
+  });
+
+  test('falls back to the other stream when one is empty, and reads short streams cyclically', () => {
+    const onlyDomain = mixedLmBatches({ domain, replay: [], replayRatio: 0.9, batchSize: 4, contextLength: 8, seed: 1 })(0);
+    expect(onlyDomain.inputs.some(isReplayRow)).toBe(false);
+    const short = mixedLmBatches({ domain: [], replay: [101, 102, 103], replayRatio: 0, batchSize: 2, contextLength: 8, seed: 1 })(0);
+    expect(short.inputs.every(isReplayRow)).toBe(true);
+    expect(() => mixedLmBatches({ domain: [], replay: [], replayRatio: 0, batchSize: 1, contextLength: 8, seed: 1 })).toThrow(/both domain and replay streams are empty/);
+    expect(() => mixedLmBatches({ domain, replay, replayRatio: 1.5, batchSize: 1, contextLength: 8, seed: 1 })).toThrow(/replayRatio/);
+  });
+});
+
+describe('sftBatches', () => {
+  const pad = 257;
+  const eos = 256;
+
+  test('mask is 1 only on response and eos targets, 0 on prompt and padding', () => {
+    const row = sftRow({ prompt: [1, 2, 3], response: [4, 5] }, { contextLength: 8, padId: pad, eosId: eos });
+    expect(row.inputs).toEqual([1, 2, 3, 4, 5, eos, pad, pad]);
+    expect(row.targets).toEqual([2, 3, 4, 5, eos, pad, pad, pad]);
+    expect(row.mask).toEqual([0, 0, 1, 1, 1, 0, 0, 0]);
+  });
+
+  test('a long prompt loses its start so the response keeps at least half the window', () => {
+    const row = sftRow({ prompt: Array.from({ length: 20 }, (_, i) => i), response: [90, 91, 92] }, { contextLength: 8, padId: pad, eosId: eos });
+    expect(row.inputs).toEqual([15, 16, 17, 18, 19, 90, 91, 92]);
+    expect(row.targets.slice(-4)).toEqual([90, 91, 92, eos]);
+    expect(row.mask).toEqual([0, 0, 0, 0, 1, 1, 1, 1]);
+  });
+
+  test('visits every example once per epoch, deterministically', () => {
+    const examples = Array.from({ length: 6 }, (_, i) => ({ prompt: [i], response: [10 + i] }));
+    const batches = sftBatches({ examples, batchSize: 3, contextLength: 4, seed: 5, padId: pad, eosId: eos });
+    const firstEpoch = [...batches(0).inputs, ...batches(1).inputs].map((row) => row[0]);
+    expect([...firstEpoch].sort()).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(sftBatches({ examples, batchSize: 3, contextLength: 4, seed: 5, padId: pad, eosId: eos })(7)).toEqual(batches(7));
+  });
+
+  test('the instruction template is the one documented', () => {
+    expect(formatInstructionPrompt('Say hi')).toBe('### Instruction:\nSay hi\n\n### Response:\n');
+  });
+});

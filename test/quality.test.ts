@@ -1,0 +1,175 @@
+import {
+  cleanDocuments,
+  defaultQualitySettings,
+  exactDedup,
+  lengthFilter,
+  nearDedup,
+  normalizeForDedup,
+  redactPii,
+  removalReasons,
+  repetitionFilter,
+  symbolFilter,
+  type Candidate,
+  type QualityReport,
+  type QualitySettings,
+} from '../ml/quality';
+
+const settings: QualitySettings = { ...defaultQualitySettings };
+const prose = (topic: string): string =>
+  `The ${topic} team reviewed the handover parameters on the northern cluster and agreed to raise the time to trigger.`;
+const candidates = (texts: string[]): Candidate<{ text: string }>[] => texts.map((text) => ({ doc: { text }, text }));
+const removedSum = (report: QualityReport): number => Object.values(report.removed).reduce((a, b) => a + b, 0);
+
+describe('normalizeForDedup', () => {
+  it('case-folds, collapses whitespace and applies NFKC', () => {
+    expect(normalizeForDedup('  Hello\t\n  WORLD  ')).toBe('hello world');
+    expect(normalizeForDedup('ﬁve ５Ｇ')).toBe('five 5g');
+  });
+});
+
+describe('quality steps', () => {
+  it('exact de-duplication drops later copies that differ only in case and spacing', () => {
+    const result = exactDedup(candidates([prose('radio'), prose('RADIO').replace(/ /g, '  '), prose('core')]));
+    expect(result.kept.map((c) => c.text)).toEqual([prose('radio'), prose('core')]);
+    expect(result.removed).toEqual({ duplicate: 1 });
+  });
+
+  it('length filter counts too short and too long documents separately', () => {
+    const result = lengthFilter(candidates(['tiny', prose('radio'), 'x'.repeat(200)]), { minChars: 20, maxChars: 150 });
+    expect(result.kept).toHaveLength(1);
+    expect(result.removed).toEqual({ too_short: 1, too_long: 1 });
+  });
+
+  it('repetition filter drops documents made of repeated lines or phrases', () => {
+    const repeatedLines = Array.from({ length: 10 }, () => 'BUY CHEAP CHARGERS NOW').join('\n');
+    const repeatedPhrase = Array.from({ length: 20 }, () => 'click here for free minutes').join(' ');
+    const varied = [
+      'The night shift found a loose fibre connector at the northern site and replaced it before dawn.',
+      'Throughput on band n78 recovered within an hour, and the alarm did not return.',
+      'A follow-up audit of twelve similar cabinets is planned for next week by the transport team.',
+      'Customers in the harbour district reported slower video during the outage window.',
+      'The ticket stays open until the root cause report is signed off by the RAN lead.',
+    ].join('\n');
+    const result = repetitionFilter(candidates([repeatedLines, repeatedPhrase, varied]));
+    expect(result.kept.map((c) => c.text)).toEqual([varied]);
+    expect(result.removed).toEqual({ repetitive: 2 });
+  });
+
+  it('a short answer that echoes its question is not repetitive', () => {
+    const pair = 'What does PRB stand for?\nPRB stands for Physical Resource Block.';
+    expect(repetitionFilter(candidates([pair])).kept).toHaveLength(1);
+  });
+
+  it('symbol filter drops markup and line noise but keeps telecom prose with units', () => {
+    const noise = '#### $$$ @@@ ^^^ {{{}}} <<<>>> ~~~ ||| ***';
+    const kpi = 'RSRP -95 dBm, SINR 12 dB, BLER 8.5 %, PRB utilisation 74 % (cell 3/6).';
+    const result = symbolFilter(candidates([noise, kpi]));
+    expect(result.kept.map((c) => c.text)).toEqual([kpi]);
+    expect(result.removed).toEqual({ symbols: 1 });
+  });
+
+  it('near-duplicate removal drops a copy with one word changed', () => {
+    const base = Array.from({ length: 12 }, (_, i) => prose(`crew ${i}`)).join(' ');
+    const oneWordChanged = base.replace('northern', 'southern');
+    const different = Array.from({ length: 12 }, (_, i) => `Recipe step ${i}: fold the flour into the butter and rest the dough for an hour.`).join(' ');
+    const result = nearDedup(candidates([base, oneWordChanged, different]), 0.8);
+    expect(result.kept.map((c) => c.text)).toEqual([base, different]);
+    expect(result.removed).toEqual({ near_duplicate: 1 });
+  });
+});
+
+describe('redactPii', () => {
+  it.each([
+    ['mail jane.doe+ops@example.co.uk today', 'mail [EMAIL] today', 'email'],
+    ['call +1 555 010 4477.', 'call [PHONE].', 'phone'],
+    ['call (555) 010-4477 now', 'call [PHONE] now', 'phone'],
+    ['ring 010-1234-5678 today', 'ring [PHONE] today', 'phone'],
+    ['paid with 4111 1111 1111 1111 yesterday', 'paid with [CARD] yesterday', 'card'],
+    ['card 4111-1111-1111-1111', 'card [CARD]', 'card'],
+    ['host 192.168.10.1 is down', 'host [IP] is down', 'ip'],
+    ['peer fe80::1ff:fe23:4567:890a replied', 'peer [IP] replied', 'ip'],
+    ['full 2001:db8:85a3:0:0:8a2e:370:7334 address', 'full [IP] address', 'ip'],
+  ] as const)('redacts %j', (input, expected, kind) => {
+    const result = redactPii(input);
+    expect(result.text).toBe(expected);
+    expect(result.counts[kind]).toBe(1);
+    expect(Object.values(result.counts).reduce((a, b) => a + b, 0)).toBe(1);
+  });
+
+  it.each([
+    'release 3.14.15 shipped in 2024',
+    'see 3GPP TS 38.331 v17.3.0 section 5.3.5',
+    'the site v1.2.3.4 build',
+    'a Luhn-invalid 4111 1111 1111 1112 stays',
+    'at 12:30:45 on 2024-05-01',
+    'std::vector and a::b in C++',
+    'between 1990 and 2000 2010 2020',
+    'PCI 503 serves 1200 users in 3 cells',
+    'IMSI 001010123456789 attached',
+  ])('leaves %j alone', (input) => {
+    const result = redactPii(input);
+    expect(result.text).toBe(input);
+    expect(result.counts).toEqual({ email: 0, phone: 0, card: 0, ip: 0 });
+  });
+});
+
+describe('cleanDocuments', () => {
+  it('reports every removal reason and the counts add up to the input', () => {
+    const docs = [
+      { text: prose('radio') },
+      { text: prose('radio').toUpperCase() },
+      { text: 'short' },
+      { text: Array.from({ length: 10 }, () => 'same line again').join('\n') },
+      { text: '%%%% #### $$$$ @@@@ ^^^^ &&&& ~~~~ ++++' },
+      { text: `${prose('core')} Contact ops@example.com or +44 20 7946 0958.` },
+    ];
+    const { kept, report } = cleanDocuments(docs, settings);
+    expect(Object.keys(report.removed).sort()).toEqual([...removalReasons].sort());
+    expect(report.removed).toMatchObject({ duplicate: 1, too_short: 1, repetitive: 1, symbols: 1, near_duplicate: 0, too_long: 0 });
+    expect(report.input).toBe(6);
+    expect(report.kept).toBe(kept.length);
+    expect(report.kept + removedSum(report)).toBe(report.input);
+    expect(report.redactions).toEqual({ email: 1, phone: 1, card: 0, ip: 0 });
+    expect(kept[1].text).toBe(`${prose('core')} Contact [EMAIL] or [PHONE].`);
+  });
+
+  it('de-duplicates after redaction, and counts redactions only in kept documents', () => {
+    const docs = [{ text: `${prose('radio')} Mail a@example.com.` }, { text: `${prose('radio')} Mail b@example.org.` }];
+    const { kept, report } = cleanDocuments(docs, settings);
+    expect(kept).toHaveLength(1);
+    expect(report.removed.duplicate).toBe(1);
+    expect(report.redactions.email).toBe(1);
+  });
+
+  it('leaves text untouched when redaction is off', () => {
+    const doc = { text: `${prose('radio')} Mail a@example.com.` };
+    const { kept, report } = cleanDocuments([doc], { ...settings, redactPii: false });
+    expect(kept).toEqual([doc]);
+    expect(report.redactions).toEqual({ email: 0, phone: 0, card: 0, ip: 0 });
+  });
+
+  it('judges instruction pairs on prompt and response together and redacts both fields', () => {
+    const pairs = [
+      { prompt: 'Who handles NOC escalations?', response: 'Write to noc@example.com or call +1 555 010 4477.', id: 7 },
+      { prompt: 'PRB?', response: 'Physical Resource Block.' },
+      { prompt: 'Who handles NOC escalations?', response: 'Write to NOC@example.com or call +1 555 010 4477.' },
+      { prompt: 'Hi', response: 'Yes' },
+      { prompt: 'Send the log to 10.0.0.7', response: 'Upload it to 10.0.0.8 instead, over SFTP.' },
+    ];
+    const { kept, report } = cleanDocuments(pairs, settings);
+    expect(kept).toEqual([
+      { prompt: 'Who handles NOC escalations?', response: 'Write to [EMAIL] or call [PHONE].', id: 7 },
+      { prompt: 'PRB?', response: 'Physical Resource Block.' },
+      { prompt: 'Send the log to [IP]', response: 'Upload it to [IP] instead, over SFTP.' },
+    ]);
+    expect(report.removed).toMatchObject({ duplicate: 1, too_short: 1 });
+    expect(report.redactions).toEqual({ email: 1, phone: 1, card: 0, ip: 2 });
+    expect(report.kept + removedSum(report)).toBe(report.input);
+  });
+
+  it('does not mutate its input', () => {
+    const docs = [{ text: `${prose('radio')} Mail a@example.com.` }];
+    cleanDocuments(docs, settings);
+    expect(docs[0].text).toContain('a@example.com');
+  });
+});

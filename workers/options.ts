@@ -1,0 +1,55 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { Client } from '@temporalio/client';
+import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
+import type { Pool } from 'pg';
+import { createActivities } from '../activities';
+import { ArtifactStore } from '../activities/artifacts';
+
+export const TASK_QUEUES = { control: 'dacp-control', gpu: 'dacp-gpu' } as const;
+export type QueueName = keyof typeof TASK_QUEUES;
+
+/** The workflow code: the bundle prebuilt by `npm run build` when present, else bundled from source at start. */
+export function workflowSource(): Pick<WorkerOptions, 'workflowBundle' | 'workflowsPath'> {
+  const prebuilt = path.resolve(__dirname, '..', 'workflow-bundle.js');
+  if (__dirname.includes(`${path.sep}dist${path.sep}`) && existsSync(prebuilt)) return { workflowBundle: { codePath: prebuilt } };
+  return { workflowsPath: require.resolve('../workflows') };
+}
+
+export interface WorkerDeps {
+  connection: NativeConnection;
+  namespace: string;
+  pool: Pool;
+  artifactsDir: string;
+  client: Client;
+  tfBackend?: string;
+  /** Tests pass a bundle built once per file. */
+  workflowBundle?: WorkerOptions['workflowBundle'];
+}
+
+/**
+ * `control` runs the workflows and the light activities; `gpu` runs training with one activity slot
+ * per accelerator and a long shutdown grace time, so a stopping worker can checkpoint first.
+ */
+export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<Worker> {
+  const activities = createActivities({
+    pool: deps.pool,
+    store: new ArtifactStore(deps.artifactsDir),
+    client: deps.client,
+    tfBackend: deps.tfBackend,
+  });
+  const common = { connection: deps.connection, namespace: deps.namespace, taskQueue: TASK_QUEUES[queue], activities };
+  if (queue === 'control') {
+    return Worker.create({
+      ...common,
+      ...(deps.workflowBundle ? { workflowBundle: deps.workflowBundle } : workflowSource()),
+      maxConcurrentActivityTaskExecutions: 4,
+      shutdownGraceTime: '10s',
+    });
+  }
+  return Worker.create({
+    ...common,
+    maxConcurrentActivityTaskExecutions: 1,
+    shutdownGraceTime: '60s',
+  });
+}

@@ -1,0 +1,3 @@
+// The workflow bundle's entry point: every workflow type the control worker runs.
+export { dacpPipeline } from './pipeline';
+export { approvalGate } from './approval';
