@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
-import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import { temporal } from '@temporalio/proto';
 import type { Pool } from 'pg';
 import { runRecords } from '../db/records';
 import { InputError } from '../schemas/runSpec';
@@ -39,7 +39,16 @@ export async function exportAudit(client: Client, pool: Pool, runId: string): Pr
   for (const workflowId of [runId, approvalWorkflowId(runId)]) {
     try {
       const history = await client.workflow.getHandle(workflowId).fetchHistory();
-      histories[workflowId] = JSON.parse(historyToJSON(history));
+      // Plain JSON: 64-bit numbers as strings, enums by name, payload bytes as base64.
+      histories[workflowId] = JSON.parse(
+        JSON.stringify(
+          temporal.api.history.v1.History.toObject(temporal.api.history.v1.History.fromObject(history), {
+            longs: String,
+            enums: String,
+            bytes: String,
+          }),
+        ),
+      );
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) {
         if (workflowId === runId) throw new InputError(`no run with id ${runId}; see \`dacp run list\``);

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
@@ -45,6 +45,6 @@ export async function eventually<T>(probe: () => Promise<T | undefined>, what: s
 /** A home directory the embedded Postgres user can traverse (see db/embedded.ts). */
 export function tempHome(prefix = 'dacp-home-'): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  require('node:fs').chmodSync(dir, 0o755);
+  chmodSync(dir, 0o755);
   return dir;
 }

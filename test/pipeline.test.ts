@@ -1,0 +1,171 @@
+import { Client, Connection } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { rmSync } from 'node:fs';
+import path from 'node:path';
+import { createActivities } from '../activities';
+import { ArtifactStore } from '../activities/artifacts';
+import { exportAudit, verifyAudit } from '../cli/audit';
+import { decide, runStatus, startRun } from '../cli/runs';
+import { migrate } from '../db/migrate';
+import { parseRunSpec } from '../schemas/runSpec';
+import type { PipelineResult, RunStatus } from '../schemas/pipeline';
+import { createWorker } from '../workers/options';
+import { createTestDatabase, type TestDatabase } from './helpers/db';
+import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
+import { bundleWorkflows, eventually, startTestDevServer, tempHome } from './helpers/temporal';
+
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+describe('the whole pipeline on the dev server with real Postgres', () => {
+  let server: Awaited<ReturnType<typeof startTestDevServer>>;
+  let db: TestDatabase;
+  let client: Client;
+  let workers: Worker[] = [];
+  let running: Promise<unknown>;
+  let home: string;
+  let nativeConnection: NativeConnection;
+
+  beforeAll(async () => {
+    home = tempHome();
+    writeTinyCorpus(home);
+    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
+    await migrate(db.pool);
+    nativeConnection = await NativeConnection.connect({ address: server.address });
+    client = new Client({ connection: await Connection.connect({ address: server.address }) });
+    const bundle = await bundleWorkflows();
+    const deps = { connection: nativeConnection, namespace: 'default', pool: db.pool, artifactsDir: path.join(home, 'artifacts'), client };
+    workers = [await createWorker('control', { ...deps, workflowBundle: bundle }), await createWorker('gpu', deps)];
+    running = Promise.all(workers.map((w) => w.run()));
+  });
+
+  afterAll(async () => {
+    workers.forEach((w) => w.shutdown());
+    await running;
+    await nativeConnection?.close();
+    await client?.connection.close();
+    await server?.cleanup();
+    await db?.drop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  const awaitingApproval = (runId: string) =>
+    eventually<RunStatus>(async () => {
+      const s = await runStatus(client, runId);
+      if (s.state === 'failed' || s.state === 'cancelled') throw new Error(`run ${s.state}: ${String(s.metrics.error)}`);
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, `${runId} to await approval`, 300_000, 500);
+
+  let firstVersion: string;
+
+  test('a run collects, cleans, trains, evaluates, waits for approval and deploys', async () => {
+    const spec = parseRunSpec(tinySpec());
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'pipeline-1', initiator: 'engineer' });
+
+    const waiting = await awaitingApproval(runId);
+    expect(waiting.stage).toBe('approval');
+    expect(waiting.metrics.forgetting).toMatchObject({ passed: true, round: 0 });
+    expect(waiting.metrics.instruct).toBeDefined();
+    expect(waiting.attempts.dacp).toBe(1);
+
+    // The initiator may not approve; an approver may.
+    await expect(decide(client, { runId, principal: 'engineer', decision: 'approve' })).rejects.toThrow(/separation of duties/);
+    await decide(client, { runId, principal: 'approver-1', decision: 'approve', comment: 'ok' });
+    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
+    expect(result.state).toBe('completed');
+    expect(result.versionId).toBe('tiny:v1');
+    firstVersion = result.versionId!;
+
+    const status = await runStatus(client, runId);
+    expect(status).toMatchObject({ runId, stage: 'deploy', state: 'completed' });
+    expect(Object.keys(status).sort()).toEqual(['attempts', 'metrics', 'progress', 'resumedFromStep', 'runId', 'stage', 'state']);
+
+    const q = (sql: string, ...args: unknown[]) => db.pool.query(sql, args).then((r) => r.rows);
+    expect(await q('SELECT state, stage FROM runs WHERE run_id = $1', runId)).toEqual([{ state: 'completed', stage: 'deploy' }]);
+    const events = (await q('SELECT event, stage FROM audit_log WHERE run_id = $1 ORDER BY id', runId)).map((r) => `${r.event}:${r.stage}`);
+    for (const stage of ['collect', 'quality', 'dacp', 'forgetting', 'instruct', 'approval', 'deploy']) {
+      expect(events).toContain(`stage_started:${stage}`);
+    }
+    expect(events).toContain('approved_by:approval');
+    expect(events).toContain('deployed:deploy');
+    expect(events[events.length - 1]).toBe('run_completed:deploy');
+    expect((await q('SELECT step FROM checkpoints WHERE run_id = $1 AND stage = $2 ORDER BY step', runId, 'dacp')).map((r) => r.step)).toEqual([10, 20, 30]);
+    expect(await q('SELECT kind, passed FROM evaluations WHERE run_id = $1 ORDER BY kind', runId)).toEqual([
+      { kind: 'forgetting', passed: true },
+      { kind: 'instruct', passed: expect.any(Boolean) },
+    ]);
+    expect(await q('SELECT count(*)::int AS n FROM datasets WHERE run_id = $1', runId)).toEqual([{ n: 9 }]);
+    const [version] = await q('SELECT * FROM model_versions WHERE version_id = $1', firstVersion);
+    expect(version.parent_version_id).toBe('tiny-base:v1');
+    expect(version.lineage.runId).toBe(runId);
+    expect(version.lineage.datasets).toHaveLength(6);
+    expect(await q("SELECT version_id FROM model_aliases WHERE alias = 'production'")).toEqual([{ version_id: firstVersion }]);
+    expect(await q('SELECT version_id, previous_version_id FROM deployments WHERE run_id = $1', runId)).toEqual([
+      { version_id: firstVersion, previous_version_id: null },
+    ]);
+  });
+
+  test('repeating the deploy activity with the recorded input changes nothing', async () => {
+    const history = await client.workflow.getHandle('pipeline-1').fetchHistory();
+    const scheduled = history.events!.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'deployModel');
+    const input = defaultPayloadConverter.fromPayload(scheduled!.activityTaskScheduledEventAttributes!.input!.payloads![0]);
+    const activities = createActivities({ pool: db.pool, store: new ArtifactStore(path.join(home, 'artifacts')) });
+    const count = async () =>
+      (await db.pool.query(`SELECT (SELECT count(*) FROM model_versions)::int AS v, (SELECT count(*) FROM deployments)::int AS d,
+        (SELECT count(*) FROM audit_log)::int AS a`)).rows[0];
+    const before = await count();
+    const again = await activities.deployModel(input as Parameters<typeof activities.deployModel>[0]);
+    expect(again.versionId).toBe(firstVersion);
+    expect(await count()).toEqual(before);
+  });
+
+  test('a second run starts from the production model and records the version it replaces', async () => {
+    const spec = parseRunSpec(tinySpec({ baseModel: { ref: 'production', bootstrapIfMissing: false } }));
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'pipeline-2', initiator: 'engineer' });
+    const waiting = await awaitingApproval(runId);
+    expect(waiting.metrics.baseModel).toBe(firstVersion);
+    await decide(client, { runId, principal: 'approver-2', decision: 'approve' });
+    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
+    expect(result.versionId).toBe('tiny:v2');
+    const { rows } = await db.pool.query('SELECT version_id, previous_version_id FROM deployments WHERE run_id = $1', [runId]);
+    expect(rows).toEqual([{ version_id: 'tiny:v2', previous_version_id: firstVersion }]);
+    const [v2] = (await db.pool.query("SELECT parent_version_id FROM model_versions WHERE version_id = 'tiny:v2'")).rows;
+    expect(v2.parent_version_id).toBe(firstVersion);
+  });
+
+  test('a rejected run deploys nothing', async () => {
+    const spec = parseRunSpec(tinySpec({ baseModel: { ref: 'production' } }));
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'pipeline-3', initiator: 'engineer' });
+    await awaitingApproval(runId);
+    await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'not this week' });
+    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
+    expect(result).toMatchObject({ state: 'rejected', reason: expect.stringMatching(/not this week/) });
+    const { rows } = await db.pool.query('SELECT state FROM runs WHERE run_id = $1', [runId]);
+    expect(rows).toEqual([{ state: 'rejected' }]);
+    expect((await db.pool.query('SELECT count(*)::int AS n FROM deployments WHERE run_id = $1', [runId])).rows[0].n).toBe(0);
+  });
+
+  test('the audit bundle holds history and records, verifies, and detects tampering', async () => {
+    const bundle = await exportAudit(client, db.pool, 'pipeline-1');
+    expect(Object.keys(bundle.histories)).toEqual(['pipeline-1', 'pipeline-1-approval']);
+    expect(bundle.records.approvals).toHaveLength(1);
+    expect(verifyAudit(bundle)).toEqual({ ok: true, problems: [] });
+    const tampered = JSON.parse(JSON.stringify(bundle));
+    tampered.records.approvals[0].principal = 'approver-2';
+    const verdict = verifyAudit(tampered);
+    expect(verdict.ok).toBe(false);
+    expect(verdict.problems.join(' ')).toMatch(/seal mismatch/);
+    expect(verdict.problems.join(' ')).toMatch(/approval by approver-2 is in the database but not in the gate's history/);
+  });
+
+  test('no secret or raw document text lands in the workflow history', async () => {
+    const history = JSON.stringify(await client.workflow.getHandle('pipeline-1').fetchHistory());
+    const decoded = Buffer.from(history).toString('utf8');
+    expect(decoded).not.toMatch(/postgres:\/\//);
+    // A phrase from the training corpus: documents travel as hashes, never as text.
+    const payloads = (await client.workflow.getHandle('pipeline-1').fetchHistory()).events!
+      .flatMap((e) => e.activityTaskScheduledEventAttributes?.input?.payloads ?? [])
+      .map((p) => Buffer.from(p.data!).toString('utf8'));
+    expect(payloads.join('\n')).not.toMatch(/gNB/);
+  });
+});
