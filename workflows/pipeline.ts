@@ -1,10 +1,10 @@
 import {
   ApplicationFailure,
   CancellationScope,
-  executeChild,
   isCancellation,
   proxyActivities,
   setHandler,
+  startChild,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -228,8 +228,8 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     metrics.instruct = { ...instruct.summary, finalLoss: tuned.finalLoss, seconds: tuned.seconds };
 
     // approval
-    await enter('approval', 'awaiting_approval');
-    const approval: ApprovalOutcome = await executeChild(approvalGate, {
+    await enter('approval');
+    const gate = await startChild(approvalGate, {
       workflowId: approvalWorkflowId(runId),
       taskQueue: 'dacp-control',
       args: [
@@ -252,6 +252,11 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         },
       ],
     });
+    // Only now, with the gate open to votes, is the run awaiting approval.
+    state = 'awaiting_approval';
+    upsertSearchAttributes([{ key: dacpStateKey, value: state }]);
+    await record('approval_requested', { approvers: spec.approval.approvers, quorum: spec.approval.quorum });
+    const approval: ApprovalOutcome = await gate.result();
     metrics.approval = { outcome: approval.outcome, reason: approval.reason, decisions: approval.decisions.length };
     if (approval.outcome === 'rejected') {
       await finish('rejected', { reason: approval.reason });

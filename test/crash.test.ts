@@ -1,0 +1,110 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { runStatus, startRun } from '../cli/runs';
+import { migrate } from '../db/migrate';
+import type { PipelineResult } from '../schemas/pipeline';
+import { parseRunSpec } from '../schemas/runSpec';
+import { approveUpdate, approvalWorkflowId } from '../workflows/messages';
+import { createWorker } from '../workers/options';
+import { createTestDatabase, type TestDatabase } from './helpers/db';
+import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
+import { bundleWorkflows, eventually, startTestDevServer, tempHome } from './helpers/temporal';
+
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+const dacpBin = path.resolve(__dirname, '..', 'bin', 'dacp.js');
+
+/** A gpu worker in its own process, as `dacp worker --queue gpu` runs it, so it can be SIGKILLed. */
+function spawnGpuWorker(env: NodeJS.ProcessEnv): ChildProcess {
+  const child = spawn(process.execPath, [dacpBin, 'worker', '--queue', 'gpu'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.resume();
+  child.stderr!.resume();
+  return child;
+}
+
+describe('crash: the gpu worker is SIGKILLed mid-training', () => {
+  let server: Awaited<ReturnType<typeof startTestDevServer>>;
+  let db: TestDatabase;
+  let client: Client;
+  let control: Worker;
+  let running: Promise<void>;
+  let home: string;
+  let nativeConnection: NativeConnection;
+  const children: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    if (!existsSync(path.resolve(__dirname, '..', 'dist', 'cli', 'main.js'))) throw new Error('run `npm run build` first (npm test does)');
+    home = tempHome();
+    writeTinyCorpus(home);
+    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
+    await migrate(db.pool);
+    nativeConnection = await NativeConnection.connect({ address: server.address });
+    client = new Client({ connection: await Connection.connect({ address: server.address }) });
+    control = await createWorker('control', {
+      connection: nativeConnection,
+      namespace: 'default',
+      pool: db.pool,
+      artifactsDir: path.join(home, 'artifacts'),
+      client,
+      workflowBundle: await bundleWorkflows(),
+    });
+    running = control.run();
+  });
+
+  afterAll(async () => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    control?.shutdown();
+    await running;
+    await nativeConnection?.close();
+    await client?.connection.close();
+    await server?.cleanup();
+    await db?.drop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  test('a new worker resumes from the newest checkpoint and the run completes', async () => {
+    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
+    const first = spawnGpuWorker(env);
+    children.push(first);
+    const spec = parseRunSpec(
+      tinySpec({ dacp: { steps: 400, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 }, heartbeatTimeout: '3s' }),
+    );
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'crash-1', initiator: 'engineer' });
+
+    // Kill once dacp training has written a checkpoint at step ≥ 40 but is far from done.
+    const killedAt = await eventually(async () => {
+      const { rows } = await db.pool.query(
+        "SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'",
+        [runId],
+      );
+      return rows[0].step !== null && rows[0].step >= 40 ? (rows[0].step as number) : undefined;
+    }, 'a dacp checkpoint at step 40', 300_000, 50);
+    first.kill('SIGKILL');
+    await new Promise((resolve) => first.once('exit', resolve));
+    expect(killedAt).toBeLessThan(400);
+
+    children.push(spawnGpuWorker(env));
+    await eventually(async () => {
+      const s = await runStatus(client, runId);
+      if (s.state === 'failed') throw new Error(String(s.metrics.error));
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, 'the resumed run to reach approval', 600_000, 500);
+
+    const status = await runStatus(client, runId);
+    expect(status.resumedFromStep).toBeGreaterThanOrEqual(killedAt);
+    expect(status.resumedFromStep).toBeLessThan(400);
+    expect(status.attempts.dacp).toBeGreaterThanOrEqual(2);
+
+    await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
+    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
+    expect(result.state).toBe('completed');
+    const { rows } = await db.pool.query(
+      "SELECT step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp' ORDER BY step",
+      [runId],
+    );
+    expect(rows.map((r) => r.step)).toEqual(Array.from({ length: 20 }, (_, i) => (i + 1) * 20));
+  });
+});
