@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
-import type { NativeConnection, Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime, type LogLevel, type NativeConnection, type Worker } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import { resolveDatabase } from '../db/embedded';
 import { migrate } from '../db/migrate';
@@ -56,8 +56,21 @@ export interface RunningWorkers {
   shutdown(): Promise<void>;
 }
 
+let runtimeInstalled = false;
+
+/** Worker logs at WARN unless DACP_LOG_LEVEL says otherwise; the CLI prints its own progress. */
+function installRuntime(): void {
+  if (runtimeInstalled) return;
+  runtimeInstalled = true;
+  const level = (process.env.DACP_LOG_LEVEL ?? 'WARN').toUpperCase();
+  const valid: LogLevel[] = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'];
+  if (!valid.includes(level as LogLevel)) throw new Error(`DACP_LOG_LEVEL=${level} is not one of ${valid.join(', ')}`);
+  Runtime.install({ logger: new DefaultLogger(level as LogLevel) });
+}
+
 /** Start workers for the given queues in this process, sharing one connection, pool and client. */
 export async function startWorkers(queues: QueueName[], db: Database, o: { home?: string; address?: string } = {}): Promise<RunningWorkers> {
+  installRuntime();
   const settings = o.address ? { ...temporalSettings(), address: o.address } : temporalSettings();
   const connection: NativeConnection = await connectWorker(settings);
   const client = await connectClient(settings);

@@ -48,8 +48,9 @@ function onPath(binary: string): string | null {
   return null;
 }
 
+/** Project-local install folder for the wheels; `DACP_TOOLS_DIR` moves it. */
 export function localToolsDir(): string {
-  return path.join(projectRoot(), '.tools', 'python');
+  return process.env.DACP_TOOLS_DIR ?? path.join(projectRoot(), '.tools', 'python');
 }
 
 /** Where a tool is, without installing anything; null when it is nowhere. */

@@ -43,9 +43,7 @@ describe('the dacp command refuses bad input with one clear line and starts noth
   }
 
   async function startedRuns(): Promise<number> {
-    let n = 0;
-    for await (const _ of client.workflow.list()) n++;
-    return n;
+    return (await client.workflow.count()).count;
   }
 
   test('a spec that is not JSON', () => {
@@ -156,7 +154,7 @@ describe('dacp server', () => {
     const home = tempHome();
     const port = await freePort();
     const uiPort = await freePort();
-    const env = { ...process.env, DACP_HOME: home, DACP_TEMPORAL_PORT: String(port), DACP_TEMPORAL_UI_PORT: String(uiPort) };
+    const env: NodeJS.ProcessEnv = { ...process.env, DACP_HOME: home, DACP_TEMPORAL_PORT: String(port), DACP_TEMPORAL_UI_PORT: String(uiPort) };
     delete env.DATABASE_URL;
     const child = spawn(process.execPath, [dacpBin, 'server'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
