@@ -4,7 +4,7 @@ import { initBackend } from '../ml/backend';
 import { instructionScore, perplexity } from '../ml/evaluate';
 import { deserializeModel } from '../ml/modelFile';
 import type { ByteTokenizer } from '../ml/tokenizer';
-import type { ArtifactRef, DatasetRef, ForgettingReport, InstructReport } from '../schemas/pipeline';
+import type { ArtifactRef, DatasetRef, ForgettingReport, InstructReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
 import { readDataset, type PairDoc, type TextDoc } from './datasets';
@@ -95,7 +95,7 @@ export function evaluationActivities(deps: ActivityDeps) {
       baseModel: ArtifactRef;
       tunedModel: ArtifactRef;
       heldout: DatasetRef;
-    }): Promise<{ report: InstructReport; reportRef: ArtifactRef; summary: Omit<InstructReport, 'samples'> }> {
+    }): Promise<{ reportRef: ArtifactRef; summary: InstructSummary }> {
       await initBackend(deps.tfBackend);
       const ctx = Context.current();
       const pairs = await readDataset<PairDoc>(store, input.heldout);
@@ -114,18 +114,18 @@ export function evaluationActivities(deps: ActivityDeps) {
         exactMatch: r4(s.exactMatch),
         rougeL: r4(s.rougeL),
       });
-      const summary = { base: pick(b), tuned: pick(t) };
-      const report: InstructReport = { ...summary, samples: t.samples.slice(0, 3) };
-      const reportRef = await store.putJson('reports', { kind: 'instruct', runId: input.runId, ...report, allSamples: t.samples });
+      const summary: InstructSummary = { base: pick(b), tuned: pick(t) };
+      const report: InstructReport = { kind: 'instruct', runId: input.runId, ...summary, samples: t.samples };
+      const reportRef = await store.putJson('reports', report);
       await insertEvaluation(pool, {
         runId: input.runId,
         kind: 'instruct',
         round: 0,
         passed: summary.tuned.responsePerplexity <= summary.base.responsePerplexity,
-        report,
+        report: summary,
         ref: reportRef,
       });
-      return { report, reportRef, summary };
+      return { reportRef, summary };
     },
   };
 }

@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { withTransaction } from '../db/pool';
 import { createModelVersion, findModelVersion, moveAlias, recordTransition } from '../db/records';
-import type { ArtifactRef, DatasetRef, DeployResult, ForgettingReport, InstructReport } from '../schemas/pipeline';
+import type { ArtifactRef, DatasetRef, DeployResult, ForgettingReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
 
@@ -51,7 +51,7 @@ export function registryActivities({ pool, store }: ActivityDeps) {
       baseModel: VersionedModel;
       datasets: DatasetRef[];
       forgetting: ForgettingReport;
-      instruct: Omit<InstructReport, 'samples'>;
+      instruct: InstructSummary;
     }): Promise<DeployResult> {
       if (!(await store.verify(input.model))) {
         throw ApplicationFailure.nonRetryable(`model ${input.model.uri} failed verification; nothing was deployed`, 'ArtifactCorrupted');

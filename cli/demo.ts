@@ -1,13 +1,14 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { generateDemoCorpus } from '../ml/demoCorpus';
-import type { PipelineResult, RunStatus } from '../schemas/pipeline';
+import { ArtifactStore } from '../activities/artifacts';
+import type { InstructReport, PipelineResult, RunStatus } from '../schemas/pipeline';
 import type { RunSpecInput } from '../schemas/runSpec';
 import { defaultTemporalPort } from './connection';
 import { freePort, isPortFree } from './devServer';
 import { dacpHome } from './paths';
 import { approvalRequest, decide, loadSpecFile, runStatus, startRun, waitForResult } from './runs';
-import { openDatabase, startLocalServer, startWorkers } from './runtime';
+import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 
 export const DEMO_INITIATOR = 'demo-engineer';
 export const DEMO_APPROVER = 'demo-approver';
@@ -103,7 +104,10 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     log(`  forgetting     report sha256 ${r.artifacts.forgettingReport.sha256} — ${r.forgetting.passed ? 'passed' : 'failed'}`);
     log(`  instruct       report sha256 ${r.artifacts.instructReport.sha256}`);
     for (const d of r.artifacts.datasets) log(`  dataset        ${d.role}/${d.split} ${d.docs} docs sha256 ${d.sha256}`);
-    for (const s of r.instruct.samples.slice(0, 2)) log(`  sample         ${JSON.stringify(s.prompt)} → ${JSON.stringify(s.generated)}`);
+    const instructReport = await new ArtifactStore(artifactsDir(home)).getJson<InstructReport>(r.artifacts.instructReport);
+    for (const s of instructReport.samples.slice(0, 2)) {
+      log(`  sample         ${JSON.stringify(s.prompt)} → ${JSON.stringify(s.generated)}`);
+    }
     log(`  approvers ${r.approvers.join(', ')}, quorum ${r.quorum}`);
     const { decision } = await decide(workers.client, { runId, principal: DEMO_APPROVER, decision: 'approve', comment: 'demo sign-off' });
     log(`approved by ${decision.principal}`);

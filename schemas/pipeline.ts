@@ -77,9 +77,23 @@ export interface ForgettingReport {
   reasons: string[];
 }
 
-export interface InstructReport {
-  base: { responsePerplexity: number; tokenAccuracy: number; exactMatch: number; rougeL: number };
-  tuned: { responsePerplexity: number; tokenAccuracy: number; exactMatch: number; rougeL: number };
+export interface InstructScores {
+  responsePerplexity: number;
+  tokenAccuracy: number;
+  exactMatch: number;
+  rougeL: number;
+}
+
+/** Instruction-following scores. The sample answers live only in the report artifact, not in history. */
+export interface InstructSummary {
+  base: InstructScores;
+  tuned: InstructScores;
+}
+
+/** The stored instruction report: scores plus sample generations (held-out text stays out of history). */
+export interface InstructReport extends InstructSummary {
+  kind: 'instruct';
+  runId: string;
   samples: { prompt: string; expected: string; generated: string }[];
 }
 
@@ -110,7 +124,7 @@ export interface ApprovalRequest {
     instructReport: ArtifactRef;
   };
   forgetting: ForgettingReport;
-  instruct: Omit<InstructReport, 'samples'> & { samples: InstructReport['samples'] };
+  instruct: InstructSummary;
 }
 
 export const DecisionInput = z
@@ -152,6 +166,6 @@ export interface PipelineResult {
   reason?: string;
   versionId?: string;
   forgetting?: ForgettingReport;
-  instruct?: Omit<InstructReport, 'samples'>;
+  instruct?: InstructSummary;
   stageSeconds: Partial<Record<Stage, number>>;
 }

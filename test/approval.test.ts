@@ -48,7 +48,6 @@ function request(runId: string, over: Partial<ApprovalRequest> = {}): ApprovalRe
     instruct: {
       base: { responsePerplexity: 30, tokenAccuracy: 0.2, exactMatch: 0, rougeL: 0.1 },
       tuned: { responsePerplexity: 6, tokenAccuracy: 0.5, exactMatch: 0, rougeL: 0.2 },
-      samples: [],
     },
     ...over,
   };

@@ -158,14 +158,26 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(verdict.problems.join(' ')).toMatch(/approval by approver-2 is in the database but not in the gate's history/);
   });
 
-  test('no secret or raw document text lands in the workflow history', async () => {
-    const history = JSON.stringify(await client.workflow.getHandle('pipeline-1').fetchHistory());
-    const decoded = Buffer.from(history).toString('utf8');
-    expect(decoded).not.toMatch(/postgres:\/\//);
-    // A phrase from the training corpus: documents travel as hashes, never as text.
-    const payloads = (await client.workflow.getHandle('pipeline-1').fetchHistory()).events!
-      .flatMap((e) => e.activityTaskScheduledEventAttributes?.input?.payloads ?? [])
-      .map((p) => Buffer.from(p.data!).toString('utf8'));
-    expect(payloads.join('\n')).not.toMatch(/gNB/);
+  test('no secret and no document, prompt or generated text lands in the workflow histories', async () => {
+    const bundle = await exportAudit(client, db.pool, 'pipeline-1');
+    // Every payload of both histories (inputs, results, signals, updates, search attributes), decoded.
+    const payloads: string[] = [];
+    const collect = (value: unknown): void => {
+      if (Array.isArray(value)) value.forEach(collect);
+      else if (value && typeof value === 'object') {
+        for (const [key, inner] of Object.entries(value)) {
+          if (key === 'data' && typeof inner === 'string') payloads.push(Buffer.from(inner, 'base64').toString('utf8'));
+          else collect(inner);
+        }
+      }
+    };
+    collect(bundle.histories);
+    expect(payloads.length).toBeGreaterThan(50);
+    const text = payloads.join('\n');
+    expect(text).toContain('artifact:models/'); // what does travel: URIs and hashes
+    expect(text).not.toMatch(/postgres:\/\//);
+    // Telecom vocabulary is in every domain document and instruction pair, and in nothing the workflow says.
+    expect(text).not.toMatch(/gNB|PRB|handover/);
+    expect(text).not.toMatch(/### Instruction/);
   });
 });

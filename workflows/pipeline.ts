@@ -248,7 +248,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
             instructReport: instruct.reportRef,
           },
           forgetting: forgetting!,
-          instruct: instruct.report,
+          instruct: instruct.summary,
         },
       ],
     });
