@@ -1,0 +1,135 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { freePort } from '../cli/devServer';
+import type { RunStatus } from '../schemas/pipeline';
+import { createTestDatabase, type TestDatabase } from './helpers/db';
+import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
+import { eventually, tempHome } from './helpers/temporal';
+
+const dacpBin = path.resolve(__dirname, '..', 'bin', 'dacp.js');
+
+describe('a user drives a run with the dacp command against `dacp dev`', () => {
+  let db: TestDatabase;
+  let home: string;
+  let env: NodeJS.ProcessEnv;
+  let dev: ChildProcess;
+  let devOutput = '';
+  let devExit: Promise<number | null>;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    home = tempHome();
+    writeTinyCorpus(home);
+    env = {
+      ...process.env,
+      DATABASE_URL: db.url,
+      DACP_HOME: path.join(home, '.dacp'),
+      DACP_TEMPORAL_PORT: String(await freePort()),
+      DACP_TEMPORAL_UI_PORT: String(await freePort()),
+    };
+    delete env.TEMPORAL_ADDRESS;
+    dev = spawn(process.execPath, [dacpBin, 'dev'], { env, cwd: home, stdio: ['ignore', 'pipe', 'pipe'] });
+    dev.stdout!.on('data', (d) => (devOutput += d));
+    dev.stderr!.on('data', (d) => (devOutput += d));
+    devExit = new Promise((resolve) => dev.once('exit', (code) => resolve(code)));
+    await eventually(async () => (devOutput.includes('ready') ? true : undefined), `dacp dev to be ready (output: ${devOutput})`, 120_000);
+  });
+
+  afterAll(async () => {
+    if (dev && dev.exitCode === null) {
+      dev.kill('SIGKILL');
+      await devExit;
+    }
+    await db?.drop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  function dacp(...args: string[]) {
+    const r = spawnSync(process.execPath, [dacpBin, ...args], { env, cwd: home, encoding: 'utf8' });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr.trim() };
+  }
+
+  const status = (runId: string): RunStatus => {
+    const r = dacp('run', 'status', runId, '--json');
+    if (r.code !== 0) throw new Error(r.stderr);
+    return JSON.parse(r.stdout) as RunStatus;
+  };
+
+  const untilState = (runId: string, states: RunStatus['state'][], timeoutMs = 300_000) =>
+    eventually(async () => {
+      const s = status(runId);
+      if (s.state === 'failed') throw new Error(`run failed: ${String(s.metrics.error)}`);
+      return states.includes(s.state) ? s : undefined;
+    }, `${runId} to be ${states.join('/')}`, timeoutMs, 500);
+
+  test('start, watch, approve, deploy, list, audit — all from the command line', async () => {
+    writeFileSync(path.join(home, 'spec.json'), JSON.stringify(tinySpec()));
+    const started = dacp('run', 'start', '--spec', 'spec.json', '--id', 'cli-1', '--as', 'engineer', '--json');
+    expect(started.stderr).toBe('');
+    expect(JSON.parse(started.stdout)).toEqual({ runId: 'cli-1' });
+
+    const waiting = await untilState('cli-1', ['awaiting_approval']);
+    expect(waiting).toMatchObject({ runId: 'cli-1', stage: 'approval' });
+
+    const self = dacp('approve', 'cli-1', '--as', 'engineer');
+    expect(self.code).toBe(2);
+    expect(self.stderr).toMatch(/engineer started run cli-1 and cannot approve or reject it/);
+    const approved = dacp('approve', 'cli-1', '--as', 'approver-1', '--comment', 'numbers look right');
+    expect(approved.code).toBe(0);
+    expect(approved.stdout).toMatch(/approved run cli-1 as approver-1/);
+
+    const done = await untilState('cli-1', ['completed']);
+    expect(done.stage).toBe('deploy');
+    expect((done.metrics.deploy as { versionId: string }).versionId).toBe('tiny:v1');
+
+    const models = JSON.parse(dacp('models', 'list', '--json').stdout) as { versionId: string; aliases: string[] }[];
+    expect(models.find((m) => m.versionId === 'tiny:v1')?.aliases).toEqual(['production']);
+
+    const listed = await eventually(async () => {
+      const runs = JSON.parse(dacp('run', 'list', '--json').stdout) as { runId: string; state: string }[];
+      const run = runs.find((r) => r.runId === 'cli-1');
+      return run?.state === 'completed' ? run : undefined;
+    }, 'run list to show cli-1 completed', 30_000, 500);
+    expect(listed).toMatchObject({ runId: 'cli-1', state: 'completed' });
+
+    const bundleFile = path.join(home, 'audit.json');
+    expect(dacp('audit', 'export', 'cli-1', '--out', bundleFile).code).toBe(0);
+    const verified = dacp('audit', 'verify', bundleFile);
+    expect(verified.stdout).toMatch(/verified/);
+    expect(verified.code).toBe(0);
+  });
+
+  test('cancelling a run stops training, keeps its checkpoint and records the cancellation', async () => {
+    writeFileSync(
+      path.join(home, 'long.json'),
+      JSON.stringify(tinySpec({ baseModel: { ref: 'production' }, dacp: { steps: 5000, batchSize: 8, learningRate: 1e-3, checkpointEvery: 50 } })),
+    );
+    expect(dacp('run', 'start', '--spec', 'long.json', '--id', 'cli-2', '--as', 'engineer').code).toBe(0);
+    await eventually(async () => {
+      const s = status('cli-2');
+      return s.stage === 'dacp' && s.progress.step > 0 ? s : undefined;
+    }, 'cli-2 to be training', 120_000, 300);
+
+    const cancelled = dacp('run', 'cancel', 'cli-2');
+    expect(cancelled.code).toBe(0);
+    const s = await untilState('cli-2', ['cancelled'], 60_000);
+    expect(s.stage).toBe('dacp');
+    expect(s.progress.step).toBeLessThan(5000);
+
+    const q = (sql: string) => db.pool.query(sql).then((r) => r.rows);
+    expect(await q("SELECT state FROM runs WHERE run_id = 'cli-2'")).toEqual([{ state: 'cancelled' }]);
+    expect((await q("SELECT event FROM audit_log WHERE run_id = 'cli-2' ORDER BY id")).map((r) => r.event)).toContain('run_cancelled');
+    const [ckpt] = await q("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = 'cli-2' AND stage = 'dacp'");
+    expect(ckpt.step).toBeGreaterThan(0);
+    expect(ckpt.step).toBeLessThan(5000);
+
+    expect(dacp('run', 'cancel', 'cli-2').stderr).toMatch(/run cli-2 is cancelled; only running runs can be cancelled/);
+  });
+
+  test('dacp dev stops cleanly on SIGINT', async () => {
+    dev.kill('SIGINT');
+    expect(await devExit).toBe(0);
+    expect(devOutput).toMatch(/stopped/);
+  });
+});
