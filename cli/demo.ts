@@ -54,8 +54,10 @@ export function prepareDemo(dir: string): string {
 const fmt = (x: number | undefined) => (x === undefined ? '–' : x.toFixed(2));
 
 function progressLine(s: RunStatus): string {
+  const bootstrap = s.metrics.bootstrap as { status?: string } | undefined;
+  const phase = s.stage === 'dacp' && bootstrap?.status && bootstrap.status !== 'done' ? ' (bootstrap base model)' : '';
   const p = s.progress.totalSteps ? ` step ${s.progress.step}/${s.progress.totalSteps}${s.progress.loss !== null ? ` loss ${s.progress.loss.toFixed(3)}` : ''}` : '';
-  return `  [${s.state}] ${s.stage}${p}`;
+  return `  [${s.state}] ${s.stage}${phase}${p}`;
 }
 
 /**
@@ -84,7 +86,7 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     let lastPrintAt = 0;
     for (;;) {
       const status = await runStatus(workers.client, runId);
-      const phase = `${status.stage}/${status.state}`;
+      const phase = `${status.stage}/${status.state}/${String((status.metrics.bootstrap as { status?: string } | undefined)?.status)}`;
       if (phase !== lastPhase || (status.progress.totalSteps > 0 && Date.now() - lastPrintAt > 5_000)) {
         log(progressLine(status));
         lastPhase = phase;

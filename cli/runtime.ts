@@ -65,7 +65,14 @@ function installRuntime(): void {
   const level = (process.env.DACP_LOG_LEVEL ?? 'WARN').toUpperCase();
   const valid: LogLevel[] = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'];
   if (!valid.includes(level as LogLevel)) throw new Error(`DACP_LOG_LEVEL=${level} is not one of ${valid.join(', ')}`);
-  Runtime.install({ logger: new DefaultLogger(level as LogLevel) });
+  // The gpu worker runs activities only; the SDK's notice that it polls no workflows is expected.
+  const expected = /No workflows registered, not polling for workflow tasks/;
+  const logger = new DefaultLogger(level as LogLevel, (entry) => {
+    if (expected.test(entry.message)) return;
+    const meta = entry.meta && Object.keys(entry.meta).length ? ` ${JSON.stringify(entry.meta)}` : '';
+    process.stderr.write(`${new Date(Number(entry.timestampNanos / 1_000_000n)).toISOString()} [${entry.level}] ${entry.message}${meta}\n`);
+  });
+  Runtime.install({ logger });
 }
 
 /** Start workers for the given queues in this process, sharing one connection, pool and client. */

@@ -156,11 +156,12 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           'BaseModelNotFound',
         );
       }
+      metrics.bootstrap = { status: 'training a base model on the replay data (the registry has none)' };
       const boot = await train('bootstrap', () =>
         gpuActivities.bootstrapBaseModel({ runId, spec, corpus: data.replayTrain }),
       );
       base = await controlActivities.registerBaseModel({ runId, spec, model: boot.model, corpus: data.replayTrain });
-      metrics.bootstrap = { versionId: base.versionId, finalLoss: boot.finalLoss, seconds: boot.seconds };
+      metrics.bootstrap = { status: 'done', versionId: base.versionId, finalLoss: boot.finalLoss, seconds: boot.seconds };
     }
     metrics.baseModel = base.versionId;
 
