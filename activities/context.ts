@@ -10,4 +10,6 @@ export interface ActivityDeps {
   client?: Client;
   /** Training backend preference (else DACP_TF_BACKEND, else the best available). */
   tfBackend?: string;
+  /** True once the hosting worker is shutting down: training checkpoints and hands over. */
+  workerStopping?: () => boolean;
 }

@@ -1,5 +1,5 @@
 import { Context, log } from '@temporalio/activity';
-import { CancelledFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { insertCheckpoint, insertMetrics, listCheckpoints, recordTransition } from '../db/records';
 import { initBackend } from '../ml/backend';
 import { formatInstructionPrompt, mixedLmBatches, sftBatches, type BatchSource } from '../ml/mixing';
@@ -162,13 +162,16 @@ async function trainDurably(deps: ActivityDeps, job: TrainingJob): Promise<Train
         await insertMetrics(deps.pool, job.runId, job.stage, job.round, pendingMetrics.splice(0));
         await signalProgress(step, true);
       },
-      shouldStop: () => ctx.cancellationSignal.aborted,
+      shouldStop: () => ctx.cancellationSignal.aborted || Boolean(deps.workerStopping?.()),
     });
     stoppedEarly = outcome.stoppedEarly;
   }
   if (stoppedEarly) {
+    const step = trainer.step;
     trainer.dispose();
-    throw new CancelledFailure(`training cancelled at step ${trainer.step}; the last checkpoint is kept`);
+    if (ctx.cancellationSignal.aborted) throw new CancelledFailure(`training cancelled at step ${step}; the last checkpoint is kept`);
+    // The worker is stopping: the checkpoint just written lets the next attempt, on another worker, resume here.
+    throw ApplicationFailure.retryable(`worker stopping; training checkpointed at step ${step} and resumes on the next worker`, 'WorkerStopping');
   }
   if (!lastCheckpoint) {
     // Already complete on resume: the newest checkpoint is the final one.

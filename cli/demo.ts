@@ -3,7 +3,7 @@ import path from 'node:path';
 import { generateDemoCorpus } from '../ml/demoCorpus';
 import { ArtifactStore } from '../activities/artifacts';
 import type { InstructReport, PipelineResult, RunStatus } from '../schemas/pipeline';
-import type { RunSpecInput } from '../schemas/runSpec';
+import { InputError, type RunSpecInput } from '../schemas/runSpec';
 import { defaultTemporalPort } from './connection';
 import { freePort, isPortFree } from './devServer';
 import { dacpHome } from './paths';
@@ -75,6 +75,21 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
   const server = await startLocalServer({ home, port, uiPort: null, log });
   log(`temporal: dev server on ${server.address} (history in ${path.join(home, 'temporal', 'temporal.db')})`);
   const workers = await startWorkers(['control', 'gpu'], db, { home, address: server.address });
+  // Ctrl-C: the SDK stops the workers (training checkpoints first); say what happens to the run.
+  let interrupted = false;
+  const onSignal = () => {
+    interrupted = true;
+    log('interrupted — stopping the workers (training writes a checkpoint first) …');
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const checkInterrupted = (runId: string) => {
+    if (interrupted) {
+      throw new InputError(
+        `demo interrupted; run ${runId} is kept in ${home} and continues where it stopped when workers run again (DACP_HOME=${home} dacp dev)`,
+      );
+    }
+  };
   try {
     const specFile = prepareDemo(path.join(home, 'demo'));
     log(`demo data and spec: ${specFile}`);
@@ -85,7 +100,14 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     let lastPhase = '';
     let lastPrintAt = 0;
     for (;;) {
-      const status = await runStatus(workers.client, runId);
+      checkInterrupted(runId);
+      let status: RunStatus;
+      try {
+        status = await runStatus(workers.client, runId);
+      } catch (err) {
+        checkInterrupted(runId);
+        throw err;
+      }
       const phase = `${status.stage}/${status.state}/${String((status.metrics.bootstrap as { status?: string } | undefined)?.status)}`;
       if (phase !== lastPhase || (status.progress.totalSteps > 0 && Date.now() - lastPrintAt > 5_000)) {
         log(progressLine(status));
@@ -133,6 +155,8 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     log(`  total               ${((Date.now() - started) / 1000).toFixed(1)}s`);
     return result;
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await workers.shutdown();
     await server.stop();
     await db.close();

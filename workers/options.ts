@@ -32,24 +32,29 @@ export interface WorkerDeps {
  * per accelerator and a long shutdown grace time, so a stopping worker can checkpoint first.
  */
 export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<Worker> {
+  let worker: Worker | undefined;
   const activities = createActivities({
     pool: deps.pool,
     store: new ArtifactStore(deps.artifactsDir),
     client: deps.client,
     tfBackend: deps.tfBackend,
+    workerStopping: () => worker !== undefined && worker.getState() !== 'RUNNING',
   });
   const common = { connection: deps.connection, namespace: deps.namespace, taskQueue: TASK_QUEUES[queue], activities };
   if (queue === 'control') {
-    return Worker.create({
+    worker = await Worker.create({
       ...common,
       ...(deps.workflowBundle ? { workflowBundle: deps.workflowBundle } : workflowSource()),
       maxConcurrentActivityTaskExecutions: 4,
       shutdownGraceTime: '10s',
     });
+    return worker;
   }
-  return Worker.create({
+  worker = await Worker.create({
     ...common,
     maxConcurrentActivityTaskExecutions: 1,
+    // Training notices the shutdown at its next step and checkpoints; the grace time covers a slow step.
     shutdownGraceTime: '60s',
   });
+  return worker;
 }
