@@ -18,11 +18,29 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 const dacpBin = path.resolve(__dirname, '..', 'bin', 'dacp.js');
 
 /** A gpu worker in its own process, as `dacp worker --queue gpu` runs it, so it can be SIGKILLed. */
-function spawnGpuWorker(env: NodeJS.ProcessEnv): ChildProcess {
+function spawnGpuWorker(env: NodeJS.ProcessEnv): ChildProcess & { ready: Promise<void> } {
   const child = spawn(process.execPath, [dacpBin, 'worker', '--queue', 'gpu'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout!.resume();
+  let output = '';
+  const ready = new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d) => {
+      output += d;
+      if (output.includes('polling')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`gpu worker exited (${code}) before polling: ${output}`)));
+  });
+  ready.catch(() => undefined);
   child.stderr!.resume();
-  return child;
+  return Object.assign(child, { ready });
+}
+
+async function stopAll(children: ChildProcess[]): Promise<void> {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+    }
+  }
 }
 
 describe('crash: the gpu worker is SIGKILLed mid-training', () => {
@@ -55,7 +73,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
   });
 
   afterAll(async () => {
-    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    await stopAll(children);
     control?.shutdown();
     await running;
     await nativeConnection?.close();
@@ -106,5 +124,43 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
       [runId],
     );
     expect(rows.map((r) => r.step)).toEqual(Array.from({ length: 20 }, (_, i) => (i + 1) * 20));
+  });
+
+  test('SIGTERM: the gpu worker checkpoints before exiting and the next one resumes from that step', async () => {
+    await stopAll(children);
+    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
+    const first = spawnGpuWorker(env);
+    children.push(first);
+    await first.ready;
+    const spec = parseRunSpec(
+      tinySpec({
+        baseModel: { ref: 'production' },
+        dacp: { steps: 600, batchSize: 8, learningRate: 3e-3, checkpointEvery: 250 },
+        heartbeatTimeout: '3s',
+      }),
+    );
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'graceful-1', initiator: 'engineer' });
+    await eventually(async () => {
+      const s = await runStatus(client, runId);
+      return s.stage === 'dacp' && s.progress.step >= 20 ? s : undefined;
+    }, 'dacp training to pass step 20', 300_000, 100);
+
+    first.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => first.once('exit', (c) => resolve(c)));
+    expect(code).toBe(0);
+    const { rows } = await db.pool.query("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'", [runId]);
+    const stoppedAt = rows[0].step as number;
+    // Not a periodic checkpoint (every 250): the one written on the way out.
+    expect(stoppedAt).toBeGreaterThanOrEqual(20);
+    expect(stoppedAt % 250).not.toBe(0);
+
+    children.push(spawnGpuWorker(env));
+    await eventually(async () => {
+      const s = await runStatus(client, runId);
+      if (s.state === 'failed') throw new Error(String(s.metrics.error));
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, 'the resumed run to reach approval', 600_000, 500);
+    const status = await runStatus(client, runId);
+    expect(status.resumedFromStep).toBe(stoppedAt);
   });
 });
