@@ -81,6 +81,11 @@ export class ArtifactStore {
     return JSON.parse((await this.get(ref)).toString('utf8')) as T;
   }
 
+  /** Delete an artifact's file (pruned checkpoints); missing files are fine. */
+  async remove(ref: { uri: string }): Promise<void> {
+    await fs.rm(this.pathOf(ref.uri), { force: true });
+  }
+
   /** True when the artifact exists and hashes to what it should. */
   async verify(ref: { uri: string; sha256: string }): Promise<boolean> {
     return this.isIntact(this.pathOf(ref.uri), ref.sha256);

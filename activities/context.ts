@@ -10,6 +10,8 @@ export interface ActivityDeps {
   client?: Client;
   /** Training backend preference (else DACP_TF_BACKEND, else the best available). */
   tfBackend?: string;
+  /** Where external trainers' stderr is kept (`<logsDir>/<runId>/…`); default `<store root>/../logs`. */
+  logsDir?: string;
   /** True once the hosting worker is shutting down: training checkpoints and hands over. */
   workerStopping?: () => boolean;
 }

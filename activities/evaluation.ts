@@ -3,7 +3,7 @@ import { insertEvaluation } from '../db/records';
 import { initBackend } from '../ml/backend';
 import { instructionScore, perplexity } from '../ml/evaluate';
 import { deserializeModel } from '../ml/modelFile';
-import type { ByteTokenizer } from '../ml/tokenizer';
+import type { Tokenizer } from '../ml/tokenizer';
 import type { ArtifactRef, DatasetRef, ForgettingReport, InstructReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
@@ -12,7 +12,7 @@ import { readDataset, type PairDoc, type TextDoc } from './datasets';
 const MAX_INSTRUCT_PAIRS = 24;
 const SAMPLE_NEW_TOKENS = 48;
 
-function tokens(tokenizer: ByteTokenizer, docs: TextDoc[]): number[] {
+function tokens(tokenizer: Tokenizer, docs: TextDoc[]): number[] {
   const out: number[] = [];
   for (const doc of docs) out.push(...tokenizer.encode(doc.text), tokenizer.eosId);
   return out;

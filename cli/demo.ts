@@ -130,7 +130,9 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     for (const d of r.artifacts.datasets) log(`  dataset        ${d.role}/${d.split} ${d.docs} docs sha256 ${d.sha256}`);
     const instructReport = await new ArtifactStore(artifactsDir(home)).getJson<InstructReport>(r.artifacts.instructReport);
     for (const s of instructReport.samples.slice(0, 2)) {
-      log(`  sample         ${JSON.stringify(s.prompt)} → ${JSON.stringify(s.generated)}`);
+      log(`  sample         ${JSON.stringify(s.prompt)}`);
+      log(`                   greedy  → ${JSON.stringify(s.generated)}`);
+      log(`                   sampled → ${JSON.stringify(s.sampled)}`);
     }
     log(`  approvers ${r.approvers.join(', ')}, quorum ${r.quorum}`);
     const { decision } = await decide(workers.client, { runId, principal: DEMO_APPROVER, decision: 'approve', comment: 'demo sign-off' });

@@ -93,10 +93,33 @@ export async function listCheckpoints(
 ): Promise<CheckpointRow[]> {
   const { rows } = await db.query(
     `SELECT step, uri, sha256, bytes, loss FROM checkpoints
-     WHERE run_id = $1 AND stage = $2 AND round = $3 ORDER BY step DESC`,
+     WHERE run_id = $1 AND stage = $2 AND round = $3 AND pruned_at IS NULL ORDER BY step DESC`,
     [runId, stage, round],
   );
   return rows.map((r) => ({ step: r.step, uri: r.uri, sha256: r.sha256, bytes: Number(r.bytes), loss: r.loss }));
+}
+
+/** Mark checkpoints pruned; returns the hashes no live checkpoint row uses any more (their files may go). */
+export async function markCheckpointsPruned(
+  db: Queryable,
+  runId: string,
+  stage: 'dacp' | 'instruct' | 'bootstrap',
+  round: number,
+  steps: number[],
+): Promise<{ uri: string; sha256: string }[]> {
+  if (steps.length === 0) return [];
+  const { rows } = await db.query(
+    `UPDATE checkpoints SET pruned_at = now()
+     WHERE run_id = $1 AND stage = $2 AND round = $3 AND step = ANY($4::int[]) AND pruned_at IS NULL
+     RETURNING uri, sha256`,
+    [runId, stage, round, steps],
+  );
+  const orphans: { uri: string; sha256: string }[] = [];
+  for (const row of rows) {
+    const live = await db.query('SELECT 1 FROM checkpoints WHERE sha256 = $1 AND pruned_at IS NULL LIMIT 1', [row.sha256]);
+    if (live.rowCount === 0) orphans.push({ uri: row.uri, sha256: row.sha256 });
+  }
+  return orphans;
 }
 
 export async function insertMetrics(

@@ -106,6 +106,8 @@ type Attempt = Promise<BackendChoice | string>;
 
 async function tryNative(packages: string[]): Attempt {
   const reasons: string[] = [];
+  // TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise in our logs unless asked for.
+  process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
   for (const pkg of packages) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

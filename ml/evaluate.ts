@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { formatInstructionPrompt, sftRow } from './mixing';
 import { GPT } from './model';
 import { deriveSeed, mulberry32 } from './random';
-import { ByteTokenizer } from './tokenizer';
+import type { Tokenizer } from './tokenizer';
 
 /** Windows scored per forward pass; bounds memory, not results. */
 const EVAL_BATCH = 8;
@@ -57,22 +57,21 @@ function sumNll(model: GPT, rows: Row[]): { nll: number; count: number; correct:
   return { nll, count, correct };
 }
 
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** 0 or absent: greedy. Otherwise logits are divided by it before seeded sampling. */
+  temperature?: number;
+  /** When sampling, only the k most likely tokens are candidates (ties to the lower id); absent or 0: all. */
+  topK?: number;
+  seed?: number;
+}
+
 /** Continues `prompt`; greedy when temperature is 0 or absent, else seeded sampling. Stops at eos. */
-export function generate(
-  model: GPT,
-  tokenizer: ByteTokenizer,
-  prompt: string,
-  o: { maxNewTokens: number; temperature?: number; seed?: number },
-): string {
+export function generate(model: GPT, tokenizer: Tokenizer, prompt: string, o: GenerateOptions): string {
   return tokenizer.decode(generateIds(model, tokenizer, tokenizer.encode(prompt), o));
 }
 
-function generateIds(
-  model: GPT,
-  tokenizer: ByteTokenizer,
-  promptIds: number[],
-  o: { maxNewTokens: number; temperature?: number; seed?: number },
-): number[] {
+function generateIds(model: GPT, tokenizer: Tokenizer, promptIds: number[], o: GenerateOptions): number[] {
   const T = model.config.contextLength;
   const temperature = o.temperature ?? 0;
   const uniform = mulberry32(deriveSeed(o.seed ?? 0, 'generate'));
@@ -85,7 +84,7 @@ function generateIds(
       const logits = model.logits(tf.tensor2d([context], undefined, 'int32')); // [1,t,V]
       return logits.slice([0, context.length - 1, 0], [1, 1, -1]).reshape([-1]).dataSync() as Float32Array; // [V]
     });
-    const next = temperature > 0 ? sample(last, temperature, uniform()) : argmax(last);
+    const next = temperature > 0 ? sample(last, temperature, o.topK ?? 0, uniform()) : argmax(last);
     if (next === tokenizer.eosId) break;
     ids.push(next);
     generated.push(next);
@@ -99,16 +98,22 @@ function argmax(values: Float32Array): number {
   return best;
 }
 
-function sample(logits: Float32Array, temperature: number, u: number): number {
-  const max = logits[argmax(logits)] as number;
-  const weights = Array.from(logits, (l) => Math.exp((l - max) / temperature));
+function sample(logits: Float32Array, temperature: number, topK: number, u: number): number {
+  // Candidates by descending logit, ties to the lower id: the same draw on every run.
+  let candidates = Array.from(logits.keys());
+  if (topK > 0 && topK < logits.length) {
+    candidates.sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
+    candidates = candidates.slice(0, topK);
+  }
+  const max = candidates.reduce((m, id) => Math.max(m, logits[id] as number), Number.NEGATIVE_INFINITY);
+  const weights = candidates.map((id) => Math.exp(((logits[id] as number) - max) / temperature));
   const total = weights.reduce((a, b) => a + b, 0);
   let acc = 0;
   for (let i = 0; i < weights.length; i++) {
     acc += (weights[i] as number) / total;
-    if (u < acc) return i;
+    if (u < acc) return candidates[i] as number;
   }
-  return weights.length - 1;
+  return candidates[candidates.length - 1] as number;
 }
 
 export interface InstructionScore {
@@ -120,8 +125,12 @@ export interface InstructionScore {
   exactMatch: number;
   /** Mean ROUGE-L F1 over whitespace-separated words of generation vs reference. */
   rougeL: number;
-  samples: { prompt: string; expected: string; generated: string }[];
+  /** `generated` is greedy (what the metrics score); `sampled` is one seeded draw, to show the spread. */
+  samples: { prompt: string; expected: string; generated: string; sampled: string }[];
 }
+
+/** How `sampled` is drawn: seeded per pair, so the same model and pairs give the same samples. */
+export const SAMPLE_SETTINGS = { temperature: 0.8, topK: 20 } as const;
 
 /**
  * How well the model follows instructions, on the same prompt template SFT trains with.
@@ -129,9 +138,9 @@ export interface InstructionScore {
  */
 export function instructionScore(
   model: GPT,
-  tokenizer: ByteTokenizer,
+  tokenizer: Tokenizer,
   pairs: { prompt: string; response: string }[],
-  o: { maxNewTokens?: number; maxPairs?: number } = {},
+  o: { maxNewTokens?: number; maxPairs?: number; sampleSeed?: number } = {},
 ): InstructionScore {
   const chosen = pairs.slice(0, o.maxPairs ?? pairs.length);
   if (chosen.length === 0) throw new Error('instructionScore needs at least one prompt/response pair');
@@ -148,9 +157,11 @@ export function instructionScore(
     const example = encoded[i] as { prompt: number[]; response: number[] };
     const maxNewTokens = o.maxNewTokens ?? example.response.length + 16;
     const generated = tokenizer.decode(generateIds(model, tokenizer, example.prompt, { maxNewTokens }));
+    const seed = deriveSeed(o.sampleSeed ?? 0, 'sample', pair.prompt);
+    const sampled = tokenizer.decode(generateIds(model, tokenizer, example.prompt, { ...SAMPLE_SETTINGS, maxNewTokens, seed }));
     if (generated.trim() === pair.response.trim()) exact++;
     rouge += rougeL(generated, pair.response);
-    return { prompt: pair.prompt, expected: pair.response, generated };
+    return { prompt: pair.prompt, expected: pair.response, generated, sampled };
   });
   return {
     responsePerplexity: Math.exp(nll / Math.max(1, count)),

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { deriveSeed, mulberry32, normalArray } from './random';
+import { isFloat32Array } from './typedArrays';
 
 /**
  * A GPT-2 style decoder, small enough to read in one sitting:
@@ -81,6 +82,8 @@ const sizeOf = (shape: number[]): number => shape.reduce((a, b) => a * b, 1);
 
 export class GPT {
   readonly variables: ReadonlyMap<string, tf.Variable>;
+  /** [contextLength, contextLength], built once; shorter inputs slice its top-left corner. */
+  private readonly causalMask: tf.Tensor2D;
 
   private constructor(readonly config: ModelConfig, values: Map<string, Float32Array>) {
     const variables = new Map<string, tf.Variable>();
@@ -92,6 +95,7 @@ export class GPT {
     }
     nextModelId++;
     this.variables = variables;
+    this.causalMask = tf.keep(causalMask(config.contextLength)); // kept even when a caller builds the model inside tf.tidy
   }
 
   /** Deterministic: the same (config, seed) gives the same weights on every backend. */
@@ -118,7 +122,7 @@ export class GPT {
     for (const spec of specs) {
       const data = weights[spec.name];
       if (data === undefined) problems.push(`missing "${spec.name}"`);
-      else if (!(data instanceof Float32Array)) problems.push(`"${spec.name}" is not a Float32Array`);
+      else if (!isFloat32Array(data)) problems.push(`"${spec.name}" is not a Float32Array`);
       else if (data.length !== sizeOf(spec.shape)) {
         problems.push(`"${spec.name}" has ${data.length} values, expected [${spec.shape.join(',')}] = ${sizeOf(spec.shape)}`);
       } else values.set(spec.name, data);
@@ -143,11 +147,11 @@ export class GPT {
       const positions = this.param('wpe').slice([0, 0], [T, C]); // [T,C]
       let x: tf.Tensor3D = tokens.add(positions); // [B,T,C]
       // blocks
-      const mask = causalMask(T); // [T,T]
+      const mask = T === contextLength ? this.causalMask : this.causalMask.slice([0, 0], [T, T]); // [T,T]
       for (let l = 0; l < this.config.nLayers; l++) x = this.block(`h.${l}`, x, mask);
       // head: tied to the token embedding
       x = this.layerNorm('lnf', x);
-      const logits = matMul(x.reshape([B * T, C]), wte.transpose()); // [B*T,V]
+      const logits = matMul(x.reshape([B * T, C]), transpose2d(wte)); // [B*T,V]
       return logits.reshape([B, T, V]);
     });
   }
@@ -155,10 +159,9 @@ export class GPT {
   /** Mean cross-entropy over positions where mask == 1 (all positions without a mask). */
   loss(inputs: tf.Tensor2D, targets: tf.Tensor2D, mask?: tf.Tensor2D): tf.Scalar {
     return tf.tidy(() => {
-      const logProbs = tf.logSoftmax(this.logits(inputs)); // [B,T,V]
-      // oneHot·logp rather than gather: gather's gradient needs a kernel the wasm backend lacks.
-      const picked = tf.oneHot(targets.toInt(), this.config.vocabSize).toFloat().mul(logProbs); // [B,T,V]
-      const nll = picked.sum(-1).neg(); // [B,T]
+      const [B, T] = inputs.shape;
+      const logits = this.logits(inputs).reshape([B * T, this.config.vocabSize]) as tf.Tensor2D; // [B*T,V]
+      const nll = crossEntropy(logits, targets.reshape([B * T]) as tf.Tensor1D).reshape([B, T]); // [B,T]
       if (mask === undefined) return nll.mean() as tf.Scalar;
       const weights = mask.toFloat();
       return nll.mul(weights).sum().div(weights.sum().maximum(1)) as tf.Scalar;
@@ -179,6 +182,7 @@ export class GPT {
 
   dispose(): void {
     for (const variable of this.variables.values()) variable.dispose();
+    this.causalMask.dispose();
   }
 
   private block(h: string, x: tf.Tensor3D, mask: tf.Tensor2D): tf.Tensor3D {
@@ -191,9 +195,10 @@ export class GPT {
     const H = this.config.nHeads;
     const D = C / H;
     const qkv = this.dense(x, `${prefix}.wqkv`, `${prefix}.bqkv`); // [B,T,3C]
-    const [q, k, v] = tf.split(qkv, 3, 2).map((t) => t.reshape([B, T, H, D]).transpose([0, 2, 1, 3])); // 3 × [B,H,T,D]
-    const scores = matMul(q as tf.Tensor, swapLastAxes(k as tf.Tensor)).mul(1 / Math.sqrt(D)).add(mask); // [B,H,T,T]
-    const y = matMul(tf.softmax(scores), v as tf.Tensor); // [B,H,T,D]
+    const [q, k, v] = tf.split(qkv, 3, 2).map((t) => t.reshape([B, T, H, D]).transpose([0, 2, 1, 3])) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // 3 × [B,H,T,D]
+    // Batched products run wasm's plain loop, where transpose flags cost nothing, so tf.matMul's own gradient is fine here.
+    const scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(D)).add(mask); // [B,H,T,T]
+    const y = tf.matMul(tf.softmax(scores), v); // [B,H,T,D]
     const merged = y.transpose([0, 2, 1, 3]).reshape([B, T, C]) as tf.Tensor3D; // [B,T,C]
     return this.dense(merged, `${prefix}.wo`, `${prefix}.bo`);
   }
@@ -207,7 +212,7 @@ export class GPT {
   private dense(x: tf.Tensor3D, w: string, b: string): tf.Tensor3D {
     const [B, T, In] = x.shape;
     const weight = this.param(w);
-    const out = matMul(x.reshape([B * T, In]), weight).add(this.param(b));
+    const out = matMul(x.reshape([B * T, In]), weight, this.param(b));
     return out.reshape([B, T, weight.shape[1] as number]);
   }
 
@@ -227,51 +232,94 @@ export class GPT {
 let nextModelId = 0;
 
 /**
- * table [V,C], ids [B,T] → [B,T,C]. Forward is a gather; the gradient is written as
- * oneHot(ids)ᵀ · dy because tf.gather's own gradient needs UnsortedSegmentSum, which the
- * wasm backend does not implement. Same numbers on every backend.
+ * table [V,C], ids [B,T] → [B,T,C]. tf.gather's gradient needs UnsortedSegmentSum, which the
+ * wasm backend lacks (and its GatherV2 is slow), so the lookup has its own gradient: on cpu and
+ * wasm a ScatterNd, which adds duplicate ids one after another in a fixed order; elsewhere
+ * (where ScatterNd may add in parallel) oneHot(ids)ᵀ · dy. Both give the per-id sum of dy.
  */
 export function embeddingLookup(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor2D): tf.Tensor3D {
   const [B, T] = ids.shape;
   const [V, C] = table.shape as [number, number];
-  const flatIds = ids.reshape([B * T]).toInt(); // [B*T]
+  const indices = ids.reshape([B * T, 1]).toInt(); // [B*T,1]
+  const sequentialScatter = ['cpu', 'wasm'].includes(tf.getBackend());
   const lookup = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [weights, save] = args as [tf.Tensor, tf.GradSaveFunc];
     // The ids must be saved: the caller's tidy frees them before backprop runs.
-    save([flatIds]);
+    save([indices]);
     return {
-      value: tf.gather(weights, flatIds).reshape([B, T, C]),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        tf.matMul(tf.oneHot(saved[0] as tf.Tensor1D, V).toFloat().transpose(), dy.reshape([B * T, C])), // [V,B*T]·[B*T,C] → [V,C]
+      value: tf.gatherND(weights, indices).reshape([B, T, C]),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [savedIndices] = saved as [tf.Tensor2D];
+        const flat = dy.reshape([B * T, C]);
+        return sequentialScatter ? tf.scatterND(savedIndices, flat, [V, C])
+          : tf.matMul(tf.oneHot(savedIndices.reshape([B * T]) as tf.Tensor1D, V).toFloat().transpose(), flat); // [V,B*T]·[B*T,C]
+      },
     };
   });
   return lookup(table) as tf.Tensor3D;
 }
 
 /**
- * a [...,M,K] · b [...,K,N] → [...,M,N], with a gradient built from explicit transposes.
- * tf.matMul's own gradient passes transpose flags, which the wasm backend runs up to 15×
- * slower than a transpose followed by a plain product.
+ * a [M,K] · b [K,N] (+ bias [N]) → [M,N], with a gradient built from explicit transposes:
+ * wasm hands a plain 2-D product to XNNPACK but runs one with transpose flags (what tf.matMul's
+ * own gradient uses) in a scalar loop, up to 15× slower. Transposes are slow there too, so
+ * the weight gradient transposes whichever of a and dy is smaller. The bias rides along in
+ * the product (tf.fused.matMul) instead of costing a separate add.
  */
-function matMul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+function matMul(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
   const product = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const [x, y, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const [x, y] = args as [tf.Tensor2D, tf.Tensor2D];
     save([x, y]);
     return {
-      value: tf.matMul(x, y),
+      value: bias === undefined ? tf.matMul(x, y) : tf.fused.matMul({ a: x, b: y, bias: args[2] as tf.Tensor }),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, sy] = saved as [tf.Tensor, tf.Tensor];
-        return [tf.matMul(dy, swapLastAxes(sy)), tf.matMul(swapLastAxes(sx), dy)];
+        const [sx, sy, g] = [...saved, dy] as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+        const dx = tf.matMul(g, transpose2d(sy));
+        const dw = sx.size <= g.size ? tf.matMul(transpose2d(sx), g) : transpose2d(tf.matMul(transpose2d(g), sx));
+        // Column sums as ones·dy: wasm's sum over axis 0 transposes first and is ~20× slower.
+        return bias === undefined ? [dx, dw] : [dx, dw, tf.matMul(tf.ones([1, g.shape[0]]), g).reshape([g.shape[1]])];
       },
     };
   });
-  return product(a, b);
+  return (bias === undefined ? product(a, b) : product(a, b, bias)) as tf.Tensor2D;
 }
 
-function swapLastAxes(x: tf.Tensor): tf.Tensor {
-  const perm = x.shape.map((_, i) => i);
-  perm.splice(-2, 2, x.rank - 1, x.rank - 2);
-  return x.transpose(perm);
+/**
+ * [M,N] → [N,M]. wasm's 2-D transpose is a slow strided loop; the same permutation done on
+ * 16×16 tiles (a 4-D transpose) runs 3–5× faster.
+ */
+export function transpose2d(x: tf.Tensor2D | tf.Variable): tf.Tensor2D {
+  const [M, N] = x.shape as [number, number];
+  const tile = 16;
+  if (M % tile !== 0 || N % tile !== 0) return x.transpose() as tf.Tensor2D;
+  return x.reshape([M / tile, tile, N / tile, tile]).transpose([2, 3, 0, 1]).reshape([N, M]);
+}
+
+/**
+ * logits [N,V], targets [N] → −log softmax(logits)[target], [N]. Built on tf.softmax, which
+ * wasm runs vectorised (logSoftmax's exp is several times slower there), with the textbook
+ * gradient (softmax − oneHot(target)) · dy. log Σ exp(x − max) is taken as −log(max p): the
+ * largest probability is 1 / Σ exp(x − max) ≥ 1/V, so unlike log p[target] it never underflows.
+ */
+export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+  const [N, V] = logits.shape;
+  const ids = targets.toInt();
+  const nll = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x, save] = args as [tf.Tensor2D, tf.GradSaveFunc];
+    const probs = tf.softmax(x); // [N,V]
+    const target = tf.oneHot(ids, V).toFloat(); // [N,V]
+    save([probs, target]);
+    const logSumExp = x.max(-1).sub(probs.max(-1).log()); // [N]
+    return {
+      value: logSumExp.sub(target.mul(x).sum(-1)),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [p, t] = saved as [tf.Tensor2D, tf.Tensor2D];
+        return p.sub(t).mul(dy.reshape([N, 1]));
+      },
+    };
+  });
+  return nll(logits) as tf.Tensor1D;
 }
 
 /** 0 where a position may attend (j ≤ i), a large negative number above the diagonal. */
@@ -281,8 +329,11 @@ function causalMask(T: number): tf.Tensor2D {
   return tf.tensor2d(values, [T, T]);
 }
 
-/** GELU, tanh approximation (GPT-2). */
+/**
+ * GELU, tanh approximation (GPT-2): ½x(1 + tanh(z)) written as x·sigmoid(2z), the same function;
+ * wasm runs sigmoid vectorised and tanh ~15× slower.
+ */
 function gelu(x: tf.Tensor3D): tf.Tensor3D {
-  const inner = x.add(x.square().mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI)); // square·x: Pow is slow on wasm
-  return x.mul(0.5).mul(inner.tanh().add(1));
+  const z = x.add(x.square().mul(x).mul(0.044715)).mul(Math.sqrt(8 / Math.PI)); // 2z; square·x: Pow is slow on wasm
+  return x.mul(z.sigmoid());
 }

@@ -1,6 +1,7 @@
 import { GPT, parseModelConfig } from './model';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor, tensorsDigest } from './safetensors';
-import { ByteTokenizer } from './tokenizer';
+import { type Tokenizer, tokenizerFromJSON } from './tokenizer';
+import { isFloat32Array } from './typedArrays';
 
 /**
  * A model artifact is one safetensors file: the weights as F32 tensors named like
@@ -12,7 +13,7 @@ export const RESERVED_KEYS = { format: 'format', config: 'dacp.config', tokenize
 /** `format` and every `dacp.*` key belong to the file format; callers use any other name. */
 export const isReservedKey = (key: string): boolean => key === RESERVED_KEYS.format || key.startsWith('dacp.');
 
-export function serializeModel(model: GPT, tokenizer: ByteTokenizer, meta: Record<string, string> = {}): Buffer {
+export function serializeModel(model: GPT, tokenizer: Tokenizer, meta: Record<string, string> = {}): Buffer {
   const weights = model.weights();
   const tensors: Record<string, SafetensorsTensor> = {};
   for (const [name, variable] of model.variables) {
@@ -21,12 +22,12 @@ export function serializeModel(model: GPT, tokenizer: ByteTokenizer, meta: Recor
   return encodeSafetensors(tensors, withReserved(meta, MODEL_FORMAT, { config: model.config, tokenizer: tokenizer.toJSON(), tensors }));
 }
 
-export function deserializeModel(buf: Buffer): { model: GPT; tokenizer: ByteTokenizer; meta: Record<string, string> } {
+export function deserializeModel(buf: Buffer): { model: GPT; tokenizer: Tokenizer; meta: Record<string, string> } {
   const { tensors, metadata } = decodeSafetensors(buf);
   const { config, tokenizer, meta } = readReserved(metadata, MODEL_FORMAT, tensors, 'model file');
   const weights: Record<string, Float32Array> = {};
   for (const [name, tensor] of Object.entries(tensors)) {
-    if (!(tensor.data instanceof Float32Array)) throw new Error(`model file: tensor "${name}" is ${tensor.dtype}, expected F32`);
+    if (!isFloat32Array(tensor.data)) throw new Error(`model file: tensor "${name}" is ${tensor.dtype}, expected F32`);
     weights[name] = tensor.data;
   }
   const model = GPT.fromWeights(parseModelConfig(config), weights);
@@ -60,7 +61,7 @@ export function readReserved(
   format: string,
   tensors: Record<string, SafetensorsTensor>,
   what: string,
-): { config: unknown; tokenizer: ByteTokenizer; meta: Record<string, string> } {
+): { config: unknown; tokenizer: Tokenizer; meta: Record<string, string> } {
   const found = metadata[RESERVED_KEYS.format];
   if (found !== format) throw new Error(`${what}: metadata format is ${found === undefined ? 'missing' : `"${found}"`}, expected "${format}"`);
   const digest = metadata[RESERVED_KEYS.digest];
@@ -77,7 +78,7 @@ export function readReserved(
     }
   };
   const config = parse(RESERVED_KEYS.config);
-  const tokenizer = ByteTokenizer.fromJSON(parse(RESERVED_KEYS.tokenizer));
+  const tokenizer = tokenizerFromJSON(parse(RESERVED_KEYS.tokenizer));
   const meta: Record<string, string> = {};
   for (const [key, value] of Object.entries(metadata)) if (!isReservedKey(key)) meta[key] = value;
   return { config, tokenizer, meta };

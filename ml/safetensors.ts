@@ -1,6 +1,7 @@
 import { createHash } from 'crypto';
 import * as os from 'os';
 import { z } from 'zod';
+import { isFloat32Array, isInt32Array } from './typedArrays';
 
 /**
  * The safetensors format (https://github.com/huggingface/safetensors), so checkpoints and
@@ -39,7 +40,7 @@ export function encodeSafetensors(tensors: Record<string, SafetensorsTensor>, me
     if (name === METADATA_KEY) throw new Error(`safetensors: "${METADATA_KEY}" is reserved and cannot name a tensor`);
     const tensor = tensors[name] as SafetensorsTensor;
     const expected = elementCount(tensor.shape, name);
-    const isRightType = tensor.dtype === 'F32' ? tensor.data instanceof Float32Array : tensor.data instanceof Int32Array;
+    const isRightType = tensor.dtype === 'F32' ? isFloat32Array(tensor.data) : isInt32Array(tensor.data);
     if (!isRightType) throw new Error(`safetensors: tensor "${name}" is declared ${tensor.dtype} but holds a ${tensor.data.constructor.name}`);
     if (tensor.data.length !== expected) {
       throw new Error(`safetensors: tensor "${name}" has ${tensor.data.length} values but shape [${tensor.shape.join(',')}] needs ${expected}`);

@@ -1,31 +1,61 @@
 import { z } from 'zod';
+import { BpeTokenizer, BYTE_COUNT } from './bpe';
 
 /**
- * Byte-level tokenizer: ids 0..255 are the UTF-8 bytes, followed by the special tokens.
- * Every string round-trips and no training is needed; a learned BPE can replace it later
- * behind the same TokenizerJson `kind` switch.
+ * Tokenizers map text to ids and back. Both kinds put the two special tokens last
+ * (eos = vocabSize − 2, pad = vocabSize − 1) and are stored with the model as TokenizerJson:
+ * - `bytes`: ids 0..255 are the UTF-8 bytes; no training, vocabSize 258.
+ * - `bpe`: byte-level BPE learned on the base corpus (bpe.ts); DACP and instruction tuning
+ *   keep the base model's tokenizer, so ids mean the same thing at every stage.
  */
 
-export const BYTE_COUNT = 256;
+export { BpeTokenizer, BYTE_COUNT };
 
-export const tokenizerJsonSchema = z.object({
-  kind: z.literal('bytes'),
-  version: z.literal(1),
-});
-export type TokenizerJson = z.infer<typeof tokenizerJsonSchema>;
-
-export class ByteTokenizer {
+export interface Tokenizer {
+  readonly vocabSize: number;
   /** End of a document or of a response; generation stops here. */
-  readonly eosId = BYTE_COUNT;
+  readonly eosId: number;
   /** Fills rows shorter than the context; never a training target. */
-  readonly padId = BYTE_COUNT + 1;
-  readonly vocabSize = BYTE_COUNT + 2;
+  readonly padId: number;
+  encode(text: string): number[];
+  /** Skips special and out-of-range ids; invalid UTF-8 (a cut multi-byte char) becomes U+FFFD. */
+  decode(ids: number[]): string;
+  toJSON(): TokenizerJson;
+}
+
+const bytesJsonSchema = z.object({ kind: z.literal('bytes'), version: z.literal(1) });
+const bpeJsonSchema = z.object({
+  kind: z.literal('bpe'),
+  version: z.literal(1),
+  /** Merge i creates id 256 + i from the pair; vocabSize = 256 + merges.length + 2. */
+  merges: z.array(z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()])),
+});
+export const tokenizerJsonSchema = z.discriminatedUnion('kind', [bytesJsonSchema, bpeJsonSchema]);
+export type TokenizerJson = { kind: 'bytes'; version: 1 } | { kind: 'bpe'; version: 1; merges: [number, number][] };
+
+/** Validates stored tokenizer JSON (model files, checkpoints) and builds the tokenizer. */
+export function tokenizerFromJSON(json: unknown): Tokenizer {
+  const parsed = tokenizerJsonSchema.safeParse(json);
+  if (!parsed.success) {
+    throw new Error(`invalid tokenizer JSON (expected {"kind":"bytes","version":1} or {"kind":"bpe","version":1,"merges":[[a,b],…]}): ${formatIssues(parsed.error)}`);
+  }
+  if (parsed.data.kind === 'bytes') return new ByteTokenizer();
+  try {
+    return BpeTokenizer.fromMerges(parsed.data.merges);
+  } catch (error) {
+    throw new Error(`invalid tokenizer JSON: ${error instanceof Error ? error.message : String(error)}`);
+  }
+}
+
+export class ByteTokenizer implements Tokenizer {
+  readonly eosId: number = BYTE_COUNT;
+  readonly padId: number = BYTE_COUNT + 1;
+  readonly vocabSize: number = BYTE_COUNT + 2;
 
   encode(text: string): number[] {
     return Array.from(Buffer.from(text, 'utf8'));
   }
 
-  /** Skips special and out-of-range ids; invalid UTF-8 (a cut multi-byte char) becomes U+FFFD. */
   decode(ids: number[]): string {
     const bytes = ids.filter((id) => Number.isInteger(id) && id >= 0 && id < BYTE_COUNT);
     return Buffer.from(bytes).toString('utf8');
@@ -35,12 +65,14 @@ export class ByteTokenizer {
     return { kind: 'bytes', version: 1 };
   }
 
+  /** Accepts only `{kind:'bytes'}`; use tokenizerFromJSON for any stored tokenizer. */
   static fromJSON(json: unknown): ByteTokenizer {
-    const parsed = tokenizerJsonSchema.safeParse(json);
-    if (!parsed.success) {
-      const issues = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`);
-      throw new Error(`invalid tokenizer JSON (expected {"kind":"bytes","version":1}): ${issues.join('; ')}`);
-    }
+    const parsed = bytesJsonSchema.safeParse(json);
+    if (!parsed.success) throw new Error(`invalid tokenizer JSON (expected {"kind":"bytes","version":1}): ${formatIssues(parsed.error)}`);
     return new ByteTokenizer();
   }
+}
+
+function formatIssues(error: z.ZodError): string {
+  return error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`).join('; ');
 }

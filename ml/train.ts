@@ -5,7 +5,8 @@ import { Batch, BatchSource } from './mixing';
 import { GPT, parameterSpecs, parseModelConfig } from './model';
 import { readReserved, serializeModel, withReserved } from './modelFile';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor } from './safetensors';
-import { ByteTokenizer } from './tokenizer';
+import type { Tokenizer } from './tokenizer';
+import { isFloat32Array } from './typedArrays';
 
 /**
  * The training loop: AdamW with decoupled weight decay, linear warm-up then cosine decay,
@@ -58,7 +59,7 @@ interface Moments { m: tf.Variable; v: tf.Variable; decay: boolean }
 export class Trainer {
   private constructor(
     readonly model: GPT,
-    readonly tokenizer: ByteTokenizer,
+    readonly tokenizer: Tokenizer,
     readonly settings: TrainSettings,
     private currentStep: number,
     private readonly moments: Map<string, Moments>,
@@ -68,7 +69,7 @@ export class Trainer {
     readonly meta: Record<string, string>,
   ) {}
 
-  static create(model: GPT, tokenizer: ByteTokenizer, settings: TrainSettings): Trainer {
+  static create(model: GPT, tokenizer: Tokenizer, settings: TrainSettings): Trainer {
     const checked = parseTrainSettings(settings);
     if (model.config.vocabSize !== tokenizer.vocabSize) {
       throw new Error(`model vocabSize ${model.config.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
@@ -96,7 +97,7 @@ export class Trainer {
     for (const spec of parameterSpecs(modelConfig)) {
       const [w, m, v] = ['model.', 'adam.m.', 'adam.v.'].map((prefix) => {
         const tensor = tensors[prefix + spec.name];
-        if (tensor === undefined || !(tensor.data instanceof Float32Array)) throw fail(`F32 tensor "${prefix}${spec.name}" is missing`);
+        if (tensor === undefined || !isFloat32Array(tensor.data)) throw fail(`F32 tensor "${prefix}${spec.name}" is missing`);
         return tensor.data;
       }) as [Float32Array, Float32Array, Float32Array];
       if (m.length !== w.length || v.length !== w.length) throw fail(`optimizer moments of "${spec.name}" do not match its size`);
@@ -105,6 +106,7 @@ export class Trainer {
     }
     const expected = 3 * Object.keys(weights).length;
     if (Object.keys(tensors).length !== expected) throw fail(`holds ${Object.keys(tensors).length} tensors, expected ${expected}`);
+    if (modelConfig.vocabSize !== tokenizer.vocabSize) throw fail(`model vocabSize ${modelConfig.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
     const model = GPT.fromWeights(modelConfig, weights);
     return new Trainer(model, tokenizer, settings, step, makeMoments(model, state), lastLoss, meta);
   }

@@ -52,6 +52,8 @@ export interface TrainingProgress {
   loss: number | null;
   attempt: number;
   resumedFromStep: number | null;
+  /** E.g. a corrupted checkpoint that was skipped; shown in status as `metrics.warnings`. */
+  warnings: string[];
 }
 
 /** What `dacp run status ID --json` prints, exactly. */
@@ -94,7 +96,8 @@ export interface InstructSummary {
 export interface InstructReport extends InstructSummary {
   kind: 'instruct';
   runId: string;
-  samples: { prompt: string; expected: string; generated: string }[];
+  /** `generated` is greedy; `sampled` is drawn at temperature 0.8, top-k 20, seeded per prompt. */
+  samples: { prompt: string; expected: string; generated: string; sampled: string }[];
 }
 
 export interface TrainingResult {

@@ -79,6 +79,21 @@ export const ModelShape = z
   .strict()
   .refine((m) => m.dModel % m.nHeads === 0, { message: 'dModel must be a multiple of nHeads', path: ['nHeads'] });
 
+/** Which engine trains: the built-in TensorFlow.js one, or any program speaking docs/trainer-protocol.md. */
+export const EngineSpec = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('builtin') }).strict(),
+  z
+    .object({
+      kind: z.literal('command'),
+      /** argv of the trainer; `--job FILE` is appended. Relative paths resolve against the spec's folder. */
+      command: z.array(z.string().min(1)).min(1, 'give the trainer command, e.g. ["python3", "trainers/reference/dacp_trainer.py"]'),
+      env: z.record(z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE'), z.string()).default({}),
+      killGraceSeconds: z.number().min(1).max(600).default(10),
+    })
+    .strict(),
+]);
+export type EngineSpec = z.infer<typeof EngineSpec>;
+
 export const RunSpec = z
   .object({
     /** Human name; also the registry name of the models this run produces. */
@@ -97,6 +112,13 @@ export const RunSpec = z
         /** When the ref resolves to nothing, train a tiny base model on the replay (general) data first. */
         bootstrapIfMissing: z.boolean().default(false),
         shape: ModelShape.default({}),
+        /** The bootstrapped model's tokenizer, trained on the replay corpus; later stages keep it. */
+        tokenizer: z
+          .discriminatedUnion('kind', [
+            z.object({ kind: z.literal('bpe'), vocabSize: z.number().int().min(260).max(65_536).default(512) }).strict(),
+            z.object({ kind: z.literal('bytes') }).strict(),
+          ])
+          .default({ kind: 'bpe', vocabSize: 512 }),
         bootstrap: TrainingSettings.default({ steps: 300, batchSize: 16, learningRate: 3e-3, checkpointEvery: 100, warmupFraction: 0.05 }),
       })
       .strict()
@@ -143,6 +165,15 @@ export const RunSpec = z
     deploy: z
       .object({
         alias: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an alias is lowercase letters, digits and "-"').default('production'),
+      })
+      .strict()
+      .default({}),
+    engine: EngineSpec.default({ kind: 'builtin' }),
+    checkpoints: z
+      .object({
+        /** Checkpoints kept per training stage: the newest `keepLast`, plus the lowest-loss one. */
+        keepLast: z.number().int().min(1).max(1000).default(3),
+        keepBest: z.boolean().default(true),
       })
       .strict()
       .default({}),

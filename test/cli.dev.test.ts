@@ -5,7 +5,7 @@ import { freePort } from '../cli/devServer';
 import type { RunStatus } from '../schemas/pipeline';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
-import { eventually, tempHome } from './helpers/temporal';
+import { eventually, GiveUp, tempHome } from './helpers/temporal';
 
 const dacpBin = path.resolve(__dirname, '..', 'bin', 'dacp.js');
 
@@ -59,7 +59,7 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
   const untilState = (runId: string, states: RunStatus['state'][], timeoutMs = 300_000) =>
     eventually(async () => {
       const s = status(runId);
-      if (s.state === 'failed') throw new Error(`run failed: ${String(s.metrics.error)}`);
+      if (s.state === 'failed') throw new GiveUp(`run failed: ${String(s.metrics.error)}`);
       return states.includes(s.state) ? s : undefined;
     }, `${runId} to be ${states.join('/')}`, timeoutMs, 500);
 

@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, rmSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { ArtifactStore } from '../activities/artifacts';
 import { runStatus, startRun } from '../cli/runs';
 import { migrate } from '../db/migrate';
 import type { PipelineResult } from '../schemas/pipeline';
@@ -11,7 +12,7 @@ import { approveUpdate, approvalWorkflowId } from '../workflows/messages';
 import { createWorker } from '../workers/options';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
-import { bundleWorkflows, eventually, startTestDevServer, tempHome } from './helpers/temporal';
+import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -87,8 +88,13 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
     const first = spawnGpuWorker(env);
     children.push(first);
+    // Both this run and the uninterrupted one below bootstrap the same base model (same seed, same data).
     const spec = parseRunSpec(
-      tinySpec({ dacp: { steps: 400, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 }, heartbeatTimeout: '3s' }),
+      tinySpec({
+        baseModel: { ref: 'no-such-model', bootstrapIfMissing: true, shape: { contextLength: 32, dModel: 32, nLayers: 1, nHeads: 2 } },
+        dacp: { steps: 400, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 },
+        heartbeatTimeout: '3s',
+      }),
     );
     const runId = await startRun(client, { spec, baseDir: home, runId: 'crash-1', initiator: 'engineer' });
 
@@ -107,7 +113,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     children.push(spawnGpuWorker(env));
     await eventually(async () => {
       const s = await runStatus(client, runId);
-      if (s.state === 'failed') throw new Error(String(s.metrics.error));
+      if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the resumed run to reach approval', 600_000, 500);
 
@@ -124,6 +130,20 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
       [runId],
     );
     expect(rows.map((r) => r.step)).toEqual(Array.from({ length: 20 }, (_, i) => (i + 1) * 20));
+
+    // Exact resume: the same run without a crash ends with a bitwise identical training state
+    // (weights, AdamW moments, step), so its final checkpoint has the same sha256.
+    const clean = await startRun(client, { spec, baseDir: home, runId: 'uninterrupted-1', initiator: 'engineer' });
+    await eventually(async () => {
+      const s = await runStatus(client, clean);
+      if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, 'the uninterrupted run to reach approval', 600_000, 500);
+    expect((await runStatus(client, clean)).resumedFromStep).toBeNull();
+    const finalCheckpoint = async (id: string) =>
+      (await db.pool.query("SELECT sha256 FROM checkpoints WHERE run_id = $1 AND stage = 'dacp' AND step = 400", [id])).rows[0].sha256 as string;
+    expect(await finalCheckpoint(runId)).toBe(await finalCheckpoint(clean));
+    await client.workflow.getHandle(clean).cancel();
   });
 
   test('SIGTERM: the gpu worker checkpoints before exiting and the next one resumes from that step', async () => {
@@ -157,10 +177,46 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     children.push(spawnGpuWorker(env));
     await eventually(async () => {
       const s = await runStatus(client, runId);
-      if (s.state === 'failed') throw new Error(String(s.metrics.error));
+      if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the resumed run to reach approval', 600_000, 500);
     const status = await runStatus(client, runId);
     expect(status.resumedFromStep).toBe(stoppedAt);
+  });
+
+  test('a corrupted newest checkpoint is detected by sha256; the previous one is used, with a warning', async () => {
+    await stopAll(children);
+    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
+    const first = spawnGpuWorker(env);
+    children.push(first);
+    await first.ready;
+    const spec = parseRunSpec(
+      tinySpec({ baseModel: { ref: 'production' }, dacp: { steps: 400, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 }, heartbeatTimeout: '3s' }),
+    );
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'corrupt-1', initiator: 'engineer' });
+    const newest = async () =>
+      (await db.pool.query(
+        "SELECT step, uri, sha256 FROM checkpoints WHERE run_id = $1 AND stage = 'dacp' AND pruned_at IS NULL ORDER BY step DESC",
+        [runId],
+      )).rows as { step: number; uri: string; sha256: string }[];
+    await eventually(async () => ((await newest()).length >= 2 && (await newest())[0].step >= 60 ? true : undefined), 'two dacp checkpoints', 300_000, 50);
+    first.kill('SIGKILL');
+    await new Promise((resolve) => first.once('exit', resolve));
+
+    const [latest, previous] = await newest();
+    const file = new ArtifactStore(path.join(home, 'artifacts')).pathOf(latest.uri);
+    truncateSync(file, Math.floor(statSync(file).size / 2)); // a torn write
+
+    children.push(spawnGpuWorker(env));
+    const status = await eventually(async () => {
+      const s = await runStatus(client, runId);
+      if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
+      return s.resumedFromStep !== null ? s : undefined;
+    }, 'the run to resume', 300_000, 200);
+    expect(status.resumedFromStep).toBe(previous.step);
+    expect((status.metrics.warnings as string[]).join(' ')).toMatch(new RegExp(`dacp checkpoint at step ${latest.step} is missing or corrupted`));
+    const audit = await db.pool.query("SELECT details FROM audit_log WHERE run_id = $1 AND event = 'checkpoint_invalid'", [runId]);
+    expect(audit.rows.map((r) => r.details.step)).toContain(latest.step);
+    await client.workflow.getHandle(runId).cancel();
   });
 });

@@ -1,9 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../ml/backend';
 import { generate, instructionScore, perplexity, rougeL } from '../ml/evaluate';
-import { embeddingLookup, GPT, ModelConfig } from '../ml/model';
+import { formatInstructionPrompt } from '../ml/mixing';
+import { crossEntropy, embeddingLookup, GPT, ModelConfig, transpose2d } from '../ml/model';
 import { deserializeModel, serializeModel } from '../ml/modelFile';
-import { ByteTokenizer } from '../ml/tokenizer';
+import { BpeTokenizer, ByteTokenizer } from '../ml/tokenizer';
 
 const tokenizer = new ByteTokenizer();
 const config: ModelConfig = { vocabSize: tokenizer.vocabSize, contextLength: 16, dModel: 16, nLayers: 2, nHeads: 2 };
@@ -68,6 +69,18 @@ describe('GPT', () => {
     restored.model.dispose();
   });
 
+  test('a model file stores a BPE tokenizer and rejects one whose vocabulary does not match', () => {
+    const bpe = BpeTokenizer.train(['the cat sat on the mat; the cat sat on the hat'], { vocabSize: 270 });
+    const model = GPT.create({ ...config, vocabSize: bpe.vocabSize }, 3);
+    const restored = deserializeModel(serializeModel(model, bpe));
+    expect(restored.tokenizer).toBeInstanceOf(BpeTokenizer);
+    expect(restored.tokenizer.toJSON()).toEqual(bpe.toJSON());
+    expect(restored.tokenizer.encode('the cat')).toEqual(bpe.encode('the cat'));
+    expect(() => serializeModel(model, tokenizer)).not.toThrow();
+    expect(() => deserializeModel(serializeModel(model, tokenizer))).toThrow(/vocabSize \d+ does not match the tokenizer's 258/);
+    [model, restored.model].forEach((m) => m.dispose());
+  });
+
   test('a model file with a flipped weight byte is rejected', () => {
     const model = GPT.create(config, 3);
     const file = Buffer.from(serializeModel(model, tokenizer));
@@ -93,6 +106,31 @@ describe('embedding lookup on the wasm backend', () => {
   });
 });
 
+describe('kernels chosen for speed', () => {
+  test('transpose2d equals tf.transpose, tiled or not', () => {
+    for (const shape of [[32, 48], [5, 3]] as [number, number][]) {
+      const x = tf.tensor2d(Array.from({ length: shape[0] * shape[1] }, (_, i) => i), shape);
+      const [fast, plain] = [transpose2d(x), x.transpose()];
+      expect(fast.shape).toEqual(plain.shape);
+      expect(Array.from(fast.dataSync())).toEqual(Array.from(plain.dataSync()));
+      tf.dispose([x, fast, plain]);
+    }
+  });
+
+  test('crossEntropy matches −logSoftmax at the target, and its gradient softmax − oneHot', () => {
+    const logits = tf.tensor2d([[2, -1, 0.5, 30], [0, 0, 0, 0], [-50, 40, 1, 2]]);
+    const targets = tf.tensor1d([1, 2, 0], 'int32');
+    const variable = tf.variable(logits, true, 'ce-logits');
+    const { value, grads } = tf.variableGrads(() => crossEntropy(variable, targets).sum() as tf.Scalar, [variable]);
+    const expected = tf.tidy(() => tf.oneHot(targets, 4).toFloat().mul(tf.logSoftmax(logits)).sum(-1).neg().dataSync());
+    const got = tf.tidy(() => crossEntropy(logits, targets).dataSync());
+    got.forEach((nll, i) => expect(nll).toBeCloseTo(expected[i] as number, 4));
+    const expectedGrad = tf.tidy(() => Array.from(tf.softmax(logits).sub(tf.oneHot(targets, 4).toFloat()).dataSync()));
+    Array.from(grads['ce-logits']?.dataSync() ?? []).forEach((g, i) => expect(g).toBeCloseTo(expectedGrad[i] as number, 6));
+    tf.dispose([logits, targets, variable, value, ...Object.values(grads)]);
+  });
+});
+
 describe('evaluation', () => {
   test('a fresh model has perplexity of the order of the vocabulary size', () => {
     const model = GPT.create(config, 1);
@@ -112,6 +150,19 @@ describe('evaluation', () => {
     const sampled = generate(model, tokenizer, 'abc', { maxNewTokens: 20, temperature: 1, seed: 4 });
     expect(generate(model, tokenizer, 'abc', { maxNewTokens: 20, temperature: 1, seed: 4 })).toBe(sampled);
     expect(tokenizer.encode(sampled).length).toBeLessThanOrEqual(20 * 3);
+    expect(generate(model, tokenizer, 'abc', { maxNewTokens: 5, temperature: 1, topK: 1, seed: 4 })).toBe(greedy);
+    model.dispose();
+  });
+
+  test('instructionScore shows a greedy and a seeded sampled generation per pair, the same on every call', () => {
+    const model = GPT.create(config, 1);
+    const pairs = [{ prompt: 'Say hi', response: 'hi' }, { prompt: 'Count', response: '1 2 3' }];
+    const first = instructionScore(model, tokenizer, pairs, { maxNewTokens: 12 });
+    const again = instructionScore(model, tokenizer, [...pairs].reverse(), { maxNewTokens: 12 });
+    expect(first.samples.map((sample) => Object.keys(sample).sort())).toEqual([0, 1].map(() => ['expected', 'generated', 'prompt', 'sampled']));
+    expect(again.samples.reverse()).toEqual(first.samples);
+    expect(first.samples[0]?.generated).toBe(generate(model, tokenizer, formatInstructionPrompt('Say hi'), { maxNewTokens: 12 }));
+    expect(first.samples.some((sample) => sample.sampled !== sample.generated)).toBe(true);
     model.dispose();
   });
 

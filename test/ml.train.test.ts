@@ -4,7 +4,7 @@ import { mixedLmBatches } from '../ml/mixing';
 import { GPT, ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
 import { runTraining, Trainer, TrainSettings } from '../ml/train';
-import { ByteTokenizer } from '../ml/tokenizer';
+import { BpeTokenizer, ByteTokenizer } from '../ml/tokenizer';
 
 const tokenizer = new ByteTokenizer();
 const config: ModelConfig = { vocabSize: tokenizer.vocabSize, contextLength: 16, dModel: 16, nLayers: 2, nHeads: 2 };
@@ -31,14 +31,15 @@ describe('Trainer', () => {
     trainer.dispose();
   });
 
-  test('tensor count stays flat across steps and checkpoints', () => {
+  test('tensor count and memory stay flat across steps and checkpoints', () => {
     const trainer = freshTrainer();
     trainer.trainStep(batches(0));
-    const after = tf.memory().numTensors;
+    const after = tf.memory();
     for (let step = 1; step < 4; step++) trainer.trainStep(batches(step));
     trainer.checkpoint();
     trainer.exportModel();
-    expect(tf.memory().numTensors).toBe(after);
+    expect(tf.memory().numTensors).toBe(after.numTensors);
+    expect(tf.memory().numBytes).toBe(after.numBytes);
     trainer.dispose();
   });
 
@@ -75,6 +76,15 @@ describe('Trainer', () => {
     straight.dispose();
     resumed.dispose();
     await initBackend('wasm');
+  });
+
+  test('a checkpoint keeps a BPE tokenizer', () => {
+    const bpe = BpeTokenizer.train(['the cat sat on the mat. '.repeat(20)], { vocabSize: 280 });
+    const trainer = Trainer.create(GPT.create({ ...config, vocabSize: bpe.vocabSize }, 1), bpe, settings);
+    const resumed = Trainer.fromCheckpoint(trainer.checkpoint());
+    expect(resumed.tokenizer.toJSON()).toEqual(bpe.toJSON());
+    expect(resumed.tokenizer.encode('the mat')).toEqual(bpe.encode('the mat'));
+    [trainer, resumed].forEach((t) => t.dispose());
   });
 
   test('fromCheckpoint rejects a model file, a flipped byte and a truncated buffer', () => {

@@ -13,7 +13,7 @@ import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import { createWorker } from '../workers/options';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
-import { bundleWorkflows, eventually, startTestDevServer, tempHome } from './helpers/temporal';
+import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -52,7 +52,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
   const awaitingApproval = (runId: string) =>
     eventually<RunStatus>(async () => {
       const s = await runStatus(client, runId);
-      if (s.state === 'failed' || s.state === 'cancelled') throw new Error(`run ${s.state}: ${String(s.metrics.error)}`);
+      if (s.state === 'failed' || s.state === 'cancelled') throw new GiveUp(`run ${s.state}: ${String(s.metrics.error)}`);
       return s.state === 'awaiting_approval' ? s : undefined;
     }, `${runId} to await approval`, 300_000, 500);
 

@@ -76,6 +76,10 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     const statusStage: Stage = p.stage === 'instruct' ? 'instruct' : 'dacp';
     attempts[statusStage] = Math.max(attempts[statusStage] ?? 0, p.attempt);
     if (p.resumedFromStep !== null && p.resumedFromStep > 0) resumedFromStep = p.resumedFromStep;
+    if (p.warnings?.length) {
+      const known = (metrics.warnings as string[] | undefined) ?? [];
+      metrics.warnings = [...known, ...p.warnings.filter((w) => !known.includes(w))];
+    }
   });
 
   const record = (event: string, details: Record<string, unknown> = {}) =>
@@ -158,7 +162,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       }
       metrics.bootstrap = { status: 'training a base model on the replay data (the registry has none)' };
       const boot = await train('bootstrap', () =>
-        gpuActivities.bootstrapBaseModel({ runId, spec, corpus: data.replayTrain }),
+        gpuActivities.bootstrapBaseModel({ runId, spec, baseDir: input.baseDir, corpus: data.replayTrain }),
       );
       base = await controlActivities.registerBaseModel({ runId, spec, model: boot.model, corpus: data.replayTrain });
       metrics.bootstrap = { status: 'done', versionId: base.versionId, finalLoss: boot.finalLoss, seconds: boot.seconds };
@@ -176,6 +180,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           runId,
           round,
           spec,
+          baseDir: input.baseDir,
           replayRatio,
           baseModel: base!,
           domain: data.domainTrain,
@@ -217,7 +222,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     // instruction tuning
     await enter('instruct');
     const tuned = await train('instruct', () =>
-      gpuActivities.instructionTune({ runId, spec, model: adapted!.model, pairs: data.instructTrain }),
+      gpuActivities.instructionTune({ runId, spec, baseDir: input.baseDir, model: adapted!.model, pairs: data.instructTrain }),
     );
     const instruct = await controlActivities.evaluateInstruction({
       runId,

@@ -26,7 +26,10 @@ export function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
 const noop = () => undefined;
 const quietLogger = { trace: noop, debug: noop, info: noop, warn: noop, error: noop, log: noop };
 
-/** Poll `probe` until it returns a value (not undefined) or the deadline passes. */
+/** Thrown by a probe to stop polling at once: the awaited state can no longer come (e.g. the run failed). */
+export class GiveUp extends Error {}
+
+/** Poll `probe` until it returns a value (not undefined) or the deadline passes; other errors are retried. */
 export async function eventually<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 120_000, intervalMs = 200): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
@@ -35,6 +38,7 @@ export async function eventually<T>(probe: () => Promise<T | undefined>, what: s
       const value = await probe();
       if (value !== undefined) return value;
     } catch (err) {
+      if (err instanceof GiveUp) throw err;
       lastError = err;
     }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}${lastError ? ` (last error: ${String(lastError)})` : ''}`);

@@ -1,0 +1,117 @@
+import { Context, log } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { insertCheckpoint, insertMetrics } from '../db/records';
+import type { ArtifactRef, TrainingProgress } from '../schemas/pipeline';
+import { trainingProgressSignal } from '../workflows/messages';
+import { findResumePoint, pruneCheckpoints, type ResumePoint, type TrainingHeartbeat, type TrainingStage } from './checkpoints';
+import type { ActivityDeps } from './context';
+
+const SIGNAL_INTERVAL_MS = 2_000;
+
+export interface SessionJob {
+  runId: string;
+  stage: TrainingStage;
+  round: number;
+  totalSteps: number;
+  retention: { keepLast: number; keepBest: boolean };
+}
+
+/**
+ * What every training attempt does around its engine: find the newest valid checkpoint, heartbeat
+ * `{step, checkpointUri, sha256}`, store checkpoints (content-addressed, recorded, pruned), report
+ * live progress and warnings to the workflow, and notice cancellation or a stopping worker.
+ */
+export class TrainingSession {
+  readonly ctx = Context.current();
+  readonly attempt = this.ctx.info.attempt;
+  resumedFromStep: number | null = null;
+  /** The newest step reached (trained, checkpointed or resumed from) in this attempt. */
+  step = 0;
+  lastCheckpoint: ArtifactRef | null = null;
+  lastLoss: number | null = null;
+  private readonly warnings: string[] = [];
+  private lastSignalAt = 0;
+  private readonly pendingMetrics: { step: number; name: string; value: number }[] = [];
+
+  constructor(
+    private readonly deps: ActivityDeps,
+    readonly job: SessionJob,
+  ) {}
+
+  /** The checkpoint to resume from, if any; recorded as this attempt's resume point. */
+  async begin(): Promise<ResumePoint | null> {
+    const { point, warnings } = await findResumePoint(this.deps, this.job, this.ctx.info.heartbeatDetails as TrainingHeartbeat | undefined);
+    this.warnings.push(...warnings);
+    if (point) {
+      this.resumedFromStep = point.step;
+      this.step = point.step;
+      this.lastCheckpoint = { uri: point.uri, sha256: point.sha256, bytes: 0 };
+      log.info('resuming training from checkpoint', { stage: this.job.stage, step: point.step, attempt: this.attempt });
+    }
+    return point;
+  }
+
+  heartbeat(step: number = this.step): void {
+    this.step = Math.max(this.step, step);
+    this.ctx.heartbeat({
+      stage: this.job.stage,
+      round: this.job.round,
+      step,
+      checkpointUri: this.lastCheckpoint?.uri ?? null,
+      sha256: this.lastCheckpoint?.sha256 ?? null,
+    } satisfies TrainingHeartbeat);
+  }
+
+  async progress(step: number, loss: number, extra: Record<string, number> = {}): Promise<void> {
+    this.lastLoss = loss;
+    this.pendingMetrics.push({ step, name: 'loss', value: loss });
+    for (const [name, value] of Object.entries(extra)) this.pendingMetrics.push({ step, name, value });
+    this.heartbeat(step);
+    await this.signal(step);
+  }
+
+  /** Store a checkpoint, record it, heartbeat it, prune old ones. */
+  async checkpointSaved(step: number, loss: number | null, data: Buffer, ext: string): Promise<ArtifactRef> {
+    const ref = await this.deps.store.put('checkpoints', data, ext);
+    await insertCheckpoint(this.deps.pool, { runId: this.job.runId, stage: this.job.stage, round: this.job.round, step, loss, ...ref });
+    this.lastCheckpoint = ref;
+    this.heartbeat(step);
+    await insertMetrics(this.deps.pool, this.job.runId, this.job.stage, this.job.round, this.pendingMetrics.splice(0));
+    await pruneCheckpoints(this.deps, this.job, this.job.retention);
+    await this.signal(step, true);
+    return ref;
+  }
+
+  /** Between steps: has the run been cancelled, or is this worker shutting down? */
+  stopRequested(): boolean {
+    return this.ctx.cancellationSignal.aborted || Boolean(this.deps.workerStopping?.());
+  }
+
+  /** The error an attempt ends with when it stopped early, after its final checkpoint. */
+  stopError(step: number): Error {
+    if (this.ctx.cancellationSignal.aborted) return new CancelledFailure(`training cancelled at step ${step}; the last checkpoint is kept`);
+    // The worker is stopping: the next attempt, on another worker, resumes from the checkpoint just written.
+    return ApplicationFailure.retryable(`worker stopping; training checkpointed at step ${step} and resumes on the next worker`, 'WorkerStopping');
+  }
+
+  async signal(step: number, force = false): Promise<void> {
+    const workflowId = this.ctx.info.workflowExecution?.workflowId;
+    if (!this.deps.client || !workflowId || (!force && Date.now() - this.lastSignalAt < SIGNAL_INTERVAL_MS)) return;
+    this.lastSignalAt = Date.now();
+    const progress: TrainingProgress = {
+      stage: this.job.stage,
+      step,
+      totalSteps: this.job.totalSteps,
+      loss: this.lastLoss,
+      attempt: this.attempt,
+      resumedFromStep: this.resumedFromStep,
+      warnings: this.warnings,
+    };
+    try {
+      await this.deps.client.workflow.getHandle(workflowId).signal(trainingProgressSignal, progress);
+    } catch (err) {
+      // Progress is informative only; training must not fail because a signal could not be sent.
+      log.warn('could not signal training progress', { error: String(err) });
+    }
+  }
+}
