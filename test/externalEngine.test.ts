@@ -1,0 +1,111 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { runStatus, startRun } from '../cli/runs';
+import { migrate } from '../db/migrate';
+import type { PipelineResult } from '../schemas/pipeline';
+import { parseRunSpec } from '../schemas/runSpec';
+import { approvalWorkflowId, approveUpdate } from '../workflows/messages';
+import { createWorker } from '../workers/options';
+import { createTestDatabase, type TestDatabase } from './helpers/db';
+import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
+import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from './helpers/temporal';
+
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+const root = path.resolve(__dirname, '..');
+const python = path.join(root, '.tools', 'venv', 'bin', 'python');
+const trainer = path.join(root, 'trainers', 'reference', 'dacp_trainer.py');
+
+describe('external-command engine: the PyTorch reference trainer runs the training stages', () => {
+  let server: Awaited<ReturnType<typeof startTestDevServer>>;
+  let db: TestDatabase;
+  let client: Client;
+  let control: Worker;
+  let running: Promise<void>;
+  let home: string;
+  let nativeConnection: NativeConnection;
+  const children: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    if (!existsSync(python)) throw new Error('no .tools/venv: run `bash scripts/setup-python.sh` (CI does)');
+    home = tempHome();
+    writeTinyCorpus(home);
+    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
+    await migrate(db.pool);
+    nativeConnection = await NativeConnection.connect({ address: server.address });
+    client = new Client({ connection: await Connection.connect({ address: server.address }) });
+    control = await createWorker('control', {
+      connection: nativeConnection,
+      namespace: 'default',
+      pool: db.pool,
+      artifactsDir: path.join(home, 'artifacts'),
+      client,
+      workflowBundle: await bundleWorkflows(),
+    });
+    running = control.run();
+  });
+
+  afterAll(async () => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    control?.shutdown();
+    await running;
+    await nativeConnection?.close();
+    await client?.connection.close();
+    await server?.cleanup();
+    await db?.drop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  const gpuWorker = () => {
+    const child = spawn(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'worker', '--queue', 'gpu'], {
+      env: { ...process.env, DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home },
+      stdio: ['ignore', 'ignore', 'ignore'],
+    });
+    children.push(child);
+    return child;
+  };
+
+  test('a run trains with the reference trainer, survives a killed worker through resumeFrom, and deploys', async () => {
+    const first = gpuWorker();
+    const spec = parseRunSpec(
+      tinySpec({
+        engine: { kind: 'command', command: [python, trainer], env: { DACP_TORCH_THREADS: '1' } },
+        dacp: { steps: 300, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 },
+        heartbeatTimeout: '3s',
+      }),
+    );
+    const runId = await startRun(client, { spec, baseDir: home, runId: 'external-1', initiator: 'engineer' });
+
+    const killedAt = await eventually(async () => {
+      const s = await runStatus(client, runId);
+      if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
+      const { rows } = await db.pool.query("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'", [runId]);
+      return rows[0].step !== null && rows[0].step >= 40 ? (rows[0].step as number) : undefined;
+    }, 'a dacp checkpoint from the reference trainer', 300_000, 50);
+    first.kill('SIGKILL');
+    await new Promise((resolve) => first.once('exit', resolve));
+
+    gpuWorker();
+    const waiting = await eventually(async () => {
+      const s = await runStatus(client, runId);
+      if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, 'the run to reach approval', 600_000, 500);
+    expect(waiting.resumedFromStep).toBeGreaterThanOrEqual(killedAt);
+    expect(waiting.attempts.dacp).toBeGreaterThanOrEqual(2);
+    expect((waiting.metrics.dacp as { backend: string }).backend).toBe('command:python');
+    // The forgetting gate evaluated the PyTorch-trained model with the built-in engine: the format moves between engines.
+    expect(waiting.metrics.forgetting).toMatchObject({ round: 0 });
+
+    await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
+    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
+    expect(result.state).toBe('completed');
+
+    // The trainer's stderr is kept per attempt in the run's log folder.
+    const logs = readdirSync(path.join(home, 'logs', runId));
+    expect(logs).toEqual(expect.arrayContaining(['dacp-0-attempt-1.stderr.log', 'dacp-0-attempt-2.stderr.log', 'instruct-0-attempt-1.stderr.log']));
+  });
+});
