@@ -24,7 +24,7 @@ export async function trainBuiltin(
   },
 ): Promise<EngineOutcome> {
   const backend = await initBackend(deps.tfBackend);
-  const resume = await session.begin();
+  const resume = await session.begin(backend.name);
   const trainer = resume ? Trainer.fromCheckpoint(await deps.store.get(resume)) : await o.start();
   try {
     const batches = await o.batches(trainer);

@@ -51,7 +51,7 @@ export async function trainWithCommand(
   },
 ): Promise<EngineOutcome> {
   const { runId, stage, round } = session.job;
-  const resume = await session.begin();
+  const resume = await session.begin(`command:${path.basename(o.engine.command[0])}`);
   const logsDir = deps.logsDir ?? path.join(deps.store.root, '..', 'logs');
   const workDir = path.join(logsDir, runId, 'work', `${stage}-${round}-attempt-${session.attempt}`);
   await fs.rm(workDir, { recursive: true, force: true });

@@ -1,6 +1,6 @@
 import { Context, log } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import { insertCheckpoint, insertMetrics } from '../db/records';
+import { insertCheckpoint, insertMetrics, recordTransition } from '../db/records';
 import type { ArtifactRef, TrainingProgress } from '../schemas/pipeline';
 import { trainingProgressSignal } from '../workflows/messages';
 import { findResumePoint, pruneCheckpoints, type ResumePoint, type TrainingHeartbeat, type TrainingStage } from './checkpoints';
@@ -38,16 +38,27 @@ export class TrainingSession {
     readonly job: SessionJob,
   ) {}
 
-  /** The checkpoint to resume from, if any; recorded as this attempt's resume point. */
-  async begin(): Promise<ResumePoint | null> {
+  /**
+   * The checkpoint to resume from, if any. The attempt is logged and recorded in the audit log with
+   * the engine/backend that runs it and where it resumed.
+   */
+  async begin(backend: string): Promise<ResumePoint | null> {
     const { point, warnings } = await findResumePoint(this.deps, this.job, this.ctx.info.heartbeatDetails as TrainingHeartbeat | undefined);
     this.warnings.push(...warnings);
     if (point) {
       this.resumedFromStep = point.step;
       this.step = point.step;
       this.lastCheckpoint = { uri: point.uri, sha256: point.sha256, bytes: 0 };
-      log.info('resuming training from checkpoint', { stage: this.job.stage, step: point.step, attempt: this.attempt });
     }
+    log.info('training attempt', { stage: this.job.stage, round: this.job.round, attempt: this.attempt, backend, resumedFromStep: this.resumedFromStep });
+    await recordTransition(this.deps.pool, {
+      runId: this.job.runId,
+      key: `${this.job.runId}:${this.job.stage}:${this.job.round}:attempt:${this.attempt}`,
+      event: 'training_attempt',
+      stage: this.job.stage === 'instruct' ? 'instruct' : 'dacp',
+      actor: 'dacp',
+      details: { trainingStage: this.job.stage, round: this.job.round, attempt: this.attempt, backend, resumedFromStep: this.resumedFromStep },
+    });
     return point;
   }
 

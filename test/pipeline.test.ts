@@ -87,6 +87,9 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
       expect(events).toContain(`stage_started:${stage}`);
     }
     expect(events).toContain('approved_by:approval');
+    const attempts = await q("SELECT details FROM audit_log WHERE run_id = $1 AND event = 'training_attempt' ORDER BY id", runId);
+    expect(attempts.map((r) => r.details.trainingStage)).toEqual(['bootstrap', 'dacp', 'instruct']);
+    expect(attempts[1].details).toMatchObject({ attempt: 1, resumedFromStep: null, backend: expect.stringMatching(/^(tensorflow|wasm|cpu)$/) });
     expect(events).toContain('deployed:deploy');
     expect(events[events.length - 1]).toBe('run_completed:deploy');
     expect((await q('SELECT step FROM checkpoints WHERE run_id = $1 AND stage = $2 ORDER BY step', runId, 'dacp')).map((r) => r.step)).toEqual([10, 20, 30]);
