@@ -17,10 +17,11 @@ afterAll(async () => {
 });
 
 /** A temporary copy of the repository's migrations plus `extra` files, for tests that edit them. */
+/** A folder with the project's first migration only (a fixed baseline, whatever migrations come later) plus `extra`. */
 async function migrationsCopy(extra: Record<string, string> = {}): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dacp-migrations-'));
   tempDirs.push(dir);
-  await fs.cp(defaultMigrationsDir(), dir, { recursive: true });
+  await fs.copyFile(path.join(defaultMigrationsDir(), '001_initial.sql'), path.join(dir, '001_initial.sql'));
   for (const [name, sql] of Object.entries(extra)) await fs.writeFile(path.join(dir, name), sql);
   return dir;
 }
@@ -165,9 +166,9 @@ describe.each(servers)('migrations on %s', (_label, startServer) => {
   });
 
   test('a database with a migration that the folder lacks is refused', async () => {
-    const dir = await migrationsCopy({ '002_extra.sql': 'SELECT 1;' });
+    const dir = await migrationsCopy({ '900_extra.sql': 'SELECT 1;' });
     await migrate(db.pool, dir);
-    await expect(migrate(db.pool)).rejects.toThrow(/has migration 002_extra\.sql applied.*older than its database/);
+    await expect(migrate(db.pool)).rejects.toThrow(/has migration 900_extra\.sql applied.*older than its database/);
   });
 
   test('model_versions rows cannot be updated or deleted', async () => {
