@@ -87,7 +87,7 @@ function isInside(file: string, root: string): boolean {
 async function ensureInsideRoots(file: string, shown: string, roots: string[]): Promise<void> {
   const real = await realOrResolved(file);
   if (!roots.some((root) => isInside(real, root))) {
-    fail('SourceOutsideRoots', `${shown} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its directory to allowedRoots`);
+    fail('SourceOutsideRoots', `${shown} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its folder to dataRoots in the spec`);
   }
 }
 
@@ -114,7 +114,7 @@ async function expandPath(entry: string, baseDir: string, roots: string[] | unde
     // Refuse before walking, so a glob cannot be used to probe directories outside the roots.
     const real = await realOrResolved(prefix);
     if (!roots.some((root) => isInside(real, root) || isInside(root, real))) {
-      fail('SourceOutsideRoots', `${entry} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its directory to allowedRoots`);
+      fail('SourceOutsideRoots', `${entry} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its folder to dataRoots in the spec`);
     }
   }
   const rest = segments.slice(firstGlob);

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -27,19 +27,36 @@ export function defaultPrincipal(): string {
   return process.env.DACP_USER ?? os.userInfo().username;
 }
 
-/** Read and validate a spec file: JSON syntax, then every field. */
+/** A spec names its sources and settings; anything bigger is a mistake (a data file passed as --spec, say). */
+export const maxSpecBytes = 1024 * 1024;
+
+/** Read and validate a spec file: size, UTF-8, JSON syntax, then every field. */
 export function loadSpecFile(file: string): { spec: RunSpec; baseDir: string } {
+  let bytes: Buffer;
+  try {
+    const stat = statSync(file);
+    if (!stat.isFile()) throw new InputError(`spec ${file} is not a file; point --spec at a JSON file`);
+    if (stat.size > maxSpecBytes) {
+      throw new InputError(`spec ${file} is ${stat.size} bytes, over the ${maxSpecBytes}-byte (1 MiB) limit; a spec lists sources by path, it does not hold the data`);
+    }
+    bytes = readFileSync(file);
+  } catch (err) {
+    if (err instanceof InputError) throw err;
+    throw new InputError(`cannot read spec ${file} (${(err as NodeJS.ErrnoException).code}); check --spec`);
+  }
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new InputError(`cannot read spec ${file} (${(err as NodeJS.ErrnoException).code}); check --spec`);
+    // fatal: refuse invalid UTF-8 rather than parse replacement characters; a leading BOM is dropped.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new InputError(`spec ${file} is not UTF-8 text; give a JSON file`);
   }
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new InputError(`spec ${file} is not valid JSON: ${(err as Error).message}`);
+    // V8 quotes the offending text; keep the error on one printable line.
+    throw new InputError(`spec ${file} is not valid JSON: ${(err as Error).message.replace(/[\u0000-\u001f\u007f]+/g, ' ')}`);
   }
   return { spec: parseRunSpec(raw, `spec ${file}`), baseDir: path.dirname(path.resolve(file)) };
 }

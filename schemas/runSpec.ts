@@ -42,8 +42,10 @@ export type SourceSpec = z.infer<typeof SourceSpec>;
 
 const durationPattern = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
 const unitMs: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/** Far beyond any sensible approval or heartbeat timeout; unbounded values would reach Temporal's timers unchecked. */
+const maxDurationMs = 365 * unitMs.d;
 
-/** A duration such as "90s", "15m", "24h"; stored as milliseconds. */
+/** A duration such as "90s", "15m", "24h" (at most 365d); stored as milliseconds. */
 export const Duration = z
   .string()
   .regex(durationPattern, 'write a duration like "30s", "15m", "24h" or "7d"')
@@ -51,7 +53,8 @@ export const Duration = z
     const [, amount, unit] = durationPattern.exec(text) as RegExpExecArray;
     return Math.round(Number(amount) * unitMs[unit]);
   })
-  .refine((ms) => ms >= 1_000, 'a duration must be at least 1s');
+  .refine((ms) => ms >= 1_000, 'a duration must be at least 1s')
+  .refine((ms) => ms <= maxDurationMs, 'a duration must be at most 365d');
 
 export const TrainingSettings = z
   .object({
@@ -62,9 +65,9 @@ export const TrainingSettings = z
     warmupFraction: z.number().min(0).max(0.5).default(0.01),
     minLrRatio: z.number().min(0).max(1).default(0.1),
     weightDecay: z.number().min(0).max(1).default(0.01),
-    gradClip: z.number().positive().default(1.0),
+    gradClip: z.number().positive().max(1_000).default(1.0),
     checkpointEvery: z.number().int().min(1).max(1_000_000),
-    seed: z.number().int().min(0).default(1234),
+    seed: z.number().int().min(0).max(0xffff_ffff).default(1234),
   })
   .strict();
 export type TrainingSettings = z.infer<typeof TrainingSettings>;
@@ -126,15 +129,16 @@ export const RunSpec = z
     replayRatio: z.number().min(0).max(0.95, 'keep at least 5 % domain data: replayRatio ≤ 0.95').default(0.25),
     quality: z
       .object({
-        minChars: z.number().int().min(0).default(20),
-        maxChars: z.number().int().min(1).default(100_000),
+        minChars: z.number().int().min(0).max(100_000_000).default(20),
+        maxChars: z.number().int().min(1).max(100_000_000).default(100_000),
         maxRepetitionRatio: z.number().min(0).max(1).default(0.5),
         maxSymbolRatio: z.number().min(0).max(1).default(0.3),
         redactPii: z.boolean().default(true),
         /** Fewer surviving documents than this per role fails the run. */
-        minDocs: z.number().int().min(1).default(10),
+        minDocs: z.number().int().min(1).max(100_000_000).default(10),
       })
       .strict()
+      .refine((q) => q.minChars <= q.maxChars, { message: 'minChars must not exceed maxChars, or every document is removed', path: ['minChars'] })
       .default({}),
     dacp: TrainingSettings.default({ steps: 200, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
     forgetting: z
@@ -146,7 +150,7 @@ export const RunSpec = z
         onFail: z.enum(['fail', 'retry-with-more-replay']).default('retry-with-more-replay'),
         maxRetries: z.number().int().min(0).max(5).default(1),
         replayIncrement: z.number().positive().max(0.5).default(0.2),
-        maxEvalWindows: z.number().int().min(1).default(64),
+        maxEvalWindows: z.number().int().min(1).max(100_000).default(64),
       })
       .strict()
       .default({}),
@@ -154,7 +158,7 @@ export const RunSpec = z
     approval: z
       .object({
         approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver'),
-        quorum: z.number().int().min(1).default(1),
+        quorum: z.number().int().min(1).max(1_000).default(1),
         timeout: Duration.default('24h'),
       })
       .strict()
