@@ -1,3 +1,4 @@
+import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
 import { cleanDocuments, normalizeForDedup, type QualityReport } from '../ml/quality';
@@ -43,6 +44,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       const perRole = {} as QualitySummary['perRole'];
       const problems: string[] = [];
       for (const raw of input.raw) {
+        Context.current().heartbeat({ role: raw.role });
         const docs = await readDataset(store, raw);
         const { kept, report } = cleanDocuments(docs, {
           minChars: spec.quality.minChars,

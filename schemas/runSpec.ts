@@ -181,6 +181,8 @@ export const RunSpec = z
       })
       .strict()
       .default({}),
+    /** How long a light (control) activity may go without a heartbeat, e.g. after its worker was killed. */
+    controlHeartbeatTimeout: Duration.default('2m'),
     /** How long a training attempt may go without a heartbeat before Temporal retries it elsewhere. */
     heartbeatTimeout: Duration.default('20s'),
   })

@@ -25,11 +25,6 @@ import { approvalGate } from './approval';
 import { approvalWorkflowId, statusQuery, trainingProgressSignal } from './messages';
 import { dacpStageKey, dacpStateKey } from './searchAttributes';
 
-const controlActivities = proxyActivities<DacpActivities>({
-  taskQueue: 'dacp-control',
-  startToCloseTimeout: '15 minutes',
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 30 },
-});
 
 function findDataset(datasets: DatasetRef[], role: DatasetRef['role'], split: DatasetRef['split']): DatasetRef {
   const found = datasets.find((d) => d.role === role && d.split === split);
@@ -51,6 +46,14 @@ function failureMessage(err: unknown): string {
  */
 export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult> {
   const { runId, spec } = input;
+  const controlActivities = proxyActivities<DacpActivities>({
+    taskQueue: 'dacp-control',
+    startToCloseTimeout: '15 minutes',
+    // A killed control worker is noticed within this, not after the 15 minutes (specs recorded
+    // before the field existed have none, and replay as they ran).
+    heartbeatTimeout: spec.controlHeartbeatTimeout,
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 30 },
+  });
   const gpuActivities = proxyActivities<DacpActivities>({
     taskQueue: 'dacp-gpu',
     startToCloseTimeout: '12 hours',
