@@ -32,20 +32,21 @@ export class ArtifactStore {
     const target = this.pathOf(uri);
     if (await this.isIntact(target, sha256)) return { uri, sha256, bytes: data.length };
     const dir = path.dirname(target);
-    await fs.mkdir(dir, { recursive: true });
     const temp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-    const handle = await fs.open(temp, 'w');
     try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    try {
+      await fs.mkdir(dir, { recursive: true });
+      const handle = await fs.open(temp, 'w');
+      try {
+        await handle.writeFile(data);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
       await fs.rename(temp, target);
     } catch (err) {
-      await fs.rm(temp, { force: true });
-      throw err;
+      // A partial temp file would hold on to the space a retry needs (and is never read).
+      await fs.rm(temp, { force: true }).catch(() => undefined);
+      throw writeFailure(uri, target, err);
     }
     await syncDirectory(dir);
     return { uri, sha256, bytes: data.length };
@@ -98,6 +99,26 @@ export class ArtifactStore {
       return false;
     }
   }
+}
+
+/**
+ * A failed artifact write as a message a user can act on. Retryable: a full or read-only disk is
+ * usually fixed by an operator, and a retried training attempt resumes from its last checkpoint.
+ */
+function writeFailure(uri: string, file: string, err: unknown): ApplicationFailure {
+  const code = (err as NodeJS.ErrnoException).code;
+  const why =
+    code === 'ENOSPC' || code === 'EDQUOT'
+      ? 'no space left on the device; free space there'
+      : code === 'EROFS'
+        ? 'the file system is read-only; remount it read-write'
+        : code === 'EACCES' || code === 'EPERM'
+          ? 'permission denied; make the directory writable by the worker'
+          : (err as Error).message;
+  return ApplicationFailure.retryable(
+    `cannot write artifact ${uri} to ${file} (${code ?? 'error'}: ${why}); nothing was stored under that name and earlier artifacts are intact`,
+    'ArtifactWriteFailed',
+  );
 }
 
 async function syncDirectory(dir: string): Promise<void> {

@@ -8,7 +8,10 @@ export type TrainingStage = 'dacp' | 'instruct' | 'bootstrap';
 export interface TrainingHeartbeat {
   stage: TrainingStage;
   round: number;
+  /** The newest step trained: progress, not where a retry can resume. */
   step: number;
+  /** The step `checkpointUri` holds: where a retry resumes. */
+  checkpointStep: number | null;
   checkpointUri: string | null;
   sha256: string | null;
 }
@@ -55,8 +58,9 @@ export async function findResumePoint(
   heartbeat: TrainingHeartbeat | undefined,
 ): Promise<{ point: ResumePoint | null; warnings: string[] }> {
   const candidates: ResumePoint[] = [];
-  if (heartbeat && heartbeat.stage === job.stage && heartbeat.round === job.round && heartbeat.checkpointUri && heartbeat.sha256) {
-    candidates.push({ step: heartbeat.step, uri: heartbeat.checkpointUri, sha256: heartbeat.sha256 });
+  const fromHeartbeat = heartbeat && heartbeat.stage === job.stage && heartbeat.round === job.round ? heartbeat : undefined;
+  if (fromHeartbeat?.checkpointUri && fromHeartbeat.sha256 && typeof fromHeartbeat.checkpointStep === 'number') {
+    candidates.push({ step: fromHeartbeat.checkpointStep, uri: fromHeartbeat.checkpointUri, sha256: fromHeartbeat.sha256 });
   }
   for (const row of await listCheckpoints(deps.pool, job.runId, job.stage, job.round)) {
     if (!candidates.some((c) => c.sha256 === row.sha256 && c.step === row.step)) candidates.push(row);

@@ -28,6 +28,8 @@ export class TrainingSession {
   /** The newest step reached (trained, checkpointed or resumed from) in this attempt. */
   step = 0;
   lastCheckpoint: ArtifactRef | null = null;
+  /** The step `lastCheckpoint` holds (the heartbeat's `step` runs ahead of it). */
+  private lastCheckpointStep: number | null = null;
   lastLoss: number | null = null;
   private readonly warnings: string[] = [];
   private lastSignalAt = 0;
@@ -49,6 +51,7 @@ export class TrainingSession {
       this.resumedFromStep = point.step;
       this.step = point.step;
       this.lastCheckpoint = { uri: point.uri, sha256: point.sha256, bytes: 0 };
+      this.lastCheckpointStep = point.step;
     }
     log.info('training attempt', { stage: this.job.stage, round: this.job.round, attempt: this.attempt, backend, resumedFromStep: this.resumedFromStep });
     await recordTransition(this.deps.pool, {
@@ -68,6 +71,7 @@ export class TrainingSession {
       stage: this.job.stage,
       round: this.job.round,
       step,
+      checkpointStep: this.lastCheckpointStep,
       checkpointUri: this.lastCheckpoint?.uri ?? null,
       sha256: this.lastCheckpoint?.sha256 ?? null,
     } satisfies TrainingHeartbeat);
@@ -86,6 +90,7 @@ export class TrainingSession {
     const ref = await this.deps.store.put('checkpoints', data, ext);
     await insertCheckpoint(this.deps.pool, { runId: this.job.runId, stage: this.job.stage, round: this.job.round, step, loss, ...ref });
     this.lastCheckpoint = ref;
+    this.lastCheckpointStep = step;
     this.heartbeat(step);
     await insertMetrics(this.deps.pool, this.job.runId, this.job.stage, this.job.round, this.pendingMetrics.splice(0));
     await pruneCheckpoints(this.deps, this.job, this.job.retention);
