@@ -7,6 +7,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
 import type { ModelConfig } from './model';
 import type { TokenizerJson } from './tokenizer';
+import type { TrainSettings } from './train';
 
 /**
  * The external-command training engine: runs any program that speaks `dacp-trainer/1`
@@ -36,16 +37,8 @@ export interface TrainerSftData {
   eosId: number;
 }
 
-export interface TrainerSettings {
-  totalSteps: number;
-  batchSize: number;
-  learningRate: number;
-  warmupSteps: number;
-  minLrRatio: number;
-  weightDecay: number;
-  gradClip: number;
-  seed: number;
-}
+/** The protocol's `settings` are exactly the built-in engine's training settings. */
+export type TrainerSettings = TrainSettings;
 
 /** The job file handed to the trainer: exactly the `job.json` of docs/trainer-protocol.md. */
 export interface TrainerJob {

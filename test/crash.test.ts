@@ -1,93 +1,38 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, rmSync, statSync, truncateSync } from 'node:fs';
+import { statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ArtifactStore } from '../activities/artifacts';
 import { runStatus, startRun } from '../cli/runs';
-import { migrate } from '../db/migrate';
 import type { PipelineResult } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
 import { approveUpdate, approvalWorkflowId } from '../workflows/messages';
-import { createWorker } from '../workers/options';
-import { createTestDatabase, type TestDatabase } from './helpers/db';
-import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
-import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from './helpers/temporal';
+import type { TestDatabase } from './helpers/db';
+import { tinySpec } from './helpers/fixtures';
+import { startHarness, type Harness } from './helpers/harness';
+import { eventually, GiveUp } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
-const dacpBin = path.resolve(__dirname, '..', 'bin', 'dacp.js');
-
-/** A gpu worker in its own process, as `dacp worker --queue gpu` runs it, so it can be SIGKILLed. */
-function spawnGpuWorker(env: NodeJS.ProcessEnv): ChildProcess & { ready: Promise<void> } {
-  const child = spawn(process.execPath, [dacpBin, 'worker', '--queue', 'gpu'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  const ready = new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d) => {
-      output += d;
-      if (output.includes('polling')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`gpu worker exited (${code}) before polling: ${output}`)));
-  });
-  ready.catch(() => undefined);
-  child.stderr!.resume();
-  return Object.assign(child, { ready });
-}
-
-async function stopAll(children: ChildProcess[]): Promise<void> {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGKILL');
-      await exited;
-    }
-  }
-}
-
 describe('crash: the gpu worker is SIGKILLed mid-training', () => {
-  let server: Awaited<ReturnType<typeof startTestDevServer>>;
-  let db: TestDatabase;
+  let h: Harness;
   let client: Client;
-  let control: Worker;
-  let running: Promise<void>;
+  let db: TestDatabase;
   let home: string;
-  let nativeConnection: NativeConnection;
-  const children: ChildProcess[] = [];
 
   beforeAll(async () => {
-    if (!existsSync(path.resolve(__dirname, '..', 'dist', 'cli', 'main.js'))) throw new Error('run `npm run build` first (npm test does)');
-    home = tempHome();
-    writeTinyCorpus(home);
-    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
-    await migrate(db.pool);
-    nativeConnection = await NativeConnection.connect({ address: server.address });
-    client = new Client({ connection: await Connection.connect({ address: server.address }) });
-    control = await createWorker('control', {
-      connection: nativeConnection,
-      namespace: 'default',
-      pool: db.pool,
-      artifactsDir: path.join(home, 'artifacts'),
-      client,
-      workflowBundle: await bundleWorkflows(),
-    });
-    running = control.run();
+    h = await startHarness({ inProcessGpu: false });
+    ({ client, db, home } = h);
   });
 
   afterAll(async () => {
-    await stopAll(children);
-    control?.shutdown();
-    await running;
-    await nativeConnection?.close();
-    await client?.connection.close();
-    await server?.cleanup();
-    await db?.drop();
-    rmSync(home, { recursive: true, force: true });
+    await h?.stop();
   });
 
+  const spawnGpuWorker = () => h.spawnGpuWorker();
+
   test('a new worker resumes from the newest checkpoint and the run completes', async () => {
-    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
-    const first = spawnGpuWorker(env);
-    children.push(first);
+        const first = spawnGpuWorker();
     // Both this run and the uninterrupted one below bootstrap the same base model (same seed, same data).
     const spec = parseRunSpec(
       tinySpec({
@@ -110,7 +55,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     await new Promise((resolve) => first.once('exit', resolve));
     expect(killedAt).toBeLessThan(400);
 
-    children.push(spawnGpuWorker(env));
+    spawnGpuWorker();
     await eventually(async () => {
       const s = await runStatus(client, runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
@@ -147,10 +92,8 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
   });
 
   test('SIGTERM: the gpu worker checkpoints before exiting and the next one resumes from that step', async () => {
-    await stopAll(children);
-    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
-    const first = spawnGpuWorker(env);
-    children.push(first);
+    await h.killSpawned();
+        const first = spawnGpuWorker();
     await first.ready;
     const spec = parseRunSpec(
       tinySpec({
@@ -174,7 +117,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     expect(stoppedAt).toBeGreaterThanOrEqual(20);
     expect(stoppedAt % 250).not.toBe(0);
 
-    children.push(spawnGpuWorker(env));
+    spawnGpuWorker();
     await eventually(async () => {
       const s = await runStatus(client, runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
@@ -185,10 +128,8 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
   });
 
   test('a corrupted newest checkpoint is detected by sha256; the previous one is used, with a warning', async () => {
-    await stopAll(children);
-    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
-    const first = spawnGpuWorker(env);
-    children.push(first);
+    await h.killSpawned();
+        const first = spawnGpuWorker();
     await first.ready;
     const spec = parseRunSpec(
       tinySpec({ baseModel: { ref: 'production' }, dacp: { steps: 400, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 }, heartbeatTimeout: '3s' }),
@@ -207,7 +148,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     const file = new ArtifactStore(path.join(home, 'artifacts')).pathOf(latest.uri);
     truncateSync(file, Math.floor(statSync(file).size / 2)); // a torn write
 
-    children.push(spawnGpuWorker(env));
+    spawnGpuWorker();
     const status = await eventually(async () => {
       const s = await runStatus(client, runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));

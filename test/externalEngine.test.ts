@@ -1,17 +1,15 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { runStatus, startRun } from '../cli/runs';
-import { migrate } from '../db/migrate';
 import type { PipelineResult } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
 import { approvalWorkflowId, approveUpdate } from '../workflows/messages';
-import { createWorker } from '../workers/options';
-import { createTestDatabase, type TestDatabase } from './helpers/db';
-import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
-import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from './helpers/temporal';
+import type { TestDatabase } from './helpers/db';
+import { tinySpec } from './helpers/fixtures';
+import { startHarness, type Harness } from './helpers/harness';
+import { eventually, GiveUp } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -20,53 +18,22 @@ const python = path.join(root, '.tools', 'venv', 'bin', 'python');
 const trainer = path.join(root, 'trainers', 'reference', 'dacp_trainer.py');
 
 describe('external-command engine: the PyTorch reference trainer runs the training stages', () => {
-  let server: Awaited<ReturnType<typeof startTestDevServer>>;
-  let db: TestDatabase;
+  let h: Harness;
   let client: Client;
-  let control: Worker;
-  let running: Promise<void>;
+  let db: TestDatabase;
   let home: string;
-  let nativeConnection: NativeConnection;
-  const children: ChildProcess[] = [];
 
   beforeAll(async () => {
     if (!existsSync(python)) throw new Error('no .tools/venv: run `bash scripts/setup-python.sh` (CI does)');
-    home = tempHome();
-    writeTinyCorpus(home);
-    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
-    await migrate(db.pool);
-    nativeConnection = await NativeConnection.connect({ address: server.address });
-    client = new Client({ connection: await Connection.connect({ address: server.address }) });
-    control = await createWorker('control', {
-      connection: nativeConnection,
-      namespace: 'default',
-      pool: db.pool,
-      artifactsDir: path.join(home, 'artifacts'),
-      client,
-      workflowBundle: await bundleWorkflows(),
-    });
-    running = control.run();
+    h = await startHarness({ inProcessGpu: false });
+    ({ client, db, home } = h);
   });
 
   afterAll(async () => {
-    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
-    control?.shutdown();
-    await running;
-    await nativeConnection?.close();
-    await client?.connection.close();
-    await server?.cleanup();
-    await db?.drop();
-    rmSync(home, { recursive: true, force: true });
+    await h?.stop();
   });
 
-  const gpuWorker = () => {
-    const child = spawn(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'worker', '--queue', 'gpu'], {
-      env: { ...process.env, DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home },
-      stdio: ['ignore', 'ignore', 'ignore'],
-    });
-    children.push(child);
-    return child;
-  };
+  const gpuWorker = () => h.spawnGpuWorker();
 
   test('a run trains with the reference trainer, survives a killed worker through resumeFrom, and deploys', async () => {
     const first = gpuWorker();

@@ -1,52 +1,33 @@
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
-import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
-import { rmSync } from 'node:fs';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import path from 'node:path';
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
 import { exportAudit, verifyAudit } from '../cli/audit';
 import { decide, runStatus, startRun } from '../cli/runs';
-import { migrate } from '../db/migrate';
 import { parseRunSpec } from '../schemas/runSpec';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
-import { createWorker } from '../workers/options';
-import { createTestDatabase, type TestDatabase } from './helpers/db';
-import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
-import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from './helpers/temporal';
+import type { TestDatabase } from './helpers/db';
+import { tinySpec } from './helpers/fixtures';
+import { startHarness, type Harness } from './helpers/harness';
+import { eventually, GiveUp } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
 describe('the whole pipeline on the dev server with real Postgres', () => {
-  let server: Awaited<ReturnType<typeof startTestDevServer>>;
-  let db: TestDatabase;
+  let h: Harness;
   let client: Client;
-  let workers: Worker[] = [];
-  let running: Promise<unknown>;
+  let db: TestDatabase;
   let home: string;
-  let nativeConnection: NativeConnection;
 
   beforeAll(async () => {
-    home = tempHome();
-    writeTinyCorpus(home);
-    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
-    await migrate(db.pool);
-    nativeConnection = await NativeConnection.connect({ address: server.address });
-    client = new Client({ connection: await Connection.connect({ address: server.address }) });
-    const bundle = await bundleWorkflows();
-    const deps = { connection: nativeConnection, namespace: 'default', pool: db.pool, artifactsDir: path.join(home, 'artifacts'), client };
-    workers = [await createWorker('control', { ...deps, workflowBundle: bundle }), await createWorker('gpu', deps)];
-    running = Promise.all(workers.map((w) => w.run()));
+    h = await startHarness({ inProcessGpu: true });
+    ({ client, db, home } = h);
   });
 
   afterAll(async () => {
-    workers.forEach((w) => w.shutdown());
-    await running;
-    await nativeConnection?.close();
-    await client?.connection.close();
-    await server?.cleanup();
-    await db?.drop();
-    rmSync(home, { recursive: true, force: true });
+    await h?.stop();
   });
 
   const awaitingApproval = (runId: string) =>
