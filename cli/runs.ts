@@ -7,6 +7,7 @@ import {
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   type Client,
+  type WorkflowExecutionDescription,
 } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { readSource } from '../activities/sources';
@@ -110,19 +111,49 @@ export async function startRun(
 export async function runStatus(client: Client, runId: string): Promise<RunStatus> {
   checkRunId(runId);
   const handle = client.workflow.getHandle(runId);
+  let description: WorkflowExecutionDescription;
   try {
-    await handle.describe();
+    description = await handle.describe();
   } catch (err) {
     if (err instanceof WorkflowNotFoundError) throw new InputError(`no run with id ${runId}; see \`dacp run list\``);
     throw err;
   }
+  const closed = description.status.name !== 'RUNNING';
   try {
-    return await client.connection.withDeadline(Date.now() + 15_000, () => handle.query(statusQuery));
+    return await client.connection.withDeadline(Date.now() + (closed ? 3_000 : 15_000), () => handle.query(statusQuery));
   } catch (err) {
+    // A finished run needs no worker: its outcome is in its result and search attributes.
+    if (closed) return closedRunStatus(client, runId, description);
     throw new Error(
       `run ${runId} did not answer its status query (${(err as Error).message.split('\n')[0]}); is a control worker running (\`dacp dev\` or \`dacp worker --queue control\`)?`,
     );
   }
+}
+
+/**
+ * Status of a finished run when no worker answers queries (e.g. after `dacp demo` has stopped):
+ * stage and state from the search attributes, outcome figures from the result or the failure.
+ */
+async function closedRunStatus(client: Client, runId: string, description: WorkflowExecutionDescription): Promise<RunStatus> {
+  const stage = (description.typedSearchAttributes.get(dacpStageKey) ?? 'collect') as RunStatus['stage'];
+  const recordedState = description.typedSearchAttributes.get(dacpStateKey) as RunStatus['state'] | undefined;
+  const metrics: Record<string, unknown> = {};
+  let state: RunStatus['state'] = recordedState ?? 'failed';
+  try {
+    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
+    state = result.state;
+    if (result.forgetting) metrics.forgetting = result.forgetting;
+    if (result.instruct) metrics.instruct = result.instruct;
+    if (result.versionId) metrics.deploy = { versionId: result.versionId };
+    if (result.reason) metrics.approval = { outcome: 'rejected', reason: result.reason };
+  } catch (err) {
+    let cause: unknown = err;
+    while (cause instanceof Error && cause.cause instanceof Error) cause = cause.cause;
+    metrics.error = cause instanceof Error ? cause.message : String(cause);
+    if (description.status.name === 'CANCELLED') state = 'cancelled';
+    else if (!recordedState || recordedState === 'running' || recordedState === 'awaiting_approval') state = 'failed';
+  }
+  return { runId, stage, state, progress: { step: 0, totalSteps: 0, loss: null }, metrics, attempts: {}, resumedFromStep: null };
 }
 
 export async function waitForResult(client: Client, runId: string): Promise<PipelineResult> {

@@ -164,4 +164,14 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(text).not.toMatch(/gNB|PRB|handover/);
     expect(text).not.toMatch(/### Instruction/);
   });
+
+  test('with no worker running, status of a finished run still answers from its result', async () => {
+    await h.stopWorkers();
+    const completed = await runStatus(client, 'pipeline-1');
+    expect(completed).toMatchObject({ runId: 'pipeline-1', stage: 'deploy', state: 'completed', metrics: { deploy: { versionId: 'tiny:v1' } } });
+    expect(Object.keys(completed).sort()).toEqual(['attempts', 'metrics', 'progress', 'resumedFromStep', 'runId', 'stage', 'state']);
+    const rejected = await runStatus(client, 'pipeline-3');
+    expect(rejected).toMatchObject({ stage: 'approval', state: 'rejected' });
+    expect(String((rejected.metrics.approval as { reason: string }).reason)).toMatch(/not this week/);
+  });
 });

@@ -26,6 +26,8 @@ export interface Harness {
   spawnGpuWorker(): GpuWorkerProcess;
   /** SIGKILL every spawned worker and wait for it to exit. */
   killSpawned(): Promise<void>;
+  /** Stop the in-process workers (the server and database stay up). */
+  stopWorkers(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -47,6 +49,11 @@ export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harnes
   const running = Promise.all(workers.map((w) => w.run()));
   const env: NodeJS.ProcessEnv = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home };
   const children: ChildProcess[] = [];
+
+  const stopWorkers = async () => {
+    for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+    await running;
+  };
 
   const killSpawned = async () => {
     for (const child of children) {
@@ -84,10 +91,10 @@ export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harnes
       return Object.assign(child, { ready });
     },
     killSpawned,
+    stopWorkers,
     stop: async () => {
       await killSpawned();
-      workers.forEach((w) => w.shutdown());
-      await running;
+      await stopWorkers();
       await nativeConnection.close();
       await client.connection.close();
       await server.cleanup();
