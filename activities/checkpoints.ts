@@ -14,6 +14,14 @@ export interface TrainingHeartbeat {
   checkpointStep: number | null;
   checkpointUri: string | null;
   sha256: string | null;
+  /**
+   * Live progress for `dacp run status`, read from the pending activity (`describe()`), never
+   * from history: heartbeats do not add events. Optional: attempts from before carried none.
+   */
+  totalSteps?: number;
+  loss?: number | null;
+  resumedFromStep?: number | null;
+  warnings?: string[];
 }
 
 /**

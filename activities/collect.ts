@@ -5,6 +5,7 @@ import { upsertDataset } from '../db/records';
 import type { DatasetRef, DatasetRole } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
+import { readChoiceSet, storeChoiceSet, type ChoiceSetName, type ChoiceSetRef } from './choiceSets';
 import { writeDataset, type DatasetDoc } from './datasets';
 import { readSource, type SourceDoc } from './sources';
 
@@ -12,6 +13,18 @@ export interface CollectSummary {
   sources: { index: number; kind: string; role: DatasetRole; docs: number }[];
   docs: Record<DatasetRole, number>;
   bytes: Record<DatasetRole, number>;
+  /** Questions per multiple-choice set the spec names (`evaluation.choices`). */
+  choiceItems?: Partial<Record<ChoiceSetName, number>>;
+}
+
+export type CollectedChoiceSets = Partial<Record<ChoiceSetName, ChoiceSetRef>>;
+
+/** Re-throws a reader's failure with the spec field it came from, so the user knows which setting to fix. */
+function withField(field: string, err: unknown): never {
+  if (err instanceof ApplicationFailure) {
+    throw ApplicationFailure.create({ message: `${field}: ${err.message}`, type: err.type ?? 'SourceInvalid', nonRetryable: Boolean(err.nonRetryable) });
+  }
+  throw err;
 }
 
 function toDatasetDoc(doc: SourceDoc): DatasetDoc {
@@ -23,6 +36,8 @@ export function collectActivities({ pool, store }: ActivityDeps) {
   return {
     async collectSources(input: { runId: string; spec: RunSpec; baseDir: string }): Promise<{
       datasets: DatasetRef[];
+      /** The spec's multiple-choice sets, validated and stored as JSON arrays of {question, choices, answer: index}. */
+      choiceSets: CollectedChoiceSets;
       summary: CollectSummary;
     }> {
       const { spec, baseDir } = input;
@@ -71,7 +86,16 @@ export function collectActivities({ pool, store }: ActivityDeps) {
         summary.bytes[role] = ref.dataBytes;
         datasets.push(ref);
       }
-      return { datasets, summary };
+      const choiceSets: CollectedChoiceSets = {};
+      for (const name of ['domain', 'general'] as const) {
+        const file = spec.evaluation.choices[name];
+        if (file === undefined) continue;
+        Context.current().heartbeat({ choices: name });
+        const items = await readChoiceSet(file, { baseDir, allowedRoots }).catch((err: unknown) => withField(`evaluation.choices.${name}`, err));
+        choiceSets[name] = await storeChoiceSet(store, items);
+        summary.choiceItems = { ...summary.choiceItems, [name]: items.length };
+      }
+      return { datasets, choiceSets, summary };
     },
   };
 }

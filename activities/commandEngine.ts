@@ -4,8 +4,9 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { deserializeModel } from '../ml/modelFile';
 import type { ModelConfig } from '../ml/model';
 import type { TokenizerJson } from '../ml/tokenizer';
-import type { TrainSettings } from '../ml/train';
+import { divergenceAdvice, TrainingDivergedError, type TrainSettings } from '../ml/train';
 import {
+  reportedDivergence,
   runExternalTrainer,
   TrainerExitError,
   TrainerProtocolError,
@@ -13,16 +14,34 @@ import {
   writeSftFile,
   writeTokenFile,
   type TrainerJob,
+  type TrainerSftData,
 } from '../ml/externalTrainer';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { EngineSpec } from '../schemas/runSpec';
-import type { EngineOutcome } from './builtinEngine';
+import { divergedFailure, type EngineOutcome } from './builtinEngine';
 import type { ActivityDeps } from './context';
 import type { TrainingSession } from './trainingSession';
 
 export type TrainingData =
   | { kind: 'lm'; domain: number[]; replay: number[]; replayRatio: number }
-  | { kind: 'sft'; examples: { prompt: number[]; response: number[] }[]; padId: number; eosId: number };
+  | {
+      kind: 'sft';
+      examples: { prompt: number[]; response: number[] }[];
+      padId: number;
+      eosId: number;
+      /** General text trained as plain LM rows, `replayRatio` of each batch; ratio 0 is pure SFT. */
+      replay: number[];
+      replayRatio: number;
+    };
+
+/**
+ * The sft job's optional replay fields (docs/trainer-protocol.md). They are written only when
+ * replayRatio > 0, so a pure-SFT job file reads exactly as it did before replay existed.
+ */
+interface TrainerSftReplay {
+  replay: string;
+  replayRatio: number;
+}
 
 type CommandEngine = Extract<EngineSpec, { kind: 'command' }>;
 
@@ -43,36 +62,47 @@ export async function trainWithCommand(
     engine: CommandEngine;
     baseDir: string;
     initModel: ArtifactRef | null;
-    modelConfig: ModelConfig;
-    tokenizer: TokenizerJson;
-    data: TrainingData;
+    /** The model's shape, its tokenizer and the data as ids; called once the attempt has begun (it heartbeats). */
+    prepare: () => Promise<{ modelConfig: ModelConfig; tokenizer: TokenizerJson; data: TrainingData }>;
     settings: TrainSettings;
     checkpointEvery: number;
   },
 ): Promise<EngineOutcome> {
   const { runId, stage, round } = session.job;
   const resume = await session.begin(`command:${path.basename(o.engine.command[0])}`);
+  const prepared = await o.prepare();
   const logsDir = deps.logsDir ?? path.join(deps.store.root, '..', 'logs');
   const workDir = path.join(logsDir, runId, 'work', `${stage}-${round}-attempt-${session.attempt}`);
   await fs.rm(workDir, { recursive: true, force: true });
   await fs.mkdir(path.join(workDir, 'checkpoints'), { recursive: true });
 
   let data: TrainerJob['data'];
-  if (o.data.kind === 'lm') {
-    await writeTokenFile(path.join(workDir, 'domain.i32'), o.data.domain);
-    await writeTokenFile(path.join(workDir, 'replay.i32'), o.data.replay);
-    data = { kind: 'lm', domain: path.join(workDir, 'domain.i32'), replay: path.join(workDir, 'replay.i32'), replayRatio: o.data.replayRatio };
+  if (prepared.data.kind === 'lm') {
+    await writeTokenFile(path.join(workDir, 'domain.i32'), prepared.data.domain);
+    await writeTokenFile(path.join(workDir, 'replay.i32'), prepared.data.replay);
+    data = { kind: 'lm', domain: path.join(workDir, 'domain.i32'), replay: path.join(workDir, 'replay.i32'), replayRatio: prepared.data.replayRatio };
   } else {
-    await writeSftFile(path.join(workDir, 'sft.jsonl'), o.data.examples);
-    data = { kind: 'sft', examples: path.join(workDir, 'sft.jsonl'), padId: o.data.padId, eosId: o.data.eosId };
+    await writeSftFile(path.join(workDir, 'sft.jsonl'), prepared.data.examples);
+    const sft: TrainerSftData & Partial<TrainerSftReplay> = {
+      kind: 'sft',
+      examples: path.join(workDir, 'sft.jsonl'),
+      padId: prepared.data.padId,
+      eosId: prepared.data.eosId,
+    };
+    if (prepared.data.replayRatio > 0) {
+      sft.replay = path.join(workDir, 'replay.i32');
+      sft.replayRatio = prepared.data.replayRatio;
+      await writeTokenFile(sft.replay, prepared.data.replay);
+    }
+    data = sft;
   }
   const initModel = o.initModel ? deps.store.pathOf(o.initModel.uri) : null;
   const job: TrainerJob = {
     protocol: 'dacp-trainer/1',
     stage,
     initModel,
-    modelConfig: o.modelConfig,
-    tokenizer: o.tokenizer,
+    modelConfig: prepared.modelConfig,
+    tokenizer: prepared.tokenizer,
     data,
     settings: o.settings,
     checkpointEvery: o.checkpointEvery,
@@ -91,15 +121,20 @@ export async function trainWithCommand(
       command: resolveCommand(o.engine.command, o.baseDir),
       job,
       workDir,
-      env: o.engine.env,
+      env: namedEnvironment(o.engine.env),
       stderrFile,
       signal: abort.signal,
       killGraceMs: o.engine.killGraceSeconds * 1000,
-      onProgress: (e) => session.progress(e.step, e.loss, { tokens: e.tokens }),
+      onProgress: (e) => {
+        // Thrown from here, the error stops the trainer at once; the failure below names the step.
+        if (!Number.isFinite(e.loss)) throw new TrainingDivergedError(e.step, e.loss, null, o.settings);
+        return session.progress(e.step, e.loss, { tokens: e.tokens });
+      },
       onCheckpoint: async (e) => {
         await session.checkpointSaved(e.step, session.lastLoss, await fs.readFile(e.path), path.extname(e.path).slice(1) || 'ckpt');
       },
     });
+    if (!Number.isFinite(done.loss)) throw new TrainingDivergedError(done.step, done.loss, null, o.settings);
     const bytes = await fs.readFile(done.model);
     // The trainer's model must be a valid dacp model (format, config, tokenizer, tensor digest).
     try {
@@ -111,6 +146,15 @@ export async function trainWithCommand(
     return { model, finalStep: done.step, finalLoss: done.loss, backend: `command:${path.basename(o.engine.command[0])}` };
   } catch (err) {
     if (abort.signal.aborted) throw session.stopError(session.step);
+    if (err instanceof TrainingDivergedError) throw divergedFailure(session.job, { step: err.step, loss: err.loss, message: err.message });
+    const diverged = err instanceof TrainerExitError ? reportedDivergence(err.stderrTail) : null;
+    if (diverged) {
+      throw divergedFailure(session.job, {
+        step: diverged.step,
+        loss: null,
+        message: `training diverged at step ${diverged.step}, the trainer reports ("${diverged.line}"); ${divergenceAdvice(o.settings)} (stderr: ${stderrFile})`,
+      });
+    }
     if (err instanceof TrainerProtocolError) {
       throw ApplicationFailure.nonRetryable(`trainer broke the protocol: ${err.message} (stderr: ${stderrFile})`, 'TrainerProtocolError');
     }
@@ -126,4 +170,19 @@ export async function trainWithCommand(
     clearInterval(poll);
     clearInterval(heartbeatTimer);
   }
+}
+
+/**
+ * The variables a spec names (`engine.env`), with their values from this worker's environment.
+ * The values are secrets: they are read here, on the worker, and go nowhere but the trainer.
+ */
+function namedEnvironment(names: string[]): Record<string, string> {
+  const missing = names.filter((name) => process.env[name] === undefined);
+  if (missing.length) {
+    throw ApplicationFailure.nonRetryable(
+      `engine.env names ${missing.join(', ')}, not set on this gpu worker; export ${missing.length > 1 ? 'them' : 'it'} in the worker's environment`,
+      'EngineEnvMissing',
+    );
+  }
+  return Object.fromEntries(names.map((name) => [name, process.env[name] as string]));
 }

@@ -6,7 +6,7 @@ import type { ArtifactStore } from './artifacts';
 export interface ActivityDeps {
   pool: Pool;
   store: ArtifactStore;
-  /** Used by training activities to signal live progress to their workflow. */
+  /** A Temporal client for activities that must reach other workflows (none signals its own run). */
   client?: Client;
   /** Training backend preference (else DACP_TF_BACKEND, else the best available). */
   tfBackend?: string;

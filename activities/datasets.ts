@@ -1,5 +1,10 @@
+import { log } from '@temporalio/activity';
+import type { Pool } from 'pg';
+import { findTokenCache, recordTokenCache, type TokenCacheKey } from '../db/records';
+import { formatInstructionPrompt } from '../ml/mixing';
+import { encodeDocuments, forEachPaced, type PaceOptions, type Tokenizer } from '../ml/tokenizer';
 import type { DatasetManifest, DatasetRef, DatasetRole, DatasetSplit } from '../schemas/pipeline';
-import type { ArtifactStore } from './artifacts';
+import { sha256Hex, type ArtifactStore } from './artifacts';
 
 export type TextDoc = { text: string };
 export type PairDoc = { prompt: string; response: string };
@@ -68,4 +73,112 @@ export async function readDataset<T extends DatasetDoc = DatasetDoc>(store: Arti
     for (const line of text.split('\n')) if (line) docs.push(JSON.parse(line) as T);
   }
   return docs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token streams, cached
+
+/** How documents become ids: documents closed by eos (`lm`), or prompt/response pairs (`sft`). */
+const LM_LAYOUT = 'lm/1';
+const SFT_LAYOUT = 'sft/1';
+
+export interface SftIds {
+  prompt: number[];
+  response: number[];
+}
+
+/** A tokenizer's identity: the hash of what it is stored as, so equal tokenizers share streams. */
+export function tokenizerSha256(tokenizer: Tokenizer): string {
+  return sha256Hex(JSON.stringify(tokenizer.toJSON()));
+}
+
+/**
+ * A dataset's documents as one `lm` token stream (each document closed by eos). Tokenized once per
+ * (tokenizer, dataset bytes): the ids are kept as an artifact, so a retried attempt, another round
+ * or another run on the same data reads them instead of tokenizing again. Tokenizing pauses about
+ * every `sliceMs` and awaits `onProgress`, where the caller heartbeats.
+ */
+export async function tokenStreamOf(
+  deps: { pool: Pool; store: ArtifactStore },
+  tokenizer: Tokenizer,
+  dataset: DatasetRef,
+  pace: PaceOptions = {},
+): Promise<number[]> {
+  return cachedIds(deps, { tokenizerSha256: tokenizerSha256(tokenizer), datasetSha256: dataset.sha256, layout: LM_LAYOUT }, async () => {
+    const docs = await readDataset<TextDoc>(deps.store, dataset);
+    return encodeDocuments(tokenizer, docs.map((d) => d.text), pace);
+  });
+}
+
+/** A dataset's prompt/response pairs as ids, prompts in the instruction template; cached like tokenStreamOf. */
+export async function sftExamplesOf(
+  deps: { pool: Pool; store: ArtifactStore },
+  tokenizer: Tokenizer,
+  dataset: DatasetRef,
+  pace: PaceOptions = {},
+): Promise<SftIds[]> {
+  const ids = await cachedIds(deps, { tokenizerSha256: tokenizerSha256(tokenizer), datasetSha256: dataset.sha256, layout: SFT_LAYOUT }, async () => {
+    const pairs = await readDataset<PairDoc>(deps.store, dataset);
+    const examples: SftIds[] = [];
+    await forEachPaced(pairs, (p) => {
+      examples.push({ prompt: tokenizer.encode(formatInstructionPrompt(p.prompt)), response: tokenizer.encode(p.response) });
+    }, pace);
+    return packSft(examples);
+  });
+  return unpackSft(ids, dataset);
+}
+
+/** The ids of `key` from the cache when its artifact is intact, else built, stored and recorded. */
+async function cachedIds(deps: { pool: Pool; store: ArtifactStore }, key: TokenCacheKey, build: () => Promise<number[]>): Promise<number[]> {
+  const hit = await findTokenCache(deps.pool, key);
+  // A cache entry whose file is gone (a pruned or moved store) is rebuilt, never an error.
+  if (hit && (await deps.store.verify(hit))) {
+    log.info('token stream read from the cache', { layout: key.layout, dataset: key.datasetSha256, tokens: hit.tokens });
+    return idsFromBuffer(await deps.store.get(hit));
+  }
+  const ids = await build();
+  const ref = await deps.store.put('tokens', idsToBuffer(ids), 'i32');
+  await recordTokenCache(deps.pool, key, { ...ref, tokens: ids.length });
+  return ids;
+}
+
+/** Little-endian int32, the layout external trainers read too (docs/trainer-protocol.md). */
+function idsToBuffer(ids: number[]): Buffer {
+  const buf = Buffer.alloc(ids.length * 4);
+  for (let i = 0; i < ids.length; i++) buf.writeInt32LE(ids[i] as number, i * 4);
+  return buf;
+}
+
+function idsFromBuffer(buf: Buffer): number[] {
+  const ids = new Array<number>(buf.length / 4);
+  for (let i = 0; i < ids.length; i++) ids[i] = buf.readInt32LE(i * 4);
+  return ids;
+}
+
+/** One flat id list: the example count, then per example its two lengths and the prompt and response ids. */
+function packSft(examples: SftIds[]): number[] {
+  const out = [examples.length];
+  for (const e of examples) {
+    out.push(e.prompt.length, e.response.length);
+    for (const id of e.prompt) out.push(id);
+    for (const id of e.response) out.push(id);
+  }
+  return out;
+}
+
+function unpackSft(ids: number[], dataset: DatasetRef): SftIds[] {
+  const bad = () => new Error(`cached sft token ids of dataset ${dataset.uri} are malformed; delete its token_cache row to tokenize again`);
+  const count = ids[0] ?? 0;
+  const examples: SftIds[] = [];
+  let at = 1;
+  for (let i = 0; i < count; i++) {
+    const promptLength = ids[at] ?? -1;
+    const responseLength = ids[at + 1] ?? -1;
+    if (promptLength < 0 || responseLength < 0 || at + 2 + promptLength + responseLength > ids.length) throw bad();
+    at += 2;
+    examples.push({ prompt: ids.slice(at, at + promptLength), response: ids.slice(at + promptLength, at + promptLength + responseLength) });
+    at += promptLength + responseLength;
+  }
+  if (at !== ids.length) throw bad();
+  return examples;
 }

@@ -1,33 +1,111 @@
 import { Context } from '@temporalio/activity';
 import { insertEvaluation } from '../db/records';
 import { initBackend } from '../ml/backend';
-import { instructionScore, perplexity } from '../ml/evaluate';
+import { instructionScore, perplexity, type EvalProgress } from '../ml/evaluate';
+import type { GPT } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
+import { choiceAccuracy, type ChoiceItem } from '../ml/choices';
 import type { Tokenizer } from '../ml/tokenizer';
-import type { ArtifactRef, DatasetRef, ForgettingReport, InstructReport, InstructSummary } from '../schemas/pipeline';
+import { tradeoffSvg, tradeoffTable } from '../reports/tradeoff';
+import type {
+  ArtifactRef,
+  CandidateSummary,
+  DatasetRef,
+  FinalCheckReport,
+  ForgettingReport,
+  GateBudgets,
+  InstructReport,
+  InstructSummary,
+  ModelScores,
+  TradeoffReport,
+} from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
-import { readDataset, type PairDoc, type TextDoc } from './datasets';
+import { gateFigures, gateReasons, r4 } from './gates';
+import { readDataset, tokenStreamOf, type PairDoc } from './datasets';
 
 const MAX_INSTRUCT_PAIRS = 24;
 const SAMPLE_NEW_TOKENS = 48;
 
-function tokens(tokenizer: Tokenizer, docs: TextDoc[]): number[] {
-  const out: number[] = [];
-  for (const doc of docs) out.push(...tokenizer.encode(doc.text), tokenizer.eosId);
-  return out;
+/**
+ * Heartbeats `{model, set, done, total}` between forward passes: the evaluation functions yield to
+ * the event loop there, so the heartbeat reaches the server however long the evaluation runs.
+ */
+function evalHeartbeat(ctx: Context, model: string, set: string): EvalProgress {
+  ctx.heartbeat({ model, set, done: 0, total: null });
+  return ({ done, total }) => ctx.heartbeat({ model, set, done, total });
 }
 
-/** Round for reports: evidence should read cleanly, and 4 significant digits are plenty. */
-const r4 = (x: number) => Number(x.toPrecision(4));
+/** The multiple-choice sets collect stored for the run, if the spec named any. */
+export interface ChoiceSetRefs {
+  domain?: ArtifactRef;
+  general?: ArtifactRef;
+}
 
 /** forgetting and instruction-score evaluations; they run on `dacp-control`. */
 export function evaluationActivities(deps: ActivityDeps) {
   const { store, pool } = deps;
   const load = async (ref: ArtifactRef) => deserializeModel(await store.get(ref));
 
+  /** Multiple-choice sets as collect stored them. */
+  const loadChoices = async (ref: ArtifactRef | undefined): Promise<ChoiceItem[] | undefined> =>
+    ref ? store.getJson<ChoiceItem[]>(ref) : undefined;
+
+  /**
+   * What a gate measures of one model: perplexity on held-out general and domain text and, where
+   * the run has them, multiple-choice accuracy and instruction token accuracy. Each model reads the
+   * sets with its own tokenizer.
+   */
+  const scoreModel = async (
+    ctx: Context,
+    name: string,
+    loaded: { model: GPT; tokenizer: Tokenizer },
+    sets: {
+      spec: RunSpec;
+      domainHeldout: DatasetRef;
+      generalHeldout: DatasetRef;
+      choices?: { domain?: ChoiceItem[]; general?: ChoiceItem[] };
+      instructPairs?: PairDoc[];
+    },
+  ): Promise<ModelScores> => {
+    const maxWindows = sets.spec.forgetting.maxEvalWindows;
+    const onProgress = () => ctx.heartbeat({ model: name, set: 'tokenizing' });
+    const domain = await tokenStreamOf(deps, loaded.tokenizer, sets.domainHeldout, { onProgress });
+    const general = await tokenStreamOf(deps, loaded.tokenizer, sets.generalHeldout, { onProgress });
+    const ppl = async (set: 'general' | 'domain', tokens: number[]) =>
+      r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, set) })).perplexity);
+    const scores: ModelScores = { generalPerplexity: await ppl('general', general), domainPerplexity: await ppl('domain', domain) };
+    const maxItems = sets.spec.evaluation.maxChoiceItems;
+    for (const kind of ['domain', 'general'] as const) {
+      const items = sets.choices?.[kind];
+      if (!items?.length) continue;
+      const { accuracy } = await choiceAccuracy(loaded.model, loaded.tokenizer, items, { maxItems, onProgress: evalHeartbeat(ctx, name, `choices-${kind}`) });
+      scores[kind === 'domain' ? 'domainAccuracy' : 'generalAccuracy'] = r4(accuracy);
+    }
+    if (sets.instructPairs?.length) {
+      const score = await instructionScore(loaded.model, loaded.tokenizer, sets.instructPairs, {
+        maxPairs: MAX_INSTRUCT_PAIRS,
+        maxNewTokens: 1,
+        onProgress: evalHeartbeat(ctx, name, 'instruct'),
+      });
+      scores.instructionTokenAccuracy = r4(score.tokenAccuracy);
+    }
+    return scores;
+  };
+
+  const gateBudgets = (b: Omit<GateBudgets, 'maxInstructionRegression'> & { maxInstructionRegression?: number }): GateBudgets => ({
+    maxGeneralRegression: b.maxGeneralRegression,
+    minDomainGain: b.minDomainGain,
+    minDomainAccuracyGain: b.minDomainAccuracyGain,
+    maxGeneralAccuracyDrop: b.maxGeneralAccuracyDrop,
+    ...(b.maxInstructionRegression !== undefined ? { maxInstructionRegression: b.maxInstructionRegression } : {}),
+  });
+
   return {
-    /** Perplexity of base vs adapted on held-out general and domain text, against the spec's budgets. */
+    /**
+     * The forgetting gate: the adapted model against the model it started from, on held-out general
+     * and domain text (and the run's multiple-choice sets), against the spec's `forgetting` budgets.
+     */
     async evaluateForgetting(input: {
       runId: string;
       round: number;
@@ -37,48 +115,29 @@ export function evaluationActivities(deps: ActivityDeps) {
       adaptedModel: ArtifactRef;
       domainHeldout: DatasetRef;
       generalHeldout: DatasetRef;
+      choiceSets?: ChoiceSetRefs;
     }): Promise<{ report: ForgettingReport; reportRef: ArtifactRef }> {
       await initBackend(deps.tfBackend);
       const ctx = Context.current();
+      const sets = {
+        spec: input.spec,
+        domainHeldout: input.domainHeldout,
+        generalHeldout: input.generalHeldout,
+        choices: { domain: await loadChoices(input.choiceSets?.domain), general: await loadChoices(input.choiceSets?.general) },
+      };
       const base = await load(input.baseModel);
+      const before = await scoreModel(ctx, 'base', base, sets).finally(() => base.model.dispose());
       const adapted = await load(input.adaptedModel);
-      const maxWindows = input.spec.forgetting.maxEvalWindows;
-      const domain = tokens(base.tokenizer, await readDataset<TextDoc>(store, input.domainHeldout));
-      const general = tokens(base.tokenizer, await readDataset<TextDoc>(store, input.generalHeldout));
-      ctx.heartbeat('base');
-      const before = {
-        generalPerplexity: r4(perplexity(base.model, general, { maxWindows }).perplexity),
-        domainPerplexity: r4(perplexity(base.model, domain, { maxWindows }).perplexity),
-      };
-      ctx.heartbeat('adapted');
-      const after = {
-        generalPerplexity: r4(perplexity(adapted.model, general, { maxWindows }).perplexity),
-        domainPerplexity: r4(perplexity(adapted.model, domain, { maxWindows }).perplexity),
-      };
-      base.model.dispose();
-      adapted.model.dispose();
-      const budgets = {
-        maxGeneralRegression: input.spec.forgetting.maxGeneralRegression,
-        minDomainGain: input.spec.forgetting.minDomainGain,
-      };
-      const generalRegression = r4(after.generalPerplexity / before.generalPerplexity - 1);
-      const domainGain = r4(1 - after.domainPerplexity / before.domainPerplexity);
-      const reasons: string[] = [];
-      if (generalRegression > budgets.maxGeneralRegression) {
-        reasons.push(
-          `general perplexity rose ${(generalRegression * 100).toFixed(1)} % (budget ${(budgets.maxGeneralRegression * 100).toFixed(1)} %)`,
-        );
-      }
-      if (domainGain < budgets.minDomainGain) {
-        reasons.push(`domain perplexity fell only ${(domainGain * 100).toFixed(1)} % (floor ${(budgets.minDomainGain * 100).toFixed(1)} %)`);
-      }
+      const after = await scoreModel(ctx, 'adapted', adapted, sets).finally(() => adapted.model.dispose());
+      const budgets = gateBudgets(input.spec.forgetting);
+      const figures = gateFigures(before, after);
+      const reasons = gateReasons(figures, budgets);
       const report: ForgettingReport = {
         round: input.round,
         replayRatio: input.replayRatio,
         base: before,
         adapted: after,
-        generalRegression,
-        domainGain,
+        ...figures,
         budgets,
         passed: reasons.length === 0,
         reasons,
@@ -88,9 +147,82 @@ export function evaluationActivities(deps: ActivityDeps) {
       return { report, reportRef };
     },
 
+    /**
+     * The final check: the instruction-tuned candidate, which is what would ship, against the
+     * production model it would replace (or the base on a first run), on general and domain
+     * perplexity, instruction token accuracy and task accuracy, against `forgetting.final`.
+     */
+    async evaluateFinal(input: {
+      runId: string;
+      round: number;
+      spec: RunSpec;
+      instructReplayRatio: number;
+      reference: ArtifactRef & { versionId: string; kind: 'production' | 'base' };
+      candidateModel: ArtifactRef;
+      domainHeldout: DatasetRef;
+      generalHeldout: DatasetRef;
+      instructHeldout: DatasetRef;
+      choiceSets?: ChoiceSetRefs;
+    }): Promise<{ report: FinalCheckReport; reportRef: ArtifactRef }> {
+      await initBackend(deps.tfBackend);
+      const ctx = Context.current();
+      const sets = {
+        spec: input.spec,
+        domainHeldout: input.domainHeldout,
+        generalHeldout: input.generalHeldout,
+        choices: { domain: await loadChoices(input.choiceSets?.domain), general: await loadChoices(input.choiceSets?.general) },
+        instructPairs: await readDataset<PairDoc>(store, input.instructHeldout),
+      };
+      const reference = await load(input.reference);
+      const before = await scoreModel(ctx, input.reference.kind, reference, sets).finally(() => reference.model.dispose());
+      const candidate = await load(input.candidateModel);
+      const after = await scoreModel(ctx, 'candidate', candidate, sets).finally(() => candidate.model.dispose());
+      const budgets = gateBudgets(input.spec.forgetting.final);
+      const figures = gateFigures(before, after);
+      const reasons = gateReasons(figures, budgets);
+      const report: FinalCheckReport = {
+        round: input.round,
+        instructReplayRatio: input.instructReplayRatio,
+        reference: { kind: input.reference.kind, versionId: input.reference.versionId, sha256: input.reference.sha256 },
+        referenceScores: before,
+        candidate: after,
+        ...figures,
+        budgets,
+        passed: reasons.length === 0,
+        reasons,
+      };
+      const reportRef = await store.putJson('reports', { kind: 'final_check', runId: input.runId, ...report });
+      await insertEvaluation(pool, { runId: input.runId, kind: 'final_check', round: input.round, passed: report.passed, report, ref: reportRef });
+      return { report, reportRef };
+    },
+
+    /** The replay trade-off of a list of candidates: a table and an SVG plot, stored for the approval request. */
+    async recordTradeoff(input: {
+      runId: string;
+      budget: { maxGeneralRegression: number };
+      candidates: Omit<CandidateSummary, 'model' | 'reportRef'>[];
+    }): Promise<{ reportRef: ArtifactRef; svg: ArtifactRef }> {
+      const points = input.candidates.map((c) => ({ ...c }));
+      const svg = await store.put('reports', Buffer.from(tradeoffSvg(points, input.budget)), 'svg');
+      const report: TradeoffReport = {
+        kind: 'tradeoff',
+        runId: input.runId,
+        budget: input.budget,
+        candidates: input.candidates,
+        table: tradeoffTable(points),
+        svg,
+      };
+      const reportRef = await store.putJson('reports', report);
+      const chosen = input.candidates.find((c) => c.chosen);
+      await insertEvaluation(pool, { runId: input.runId, kind: 'tradeoff', round: chosen?.round ?? 0, passed: Boolean(chosen), report, ref: reportRef });
+      return { reportRef, svg };
+    },
+
     /** Instruction-following score of the tuned model vs the base on held-out pairs. */
     async evaluateInstruction(input: {
       runId: string;
+      /** Which instruction tuning (a final-check retry tunes again); 0 for runs from before. */
+      round?: number;
       spec: RunSpec;
       baseModel: ArtifactRef;
       tunedModel: ArtifactRef;
@@ -102,10 +234,8 @@ export function evaluationActivities(deps: ActivityDeps) {
       const base = await load(input.baseModel);
       const tuned = await load(input.tunedModel);
       const options = { maxPairs: MAX_INSTRUCT_PAIRS, maxNewTokens: SAMPLE_NEW_TOKENS };
-      ctx.heartbeat('base');
-      const b = instructionScore(base.model, base.tokenizer, pairs, options);
-      ctx.heartbeat('tuned');
-      const t = instructionScore(tuned.model, tuned.tokenizer, pairs, options);
+      const b = await instructionScore(base.model, base.tokenizer, pairs, { ...options, onProgress: evalHeartbeat(ctx, 'base', 'instruct') });
+      const t = await instructionScore(tuned.model, tuned.tokenizer, pairs, { ...options, onProgress: evalHeartbeat(ctx, 'tuned', 'instruct') });
       base.model.dispose();
       tuned.model.dispose();
       const pick = (s: typeof b) => ({
@@ -120,7 +250,7 @@ export function evaluationActivities(deps: ActivityDeps) {
       await insertEvaluation(pool, {
         runId: input.runId,
         kind: 'instruct',
-        round: 0,
+        round: input.round ?? 0,
         passed: summary.tuned.responsePerplexity <= summary.base.responsePerplexity,
         report: summary,
         ref: reportRef,

@@ -1,4 +1,10 @@
 import { Context } from '@temporalio/activity';
+import { createHash } from 'node:crypto';
+import { ApplicationFailure } from '@temporalio/common';
+import type { Pool } from 'pg';
+import { loadRunSpecBody } from '../db/records';
+import type { ArtifactRef, SpecSource } from '../schemas/pipeline';
+import type { RunSpec } from '../schemas/runSpec';
 import { collectActivities } from './collect';
 import type { ActivityDeps } from './context';
 import { evaluationActivities } from './evaluation';
@@ -38,9 +44,70 @@ function heartbeating<T extends Record<string, (...args: never[]) => Promise<unk
   ) as unknown as T;
 }
 
+/** An activity that takes the run's spec takes, from the workflow, where to find it instead. */
+type SpecFromStore<F> = F extends (input: infer I) => Promise<infer R>
+  ? I extends { spec: RunSpec }
+    ? (input: Omit<I, 'spec'> & SpecSource) => Promise<R>
+    : F
+  : F;
+type SpecsFromStore<T> = { [K in keyof T]: SpecFromStore<T[K]> };
+
+/**
+ * A spec carried inline by a run from before `specRef`, brought up to today's fields: `engine.env`
+ * was a map of values (now only names are passed on; the values stay with the old spec), and
+ * near-duplicate removal did not run (it stays off for such runs).
+ */
+function upgradeInlineSpec(spec: RunSpec): RunSpec {
+  const legacy = spec as unknown as { engine: { env?: unknown }; quality: { nearDuplicateThreshold?: number | null } };
+  const engine = spec.engine.kind === 'command' && legacy.engine.env && !Array.isArray(legacy.engine.env)
+    ? { ...spec.engine, env: Object.keys(legacy.engine.env as Record<string, string>) }
+    : spec.engine;
+  const quality = legacy.quality.nearDuplicateThreshold === undefined ? { ...spec.quality, nearDuplicateThreshold: null } : spec.quality;
+  return { ...spec, engine, quality } as RunSpec;
+}
+
+/**
+ * The workflow passes the spec by reference (`postgres:run_specs/<sha256>`): history stays small
+ * and holds none of the spec's paths, queries or settings beyond what the workflow reads.
+ * Activities load it here, verify its sha256, and keep it once per worker per spec.
+ */
+function loadingSpecs<T extends Record<string, (...args: never[]) => Promise<unknown>>>(pool: Pool, activities: T): SpecsFromStore<T> {
+  const cache = new Map<string, Promise<RunSpec>>();
+  const fetch = async (ref: ArtifactRef): Promise<RunSpec> => {
+    const body = await loadRunSpecBody(pool, ref.sha256);
+    if (body === null || createHash('sha256').update(body).digest('hex') !== ref.sha256) {
+      throw ApplicationFailure.nonRetryable(`run spec ${ref.uri} is missing or does not match its sha256`, 'SpecMissing');
+    }
+    return JSON.parse(body) as RunSpec;
+  };
+  const load = (source: SpecSource): Promise<RunSpec> => {
+    if (!source.specRef) return Promise.resolve(upgradeInlineSpec(source.spec));
+    const { sha256 } = source.specRef;
+    let spec = cache.get(sha256);
+    if (!spec) {
+      spec = fetch(source.specRef);
+      spec.catch(() => cache.delete(sha256));
+      cache.set(sha256, spec);
+    }
+    return spec;
+  };
+  return Object.fromEntries(
+    Object.entries(activities).map(([name, fn]) => [
+      name,
+      async (input: unknown, ...rest: unknown[]) => {
+        const call = fn as (...args: unknown[]) => Promise<unknown>;
+        if (!input || typeof input !== 'object' || !('specRef' in input || 'spec' in input)) return call(input, ...rest);
+        const { specRef, ...others } = input as Partial<SpecSource> & Record<string, unknown>;
+        const spec = await load(specRef ? { specRef } : { spec: (input as { spec: RunSpec }).spec });
+        return call({ ...others, spec }, ...rest);
+      },
+    ]),
+  ) as unknown as SpecsFromStore<T>;
+}
+
 /** Every activity, bound to the worker's database pool, artifact store and client. */
 export function createActivities(deps: ActivityDeps) {
-  return {
+  return loadingSpecs(deps.pool, {
     ...heartbeating(recordActivities(deps)),
     ...heartbeating(collectActivities(deps)),
     ...heartbeating(qualityActivities(deps)),
@@ -48,7 +115,7 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(evaluationActivities(deps)),
     // Training heartbeats every step with its checkpoint: it needs no timer.
     ...trainingActivities(deps),
-  };
+  });
 }
 
 export type DacpActivities = ReturnType<typeof createActivities>;

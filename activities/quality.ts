@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
-import { cleanDocuments, normalizeForDedup, type QualityReport } from '../ml/quality';
+import { cleanDocumentsPaced, normalizeForDedup, type QualityReport } from '../ml/quality';
 import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import { sha256Hex } from './artifacts';
@@ -15,7 +15,8 @@ export interface QualitySummary {
 
 /**
  * Held-out membership is a pure function of the document's normalised text, so a document lands on
- * the same side in every run and retry, and near-identical copies cannot straddle train and held-out.
+ * the same side in every run and retry. Exact and near-duplicate removal run before the split, so no
+ * copy of a held-out document (verbatim or lightly edited) is left in train to flatter its perplexity.
  */
 function isHeldout(doc: DatasetDoc, fraction: number): boolean {
   const h = sha256Hex(normalizeForDedup(docText(doc)));
@@ -32,7 +33,10 @@ function splitHeldout(docs: DatasetDoc[], fraction: number): { train: DatasetDoc
   return { train, heldout };
 }
 
-/** quality: de-duplicate, filter, redact PII, split held-out sets; fail clearly when too little survives. */
+/**
+ * quality: filter, redact PII, remove exact and near-duplicates, then split held-out sets; fail
+ * clearly when too little survives. Counts per reason land in summary.perRole[role].removed.
+ */
 export function qualityActivities({ pool, store }: ActivityDeps) {
   return {
     async qualityFilter(input: { runId: string; spec: RunSpec; raw: DatasetRef[] }): Promise<{
@@ -46,13 +50,15 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       for (const raw of input.raw) {
         Context.current().heartbeat({ role: raw.role });
         const docs = await readDataset(store, raw);
-        const { kept, report } = cleanDocuments(docs, {
+        // Paced, so the heartbeat timer of this activity keeps running on a large corpus.
+        const { kept, report } = await cleanDocumentsPaced(docs, {
           minChars: spec.quality.minChars,
           maxChars: spec.quality.maxChars,
           maxRepetitionRatio: spec.quality.maxRepetitionRatio,
           maxSymbolRatio: spec.quality.maxSymbolRatio,
           redactPii: spec.quality.redactPii,
-        });
+          nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
+        }, { onProgress: () => Context.current().heartbeat({ role: raw.role }) });
         if (kept.length < spec.quality.minDocs) {
           const reasons = Object.entries(report.removed)
             .filter(([, n]) => n > 0)

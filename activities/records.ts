@@ -8,11 +8,29 @@ import type { ActivityDeps } from './context';
 /** Activities that write the run's own records: the run row, transitions and approval decisions. */
 export function recordActivities({ pool }: ActivityDeps) {
   return {
-    async registerRun(input: { runId: string; workflowId: string; spec: RunSpec; initiator: string }): Promise<void> {
-      await records.insertRun(pool, {
+    /**
+     * The run's row, written once per run id. Returns where the deploy alias pointed when the run
+     * started: the deploy moves it only if it still points there.
+     */
+    async registerRun(input: {
+      runId: string;
+      workflowId: string;
+      executionId?: string;
+      spec: RunSpec;
+      initiator: string;
+    }): Promise<{ aliasAtStart: string | null }> {
+      const registered = await records.insertRun(pool, {
         ...input,
         specSha256: sha256Hex(JSON.stringify(input.spec)),
+        deployAlias: input.spec.deploy.alias,
       });
+      if (!registered.fresh && input.executionId && registered.executionId !== input.executionId) {
+        throw ApplicationFailure.nonRetryable(
+          `run id ${input.runId} already belongs to another run; start this one under a new id`,
+          'RunIdTaken',
+        );
+      }
+      return { aliasAtStart: registered.aliasAtStart };
     },
 
     async recordTransition(input: {
@@ -23,6 +41,7 @@ export function recordActivities({ pool }: ActivityDeps) {
       state?: RunState;
       actor: string;
       details: Record<string, unknown>;
+      snapshot?: { metrics: Record<string, unknown>; stageSeconds: Record<string, number | undefined> };
     }): Promise<void> {
       await records.recordTransition(pool, input);
     },

@@ -1,18 +1,38 @@
 import { ApplicationFailure } from '@temporalio/common';
+import type { PoolClient } from 'pg';
 import { withTransaction } from '../db/pool';
-import { createModelVersion, findModelVersion, moveAlias, recordTransition } from '../db/records';
-import type { ArtifactRef, DatasetRef, DeployResult, ForgettingReport, InstructSummary } from '../schemas/pipeline';
+import { AliasMovedError, createModelVersion, findModelVersion, moveAlias, recordTransition } from '../db/records';
+import type { ArtifactRef, DatasetRef, DeployResult, FinalCheckReport, ForgettingReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
 
 export type VersionedModel = ArtifactRef & { versionId: string };
 
+/** Where a run starts, and what its final check compares against. */
+export interface ResolvedBase extends VersionedModel {
+  /** The version the ref named (e.g. what `production` points at); the start may be the adapted model behind it. */
+  resolvedVersionId: string;
+  line: 'pretrained' | 'deployed';
+}
+
 /** The model registry: resolving base models, registering versions, moving aliases. */
 export function registryActivities({ pool, store }: ActivityDeps) {
   return {
-    async resolveBaseModel(input: { ref: string }): Promise<VersionedModel | null> {
-      const version = await findModelVersion(pool, input.ref);
-      if (!version) return null;
+    /**
+     * The model a run starts from. With `line: 'pretrained'` (runs since the two-line registry) a
+     * served version that was instruction-tuned from an adapted one resolves to that adapted
+     * version, so DACP is never stacked on a chat model by accident; a version with none behind it
+     * (bootstrapped, imported) is its own start. Runs from before pass no line and start from the
+     * version itself, as they did.
+     */
+    async resolveBaseModel(input: { ref: string; line?: 'pretrained' | 'deployed' }): Promise<ResolvedBase | VersionedModel | null> {
+      const named = await findModelVersion(pool, input.ref);
+      if (!named) return null;
+      const adaptedId = typeof named.lineage.adaptedVersionId === 'string' ? named.lineage.adaptedVersionId : null;
+      const version = input.line === 'pretrained' && adaptedId ? await findModelVersion(pool, adaptedId) : named;
+      if (!version) {
+        throw ApplicationFailure.nonRetryable(`model ${named.versionId} names adapted version ${adaptedId}, which is not in the registry`, 'ModelMissing');
+      }
       const ref = { uri: version.uri, sha256: version.sha256 };
       if (!(await store.verify(ref))) {
         throw ApplicationFailure.nonRetryable(
@@ -21,7 +41,16 @@ export function registryActivities({ pool, store }: ActivityDeps) {
         );
       }
       const bytes = (await store.get(ref)).length;
-      return { ...ref, bytes, versionId: version.versionId };
+      const start = { ...ref, bytes, versionId: version.versionId };
+      return input.line ? { ...start, resolvedVersionId: named.versionId, line: input.line } : start;
+    },
+
+    /** The model the final check compares a candidate against: what the deploy alias serves now, if anything. */
+    async resolveReference(input: { alias: string; aliasAtStart?: string | null }): Promise<(VersionedModel & { kind: 'production' }) | null> {
+      const ref = input.aliasAtStart ?? input.alias;
+      const version = await findModelVersion(pool, ref);
+      if (!version) return null;
+      return { uri: version.uri, sha256: version.sha256, bytes: 0, versionId: version.versionId, kind: 'production' };
     },
 
     async registerBaseModel(input: { runId: string; spec: RunSpec; model: ArtifactRef; corpus: DatasetRef }): Promise<VersionedModel> {
@@ -43,11 +72,20 @@ export function registryActivities({ pool, store }: ActivityDeps) {
       return { ...input.model, versionId };
     },
 
-    /** deploy: an immutable version with lineage, and the alias moved in the same transaction. */
+    /**
+     * deploy: an immutable version with lineage, and the alias moved in the same transaction, only
+     * if it still points where it pointed when the run started (`aliasAtStart`; undefined for runs
+     * from before, which move it unconditionally). Otherwise the version stays registered for a
+     * later promote and the run fails with AliasMoved, naming both versions.
+     */
     async deployModel(input: {
       runId: string;
       spec: RunSpec;
+      aliasAtStart?: string | null;
       model: ArtifactRef;
+      /** The continually pretrained model the served one was tuned from; registered as its own version. Absent for runs from before. */
+      adaptedModel?: ArtifactRef;
+      finalCheck?: FinalCheckReport;
       baseModel: VersionedModel;
       datasets: DatasetRef[];
       forgetting: ForgettingReport;
@@ -57,22 +95,63 @@ export function registryActivities({ pool, store }: ActivityDeps) {
         throw ApplicationFailure.nonRetryable(`model ${input.model.uri} failed verification; nothing was deployed`, 'ArtifactCorrupted');
       }
       const alias = input.spec.deploy.alias;
-      const result = await withTransaction(pool, async (client) => {
+      const datasets = input.datasets.map((d) => ({ role: d.role, split: d.split, sha256: d.sha256, docs: d.docs }));
+      /**
+       * Two linked immutable versions: the adapted (continually pretrained) model, child of the
+       * base, and the tuned model that serves, child of the adapted one. The next run continues
+       * pretraining from the adapted line. Runs from before register the tuned model alone.
+       */
+      const register = async (client: PoolClient): Promise<{ versionId: string; adaptedVersionId?: string }> => {
+        const adaptedVersionId = input.adaptedModel
+          ? await createModelVersion(client, {
+              name: `${input.spec.name}-adapted`,
+              parentVersionId: input.baseModel.versionId,
+              runId: input.runId,
+              model: input.adaptedModel,
+              lineage: { kind: 'adapted', runId: input.runId, base: { versionId: input.baseModel.versionId, sha256: input.baseModel.sha256 }, datasets },
+              metrics: { forgetting: input.forgetting },
+            })
+          : undefined;
         const versionId = await createModelVersion(client, {
           name: input.spec.name,
-          parentVersionId: input.baseModel.versionId,
+          parentVersionId: adaptedVersionId ?? input.baseModel.versionId,
           runId: input.runId,
           model: input.model,
           lineage: {
+            ...(adaptedVersionId ? { kind: 'tuned', adaptedVersionId } : {}),
             runId: input.runId,
             base: { versionId: input.baseModel.versionId, sha256: input.baseModel.sha256 },
-            datasets: input.datasets.map((d) => ({ role: d.role, split: d.split, sha256: d.sha256, docs: d.docs })),
+            datasets,
           },
-          metrics: { forgetting: input.forgetting, instruct: input.instruct },
+          metrics: { forgetting: input.forgetting, instruct: input.instruct, ...(input.finalCheck ? { finalCheck: input.finalCheck } : {}) },
         });
-        const moved = await moveAlias(client, { runId: input.runId, alias, versionId });
-        return { versionId, alias, ...moved };
-      });
+        return { versionId, ...(adaptedVersionId ? { adaptedVersionId } : {}) };
+      };
+      let result: DeployResult;
+      try {
+        result = await withTransaction(pool, async (client) => {
+          const versions = await register(client);
+          const moved = await moveAlias(client, { runId: input.runId, alias, versionId: versions.versionId, expectedTarget: input.aliasAtStart });
+          return { ...versions, alias, ...moved };
+        });
+      } catch (err) {
+        if (!(err instanceof AliasMovedError)) throw err;
+        // Keep the candidate: registered, unaliased, ready for `dacp models promote`.
+        const { versionId } = await withTransaction(pool, register);
+        await recordTransition(pool, {
+          runId: input.runId,
+          key: `${input.runId}:alias_moved:${alias}`,
+          event: 'alias_moved',
+          stage: 'deploy',
+          actor: 'dacp',
+          details: { alias, expected: err.expected, actual: err.actual, versionId },
+        });
+        throw ApplicationFailure.nonRetryable(
+          `${err.message}; ${alias} was left as it is. ${versionId} is registered; promote it if it should serve`,
+          'AliasMoved',
+          { alias, expected: err.expected, actual: err.actual, versionId },
+        );
+      }
       await recordTransition(pool, {
         runId: input.runId,
         key: `${input.runId}:deployed:${alias}`,

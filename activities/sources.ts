@@ -2,7 +2,8 @@
  * Reading one run source into documents: files and globs (plain text, Markdown, JSON lines) or a
  * read-only Postgres query. Called from the collect activity; every expected failure is a
  * non-retryable ApplicationFailure with a type name and a one-line message that says what to fix.
- * The caller prefixes messages with the source's index.
+ * The caller prefixes messages with the source's index. Messages name files, lines, columns and
+ * fields but never quote document text: they land in workflow history, logs and the run record.
  */
 import { promises as fs, type Dirent } from 'node:fs';
 import path from 'node:path';
@@ -91,6 +92,31 @@ async function ensureInsideRoots(file: string, shown: string, roots: string[]): 
   }
 }
 
+async function ensureExists(entry: string, absolute: string, baseDir: string): Promise<void> {
+  try {
+    await fs.stat(absolute);
+  } catch (err) {
+    if (errorCode(err) === 'ENOENT' || errorCode(err) === 'ENOTDIR') {
+      fail('SourceNotFound', `${entry}: no such file (resolved to ${absolute}); check the path, which is relative to ${baseDir}`);
+    }
+    fail('SourceUnreadable', `${entry}: cannot access (${errorCode(err) ?? describe(err)}); check its permissions`);
+  }
+}
+
+/**
+ * One file the spec names outside `sources` (an evaluation set), read under the same rules as a
+ * file source: resolved against baseDir, refused outside the allowed roots, size-limited, UTF-8.
+ * A set is one file, so the path is taken literally, never as a glob.
+ */
+export async function readNamedFile(entry: string, o: ReadSourceOptions): Promise<{ text: string; shown: string }> {
+  const roots = o.allowedRoots ? await Promise.all(o.allowedRoots.map((r) => realOrResolved(path.resolve(o.baseDir, r)))) : undefined;
+  const absolute = path.resolve(o.baseDir, entry);
+  await ensureExists(entry, absolute, o.baseDir);
+  const shown = displayPath(absolute, o.baseDir);
+  if (roots) await ensureInsideRoots(absolute, shown, roots);
+  return { text: await readUtf8(absolute, shown, o.maxFileBytes ?? defaultMaxFileBytes), shown };
+}
+
 const globChars = /[*?]/;
 
 /** A literal path, or a glob (`*`, `?`, `**`) expanded by walking below its literal prefix. */
@@ -99,14 +125,7 @@ async function expandPath(entry: string, baseDir: string, roots: string[] | unde
   const segments = absolute.split(path.sep);
   const firstGlob = segments.findIndex((s) => globChars.test(s));
   if (firstGlob === -1) {
-    try {
-      await fs.stat(absolute);
-    } catch (err) {
-      if (errorCode(err) === 'ENOENT' || errorCode(err) === 'ENOTDIR') {
-        fail('SourceNotFound', `${entry}: no such file (resolved to ${absolute}); check the path, which is relative to ${baseDir}`);
-      }
-      fail('SourceUnreadable', `${entry}: cannot access (${errorCode(err) ?? describe(err)}); check its permissions`);
-    }
+    await ensureExists(entry, absolute, baseDir);
     return [absolute];
   }
   const prefix = segments.slice(0, firstGlob).join(path.sep) || path.sep;
@@ -216,7 +235,8 @@ function parseJsonl(text: string, shown: string, source: FileSource): SourceDoc[
     try {
       record = JSON.parse(line);
     } catch (err) {
-      fail('SourceInvalid', `${where}: invalid JSON (${describe(err)}); each line must be one JSON object`);
+      const column = lines[i].length - lines[i].trimStart().length;
+      fail('SourceInvalid', `${where}: invalid JSON (${jsonProblem(err, column)}); each line must be one JSON object with its strings double-quoted and escaped — fix that line or remove it`);
     }
     if (typeof record !== 'object' || record === null || Array.isArray(record)) {
       fail('SourceInvalid', `${where}: expected a JSON object per line, got ${Array.isArray(record) ? 'an array' : typeof record}`);
@@ -236,6 +256,19 @@ function parseJsonl(text: string, shown: string, source: FileSource): SourceDoc[
     }
   }
   return docs;
+}
+
+/**
+ * What is wrong with a JSON line, without its text: V8's SyntaxError messages quote the offending
+ * part of the line ("Unexpected token 'p', "planted se"... is not valid JSON"), and a line is a
+ * document that may hold secrets. Keeps only V8's grammar phrases and the column they point at.
+ */
+export function jsonProblem(err: unknown, leadingSpaces = 0): string {
+  const message = err instanceof Error ? err.message : '';
+  const position = /\bat position (\d+)/.exec(message);
+  const where = position ? ` at column ${Number(position[1]) + leadingSpaces + 1}` : '';
+  const grammar = /^(Unexpected end of JSON input|Unterminated string|Bad control character in string literal|Bad escaped character|Expected [^"]*?|Unexpected non-whitespace character after JSON|Exponent part is missing a number|No number after minus sign|Unterminated fractional number)(?= in JSON|$)/.exec(message);
+  return `${grammar ? grammar[1].replace(/^\w/, (c) => c.toLowerCase()) : 'unexpected character'}${where}`;
 }
 
 // ---------------------------------------------------------------- postgres
@@ -272,7 +305,7 @@ async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> 
     const query: QueryConfig & { queryMode: 'extended' } = { text: source.query, queryMode: 'extended' };
     result = await client.query<Record<string, unknown>>(query);
   } catch (err) {
-    fail('SourceQueryFailed', `query failed: ${scrub(describe(err))}; fix the query (it runs in a read-only transaction and must be a single SELECT)`);
+    fail('SourceQueryFailed', `query failed: ${scrub(queryProblem(err))}; fix the query (it runs in a read-only transaction and must be a single SELECT)`);
   } finally {
     await client.query('ROLLBACK').catch(() => undefined);
     await client.end().catch(() => undefined);
@@ -297,6 +330,69 @@ async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> 
     }
     return { text: column(row, i, source.textColumn ?? 'text', 'textColumn'), origin };
   });
+}
+
+/**
+ * SQLSTATE classes whose messages name only the query's own text and the schema's identifiers
+ * (syntax, unknown table or column, permissions, read-only transaction, cancellation), never row
+ * values. Everything else, data exceptions (22) and constraint (23) errors above all, can quote a
+ * value from the data, e.g. `invalid input syntax for type integer: "<the document's text>"`.
+ */
+const sqlstateClassesWithoutValues = new Set(['08', '0A', '25', '28', '3D', '3F', '42', '53', '57']);
+
+/** Names of the conditions a source query commonly meets on bad data (PostgreSQL's appendix A). */
+const sqlstateConditions: Record<string, string> = {
+  '22001': 'string_data_right_truncation',
+  '22003': 'numeric_value_out_of_range',
+  '22007': 'invalid_datetime_format',
+  '22008': 'datetime_field_overflow',
+  '22012': 'division_by_zero',
+  '22021': 'character_not_in_repertoire',
+  '22023': 'invalid_parameter_value',
+  '22P02': 'invalid_text_representation',
+  '22P05': 'untranslatable_character',
+  '21000': 'cardinality_violation',
+  'P0001': 'raise_exception',
+};
+
+const sqlstateClassNames: Record<string, string> = {
+  '21': 'cardinality violation',
+  '22': 'data exception',
+  '23': 'integrity constraint violation',
+  '2F': 'SQL routine exception',
+  '38': 'external routine exception',
+  '39': 'external routine invocation exception',
+  '40': 'transaction rollback',
+  '54': 'program limit exceeded',
+  '55': 'object not in prerequisite state',
+  '58': 'system error',
+  'HV': 'foreign data wrapper error',
+  'P0': 'PL/pgSQL error',
+  'XX': 'internal error',
+};
+
+/**
+ * A failed query, described without row values: the database's own message where its class cannot
+ * quote data, else the SQLSTATE, its name and the identifiers the server names (column, type, table).
+ */
+export function queryProblem(err: unknown): string {
+  const code = errorCode(err);
+  if (code === undefined || !/^[0-9A-Z]{5}$/.test(code)) return describe(err); // the driver's own error, not the server's
+  if (sqlstateClassesWithoutValues.has(code.slice(0, 2))) return describe(err);
+  const fields = err as { position?: unknown; column?: unknown; dataType?: unknown; table?: unknown };
+  const named = [
+    typeof fields.position === 'string' ? `at character ${fields.position} of the query` : '',
+    typeof fields.table === 'string' ? `table "${fields.table}"` : '',
+    typeof fields.column === 'string' ? `column "${fields.column}"` : '',
+    typeof fields.dataType === 'string' ? `type ${fields.dataType}` : '',
+  ].filter((part) => part !== '');
+  const condition = sqlstateConditions[code] ?? sqlstateClassNames[code.slice(0, 2)] ?? 'database error';
+  const onData = code.startsWith('22') || code.startsWith('23');
+  return (
+    `SQLSTATE ${code} (${condition})${named.length ? ` ${named.join(', ')}` : ''}: ` +
+    `${onData ? 'a value in the data broke a cast, function or constraint' : 'the server stopped the query'} ` +
+    "(the server's message is withheld because it can quote values from the data; run the query in psql to read it)"
+  );
 }
 
 /** Removes the connection URL and its password from a message, in case a driver echoes them. */

@@ -1,4 +1,5 @@
-import { formatInstructionPrompt, mixedLmBatches, sftBatches } from '../ml/mixing';
+import { ApplicationFailure } from '@temporalio/common';
+import { mixedLmBatches, sftBatches } from '../ml/mixing';
 import { GPT, type ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
 import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
@@ -9,7 +10,7 @@ import { trainBuiltin, type EngineOutcome } from './builtinEngine';
 import type { TrainingStage } from './checkpoints';
 import { trainWithCommand, type TrainingData } from './commandEngine';
 import type { ActivityDeps } from './context';
-import { readDataset, type PairDoc, type TextDoc } from './datasets';
+import { readDataset, sftExamplesOf, tokenStreamOf, type TextDoc } from './datasets';
 import { TrainingSession } from './trainingSession';
 
 export type { TrainingHeartbeat } from './checkpoints';
@@ -27,20 +28,6 @@ function trainSettings(s: TrainingSettings, seedOffset = 0): TrainSettings {
   };
 }
 
-/** Documents → one token stream, each document closed by the end-of-text token. */
-function tokenStream(tokenizer: Tokenizer, docs: TextDoc[]): number[] {
-  const out: number[] = [];
-  for (const doc of docs) {
-    for (const id of tokenizer.encode(doc.text)) out.push(id);
-    out.push(tokenizer.eosId);
-  }
-  return out;
-}
-
-function sftExamples(tokenizer: Tokenizer, pairs: PairDoc[]) {
-  return pairs.map((p) => ({ prompt: tokenizer.encode(formatInstructionPrompt(p.prompt)), response: tokenizer.encode(p.response) }));
-}
-
 interface StageJob {
   runId: string;
   stage: TrainingStage;
@@ -52,8 +39,28 @@ interface StageJob {
   /** The model to start from; null for bootstrap (fresh weights with `config` and `tokenizer`). */
   initModel: ArtifactRef | null;
   /** For bootstrap: the shape and the tokenizer trained on its corpus. */
-  fresh?: { config: Omit<ModelConfig, 'vocabSize'>; tokenizer: () => Promise<Tokenizer> };
-  data: (tokenizer: Tokenizer) => Promise<TrainingData>;
+  fresh?: { config: Omit<ModelConfig, 'vocabSize'>; tokenizer: (heartbeat: () => void) => Promise<Tokenizer> };
+  /** The stage's data as ids; it calls `heartbeat` between slices of tokenizing. */
+  data: (tokenizer: Tokenizer, heartbeat: () => void) => Promise<TrainingData>;
+}
+
+/**
+ * Where a stage starts: the base model's weights and tokenizer, or (bootstrap) fresh weights and a
+ * tokenizer trained now. Called only once the attempt has begun (and knows where it resumes), so a
+ * built-in attempt that resumes from a checkpoint loads nothing and trains no tokenizer.
+ */
+async function startingPoint(
+  deps: ActivityDeps,
+  job: StageJob,
+  heartbeat: () => void,
+): Promise<{ model: GPT | null; tokenizer: Tokenizer; config: ModelConfig }> {
+  if (job.initModel) {
+    const base = deserializeModel(await deps.store.get(job.initModel));
+    return { model: base.model, tokenizer: base.tokenizer, config: base.model.config };
+  }
+  if (!job.fresh) throw new Error(`${job.stage} training has neither a model to start from nor a fresh shape`);
+  const tokenizer = await job.fresh.tokenizer(heartbeat);
+  return { model: null, tokenizer, config: { vocabSize: tokenizer.vocabSize, ...job.fresh.config } };
 }
 
 /** One training stage on the spec's engine, durable through the shared session. */
@@ -66,45 +73,55 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
     totalSteps: job.settings.totalSteps,
     retention: job.spec.checkpoints,
   });
-  const modelMeta = { runId: job.runId, stage: job.stage };
-  const base = job.initModel ? deserializeModel(await deps.store.get(job.initModel)) : null;
+  // Reading, tokenizing and training a tokenizer are long synchronous work: they pause to heartbeat.
+  const heartbeat = () => session.heartbeat();
   let outcome: EngineOutcome;
-  let baseHandedToTrainer = false;
+  // Between the paced steps too (reading datasets and models, loading cached tokens), a timer keeps
+  // the attempt's heartbeat going; the SDK throttles what reaches the server.
+  const keepAlive = setInterval(heartbeat, Math.max(200, Math.min(5_000, job.spec.heartbeatTimeout / 4)));
   try {
-    const tokenizer = base ? base.tokenizer : await job.fresh!.tokenizer();
-    const config: ModelConfig = base ? base.model.config : { vocabSize: tokenizer.vocabSize, ...job.fresh!.config };
     if (job.spec.engine.kind === 'command') {
       outcome = await trainWithCommand(deps, session, {
         engine: job.spec.engine,
         baseDir: job.baseDir,
         initModel: job.initModel,
-        modelConfig: config,
-        tokenizer: tokenizer.toJSON(),
-        data: await job.data(tokenizer),
         settings: job.settings,
         checkpointEvery: job.checkpointEvery,
+        prepare: async () => {
+          const start = await startingPoint(deps, job, heartbeat);
+          // The trainer loads the weights itself; only the config and the tokenizer are needed here.
+          start.model?.dispose();
+          return { modelConfig: start.config, tokenizer: start.tokenizer.toJSON(), data: await job.data(start.tokenizer, heartbeat) };
+        },
       });
     } else {
       outcome = await trainBuiltin(deps, session, {
         checkpointEvery: job.checkpointEvery,
-        modelMeta,
+        modelMeta: { runId: job.runId, stage: job.stage },
         start: async () => {
-          baseHandedToTrainer = base !== null;
-          return Trainer.create(base ? base.model : GPT.create(config, job.settings.seed), tokenizer, job.settings);
+          const start = await startingPoint(deps, job, heartbeat);
+          try {
+            // The trainer owns (and disposes) the weights it is given.
+            return Trainer.create(start.model ?? GPT.create(start.config, job.settings.seed), start.tokenizer, job.settings);
+          } catch (err) {
+            start.model?.dispose();
+            throw err;
+          }
         },
         batches: async (trainer) => {
-          const data = await job.data(trainer.tokenizer);
+          const data = await job.data(trainer.tokenizer, heartbeat);
           const contextLength = trainer.model.config.contextLength;
           const { batchSize, seed } = job.settings;
           return data.kind === 'lm'
             ? mixedLmBatches({ domain: data.domain, replay: data.replay, replayRatio: data.replayRatio, batchSize, contextLength, seed })
-            : sftBatches({ examples: data.examples, batchSize, contextLength, seed, padId: data.padId, eosId: data.eosId });
+            : sftBatches({
+              examples: data.examples, batchSize, contextLength, seed, padId: data.padId, eosId: data.eosId, replay: data.replay, replayRatio: data.replayRatio,
+            });
         },
       });
     }
   } finally {
-    // A trainer started from the base model owns (and disposes) its weights; otherwise they are ours.
-    if (base && !baseHandedToTrainer) base.model.dispose();
+    clearInterval(keepAlive);
   }
   return {
     model: outcome.model,
@@ -118,6 +135,36 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
   };
 }
 
+export interface InstructionTuneInput {
+  runId: string;
+  spec: RunSpec;
+  baseDir: string;
+  model: ArtifactRef;
+  pairs: DatasetRef;
+  /** General text mixed into every batch as LM rows: the run's replay train set. */
+  replay?: DatasetRef;
+  /** Share of each batch's rows that are replay text, in [0, 1); absent is 0 (pure SFT). */
+  replayRatio?: number;
+  /** Which tuning of the run (a final-check retry tunes again, with more replay); absent is 0. */
+  round?: number;
+}
+
+/** A ratio the batches cannot honour fails the activity once, naming the input to fix. */
+function checkInstructReplay(replay: DatasetRef | undefined, replayRatio: number): void {
+  if (!(replayRatio >= 0 && replayRatio < 1)) {
+    throw ApplicationFailure.nonRetryable(
+      `instructionTune: replayRatio must be in [0, 1) so every batch keeps instruction pairs, got ${replayRatio}; fix instruct.replayRatio in the spec`,
+      'InstructReplayInvalid',
+    );
+  }
+  if (replayRatio > 0 && replay === undefined) {
+    throw ApplicationFailure.nonRetryable(
+      `instructionTune: replayRatio is ${replayRatio} but no replay dataset was given; pass replay (the run's replay train set) or replayRatio 0`,
+      'InstructReplayInvalid',
+    );
+  }
+}
+
 /** Training activities; they run on the `dacp-gpu` task queue. */
 export function trainingActivities(deps: ActivityDeps) {
   const { store } = deps;
@@ -126,8 +173,12 @@ export function trainingActivities(deps: ActivityDeps) {
     /** Train a tiny base model (and its tokenizer) from scratch on general text, for a registry that has none. */
     async bootstrapBaseModel(input: { runId: string; spec: RunSpec; baseDir: string; corpus: DatasetRef }): Promise<TrainingResult> {
       const { spec } = input;
-      const texts = async () => (await readDataset<TextDoc>(store, input.corpus)).map((d) => d.text);
       const tokenizerSpec = spec.baseModel.tokenizer;
+      const trainTokenizer = async (heartbeat: () => void): Promise<Tokenizer> => {
+        if (tokenizerSpec.kind !== 'bpe') return new ByteTokenizer();
+        const texts = (await readDataset<TextDoc>(store, input.corpus)).map((d) => d.text);
+        return BpeTokenizer.trainAsync(texts, { vocabSize: tokenizerSpec.vocabSize, onProgress: heartbeat });
+      };
       return trainStage(deps, {
         runId: input.runId,
         stage: 'bootstrap',
@@ -137,15 +188,11 @@ export function trainingActivities(deps: ActivityDeps) {
         settings: trainSettings(spec.baseModel.bootstrap),
         checkpointEvery: spec.baseModel.bootstrap.checkpointEvery,
         initModel: null,
-        fresh: {
-          config: spec.baseModel.shape,
-          tokenizer: async () =>
-            tokenizerSpec.kind === 'bpe' ? BpeTokenizer.train(await texts(), { vocabSize: tokenizerSpec.vocabSize }) : new ByteTokenizer(),
-        },
-        data: async (tokenizer) => ({
+        fresh: { config: spec.baseModel.shape, tokenizer: trainTokenizer },
+        data: async (tokenizer, heartbeat) => ({
           kind: 'lm',
           domain: [],
-          replay: tokenStream(tokenizer, await readDataset<TextDoc>(store, input.corpus)),
+          replay: await tokenStreamOf(deps, tokenizer, input.corpus, { onProgress: heartbeat }),
           replayRatio: 1,
         }),
       });
@@ -171,31 +218,41 @@ export function trainingActivities(deps: ActivityDeps) {
         settings: trainSettings(input.spec.dacp, input.round),
         checkpointEvery: input.spec.dacp.checkpointEvery,
         initModel: input.baseModel,
-        data: async (tokenizer) => ({
+        data: async (tokenizer, heartbeat) => ({
           kind: 'lm',
-          domain: tokenStream(tokenizer, await readDataset<TextDoc>(store, input.domain)),
-          replay: tokenStream(tokenizer, await readDataset<TextDoc>(store, input.replay)),
+          domain: await tokenStreamOf(deps, tokenizer, input.domain, { onProgress: heartbeat }),
+          replay: await tokenStreamOf(deps, tokenizer, input.replay, { onProgress: heartbeat }),
           replayRatio: input.replayRatio,
         }),
       });
     },
 
-    /** instruct: supervised fine-tuning on prompt/response pairs, loss on the responses only. */
-    async instructionTune(input: { runId: string; spec: RunSpec; baseDir: string; model: ArtifactRef; pairs: DatasetRef }): Promise<TrainingResult> {
+    /**
+     * instruct: supervised fine-tuning on prompt/response pairs, loss on the responses only, with
+     * `replayRatio` of each batch general (replay) text trained as plain language modelling.
+     */
+    async instructionTune(input: InstructionTuneInput): Promise<TrainingResult> {
+      // Absent means 0: a run begun before replay existed resumes with exactly its old batches.
+      const replayRatio = input.replayRatio ?? 0;
+      checkInstructReplay(input.replay, replayRatio);
       return trainStage(deps, {
         runId: input.runId,
         stage: 'instruct',
-        round: 0,
+        round: input.round ?? 0,
         spec: input.spec,
         baseDir: input.baseDir,
-        settings: trainSettings(input.spec.instruct),
+        // A retry after a failed final check is a new tuning from the same model: a new seed offset too.
+        settings: trainSettings(input.spec.instruct, input.round ?? 0),
         checkpointEvery: input.spec.instruct.checkpointEvery,
         initModel: input.model,
-        data: async (tokenizer) => ({
+        data: async (tokenizer, heartbeat) => ({
           kind: 'sft',
-          examples: sftExamples(tokenizer, await readDataset<PairDoc>(store, input.pairs)),
+          examples: await sftExamplesOf(deps, tokenizer, input.pairs, { onProgress: heartbeat }),
           padId: tokenizer.padId,
           eosId: tokenizer.eosId,
+          // Read (from the token cache, which the dacp stage filled) only when batches use it.
+          replay: input.replay && replayRatio > 0 ? await tokenStreamOf(deps, tokenizer, input.replay, { onProgress: heartbeat }) : [],
+          replayRatio,
         }),
       });
     },

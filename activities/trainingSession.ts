@@ -1,12 +1,9 @@
 import { Context, log } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { insertCheckpoint, insertMetrics, recordTransition } from '../db/records';
-import type { ArtifactRef, TrainingProgress } from '../schemas/pipeline';
-import { trainingProgressSignal } from '../workflows/messages';
+import type { ArtifactRef } from '../schemas/pipeline';
 import { findResumePoint, pruneCheckpoints, type ResumePoint, type TrainingHeartbeat, type TrainingStage } from './checkpoints';
 import type { ActivityDeps } from './context';
-
-const SIGNAL_INTERVAL_MS = 2_000;
 
 export interface SessionJob {
   runId: string;
@@ -18,8 +15,12 @@ export interface SessionJob {
 
 /**
  * What every training attempt does around its engine: find the newest valid checkpoint, heartbeat
- * `{step, checkpointUri, sha256}`, store checkpoints (content-addressed, recorded, pruned), report
- * live progress and warnings to the workflow, and notice cancellation or a stopping worker.
+ * `{step, checkpointUri, sha256}` plus live progress (loss, totalSteps, warnings), store checkpoints
+ * (content-addressed, recorded, pruned), and notice cancellation or a stopping worker.
+ *
+ * Progress never goes through the workflow's history: heartbeats add no events, and `dacp run
+ * status` reads them from the pending activity (`describe()`) and the metrics rows in Postgres. A
+ * run that trains for days keeps a history the size of its stages.
  */
 export class TrainingSession {
   readonly ctx = Context.current();
@@ -32,7 +33,6 @@ export class TrainingSession {
   private lastCheckpointStep: number | null = null;
   lastLoss: number | null = null;
   private readonly warnings: string[] = [];
-  private lastSignalAt = 0;
   private readonly pendingMetrics: { step: number; name: string; value: number }[] = [];
 
   constructor(
@@ -60,7 +60,15 @@ export class TrainingSession {
       event: 'training_attempt',
       stage: this.job.stage === 'instruct' ? 'instruct' : 'dacp',
       actor: 'dacp',
-      details: { trainingStage: this.job.stage, round: this.job.round, attempt: this.attempt, backend, resumedFromStep: this.resumedFromStep },
+      details: {
+        trainingStage: this.job.stage,
+        round: this.job.round,
+        attempt: this.attempt,
+        backend,
+        resumedFromStep: this.resumedFromStep,
+        totalSteps: this.job.totalSteps,
+        warnings: this.warnings,
+      },
     });
     return point;
   }
@@ -74,6 +82,10 @@ export class TrainingSession {
       checkpointStep: this.lastCheckpointStep,
       checkpointUri: this.lastCheckpoint?.uri ?? null,
       sha256: this.lastCheckpoint?.sha256 ?? null,
+      totalSteps: this.job.totalSteps,
+      loss: this.lastLoss,
+      resumedFromStep: this.resumedFromStep,
+      warnings: this.warnings,
     } satisfies TrainingHeartbeat);
   }
 
@@ -82,7 +94,6 @@ export class TrainingSession {
     this.pendingMetrics.push({ step, name: 'loss', value: loss });
     for (const [name, value] of Object.entries(extra)) this.pendingMetrics.push({ step, name, value });
     this.heartbeat(step);
-    await this.signal(step);
   }
 
   /** Store a checkpoint, record it, heartbeat it, prune old ones. */
@@ -94,7 +105,6 @@ export class TrainingSession {
     this.heartbeat(step);
     await insertMetrics(this.deps.pool, this.job.runId, this.job.stage, this.job.round, this.pendingMetrics.splice(0));
     await pruneCheckpoints(this.deps, this.job, this.job.retention);
-    await this.signal(step, true);
     return ref;
   }
 
@@ -108,26 +118,5 @@ export class TrainingSession {
     if (this.ctx.cancellationSignal.aborted) return new CancelledFailure(`training cancelled at step ${step}; the last checkpoint is kept`);
     // The worker is stopping: the next attempt, on another worker, resumes from the checkpoint just written.
     return ApplicationFailure.retryable(`worker stopping; training checkpointed at step ${step} and resumes on the next worker`, 'WorkerStopping');
-  }
-
-  async signal(step: number, force = false): Promise<void> {
-    const workflowId = this.ctx.info.workflowExecution?.workflowId;
-    if (!this.deps.client || !workflowId || (!force && Date.now() - this.lastSignalAt < SIGNAL_INTERVAL_MS)) return;
-    this.lastSignalAt = Date.now();
-    const progress: TrainingProgress = {
-      stage: this.job.stage,
-      step,
-      totalSteps: this.job.totalSteps,
-      loss: this.lastLoss,
-      attempt: this.attempt,
-      resumedFromStep: this.resumedFromStep,
-      warnings: this.warnings,
-    };
-    try {
-      await this.deps.client.workflow.getHandle(workflowId).signal(trainingProgressSignal, progress);
-    } catch (err) {
-      // Progress is informative only; training must not fail because a signal could not be sent.
-      log.warn('could not signal training progress', { error: String(err) });
-    }
   }
 }

@@ -50,7 +50,8 @@ export async function exportAudit(client: Client, pool: Pool, runId: string): Pr
         ),
       );
     } catch (err) {
-      if (err instanceof WorkflowNotFoundError) {
+      // fetchHistory reports a missing workflow as a bare gRPC NOT_FOUND (code 5), not WorkflowNotFoundError.
+      if (err instanceof WorkflowNotFoundError || (err as { code?: number }).code === 5) {
         if (workflowId === runId) throw new InputError(`no run with id ${runId}; see \`dacp run list\``);
         continue; // the run never reached its approval gate
       }

@@ -1,5 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { generateDemoChoiceSets } from '../data/demoChoices';
 import { generateDemoCorpus } from '../ml/demoCorpus';
 import { ArtifactStore } from '../activities/artifacts';
 import type { InstructReport, PipelineResult, RunStatus } from '../schemas/pipeline';
@@ -7,6 +8,7 @@ import { InputError, type RunSpecInput } from '../schemas/runSpec';
 import { defaultTemporalPort } from './connection';
 import { freePort, isPortFree } from './devServer';
 import { dacpHome } from './paths';
+import { gateComparison } from './gateView';
 import { approvalRequest, decide, loadSpecFile, runStatus, startRun, waitForResult } from './runs';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 
@@ -32,13 +34,14 @@ export function demoSpec(): RunSpecInput {
     },
     dacp: { steps: 200, batchSize: 16, learningRate: 2e-3, checkpointEvery: 25 },
     forgetting: { maxGeneralRegression: 0.25, minDomainGain: 0.05, onFail: 'retry-with-more-replay', maxRetries: 1 },
+    evaluation: { choices: { domain: 'data/choices-domain.jsonl', general: 'data/choices-general.jsonl' } },
     instruct: { steps: 120, batchSize: 16, learningRate: 2e-3, checkpointEvery: 40 },
     approval: { approvers: [DEMO_APPROVER], quorum: 1, timeout: '1h' },
     deploy: { alias: 'production' },
   };
 }
 
-/** `dacp demo --prepare DIR`: the seeded demo corpus and a ready spec.json, nothing else. */
+/** `dacp demo --prepare DIR`: the seeded demo corpus, its multiple-choice sets and a ready spec.json, nothing else. */
 export function prepareDemo(dir: string): string {
   const corpus = generateDemoCorpus({ seed: 7 });
   const data = path.join(dir, 'data');
@@ -46,6 +49,10 @@ export function prepareDemo(dir: string): string {
   corpus.domain.forEach((text, i) => writeFileSync(path.join(data, 'domain', `doc-${String(i).padStart(4, '0')}.txt`), text + '\n'));
   writeFileSync(path.join(data, 'general.jsonl'), corpus.general.map((text) => JSON.stringify({ text })).join('\n') + '\n');
   writeFileSync(path.join(data, 'instructions.jsonl'), corpus.instructions.map((p) => JSON.stringify(p)).join('\n') + '\n');
+  const choiceSets = generateDemoChoiceSets({ seed: 7 });
+  for (const name of ['domain', 'general'] as const) {
+    writeFileSync(path.join(data, `choices-${name}.jsonl`), choiceSets[name].map((item) => JSON.stringify(item)).join('\n') + '\n');
+  }
   const specFile = path.join(dir, 'spec.json');
   writeFileSync(specFile, JSON.stringify(demoSpec(), null, 2) + '\n');
   return specFile;
@@ -94,7 +101,8 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     const specFile = prepareDemo(path.join(home, 'demo'));
     log(`demo data and spec: ${specFile}`);
     const { spec, baseDir } = loadSpecFile(specFile);
-    const runId = await startRun(workers.client, { spec, baseDir, initiator: DEMO_INITIATOR });
+    const runs = { client: workers.client, pool: db.pool, artifactsDir: artifactsDir(home) };
+    const runId = await startRun(runs, { spec, baseDir, initiator: DEMO_INITIATOR });
     log(`run started: ${runId} (initiator ${DEMO_INITIATOR})`);
 
     let lastPhase = '';
@@ -103,7 +111,7 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
       checkInterrupted(runId);
       let status: RunStatus;
       try {
-        status = await runStatus(workers.client, runId);
+        status = await runStatus(runs, runId);
       } catch (err) {
         checkInterrupted(runId);
         throw err;
@@ -127,6 +135,9 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     log(`  tuned model    sha256 ${r.artifacts.tunedModel.sha256}`);
     log(`  forgetting     report sha256 ${r.artifacts.forgettingReport.sha256} — ${r.forgetting.passed ? 'passed' : 'failed'}`);
     log(`  instruct       report sha256 ${r.artifacts.instructReport.sha256}`);
+    if (r.finalCheck && r.artifacts.finalCheckReport) {
+      log(`  final check    report sha256 ${r.artifacts.finalCheckReport.sha256} — ${r.finalCheck.passed ? 'passed' : 'failed'} against ${r.finalCheck.reference.kind} ${r.finalCheck.reference.versionId}`);
+    }
     for (const d of r.artifacts.datasets) log(`  dataset        ${d.role}/${d.split} ${d.docs} docs sha256 ${d.sha256}`);
     const instructReport = await new ArtifactStore(artifactsDir(home)).getJson<InstructReport>(r.artifacts.instructReport);
     for (const s of instructReport.samples.slice(0, 2)) {
@@ -147,12 +158,20 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
       log(`  general perplexity  ${fmt(f.base.generalPerplexity)} → ${fmt(f.adapted.generalPerplexity)}  (change ${(f.generalRegression * 100).toFixed(1)} %, budget ${(f.budgets.maxGeneralRegression * 100).toFixed(1)} %)`);
       log(`  forgetting gate     ${f.passed ? 'passed' : 'failed'} (round ${f.round}, replay ratio ${f.replayRatio})`);
     }
+    const final = result.finalCheck;
+    if (final) {
+      log(`  final check         ${final.passed ? 'passed' : 'failed'} (candidate vs ${final.reference.kind} ${final.reference.versionId}; general perplexity ${fmt(final.referenceScores.generalPerplexity)} → ${fmt(final.candidate.generalPerplexity)}, change ${(final.generalRegression * 100).toFixed(1)} %, budget ${(final.budgets.maxGeneralRegression * 100).toFixed(1)} %; instruct replay ratio ${final.instructReplayRatio})`);
+    }
     if (result.instruct) {
       const { base, tuned } = result.instruct;
       log(`  instruction score   response perplexity ${fmt(base.responsePerplexity)} → ${fmt(tuned.responsePerplexity)}, token accuracy ${fmt(base.tokenAccuracy)} → ${fmt(tuned.tokenAccuracy)}, ROUGE-L ${fmt(base.rougeL)} → ${fmt(tuned.rougeL)}`);
     }
+    if (f && final) {
+      log('  the gates side by side');
+      for (const line of gateComparison(f, final, '    ')) log(line);
+    }
     log(`  approval gate       approved by ${DEMO_APPROVER}`);
-    log(`  model version       ${result.versionId} (alias production)`);
+    log(`  model version       ${result.versionId} (alias production), tuned from ${result.adaptedVersionId ?? '–'}`);
     log(`  time per stage      ${Object.entries(result.stageSeconds).map(([s, t]) => `${s} ${t!.toFixed(1)}s`).join(', ')}`);
     log(`  total               ${((Date.now() - started) / 1000).toFixed(1)}s`);
     return result;

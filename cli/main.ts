@@ -5,12 +5,14 @@ import type { Client } from '@temporalio/client';
 import { listModelVersions } from '../db/records';
 import type { PipelineResult } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
+import { approvalView, formatApprovalView } from './approval';
 import { exportAudit, verifyAudit } from './audit';
 import { connectClient, defaultTemporalPort, temporalSettings } from './connection';
 import { prepareDemo, runDemo } from './demo';
 import { dacpHome } from './paths';
 import {
   cancelRun,
+  checkQuorumReachable,
   checkRunId,
   decide,
   defaultPrincipal,
@@ -21,7 +23,8 @@ import {
   startRun,
   waitForResult,
 } from './runs';
-import { openDatabase, startLocalServer, startWorkers } from './runtime';
+import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
+import { formatStatus, type RunContext } from './status';
 
 const USAGE = `dacp — durable domain-adaptive continual pretraining on Temporal
 
@@ -34,6 +37,7 @@ const USAGE = `dacp — durable domain-adaptive continual pretraining on Tempora
   dacp run status ID [--json]
   dacp run list [--json]
   dacp run cancel ID
+  dacp approval show ID [--json]       what approvers vote on: hashes, reports, samples, votes, time left
   dacp approve ID --as PRINCIPAL [--comment TEXT]
   dacp reject ID --as PRINCIPAL --reason TEXT [--comment TEXT]
   dacp audit export ID [--out FILE]
@@ -70,6 +74,17 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
     return await fn(client);
   } finally {
     await client.connection.close();
+  }
+}
+
+/** Temporal, the home's database and its artifacts: what starting, reading and cancelling runs need. */
+async function withRuns<T>(fn: (ctx: RunContext) => Promise<T>): Promise<T> {
+  const home = dacpHome();
+  const db = await openDatabase(home);
+  try {
+    return await withClient((client) => fn({ client, pool: db.pool, artifactsDir: artifactsDir(home) }));
+  } finally {
+    await db.close();
   }
 }
 
@@ -173,6 +188,16 @@ async function main(argv: string[]): Promise<number> {
     case 'run':
       return runCommand(rest);
 
+    case 'approval': {
+      const [sub, ...args] = rest;
+      if (sub !== 'show') throw new InputError('usage: dacp approval show ID [--json]');
+      const { flags, positionals } = parse(args, { json: { type: 'boolean' } });
+      const runId = checkRunId(onePositional(positionals, 'run id'));
+      const view = await withClient((client) => approvalView(client, runId, { artifactsDir: artifactsDir() }));
+      print(Boolean(flags.json), view, () => formatApprovalView(view));
+      return 0;
+    }
+
     case 'approve':
     case 'reject': {
       const { flags, positionals } = parse(rest, { as: { type: 'string' }, comment: { type: 'string' }, reason: { type: 'string' } });
@@ -265,19 +290,20 @@ async function runCommand(argv: string[]): Promise<number> {
       const { spec, baseDir } = loadSpecFile(need(flags.spec, '--spec FILE'));
       await preflightSources(spec, baseDir);
       const initiator = typeof flags.as === 'string' ? flags.as : defaultPrincipal();
-      return withClient(async (client) => {
-        const runId = await startRun(client, { spec, baseDir, runId: flags.id as string | undefined, initiator });
+      checkQuorumReachable(spec, initiator);
+      return withRuns(async (ctx) => {
+        const runId = await startRun(ctx, { spec, baseDir, runId: flags.id as string | undefined, initiator });
         if (!flags.wait) {
           print(Boolean(flags.json), { runId }, () => runId);
           return 0;
         }
         let result: PipelineResult | undefined;
         try {
-          result = await waitForResult(client, runId);
+          result = await waitForResult(ctx.client, runId);
         } catch {
           // The run failed or was cancelled: its status says how.
         }
-        const status = await runStatus(client, runId);
+        const status = await runStatus(ctx, runId);
         print(Boolean(flags.json), status, () => `${runId} ${status.state}${result?.versionId ? ` — deployed ${result.versionId}` : ''}`);
         return status.state === 'completed' ? 0 : 1;
       });
@@ -285,18 +311,8 @@ async function runCommand(argv: string[]): Promise<number> {
     case 'status': {
       const { flags, positionals } = parse(rest, { json: { type: 'boolean' } });
       const runId = checkRunId(onePositional(positionals, 'run id'));
-      const status = await withClient((client) => runStatus(client, runId));
-      print(Boolean(flags.json), status, () =>
-        [
-          `run ${status.runId}: ${status.state}, stage ${status.stage}`,
-          status.progress.totalSteps ? `progress: step ${status.progress.step}/${status.progress.totalSteps}, loss ${status.progress.loss ?? '–'}` : null,
-          Object.keys(status.attempts).length ? `attempts: ${Object.entries(status.attempts).map(([s, n]) => `${s} ${n}`).join(', ')}` : null,
-          status.resumedFromStep !== null ? `resumed from step ${status.resumedFromStep}` : null,
-          status.metrics.error ? `error: ${String(status.metrics.error)}` : null,
-        ]
-          .filter(Boolean)
-          .join('\n'),
-      );
+      const status = await withRuns((ctx) => runStatus(ctx, runId));
+      print(Boolean(flags.json), status, () => formatStatus(status));
       return 0;
     }
     case 'list': {
@@ -310,7 +326,7 @@ async function runCommand(argv: string[]): Promise<number> {
     case 'cancel': {
       const { positionals } = parse(rest, {});
       const runId = checkRunId(onePositional(positionals, 'run id'));
-      await withClient((client) => cancelRun(client, runId));
+      await withRuns((ctx) => cancelRun(ctx, runId));
       console.log(`cancellation requested for run ${runId}`);
       return 0;
     }

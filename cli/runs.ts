@@ -1,19 +1,21 @@
 import { readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   type Client,
-  type WorkflowExecutionDescription,
 } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import { readChoiceSet } from '../activities/choiceSets';
 import { readSource } from '../activities/sources';
-import type { Decision, PipelineInput, PipelineResult, RunStatus } from '../schemas/pipeline';
+import { runExists, storeRunSpec } from '../db/records';
+import { workflowSpec, type Decision, type PipelineInput, type PipelineResult } from '../schemas/pipeline';
 import { InputError, parseRunSpec, type RunSpec } from '../schemas/runSpec';
-import { approvalRequestQuery, approvalWorkflowId, approveUpdate, rejectUpdate, statusQuery } from '../workflows/messages';
+import { approvalRequestQuery, approvalWorkflowId, approveUpdate, rejectUpdate } from '../workflows/messages';
+import { runStatus, type RunContext } from './status';
 import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
 import { TASK_QUEUES } from '../workers/options';
 
@@ -64,7 +66,8 @@ export function loadSpecFile(file: string): { spec: RunSpec; baseDir: string } {
 
 /**
  * Refuse a run whose sources cannot be read before anything starts: every file source must match
- * readable documents, and every database source must have its connection variable set.
+ * readable documents, every database source must have its connection variable set, and every
+ * multiple-choice set the spec names must be a valid file inside the data roots.
  */
 export async function preflightSources(spec: RunSpec, baseDir: string): Promise<void> {
   const allowedRoots = spec.dataRoots?.map((root) => path.resolve(baseDir, root));
@@ -82,18 +85,57 @@ export async function preflightSources(spec: RunSpec, baseDir: string): Promise<
       throw err;
     }
   }
+  for (const name of ['domain', 'general'] as const) {
+    const file = spec.evaluation.choices[name];
+    if (file === undefined) continue;
+    try {
+      await readChoiceSet(file, { baseDir, allowedRoots });
+    } catch (err) {
+      if (err instanceof Error) throw new InputError(`evaluation.choices.${name}: ${err.message}`);
+      throw err;
+    }
+  }
 }
 
+/**
+ * Refuse a run that nobody could ever approve. The initiator may not vote on their own run
+ * (separation of duties), so the other approvers alone must be able to reach the quorum. The spec
+ * schema compares the quorum with all approvers; only at start is the initiator known.
+ */
+export function checkQuorumReachable(spec: Pick<RunSpec, 'approval'>, initiator: string): void {
+  const { approvers, quorum } = spec.approval;
+  const voters = new Set(approvers.filter((p) => p !== initiator));
+  if (voters.size >= quorum) return;
+  throw new InputError(
+    `approval.quorum is ${quorum} but approval.approvers has only ${voters.size} approver(s) besides the initiator ${initiator}, ` +
+      'who cannot vote on their own run: add approvers, lower the quorum, or start the run as someone else (--as)',
+  );
+}
+
+export { runStatus, type RunContext };
+
+/**
+ * Start a run under a new id. An id that has ever been used — running, closed, or only in the
+ * database after Temporal forgot it — is refused, so a second execution can never reuse the first
+ * one's checkpoints, votes, alias moves or records. The validated spec is stored in the database by
+ * its sha256; the workflow gets that reference and the few fields it reads.
+ */
 export async function startRun(
-  client: Client,
+  ctx: RunContext,
   o: { spec: RunSpec; baseDir: string; runId?: string; initiator: string },
 ): Promise<string> {
   const runId = checkRunId(o.runId ?? `${o.spec.name}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${randomBytes(2).toString('hex')}`);
-  const input: PipelineInput = { runId, spec: o.spec, baseDir: o.baseDir, initiator: o.initiator };
+  const taken = () => new InputError(`run ${runId} already exists; a run id names one run for ever, so choose another --id`);
+  if (await runExists(ctx.pool, runId)) throw taken();
+  // In the database every worker reads, on whichever host it runs.
+  const specBody = JSON.stringify(o.spec);
+  const specRef = await storeRunSpec(ctx.pool, specBody, createHash('sha256').update(specBody).digest('hex'));
+  const input: PipelineInput = { runId, spec: workflowSpec(o.spec), specRef, baseDir: o.baseDir, initiator: o.initiator };
   try {
-    await client.workflow.start('dacpPipeline', {
+    await ctx.client.workflow.start('dacpPipeline', {
       taskQueue: TASK_QUEUES.control,
       workflowId: runId,
+      workflowIdReusePolicy: 'REJECT_DUPLICATE',
       args: [input],
       typedSearchAttributes: [
         { key: dacpStageKey, value: 'collect' },
@@ -101,59 +143,10 @@ export async function startRun(
       ],
     });
   } catch (err) {
-    if (err instanceof WorkflowExecutionAlreadyStartedError) throw new InputError(`run ${runId} already exists; choose another --id`);
+    if (err instanceof WorkflowExecutionAlreadyStartedError) throw taken();
     throw err;
   }
   return runId;
-}
-
-/** The run's status from its workflow; needs a control worker to answer. */
-export async function runStatus(client: Client, runId: string): Promise<RunStatus> {
-  checkRunId(runId);
-  const handle = client.workflow.getHandle(runId);
-  let description: WorkflowExecutionDescription;
-  try {
-    description = await handle.describe();
-  } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw new InputError(`no run with id ${runId}; see \`dacp run list\``);
-    throw err;
-  }
-  const closed = description.status.name !== 'RUNNING';
-  try {
-    return await client.connection.withDeadline(Date.now() + (closed ? 3_000 : 15_000), () => handle.query(statusQuery));
-  } catch (err) {
-    // A finished run needs no worker: its outcome is in its result and search attributes.
-    if (closed) return closedRunStatus(client, runId, description);
-    throw new Error(
-      `run ${runId} did not answer its status query (${(err as Error).message.split('\n')[0]}); is a control worker running (\`dacp dev\` or \`dacp worker --queue control\`)?`,
-    );
-  }
-}
-
-/**
- * Status of a finished run when no worker answers queries (e.g. after `dacp demo` has stopped):
- * stage and state from the search attributes, outcome figures from the result or the failure.
- */
-async function closedRunStatus(client: Client, runId: string, description: WorkflowExecutionDescription): Promise<RunStatus> {
-  const stage = (description.typedSearchAttributes.get(dacpStageKey) ?? 'collect') as RunStatus['stage'];
-  const recordedState = description.typedSearchAttributes.get(dacpStateKey) as RunStatus['state'] | undefined;
-  const metrics: Record<string, unknown> = {};
-  let state: RunStatus['state'] = recordedState ?? 'failed';
-  try {
-    const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
-    state = result.state;
-    if (result.forgetting) metrics.forgetting = result.forgetting;
-    if (result.instruct) metrics.instruct = result.instruct;
-    if (result.versionId) metrics.deploy = { versionId: result.versionId };
-    if (result.reason) metrics.approval = { outcome: 'rejected', reason: result.reason };
-  } catch (err) {
-    let cause: unknown = err;
-    while (cause instanceof Error && cause.cause instanceof Error) cause = cause.cause;
-    metrics.error = cause instanceof Error ? cause.message : String(cause);
-    if (description.status.name === 'CANCELLED') state = 'cancelled';
-    else if (!recordedState || recordedState === 'running' || recordedState === 'awaiting_approval') state = 'failed';
-  }
-  return { runId, stage, state, progress: { step: 0, totalSteps: 0, loss: null }, metrics, attempts: {}, resumedFromStep: null };
 }
 
 export async function waitForResult(client: Client, runId: string): Promise<PipelineResult> {
@@ -185,12 +178,16 @@ export async function listRuns(client: Client, limit = 100): Promise<RunListing[
   return runs;
 }
 
-export async function cancelRun(client: Client, runId: string): Promise<void> {
-  const status = await runStatus(client, runId);
+/**
+ * Ask Temporal to cancel a run; no worker needs to be running. The run records `cancelled` once a
+ * worker has processed the request, after training has written its last checkpoint.
+ */
+export async function cancelRun(ctx: RunContext, runId: string): Promise<void> {
+  const status = await runStatus(ctx, runId);
   if (status.state !== 'running' && status.state !== 'awaiting_approval') {
     throw new InputError(`run ${runId} is ${status.state}; only running runs can be cancelled`);
   }
-  await client.workflow.getHandle(runId).cancel();
+  await ctx.client.workflow.getHandle(runId).cancel();
 }
 
 /** Approve or reject through the run's approval gate; the gate's validator enforces the rules. */
@@ -198,11 +195,28 @@ export async function decide(
   client: Client,
   o: { runId: string; principal: string; decision: 'approve' | 'reject'; comment?: string; reason?: string },
 ): Promise<{ decision: Decision; approvals: number; quorum: number }> {
-  const status = await runStatus(client, o.runId);
-  if (status.state !== 'awaiting_approval') {
-    throw new InputError(`run ${o.runId} is not awaiting approval (stage ${status.stage}, state ${status.state})`);
-  }
+  checkRunId(o.runId);
   const gate = client.workflow.getHandle(approvalWorkflowId(o.runId));
+  // Only an open gate takes votes (its validator says why it refuses one). Otherwise say where the
+  // run is, from its search attributes: no worker needs to answer.
+  const notAwaiting = async () => {
+    try {
+      const run = await client.workflow.getHandle(o.runId).describe();
+      const stage = run.typedSearchAttributes.get(dacpStageKey) ?? '?';
+      const state = run.typedSearchAttributes.get(dacpStateKey) ?? run.status.name.toLowerCase();
+      return new InputError(`run ${o.runId} is not awaiting approval (stage ${stage}, state ${state})`);
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return new InputError(`no run with id ${o.runId}; see \`dacp run list\``);
+      throw err;
+    }
+  };
+  try {
+    const described = await gate.describe();
+    if (described.status.name !== 'RUNNING') throw await notAwaiting();
+  } catch (err) {
+    if (!(err instanceof WorkflowNotFoundError)) throw err;
+    throw await notAwaiting();
+  }
   let decision: Decision;
   try {
     decision =

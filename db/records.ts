@@ -8,22 +8,68 @@ import type { ArtifactRef, DatasetRef, Decision, RunState, Stage } from '../sche
 
 type Queryable = Pool | PoolClient;
 
+/**
+ * Register a run under its id, once. The Temporal execution that owns the id is stored with it: a
+ * retry of the same execution finds its own row (and the alias target it recorded then), while any
+ * other execution under that id is refused, so it can never reuse the first one's records.
+ */
 export async function insertRun(
   db: Queryable,
-  run: { runId: string; workflowId: string; spec: unknown; specSha256: string; initiator: string },
-): Promise<void> {
-  await db.query(
-    `INSERT INTO runs (run_id, workflow_id, spec, spec_sha256, initiator, state, stage)
-     VALUES ($1, $2, $3, $4, $5, 'running', 'collect')
-     ON CONFLICT (run_id) DO NOTHING`,
-    [run.runId, run.workflowId, JSON.stringify(run.spec), run.specSha256, run.initiator],
+  run: {
+    runId: string;
+    workflowId: string;
+    executionId?: string;
+    spec: unknown;
+    specSha256: string;
+    initiator: string;
+    /** The alias this run's deploy will move (its target now is kept for the compare-and-swap). */
+    deployAlias?: string;
+  },
+): Promise<{ fresh: boolean; executionId: string | null; aliasAtStart: string | null }> {
+  const inserted = await db.query(
+    `INSERT INTO runs (run_id, workflow_id, execution_id, spec, spec_sha256, initiator, state, stage, deploy_alias, alias_at_start)
+     VALUES ($1, $2, $3, $4, $5, $6, 'running', 'collect', $7, (SELECT version_id FROM model_aliases WHERE alias = $7))
+     ON CONFLICT (run_id) DO NOTHING
+     RETURNING alias_at_start`,
+    [run.runId, run.workflowId, run.executionId ?? null, JSON.stringify(run.spec), run.specSha256, run.initiator, run.deployAlias ?? 'production'],
   );
+  if (inserted.rows.length) return { fresh: true, executionId: run.executionId ?? null, aliasAtStart: inserted.rows[0].alias_at_start };
+  const { rows } = await db.query('SELECT execution_id, alias_at_start FROM runs WHERE run_id = $1', [run.runId]);
+  return { fresh: false, executionId: rows[0]?.execution_id ?? null, aliasAtStart: rows[0]?.alias_at_start ?? null };
+}
+
+/** Store a run spec by the sha256 of its JSON text (idempotent); returns its reference. */
+export async function storeRunSpec(db: Queryable, body: string, sha256: string): Promise<ArtifactRef> {
+  await db.query('INSERT INTO run_specs (sha256, body) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING', [sha256, body]);
+  return { uri: `postgres:run_specs/${sha256}`, sha256, bytes: Buffer.byteLength(body) };
+}
+
+/** A stored run spec's JSON text, or null. The caller verifies it against the reference's sha256. */
+export async function loadRunSpecBody(db: Queryable, sha256: string): Promise<string | null> {
+  const { rows } = await db.query('SELECT body FROM run_specs WHERE sha256 = $1', [sha256]);
+  return rows.length ? (rows[0].body as string) : null;
+}
+
+/** Whether a run id has records: a closed run's id is never reused, even after Temporal forgot it. */
+export async function runExists(db: Queryable, runId: string): Promise<boolean> {
+  const { rowCount } = await db.query('SELECT 1 FROM runs WHERE run_id = $1', [runId]);
+  return (rowCount ?? 0) > 0;
 }
 
 /** Record one transition: the audit entry and the run's current stage/state move together. */
 export async function recordTransition(
   db: Pool,
-  t: { runId: string; key: string; event: string; stage: Stage; state?: RunState; actor: string; details: unknown },
+  t: {
+    runId: string;
+    key: string;
+    event: string;
+    stage: Stage;
+    state?: RunState;
+    actor: string;
+    details: unknown;
+    /** The workflow's stage figures at this transition, kept on the run's row for `dacp run status`. */
+    snapshot?: { metrics: Record<string, unknown>; stageSeconds: Record<string, number | undefined> };
+  },
 ): Promise<boolean> {
   const client = await db.connect();
   try {
@@ -43,6 +89,13 @@ export async function recordTransition(
          WHERE run_id = $1`,
         [t.runId, t.stage, t.state, terminal, (t.details as { reason?: string } | undefined)?.reason ?? null],
       );
+    }
+    if (fresh && t.snapshot) {
+      await client.query(`UPDATE runs SET metrics = $2, stage_seconds = $3 WHERE run_id = $1`, [
+        t.runId,
+        JSON.stringify(t.snapshot.metrics),
+        JSON.stringify(t.snapshot.stageSeconds),
+      ]);
     }
     await client.query('COMMIT');
     return fresh;
@@ -122,6 +175,14 @@ export async function markCheckpointsPruned(
   return orphans;
 }
 
+/** Metric points per INSERT: one statement stays small however large checkpointEvery is. */
+export const METRICS_BATCH_ROWS = 5_000;
+
+/**
+ * Write metric points, upserting on (step, name). Each statement carries a bounded batch as three
+ * arrays (six parameters, whatever the batch size), so no run exceeds Postgres's 65,535-parameter
+ * limit. A point repeated in `points` keeps its last value (one statement may not upsert a row twice).
+ */
 export async function insertMetrics(
   db: Queryable,
   runId: string,
@@ -129,23 +190,52 @@ export async function insertMetrics(
   round: number,
   points: { step: number; name: string; value: number }[],
 ): Promise<void> {
-  if (points.length === 0) return;
-  const values: unknown[] = [];
-  const rows = points.map((p, i) => {
-    values.push(runId, stage, round, p.step, p.name, p.value);
-    const o = i * 6;
-    return `($${o + 1}, $${o + 2}, $${o + 3}, $${o + 4}, $${o + 5}, $${o + 6})`;
-  });
+  const latest = new Map<string, { step: number; name: string; value: number }>();
+  for (const p of points) latest.set(`${p.step}\u0000${p.name}`, p);
+  const unique = [...latest.values()];
+  for (let i = 0; i < unique.length; i += METRICS_BATCH_ROWS) {
+    const batch = unique.slice(i, i + METRICS_BATCH_ROWS);
+    await db.query(
+      `INSERT INTO metrics (run_id, stage, round, step, name, value)
+       SELECT $1, $2, $3, p.step, p.name, p.value FROM unnest($4::integer[], $5::text[], $6::double precision[]) AS p(step, name, value)
+       ON CONFLICT (run_id, stage, round, step, name) DO UPDATE SET value = EXCLUDED.value`,
+      [runId, stage, round, batch.map((p) => p.step), batch.map((p) => p.name), batch.map((p) => p.value)],
+    );
+  }
+}
+
+/** What a token stream was made from: the tokenizer, the dataset and the layout of the ids. */
+export interface TokenCacheKey {
+  tokenizerSha256: string;
+  datasetSha256: string;
+  /** How documents became ids, e.g. `lm/1` (documents closed by eos) or `sft/1` (prompt/response pairs). */
+  layout: string;
+}
+
+/** The stored token stream of a key, if one was recorded. */
+export async function findTokenCache(db: Queryable, key: TokenCacheKey): Promise<(ArtifactRef & { tokens: number }) | null> {
+  const { rows } = await db.query(
+    `SELECT uri, sha256, bytes, tokens FROM token_cache WHERE tokenizer_sha256 = $1 AND dataset_sha256 = $2 AND layout = $3`,
+    [key.tokenizerSha256, key.datasetSha256, key.layout],
+  );
+  const row = rows[0];
+  return row ? { uri: row.uri, sha256: row.sha256, bytes: Number(row.bytes), tokens: Number(row.tokens) } : null;
+}
+
+/** Record (or replace, after the old artifact went missing) the token stream of a key. */
+export async function recordTokenCache(db: Queryable, key: TokenCacheKey, ref: ArtifactRef & { tokens: number }): Promise<void> {
   await db.query(
-    `INSERT INTO metrics (run_id, stage, round, step, name, value) VALUES ${rows.join(', ')}
-     ON CONFLICT (run_id, stage, round, step, name) DO UPDATE SET value = EXCLUDED.value`,
-    values,
+    `INSERT INTO token_cache (tokenizer_sha256, dataset_sha256, layout, uri, sha256, bytes, tokens)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (tokenizer_sha256, dataset_sha256, layout)
+     DO UPDATE SET uri = EXCLUDED.uri, sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes, tokens = EXCLUDED.tokens, created_at = now()`,
+    [key.tokenizerSha256, key.datasetSha256, key.layout, ref.uri, ref.sha256, ref.bytes, ref.tokens],
   );
 }
 
 export async function insertEvaluation(
   db: Queryable,
-  e: { runId: string; kind: 'forgetting' | 'instruct'; round: number; passed: boolean; report: unknown; ref: ArtifactRef },
+  e: { runId: string; kind: 'forgetting' | 'instruct' | 'final_check' | 'tradeoff'; round: number; passed: boolean; report: unknown; ref: ArtifactRef },
 ): Promise<void> {
   await db.query(
     `INSERT INTO evaluations (run_id, kind, round, passed, report_uri, sha256, report)
@@ -234,10 +324,26 @@ export async function createModelVersion(
   return versionId;
 }
 
-/** Point `alias` at `versionId`, recording the deployment and the version it replaces. */
+/** The alias moved since the run started: the deploy leaves it where it is. */
+export class AliasMovedError extends Error {
+  constructor(
+    readonly alias: string,
+    readonly expected: string | null,
+    readonly actual: string | null,
+  ) {
+    super(`alias ${alias} moved while the run ran: it pointed at ${expected ?? 'nothing'} when the run started, now at ${actual ?? 'nothing'}`);
+    this.name = 'AliasMovedError';
+  }
+}
+
+/**
+ * Point `alias` at `versionId`, recording the deployment and the version it replaces. With
+ * `expectedTarget` (null: the alias must not exist yet) it is a compare-and-swap: if the alias points
+ * elsewhere it is left alone and AliasMovedError is thrown.
+ */
 export async function moveAlias(
   client: PoolClient,
-  d: { runId: string; alias: string; versionId: string },
+  d: { runId: string; alias: string; versionId: string; expectedTarget?: string | null },
 ): Promise<{ deploymentId: number; previousVersionId: string | null }> {
   const done = await client.query(
     `SELECT id, previous_version_id FROM deployments WHERE run_id = $1 AND alias = $2`,
@@ -248,6 +354,9 @@ export async function moveAlias(
   }
   const current = await client.query(`SELECT version_id FROM model_aliases WHERE alias = $1 FOR UPDATE`, [d.alias]);
   const previousVersionId: string | null = current.rows.length ? current.rows[0].version_id : null;
+  if (d.expectedTarget !== undefined && previousVersionId !== d.expectedTarget) {
+    throw new AliasMovedError(d.alias, d.expectedTarget, previousVersionId);
+  }
   await client.query(
     `INSERT INTO model_aliases (alias, version_id) VALUES ($1, $2)
      ON CONFLICT (alias) DO UPDATE SET version_id = EXCLUDED.version_id, updated_at = now()`,

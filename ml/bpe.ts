@@ -1,3 +1,4 @@
+import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import type { Tokenizer, TokenizerJson } from './tokenizer';
 
 /**
@@ -33,6 +34,22 @@ export interface BpeTrainOptions {
   minFrequency?: number;
 }
 
+/** Where a training is: texts split into words, then merges learned. */
+export interface BpeTrainProgress {
+  phase: 'counting' | 'merging';
+  done: number;
+  total: number;
+}
+
+export interface BpeTrainAsyncOptions extends BpeTrainOptions {
+  /** Awaited between slices of work (about every `sliceMs`): the place to heartbeat. */
+  onProgress?: (p: BpeTrainProgress) => void | Promise<void>;
+  /** How long one slice of synchronous work may run before the event loop gets a turn (default 50 ms). */
+  sliceMs?: number;
+}
+
+const DEFAULT_SLICE_MS = 50;
+
 export class BpeTokenizer implements Tokenizer {
   readonly vocabSize: number;
   /** End of a document or of a response; generation stops here. */
@@ -65,70 +82,31 @@ export class BpeTokenizer implements Tokenizer {
    * merge costs the words it touches, not the corpus.
    */
   static train(texts: string[], o: BpeTrainOptions): BpeTokenizer {
-    const minimum = BYTE_COUNT + SPECIAL_COUNT;
-    if (!Number.isInteger(o.vocabSize) || o.vocabSize < minimum) {
-      throw new Error(`BPE vocabSize must be an integer ≥ ${minimum} (256 bytes + eos + pad), got ${o.vocabSize}`);
+    const work = learnMerges(texts, o);
+    for (;;) {
+      const next = work.next();
+      if (next.done) return new BpeTokenizer(next.value);
     }
-    const minFrequency = o.minFrequency ?? 2;
-    const wanted = o.vocabSize - minimum;
+  }
 
-    const wordCounts = new Map<string, number>();
-    for (const text of texts) for (const word of splitWords(text)) wordCounts.set(word, (wordCounts.get(word) ?? 0) + 1);
-    const words: number[][] = [];
-    const counts: number[] = [];
-    for (const [word, count] of wordCounts) {
-      words.push(Array.from(Buffer.from(word, 'utf8')));
-      counts.push(count);
+  /**
+   * The same merges as `train`, but the event loop gets a turn about every `sliceMs` and
+   * `onProgress` is awaited there: training on a large corpus takes minutes, and the activity that
+   * runs it must keep heartbeating (and notice cancellation) meanwhile.
+   */
+  static async trainAsync(texts: string[], o: BpeTrainAsyncOptions): Promise<BpeTokenizer> {
+    const sliceMs = o.sliceMs ?? DEFAULT_SLICE_MS;
+    const work = learnMerges(texts, o);
+    let sliceStart = Date.now();
+    for (;;) {
+      const next = work.next();
+      if (next.done) return new BpeTokenizer(next.value);
+      if (Date.now() - sliceStart >= sliceMs) {
+        await o.onProgress?.(next.value);
+        await yieldToEventLoop();
+        sliceStart = Date.now();
+      }
     }
-
-    const pairCounts = new Map<number, number>();
-    const pairWords = new Map<number, Set<number>>();
-    const heap = new PairHeap();
-    const touched = new Set<number>();
-    const addPairs = (wordIndex: number, sign: 1 | -1): void => {
-      const symbols = words[wordIndex] as number[];
-      const count = (counts[wordIndex] as number) * sign;
-      for (let i = 0; i + 1 < symbols.length; i++) {
-        const key = pairKey(symbols[i] as number, symbols[i + 1] as number);
-        pairCounts.set(key, (pairCounts.get(key) ?? 0) + count);
-        touched.add(key);
-        if (sign === 1) {
-          let holders = pairWords.get(key);
-          if (holders === undefined) pairWords.set(key, (holders = new Set()));
-          holders.add(wordIndex);
-        }
-      }
-    };
-    const pushTouched = (): void => {
-      for (const key of touched) {
-        const count = pairCounts.get(key) ?? 0;
-        if (count > 0) heap.push(count, key);
-        else pairCounts.delete(key);
-      }
-      touched.clear();
-    };
-    words.forEach((_, wordIndex) => addPairs(wordIndex, 1));
-    pushTouched();
-
-    const merges: [number, number][] = [];
-    while (merges.length < wanted) {
-      const best = heap.popValid(pairCounts);
-      if (best === undefined || best.count < minFrequency) break;
-      const [a, b] = unpairKey(best.key);
-      const merged = BYTE_COUNT + merges.length;
-      merges.push([a, b]);
-      // Holders may be stale (the pair left the word in an earlier merge): mergePair then changes nothing.
-      for (const wordIndex of pairWords.get(best.key) ?? []) {
-        const next = mergePair(words[wordIndex] as number[], a, b, merged);
-        if (next === undefined) continue;
-        addPairs(wordIndex, -1);
-        words[wordIndex] = next;
-        addPairs(wordIndex, 1);
-      }
-      pairWords.delete(best.key);
-      pushTouched();
-    }
-    return new BpeTokenizer(merges);
   }
 
   /** Rebuilds a tokenizer from toJSON().merges; each merge may only use ids defined before it. */
@@ -184,6 +162,86 @@ export class BpeTokenizer implements Tokenizer {
       symbols = mergePair(symbols, a, b, BYTE_COUNT + bestRank) as number[];
     }
   }
+}
+
+/**
+ * BpeTokenizer.train's work as a generator that yields its progress after each text counted and
+ * each merge learned, so trainAsync can pause it without changing what it learns.
+ */
+function* learnMerges(texts: string[], o: BpeTrainOptions): Generator<BpeTrainProgress, [number, number][], void> {
+  const minimum = BYTE_COUNT + SPECIAL_COUNT;
+  if (!Number.isInteger(o.vocabSize) || o.vocabSize < minimum) {
+    throw new Error(`BPE vocabSize must be an integer ≥ ${minimum} (256 bytes + eos + pad), got ${o.vocabSize}`);
+  }
+  const minFrequency = o.minFrequency ?? 2;
+  const wanted = o.vocabSize - minimum;
+
+  const wordCounts = new Map<string, number>();
+  for (const [i, text] of texts.entries()) {
+    for (const word of splitWords(text)) wordCounts.set(word, (wordCounts.get(word) ?? 0) + 1);
+    yield { phase: 'counting', done: i + 1, total: texts.length };
+  }
+  const words: number[][] = [];
+  const counts: number[] = [];
+  for (const [word, count] of wordCounts) {
+    words.push(Array.from(Buffer.from(word, 'utf8')));
+    counts.push(count);
+    // A corpus has millions of distinct words: pause here too, every few thousand.
+    if (words.length % 4096 === 0) yield { phase: 'counting', done: texts.length, total: texts.length };
+  }
+
+  const pairCounts = new Map<number, number>();
+  const pairWords = new Map<number, Set<number>>();
+  const heap = new PairHeap();
+  const touched = new Set<number>();
+  const addPairs = (wordIndex: number, sign: 1 | -1): void => {
+    const symbols = words[wordIndex] as number[];
+    const count = (counts[wordIndex] as number) * sign;
+    for (let i = 0; i + 1 < symbols.length; i++) {
+      const key = pairKey(symbols[i] as number, symbols[i + 1] as number);
+      pairCounts.set(key, (pairCounts.get(key) ?? 0) + count);
+      touched.add(key);
+      if (sign === 1) {
+        let holders = pairWords.get(key);
+        if (holders === undefined) pairWords.set(key, (holders = new Set()));
+        holders.add(wordIndex);
+      }
+    }
+  };
+  const pushTouched = (): void => {
+    for (const key of touched) {
+      const count = pairCounts.get(key) ?? 0;
+      if (count > 0) heap.push(count, key);
+      else pairCounts.delete(key);
+    }
+    touched.clear();
+  };
+  for (let wordIndex = 0; wordIndex < words.length; wordIndex++) {
+    addPairs(wordIndex, 1);
+    if (wordIndex % 4096 === 4095) yield { phase: 'counting', done: texts.length, total: texts.length };
+  }
+  pushTouched();
+
+  const merges: [number, number][] = [];
+  while (merges.length < wanted) {
+    const best = heap.popValid(pairCounts);
+    if (best === undefined || best.count < minFrequency) break;
+    const [a, b] = unpairKey(best.key);
+    const merged = BYTE_COUNT + merges.length;
+    merges.push([a, b]);
+    // Holders may be stale (the pair left the word in an earlier merge): mergePair then changes nothing.
+    for (const wordIndex of pairWords.get(best.key) ?? []) {
+      const next = mergePair(words[wordIndex] as number[], a, b, merged);
+      if (next === undefined) continue;
+      addPairs(wordIndex, -1);
+      words[wordIndex] = next;
+      addPairs(wordIndex, 1);
+    }
+    pairWords.delete(best.key);
+    pushTouched();
+    yield { phase: 'merging', done: merges.length, total: wanted };
+  }
+  return merges;
 }
 
 /** Ids stay below 2^21, so a pair packs into one safe integer, ordered like (a, b). */

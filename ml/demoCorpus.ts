@@ -395,3 +395,9 @@ export function generateDemoCorpus(o: DemoCorpusOptions = {}): DemoCorpus {
   const instructions = instructionPool(s).slice(0, opts.instructionPairs);
   return { domain, general, instructions };
 }
+
+/** Terms the demo's documents are made of, by kind: the demo's multiple-choice sets draw on them. */
+export const demoVocabulary = {
+  domain: [...alarms, ...kpis, ...actions],
+  general: [...dishes, ...flowers, ...sights, ...towns, ...eras],
+} as const;

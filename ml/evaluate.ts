@@ -1,3 +1,4 @@
+import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import * as tf from '@tensorflow/tfjs';
 import { formatInstructionPrompt, sftRow } from './mixing';
 import { GPT } from './model';
@@ -8,11 +9,40 @@ import type { Tokenizer } from './tokenizer';
 const EVAL_BATCH = 8;
 
 /**
+ * Evaluation is synchronous tensor work, written as generators that yield after each forward pass.
+ * The async callers await the event loop at every yield, so a worker's heartbeats, timers and
+ * cancellation keep running during an evaluation of any length; `generate` runs them straight through.
+ */
+type Work<T> = Generator<void, T, void>;
+
+/** Called between forward passes: `done` of `total` units (windows, or pairs) are scored. */
+export type EvalProgress = (p: { done: number; total: number }) => void;
+
+function runToEnd<T>(work: Work<T>): T {
+  for (;;) {
+    const next = work.next();
+    if (next.done) return next.value;
+  }
+}
+
+async function runYielding<T>(work: Work<T>): Promise<T> {
+  for (;;) {
+    const next = work.next();
+    if (next.done) return next.value;
+    await yieldToEventLoop();
+  }
+}
+
+/**
  * Perplexity over a token stream. Windows of contextLength+1 tokens advance by contextLength,
  * so their targets do not overlap and every token after the first is predicted exactly once
  * (the last window may be shorter). maxWindows keeps evenly spaced windows.
  */
-export function perplexity(model: GPT, tokens: number[], o: { maxWindows?: number } = {}): { perplexity: number; meanLoss: number; tokens: number } {
+export async function perplexity(
+  model: GPT,
+  tokens: number[],
+  o: { maxWindows?: number; onProgress?: EvalProgress } = {},
+): Promise<{ perplexity: number; meanLoss: number; tokens: number }> {
   const T = model.config.contextLength;
   if (tokens.length < 2) throw new Error('perplexity needs at least 2 tokens');
   const starts: number[] = [];
@@ -26,15 +56,15 @@ export function perplexity(model: GPT, tokens: number[], o: { maxWindows?: numbe
     const pad = (row: number[]): number[] => [...row, ...new Array<number>(T - row.length).fill(0)];
     return { inputs: pad(window.slice(0, -1)), targets: pad(window.slice(1)), mask: pad(new Array<number>(used).fill(1)) };
   });
-  const { nll, count } = sumNll(model, rows);
+  const { nll, count } = await runYielding(sumNll(model, rows, o.onProgress));
   const meanLoss = nll / count;
   return { perplexity: Math.exp(meanLoss), meanLoss, tokens: count };
 }
 
 interface Row { inputs: number[]; targets: number[]; mask: number[] }
 
-/** Summed negative log-likelihood and argmax hits over mask==1 targets. */
-function sumNll(model: GPT, rows: Row[]): { nll: number; count: number; correct: number } {
+/** Summed negative log-likelihood and argmax hits over mask==1 targets; yields after each forward pass. */
+function* sumNll(model: GPT, rows: Row[], onProgress?: EvalProgress): Work<{ nll: number; count: number; correct: number }> {
   let nll = 0;
   let count = 0;
   let correct = 0;
@@ -53,6 +83,8 @@ function sumNll(model: GPT, rows: Row[]): { nll: number; count: number; correct:
     nll += chunkNll as number;
     correct += chunkCorrect as number;
     count += chunkCount as number;
+    onProgress?.({ done: i + chunk.length, total: rows.length });
+    yield;
   }
   return { nll, count, correct };
 }
@@ -68,10 +100,11 @@ export interface GenerateOptions {
 
 /** Continues `prompt`; greedy when temperature is 0 or absent, else seeded sampling. Stops at eos. */
 export function generate(model: GPT, tokenizer: Tokenizer, prompt: string, o: GenerateOptions): string {
-  return tokenizer.decode(generateIds(model, tokenizer, tokenizer.encode(prompt), o));
+  return tokenizer.decode(runToEnd(generateIds(model, tokenizer, tokenizer.encode(prompt), o)));
 }
 
-function generateIds(model: GPT, tokenizer: Tokenizer, promptIds: number[], o: GenerateOptions): number[] {
+/** Yields after each new token's forward pass. */
+function* generateIds(model: GPT, tokenizer: Tokenizer, promptIds: number[], o: GenerateOptions): Work<number[]> {
   const T = model.config.contextLength;
   const temperature = o.temperature ?? 0;
   const uniform = mulberry32(deriveSeed(o.seed ?? 0, 'generate'));
@@ -88,6 +121,7 @@ function generateIds(model: GPT, tokenizer: Tokenizer, promptIds: number[], o: G
     if (next === tokenizer.eosId) break;
     ids.push(next);
     generated.push(next);
+    yield;
   }
   return generated;
 }
@@ -134,14 +168,15 @@ export const SAMPLE_SETTINGS = { temperature: 0.8, topK: 20 } as const;
 
 /**
  * How well the model follows instructions, on the same prompt template SFT trains with.
- * maxNewTokens defaults to the reference length plus a margin of 16 tokens.
+ * maxNewTokens defaults to the reference length plus a margin of 16 tokens. `onProgress` counts
+ * the pairs whose generations are done.
  */
-export function instructionScore(
+export async function instructionScore(
   model: GPT,
   tokenizer: Tokenizer,
   pairs: { prompt: string; response: string }[],
-  o: { maxNewTokens?: number; maxPairs?: number; sampleSeed?: number } = {},
-): InstructionScore {
+  o: { maxNewTokens?: number; maxPairs?: number; sampleSeed?: number; onProgress?: EvalProgress } = {},
+): Promise<InstructionScore> {
   const chosen = pairs.slice(0, o.maxPairs ?? pairs.length);
   if (chosen.length === 0) throw new Error('instructionScore needs at least one prompt/response pair');
   const encoded = chosen.map((pair) => ({
@@ -149,20 +184,22 @@ export function instructionScore(
     response: tokenizer.encode(pair.response),
   }));
   const rows = encoded.map((example) => sftRow(example, { contextLength: model.config.contextLength, padId: tokenizer.padId, eosId: tokenizer.eosId }));
-  const { nll, count, correct } = sumNll(model, rows);
+  const { nll, count, correct } = await runYielding(sumNll(model, rows));
 
   let exact = 0;
   let rouge = 0;
-  const samples = chosen.map((pair, i) => {
+  const samples: InstructionScore['samples'] = [];
+  for (const [i, pair] of chosen.entries()) {
     const example = encoded[i] as { prompt: number[]; response: number[] };
     const maxNewTokens = o.maxNewTokens ?? example.response.length + 16;
-    const generated = tokenizer.decode(generateIds(model, tokenizer, example.prompt, { maxNewTokens }));
+    const generated = tokenizer.decode(await runYielding(generateIds(model, tokenizer, example.prompt, { maxNewTokens })));
     const seed = deriveSeed(o.sampleSeed ?? 0, 'sample', pair.prompt);
-    const sampled = tokenizer.decode(generateIds(model, tokenizer, example.prompt, { ...SAMPLE_SETTINGS, maxNewTokens, seed }));
+    const sampled = tokenizer.decode(await runYielding(generateIds(model, tokenizer, example.prompt, { ...SAMPLE_SETTINGS, maxNewTokens, seed })));
     if (generated.trim() === pair.response.trim()) exact++;
     rouge += rougeL(generated, pair.response);
-    return { prompt: pair.prompt, expected: pair.response, generated, sampled };
-  });
+    samples.push({ prompt: pair.prompt, expected: pair.response, generated, sampled });
+    o.onProgress?.({ done: i + 1, total: chosen.length });
+  }
   return {
     responsePerplexity: Math.exp(nll / Math.max(1, count)),
     tokenAccuracy: correct / Math.max(1, count),

@@ -108,12 +108,23 @@ const sha256 = z
   .regex(/^[0-9a-fA-F]{64}$/, 'expected 64 hex digits')
   .transform((s) => s.toLowerCase());
 const filePath = z.string().min(1);
+/**
+ * A loss that stopped being a number still has to reach dacp, which fails the run on it: JSON has no
+ * NaN, so JavaScript trainers write `null`, and Python's json.dumps writes bare NaN / Infinity
+ * (read by parseJsonLine as the strings below).
+ */
+const NON_FINITE: Record<string, number> = { NaN: Number.NaN, Infinity: Number.POSITIVE_INFINITY, '-Infinity': Number.NEGATIVE_INFINITY };
+const loss = z.union([
+  z.number(),
+  z.null().transform(() => Number.NaN),
+  z.enum(['NaN', 'Infinity', '-Infinity']).transform((name) => NON_FINITE[name] as number),
+]);
 
 // z.object strips unknown keys, so a trainer may add fields of its own without breaking the protocol.
 const eventSchemas = {
-  progress: z.object({ event: z.literal('progress'), step, loss: z.number(), tokens: z.number().int().nonnegative() }),
+  progress: z.object({ event: z.literal('progress'), step, loss, tokens: z.number().int().nonnegative() }),
   checkpoint: z.object({ event: z.literal('checkpoint'), step, path: filePath, sha256 }),
-  done: z.object({ event: z.literal('done'), step, loss: z.number(), model: filePath, sha256 }),
+  done: z.object({ event: z.literal('done'), step, loss, model: filePath, sha256 }),
   log: z.object({ event: z.literal('log'), level: z.enum(['info', 'warn']), message: z.string() }),
 } satisfies Record<TrainerEvent['event'], z.ZodType<TrainerEvent, z.ZodTypeDef, unknown>>;
 
@@ -129,11 +140,48 @@ function isEventName(name: unknown): name is TrainerEvent['event'] {
   return typeof name === 'string' && Object.prototype.hasOwnProperty.call(eventSchemas, name);
 }
 
+/**
+ * JSON.parse, except that bare NaN, Infinity and -Infinity outside strings (Python's json.dumps
+ * writes them for non-finite floats) are read as the strings "NaN", "Infinity", "-Infinity".
+ */
+function parseJsonLine(line: string): unknown {
+  try {
+    return JSON.parse(line);
+  } catch (err) {
+    const quoted = quoteNonFinite(line);
+    if (quoted === line) throw err;
+    return JSON.parse(quoted);
+  }
+}
+
+function quoteNonFinite(line: string): string {
+  let out = '';
+  let inString = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i] as string;
+    if (inString) {
+      out += c;
+      if (c === '\\') out += line[++i] ?? '';
+      else if (c === '"') inString = false;
+      continue;
+    }
+    const token = /^(?:-?Infinity|NaN)/.exec(line.slice(i, i + 9))?.[0];
+    if (token !== undefined) {
+      out += `"${token}"`;
+      i += token.length - 1;
+      continue;
+    }
+    if (c === '"') inString = true;
+    out += c;
+  }
+  return out;
+}
+
 /** One stdout line → one event, or a TrainerProtocolError that names the problem and quotes the line. */
 export function parseTrainerLine(line: string): TrainerEvent {
   let value: unknown;
   try {
-    value = JSON.parse(line);
+    value = parseJsonLine(line);
   } catch (err) {
     throw new TrainerProtocolError(`trainer stdout line is not JSON (${(err as Error).message}): ${quote(line)}`);
   }
@@ -153,6 +201,19 @@ export function parseTrainerLine(line: string): TrainerEvent {
     throw new TrainerProtocolError(`trainer "${name}" event is invalid (${issues.join('; ')}): ${quote(line)}`);
   }
   return parsed.data;
+}
+
+/**
+ * The trainer's own report that training diverged, from the last lines of its stderr: a line
+ * saying "training diverged at step N" (as the reference trainer writes before exiting 1). Null
+ * when there is none: the exit then counts as an ordinary, retryable failure.
+ */
+export function reportedDivergence(stderrTail: string): { step: number; line: string } | null {
+  for (const line of stderrTail.split('\n').reverse()) {
+    const match = /training diverged at step (\d+)/i.exec(line);
+    if (match) return { step: Number(match[1]), line: line.trim() };
+  }
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,14 +37,17 @@ export function mixedLmBatches(o: MixedLmOptions): BatchSource {
   return (step) => {
     checkStep(step);
     const uniform = mulberry32(deriveSeed(o.seed, 'lm', step));
-    const rows: number[][] = [];
-    for (let r = 0; r < o.batchSize; r++) rows.push(sampleWindow(r < replayRows ? o.replay : o.domain, o.contextLength + 1, uniform));
-    return {
-      inputs: rows.map((row) => row.slice(0, -1)),
-      targets: rows.map((row) => row.slice(1)),
-      mask: rows.map(() => new Array<number>(o.contextLength).fill(1)),
-    };
+    const batch: Batch = { inputs: [], targets: [], mask: [] };
+    for (let r = 0; r < o.batchSize; r++) pushLmRow(batch, sampleWindow(r < replayRows ? o.replay : o.domain, o.contextLength + 1, uniform));
+    return batch;
   };
+}
+
+/** A window of contextLength + 1 tokens as one language-modelling row: every target counts. */
+function pushLmRow(batch: Batch, window: number[]): void {
+  batch.inputs.push(window.slice(0, -1));
+  batch.targets.push(window.slice(1));
+  batch.mask.push(new Array<number>(window.length - 1).fill(1));
 }
 
 /** `length` consecutive tokens at a random offset; a stream shorter than that is read cyclically. */
@@ -69,16 +72,29 @@ export interface SftOptions {
   seed: number;
   padId: number;
   eosId: number;
+  /** Token stream of general (replay) text, mixed in as plain language-modelling rows. */
+  replay?: number[];
+  /** Fraction of each batch's rows drawn from `replay`, in [0, 1); absent or 0 is pure SFT. */
+  replayRatio?: number;
 }
 
 /**
  * Supervised fine-tuning batches: each epoch visits every example once, in a seeded order.
  * The loss mask covers only response and eos targets, so the model learns to answer, not to
  * reproduce prompts.
+ *
+ * With a replay stream and ratio, the first round(batchSize × replayRatio) rows of every batch (at
+ * most batchSize − 1) are replay windows drawn as mixedLmBatches draws them, every target counting:
+ * general text trained alongside the pairs keeps SFT from erasing what pretraining kept. The pair
+ * rows walk the epochs at (batchSize − replay rows) examples per step, so ratio 0 gives exactly
+ * the batches of pure SFT and runs begun before replay existed resume identically.
  */
 export function sftBatches(o: SftOptions): BatchSource {
   checkSizes(o.batchSize, o.contextLength);
   if (o.examples.length === 0) throw new Error('sftBatches: no examples');
+  const replay = o.replay ?? [];
+  const replayRows = sftReplayRows(o);
+  const pairRows = o.batchSize - replayRows;
   const orders = new Map<number, number[]>();
   const orderOf = (epoch: number): number[] => {
     let order = orders.get(epoch);
@@ -92,8 +108,13 @@ export function sftBatches(o: SftOptions): BatchSource {
   return (step) => {
     checkStep(step);
     const batch: Batch = { inputs: [], targets: [], mask: [] };
-    for (let r = 0; r < o.batchSize; r++) {
-      const index = step * o.batchSize + r;
+    if (replayRows > 0) {
+      // Its own seed label: the windows differ from the ones a dacp stage with the same seed drew at this step.
+      const uniform = mulberry32(deriveSeed(o.seed, 'sft-replay', step));
+      for (let r = 0; r < replayRows; r++) pushLmRow(batch, sampleWindow(replay, o.contextLength + 1, uniform));
+    }
+    for (let r = 0; r < pairRows; r++) {
+      const index = step * pairRows + r;
       const epoch = Math.floor(index / o.examples.length);
       const example = o.examples[orderOf(epoch)[index % o.examples.length] as number] as SftExample;
       const row = sftRow(example, o);
@@ -103,6 +124,18 @@ export function sftBatches(o: SftOptions): BatchSource {
     }
     return batch;
   };
+}
+
+/** How many rows of each SFT batch are replay text. */
+function sftReplayRows(o: SftOptions): number {
+  const ratio = o.replayRatio ?? 0;
+  if (!(ratio >= 0 && ratio < 1)) throw new Error(`replayRatio must be in [0, 1) so every batch keeps instruction pairs, got ${ratio}`);
+  if (ratio === 0) return 0;
+  if (o.replay === undefined) throw new Error(`sftBatches: replayRatio ${ratio} needs a replay token stream; pass replay or set replayRatio to 0`);
+  // An empty replay set trains pure SFT, as mixedLmBatches falls back to the stream that has text.
+  if (o.replay.length < 2) return 0;
+  // At least one pair per batch: with a small batch the rounding alone could leave none.
+  return Math.min(Math.round(o.batchSize * ratio), o.batchSize - 1);
 }
 
 /**

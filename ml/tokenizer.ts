@@ -1,3 +1,4 @@
+import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import { z } from 'zod';
 import { BpeTokenizer, BYTE_COUNT } from './bpe';
 
@@ -45,6 +46,42 @@ export function tokenizerFromJSON(json: unknown): Tokenizer {
   } catch (error) {
     throw new Error(`invalid tokenizer JSON: ${error instanceof Error ? error.message : String(error)}`);
   }
+}
+
+export interface PaceOptions {
+  /** Awaited between slices of work (about every `sliceMs`) with the items done so far: the place to heartbeat. */
+  onProgress?: (p: { done: number; total: number }) => void | Promise<void>;
+  /** How long one slice of synchronous work may run before the event loop gets a turn (default 50 ms). */
+  sliceMs?: number;
+}
+
+const DEFAULT_SLICE_MS = 50;
+
+/**
+ * Runs `each` over `items`, giving the event loop a turn about every `sliceMs`. Tokenizing a corpus
+ * is minutes of synchronous work; an activity doing it must keep heartbeating meanwhile.
+ */
+export async function forEachPaced<T>(items: readonly T[], each: (item: T, index: number) => void, o: PaceOptions = {}): Promise<void> {
+  const sliceMs = o.sliceMs ?? DEFAULT_SLICE_MS;
+  let sliceStart = Date.now();
+  for (let i = 0; i < items.length; i++) {
+    each(items[i] as T, i);
+    if (Date.now() - sliceStart >= sliceMs) {
+      await o.onProgress?.({ done: i + 1, total: items.length });
+      await yieldToEventLoop();
+      sliceStart = Date.now();
+    }
+  }
+}
+
+/** Documents → one token stream, each document closed by the end-of-text token (the `lm` data layout). */
+export async function encodeDocuments(tokenizer: Tokenizer, texts: readonly string[], o: PaceOptions = {}): Promise<number[]> {
+  const out: number[] = [];
+  await forEachPaced(texts, (text) => {
+    for (const id of tokenizer.encode(text)) out.push(id);
+    out.push(tokenizer.eosId);
+  }, o);
+  return out;
 }
 
 export class ByteTokenizer implements Tokenizer {

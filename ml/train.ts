@@ -56,6 +56,37 @@ export function parseTrainSettings(json: unknown): TrainSettings {
 
 interface Moments { m: tf.Variable; v: tf.Variable; decay: boolean }
 
+/** What to change in the spec when training diverged: the two settings that tame it, with their values. */
+export function divergenceAdvice(settings: { learningRate: number; gradClip: number }): string {
+  const clip = settings.gradClip > 0
+    ? `clip gradients harder with a smaller gradClip (now ${settings.gradClip})`
+    : 'enable gradient clipping (gradClip, e.g. 1)';
+  return `lower learningRate (now ${settings.learningRate}) or ${clip}`;
+}
+
+/**
+ * The loss or the gradient norm stopped being finite. Training is a pure function of the spec,
+ * the data and the checkpoint it resumed from, so a retry would diverge at the same step: the
+ * caller fails the run once, naming the step, instead of retrying.
+ */
+export class TrainingDivergedError extends Error {
+  override readonly name = 'TrainingDivergedError';
+
+  constructor(
+    /** The 1-based step that diverged, as progress and checkpoints count steps (step N = after N updates). */
+    readonly step: number,
+    readonly loss: number,
+    /** Null when the trainer did not report it (external trainers report only the loss). */
+    readonly gradNorm: number | null,
+    settings: { learningRate: number; gradClip: number },
+  ) {
+    const what = Number.isFinite(loss)
+      ? `gradient norm is ${gradNorm} (loss ${loss})`
+      : `loss is ${loss}${gradNorm === null ? '' : ` (gradient norm ${gradNorm})`}`;
+    super(`training diverged at step ${step}: ${what}; ${divergenceAdvice(settings)}`);
+  }
+}
+
 export class Trainer {
   private constructor(
     readonly model: GPT,
@@ -128,7 +159,7 @@ export class Trainer {
     return floor + (peak - floor) * 0.5 * (1 + Math.cos(Math.PI * progress));
   }
 
-  /** One optimizer step. Throws, leaving the state untouched, if the loss or gradients are not finite. */
+  /** One optimizer step. Throws TrainingDivergedError, leaving the state untouched, if the loss or gradients are not finite. */
   trainStep(batch: Batch): { loss: number; lr: number; gradNorm: number } {
     this.checkBatch(batch);
     const lr = this.learningRateAt(this.currentStep);
@@ -147,7 +178,7 @@ export class Trainer {
     gradNorm.dispose();
     if (!Number.isFinite(lossValue) || !Number.isFinite(normValue)) {
       tf.dispose(grads);
-      throw new Error(`training diverged at step ${this.currentStep}: loss ${lossValue}, gradient norm ${normValue}; lower learningRate or gradClip`);
+      throw new TrainingDivergedError(this.currentStep + 1, lossValue, normValue, this.settings);
     }
     const clipScale = this.settings.gradClip > 0 && normValue > this.settings.gradClip ? this.settings.gradClip / (normValue + 1e-6) : 1;
     this.applyAdamW(names, grads, lr, clipScale);

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { RunSpec } from './runSpec';
 
 /** Stage ids used in status, the database and the `DacpStage` search attribute. */
-export const STAGES = ['collect', 'quality', 'dacp', 'forgetting', 'instruct', 'approval', 'deploy'] as const;
+export const STAGES = ['collect', 'quality', 'dacp', 'forgetting', 'instruct', 'final_check', 'approval', 'deploy'] as const;
 export type Stage = (typeof STAGES)[number];
 
 export const RUN_STATES = ['running', 'awaiting_approval', 'completed', 'rejected', 'failed', 'cancelled'] as const;
@@ -37,23 +37,51 @@ export interface DatasetManifest {
   shards: { uri: string; sha256: string; docs: number; bytes: number }[];
 }
 
+/**
+ * The few spec fields the workflow itself reads. The whole spec travels as `specRef`, a
+ * content-addressed artifact that activities load: history carries no document text, no secrets and
+ * no megabyte of spec per activity call. (Runs started before `specRef` existed carry the whole spec
+ * here, a superset of these fields, and replay as they ran.)
+ */
+export interface WorkflowSpec {
+  name: string;
+  replayRatio: RunSpec['replayRatio'];
+  /** Absent in runs from before the two-line registry: they continue from the served model. */
+  baseModel: Pick<RunSpec['baseModel'], 'ref' | 'bootstrapIfMissing'> & { line?: RunSpec['baseModel']['line'] };
+  /** Absent in runs from before the final check. */
+  instruct?: Pick<RunSpec['instruct'], 'replayRatio'>;
+  forgetting: RunSpec['forgetting'];
+  approval: RunSpec['approval'];
+  deploy: RunSpec['deploy'];
+  heartbeatTimeout: RunSpec['heartbeatTimeout'];
+  controlHeartbeatTimeout: RunSpec['controlHeartbeatTimeout'];
+}
+
+export function workflowSpec(spec: RunSpec): WorkflowSpec {
+  return {
+    name: spec.name,
+    replayRatio: spec.replayRatio,
+    baseModel: { ref: spec.baseModel.ref, bootstrapIfMissing: spec.baseModel.bootstrapIfMissing, line: spec.baseModel.line },
+    instruct: { replayRatio: spec.instruct.replayRatio },
+    forgetting: spec.forgetting,
+    approval: spec.approval,
+    deploy: spec.deploy,
+    heartbeatTimeout: spec.heartbeatTimeout,
+    controlHeartbeatTimeout: spec.controlHeartbeatTimeout,
+  };
+}
+
+/** How an activity finds the run's spec: by artifact reference, or (runs from before) inline. */
+export type SpecSource = { specRef: ArtifactRef; spec?: undefined } | { spec: RunSpec; specRef?: undefined };
+
 export interface PipelineInput {
   runId: string;
-  spec: RunSpec;
+  spec: WorkflowSpec;
+  /** The validated spec with its defaults, stored as JSON in the artifact store. Absent in runs from before. */
+  specRef?: ArtifactRef;
   /** Absolute directory that relative source paths are resolved against (the spec file's folder). */
   baseDir: string;
   initiator: string;
-}
-
-export interface TrainingProgress {
-  stage: 'dacp' | 'instruct' | 'bootstrap';
-  step: number;
-  totalSteps: number;
-  loss: number | null;
-  attempt: number;
-  resumedFromStep: number | null;
-  /** E.g. a corrupted checkpoint that was skipped; shown in status as `metrics.warnings`. */
-  warnings: string[];
 }
 
 /** What `dacp run status ID --json` prints, exactly. */
@@ -67,16 +95,80 @@ export interface RunStatus {
   resumedFromStep: number | null;
 }
 
-export interface ForgettingReport {
-  round: number;
-  replayRatio: number;
-  base: { generalPerplexity: number; domainPerplexity: number };
-  adapted: { generalPerplexity: number; domainPerplexity: number };
+/** What a gate measures of one model on the run's held-out sets. */
+export interface ModelScores {
+  generalPerplexity: number;
+  domainPerplexity: number;
+  /** Multiple-choice accuracy, when the spec names `evaluation.choices` sets. */
+  domainAccuracy?: number;
+  generalAccuracy?: number;
+  /** Instruction token accuracy on the held-out pairs (the final check). */
+  instructionTokenAccuracy?: number;
+}
+
+/** The gate's figures: relative for perplexity, absolute (points) for accuracies. */
+export interface GateFigures {
   generalRegression: number;
   domainGain: number;
-  budgets: { maxGeneralRegression: number; minDomainGain: number };
+  domainAccuracyGain?: number;
+  generalAccuracyDrop?: number;
+  instructionRegression?: number;
+}
+
+export interface GateBudgets {
+  maxGeneralRegression: number;
+  minDomainGain: number;
+  minDomainAccuracyGain: number;
+  maxGeneralAccuracyDrop: number;
+  /** The final check only. */
+  maxInstructionRegression?: number;
+}
+
+/** The forgetting gate after continual pretraining: the adapted model against the model it started from. */
+export interface ForgettingReport extends GateFigures {
+  round: number;
+  replayRatio: number;
+  base: ModelScores;
+  adapted: ModelScores;
+  budgets: GateBudgets | { maxGeneralRegression: number; minDomainGain: number };
   passed: boolean;
   reasons: string[];
+}
+
+/** The gate again, on what would ship: the instruction-tuned candidate against what it would replace. */
+export interface FinalCheckReport extends GateFigures {
+  round: number;
+  /** instruct.replayRatio of the tuning that made the candidate. */
+  instructReplayRatio: number;
+  /** `production`: the version the deploy alias points at; `base`: a first run, so the model it started from. */
+  reference: { kind: 'production' | 'base'; versionId: string; sha256: string };
+  referenceScores: ModelScores;
+  candidate: ModelScores;
+  budgets: GateBudgets;
+  passed: boolean;
+  reasons: string[];
+}
+
+/** One candidate of a list of replay ratios, and where it landed on the trade-off. */
+export interface CandidateSummary {
+  round: number;
+  replayRatio: number;
+  domainGain: number;
+  generalRegression: number;
+  passed: boolean;
+  chosen: boolean;
+  model: ArtifactRef;
+  reportRef: ArtifactRef;
+}
+
+/** The trade-off report: a table and an SVG plot, approvers look at it before voting. */
+export interface TradeoffReport {
+  kind: 'tradeoff';
+  runId: string;
+  budget: { maxGeneralRegression: number };
+  candidates: Omit<CandidateSummary, 'model' | 'reportRef'>[];
+  table: string;
+  svg: ArtifactRef;
 }
 
 export interface InstructScores {
@@ -125,9 +217,16 @@ export interface ApprovalRequest {
     datasets: { role: DatasetRole; split: DatasetSplit; sha256: string; docs: number }[];
     forgettingReport: ArtifactRef;
     instructReport: ArtifactRef;
+    /** Absent in runs from before the final check. */
+    finalCheckReport?: ArtifactRef;
+    /** Present when the spec listed several replay ratios. */
+    tradeoffReport?: ArtifactRef;
+    tradeoffSvg?: ArtifactRef;
   };
   forgetting: ForgettingReport;
   instruct: InstructSummary;
+  finalCheck?: FinalCheckReport;
+  candidates?: Omit<CandidateSummary, 'model' | 'reportRef'>[];
 }
 
 export const DecisionInput = z
@@ -158,6 +257,8 @@ export interface ApprovalOutcome {
 
 export interface DeployResult {
   versionId: string;
+  /** The adapted (continually pretrained) version the served one was tuned from; absent for runs from before. */
+  adaptedVersionId?: string;
   alias: string;
   previousVersionId: string | null;
   deploymentId: number;
@@ -170,5 +271,8 @@ export interface PipelineResult {
   versionId?: string;
   forgetting?: ForgettingReport;
   instruct?: InstructSummary;
+  finalCheck?: FinalCheckReport;
+  /** The adapted (continually pretrained) version registered beside the served one. */
+  adaptedVersionId?: string;
   stageSeconds: Partial<Record<Stage, number>>;
 }

@@ -72,6 +72,27 @@ export const TrainingSettings = z
   .strict();
 export type TrainingSettings = z.infer<typeof TrainingSettings>;
 
+/** Instruction tuning: the training settings, plus general LM text mixed into its batches. */
+export const InstructSettings = TrainingSettings.extend({
+  /**
+   * Share of each batch that is general (replay) text, trained as plain language modelling; the
+   * rest are prompt/response pairs with the loss on the responses. Keeps SFT from erasing what
+   * continual pretraining kept.
+   */
+  replayRatio: z.number().min(0).max(0.9, 'keep at least 10 % instruction pairs: instruct.replayRatio ≤ 0.9').default(0.2),
+}).strict();
+export type InstructSettings = z.infer<typeof InstructSettings>;
+
+const ReplayRatio = z.number().min(0).max(0.95, 'keep at least 5 % domain data: replayRatio ≤ 0.95');
+
+/** Budgets on multiple-choice task accuracy (absolute points, 0.05 = 5 points), in both gates. */
+const choiceBudgets = {
+  /** The candidate's domain accuracy must rise at least this much over the model it is compared with. */
+  minDomainAccuracyGain: z.number().min(-1).max(1).default(0),
+  /** The candidate's general accuracy may fall at most this much. */
+  maxGeneralAccuracyDrop: z.number().min(0).max(1).default(0.05),
+};
+
 export const ModelShape = z
   .object({
     contextLength: z.number().int().min(4).max(4096).default(64),
@@ -90,7 +111,17 @@ export const EngineSpec = z.discriminatedUnion('kind', [
       kind: z.literal('command'),
       /** argv of the trainer; `--job FILE` is appended. Relative paths resolve against the spec's folder. */
       command: z.array(z.string().min(1)).min(1, 'give the trainer command, e.g. ["python3", "trainers/reference/dacp_trainer.py"]'),
-      env: z.record(z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE'), z.string()).default({}),
+      /**
+       * Names of environment variables the trainer gets from the gpu worker's own environment (an
+       * API token, say). Values never appear in a spec, so they never reach history, the database
+       * or an audit bundle; each gpu worker that may run this engine must have them set.
+       */
+      env: z
+        .array(z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE'), {
+          invalid_type_error:
+            'list the names of variables the trainer takes from the gpu worker\'s environment, e.g. ["HF_TOKEN"]; values are secrets and never go in a spec',
+        })
+        .default([]),
       killGraceSeconds: z.number().min(1).max(600).default(10),
     })
     .strict(),
@@ -114,6 +145,13 @@ export const RunSpec = z
         ref: z.string().min(1).default('production'),
         /** When the ref resolves to nothing, train a tiny base model on the replay (general) data first. */
         bootstrapIfMissing: z.boolean().default(false),
+        /**
+         * Which line of the resolved version a run continues: `pretrained` (default) continues
+         * pretraining from the adapted model behind it and instructs again from there; `deployed`
+         * continues from the served (instruction-tuned) model itself. A version with no adapted
+         * model behind it (imported, bootstrapped) is its own start either way.
+         */
+        line: z.enum(['pretrained', 'deployed']).default('pretrained'),
         shape: ModelShape.default({}),
         /** The bootstrapped model's tokenizer, trained on the replay corpus; later stages keep it. */
         tokenizer: z
@@ -126,7 +164,21 @@ export const RunSpec = z
       })
       .strict()
       .default({}),
-    replayRatio: z.number().min(0).max(0.95, 'keep at least 5 % domain data: replayRatio ≤ 0.95').default(0.25),
+    /**
+     * Share of each continual-pretraining batch that is replay (general) text. A list trains one
+     * candidate per value, in parallel, and keeps the best under the gate's rule: the largest
+     * domain gain whose general regression is within budget.
+     */
+    replayRatio: z
+      .union([
+        ReplayRatio,
+        z
+          .array(ReplayRatio)
+          .min(1, 'list at least one replay ratio')
+          .max(8, 'list at most 8 replay ratios; each trains a model')
+          .refine((list) => new Set(list).size === list.length, 'list each replay ratio once'),
+      ])
+      .default(0.25),
     quality: z
       .object({
         minChars: z.number().int().min(0).max(100_000_000).default(20),
@@ -134,6 +186,17 @@ export const RunSpec = z
         maxRepetitionRatio: z.number().min(0).max(1).default(0.5),
         maxSymbolRatio: z.number().min(0).max(1).default(0.3),
         redactPii: z.boolean().default(true),
+        /**
+         * Estimated Jaccard similarity of word 5-gram sets at or above which a later document is removed
+         * as a near-duplicate of an earlier one; `null` turns near-duplicate removal off. Same default and
+         * floor as ml/quality.ts (schemas import nothing but zod).
+         */
+        nearDuplicateThreshold: z
+          .number()
+          .min(0.5, 'nearDuplicateThreshold below 0.5 is not reliable (the index misses such pairs); use 0.5–1, or null to turn near-duplicate removal off')
+          .max(1, 'nearDuplicateThreshold is a similarity between 0.5 and 1; use null to turn near-duplicate removal off')
+          .nullable()
+          .default(0.8),
         /** Fewer surviving documents than this per role fails the run. */
         minDocs: z.number().int().min(1).max(100_000_000).default(10),
       })
@@ -151,10 +214,46 @@ export const RunSpec = z
         maxRetries: z.number().int().min(0).max(5).default(1),
         replayIncrement: z.number().positive().max(0.5).default(0.2),
         maxEvalWindows: z.number().int().min(1).max(100_000).default(64),
+        ...choiceBudgets,
+        /**
+         * The gate again, on the candidate that would ship (after instruction tuning), against the
+         * production model it would replace, or the base on a first run. A candidate that fails it
+         * is never offered for approval; `retry-with-more-replay` tunes again with
+         * `instruct.replayRatio + replayIncrement`.
+         */
+        final: z
+          .object({
+            maxGeneralRegression: z.number().min(0).max(10).default(0.25),
+            minDomainGain: z.number().min(-1).max(1).default(0),
+            /** Largest allowed relative fall of instruction token accuracy, e.g. 0.1 = −10 %. */
+            maxInstructionRegression: z.number().min(0).max(1).default(0.1),
+            ...choiceBudgets,
+            onFail: z.enum(['fail', 'retry-with-more-replay']).default('retry-with-more-replay'),
+            maxRetries: z.number().int().min(0).max(5).default(1),
+            replayIncrement: z.number().positive().max(0.5).default(0.2),
+          })
+          .strict()
+          .default({}),
       })
       .strict()
       .default({}),
-    instruct: TrainingSettings.default({ steps: 100, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
+    /** Held-out task sets: multiple-choice questions, scored by log-likelihood in both gates. */
+    evaluation: z
+      .object({
+        choices: z
+          .object({
+            /** JSONL of {question, choices, answer} (answer: the right choice's index or text), relative to the spec. */
+            domain: z.string().min(1).optional(),
+            general: z.string().min(1).optional(),
+          })
+          .strict()
+          .default({}),
+        /** Questions scored per set and model; the first ones of the file. */
+        maxChoiceItems: z.number().int().min(1).max(100_000).default(200),
+      })
+      .strict()
+      .default({}),
+    instruct: InstructSettings.default({ steps: 100, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
     approval: z
       .object({
         approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver'),
@@ -229,4 +328,9 @@ export function parseRunSpec(input: unknown, origin = 'spec'): RunSpec {
     throw new InputError(`${origin} is invalid: ${problems.join('; ')}`, problems);
   }
   return result.data;
+}
+
+/** The replay ratios a spec trains candidates for (one, or a list). */
+export function replayRatios(spec: Pick<RunSpec, 'replayRatio'>): number[] {
+  return Array.isArray(spec.replayRatio) ? spec.replayRatio : [spec.replayRatio];
 }

@@ -20,7 +20,7 @@ import { temporal } from '@temporalio/proto';
 import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import pg from 'pg';
 import { freePort, startDevServer, type DevServer } from '../cli/devServer';
-import { cancelRun, decide, runStatus, startRun } from '../cli/runs';
+import { cancelRun, decide, runStatus, startRun, type RunContext } from '../cli/runs';
 import { migrate } from '../db/migrate';
 import { createPool } from '../db/pool';
 import { generateDemoCorpus } from '../ml/demoCorpus';
@@ -92,6 +92,7 @@ function tinySpec(over: Partial<RunSpecInput> = {}): RunSpecInput {
 interface World {
   client: Client;
   home: string;
+  runs: RunContext;
   /** Stops the gpu worker (training checkpoints and fails the attempt retryably) and starts a new one. */
   restartGpuWorker(): Promise<void>;
 }
@@ -108,7 +109,7 @@ async function poll<T>(probe: () => Promise<T | undefined>, what: string, timeou
 
 async function statusWhen(world: World, runId: string, what: string, ok: (s: RunStatus) => boolean): Promise<RunStatus> {
   return poll(async () => {
-    const s = await runStatus(world.client, runId);
+    const s = await runStatus(world.runs, runId);
     if (ok(s)) return s;
     if (s.state === 'failed' || s.state === 'cancelled' || s.state === 'completed' || s.state === 'rejected') {
       throw new Error(`run ${runId} ended ${s.state} (${String(s.metrics.error ?? '')}) before ${what}`);
@@ -135,7 +136,7 @@ async function expectFailure(world: World, runId: string): Promise<void> {
 }
 
 async function start(world: World, runId: string, over: Partial<RunSpecInput> = {}): Promise<string> {
-  return startRun(world.client, { spec: parseRunSpec(tinySpec(over)), baseDir: world.home, runId, initiator: 'engineer' });
+  return startRun(world.runs, { spec: parseRunSpec(tinySpec(over)), baseDir: world.home, runId, initiator: 'engineer' });
 }
 
 // ---- the scenarios: each small, each ending in a closed workflow
@@ -184,7 +185,7 @@ const scenarios: Scenario[] = [
     async run(world, runId) {
       await start(world, runId, { dacp: { steps: 5000, batchSize: 8, learningRate: 3e-3, checkpointEvery: 10 } });
       await statusWhen(world, runId, 'dacp training to step', (s) => s.stage === 'dacp' && s.progress.step > 0);
-      await cancelRun(world.client, runId);
+      await cancelRun(world.runs, runId);
       await expectFailure(world, runId);
     },
   },
@@ -295,6 +296,7 @@ async function main(): Promise<void> {
     const world: World = {
       client,
       home,
+      runs: { client, pool, artifactsDir: path.join(home, 'artifacts') },
       restartGpuWorker: async () => {
         gpu.shutdown();
         await runs[workers.indexOf(gpu)];

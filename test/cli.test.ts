@@ -99,6 +99,20 @@ describe('the dacp command refuses bad input with one clear line and starts noth
     expect(r.stderr).toMatch(/sources\[3\]: environment variable TICKETS_DB_URL is not set/);
   });
 
+  test('a malformed multiple-choice set, named by file:line and field', () => {
+    const planted = 'planted sentence from a private ticket';
+    writeFileSync(
+      path.join(home, 'data', 'choices-bad.jsonl'),
+      `${JSON.stringify({ question: 'q', choices: ['a', 'b'], answer: 1 })}\n{"question": "${planted}", "choices": ["a", "b"], "answer": 2}\n`,
+    );
+    const spec = tinySpec({ evaluation: { choices: { domain: 'data/choices-domain.jsonl', general: 'data/choices-bad.jsonl' } } });
+    const r = dacp('run', 'start', '--spec', writeSpec('badchoices.json', spec));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^dacp: evaluation\.choices\.general: data\/choices-bad\.jsonl:2: "answer" is 2, not an index of the 2 choices/);
+    expect(r.stderr.split('\n')).toHaveLength(1);
+    expect(r.stderr).not.toContain('planted');
+  });
+
   test('a missing spec file and unknown options', () => {
     expect(dacp('run', 'start', '--spec', 'nope.json').stderr).toMatch(/cannot read spec nope\.json \(ENOENT\)/);
     const unknown = dacp('run', 'start', '--sepc', 'x');

@@ -10,7 +10,7 @@ import { approveUpdate, approvalWorkflowId } from '../workflows/messages';
 import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
-import { eventually, GiveUp } from './helpers/temporal';
+import { eventually, GiveUp, runsFor } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -19,6 +19,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
   let client: Client;
   let db: TestDatabase;
   let home: string;
+  const runs = () => runsFor(client, db.pool, home);
 
   beforeAll(async () => {
     h = await startHarness({ inProcessGpu: false });
@@ -41,7 +42,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
         heartbeatTimeout: '3s',
       }),
     );
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'crash-1', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'crash-1', initiator: 'engineer' });
 
     // Kill once dacp training has written a checkpoint at step ≥ 40 but is far from done.
     const killedAt = await eventually(async () => {
@@ -57,12 +58,12 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
 
     spawnGpuWorker();
     await eventually(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the resumed run to reach approval', 600_000, 500);
 
-    const status = await runStatus(client, runId);
+    const status = await runStatus(runs(), runId);
     expect(status.resumedFromStep).toBeGreaterThanOrEqual(killedAt);
     expect(status.resumedFromStep).toBeLessThan(400);
     expect(status.attempts.dacp).toBeGreaterThanOrEqual(2);
@@ -78,13 +79,13 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
 
     // Exact resume: the same run without a crash ends with a bitwise identical training state
     // (weights, AdamW moments, step), so its final checkpoint has the same sha256.
-    const clean = await startRun(client, { spec, baseDir: home, runId: 'uninterrupted-1', initiator: 'engineer' });
+    const clean = await startRun(runs(), { spec, baseDir: home, runId: 'uninterrupted-1', initiator: 'engineer' });
     await eventually(async () => {
-      const s = await runStatus(client, clean);
+      const s = await runStatus(runs(), clean);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the uninterrupted run to reach approval', 600_000, 500);
-    expect((await runStatus(client, clean)).resumedFromStep).toBeNull();
+    expect((await runStatus(runs(), clean)).resumedFromStep).toBeNull();
     const finalCheckpoint = async (id: string) =>
       (await db.pool.query("SELECT sha256 FROM checkpoints WHERE run_id = $1 AND stage = 'dacp' AND step = 400", [id])).rows[0].sha256 as string;
     expect(await finalCheckpoint(runId)).toBe(await finalCheckpoint(clean));
@@ -102,9 +103,9 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
         heartbeatTimeout: '3s',
       }),
     );
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'graceful-1', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'graceful-1', initiator: 'engineer' });
     await eventually(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       return s.stage === 'dacp' && s.progress.step >= 20 ? s : undefined;
     }, 'dacp training to pass step 20', 300_000, 100);
 
@@ -119,11 +120,11 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
 
     spawnGpuWorker();
     await eventually(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the resumed run to reach approval', 600_000, 500);
-    const status = await runStatus(client, runId);
+    const status = await runStatus(runs(), runId);
     expect(status.resumedFromStep).toBe(stoppedAt);
   });
 
@@ -134,7 +135,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     const spec = parseRunSpec(
       tinySpec({ baseModel: { ref: 'production' }, dacp: { steps: 400, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 }, heartbeatTimeout: '3s' }),
     );
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'corrupt-1', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'corrupt-1', initiator: 'engineer' });
     const newest = async () =>
       (await db.pool.query(
         "SELECT step, uri, sha256 FROM checkpoints WHERE run_id = $1 AND stage = 'dacp' AND pruned_at IS NULL ORDER BY step DESC",
@@ -150,7 +151,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
 
     spawnGpuWorker();
     const status = await eventually(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.resumedFromStep !== null ? s : undefined;
     }, 'the run to resume', 300_000, 200);

@@ -9,7 +9,7 @@ import { approvalWorkflowId, approveUpdate } from '../workflows/messages';
 import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
-import { eventually, GiveUp } from './helpers/temporal';
+import { eventually, GiveUp, runsFor } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -22,9 +22,12 @@ describe('external-command engine: the PyTorch reference trainer runs the traini
   let client: Client;
   let db: TestDatabase;
   let home: string;
+  const runs = () => runsFor(client, db.pool, home);
 
   beforeAll(async () => {
     if (!existsSync(python)) throw new Error('no .tools/venv: run `bash scripts/setup-python.sh` (CI does)');
+    // The spec names the variable; its value lives in the gpu workers' environment (they inherit ours).
+    process.env.DACP_TORCH_THREADS = '1';
     h = await startHarness({ inProcessGpu: false });
     ({ client, db, home } = h);
   });
@@ -39,15 +42,15 @@ describe('external-command engine: the PyTorch reference trainer runs the traini
     const first = gpuWorker();
     const spec = parseRunSpec(
       tinySpec({
-        engine: { kind: 'command', command: [python, trainer], env: { DACP_TORCH_THREADS: '1' } },
+        engine: { kind: 'command', command: [python, trainer], env: ['DACP_TORCH_THREADS'] },
         dacp: { steps: 300, batchSize: 8, learningRate: 3e-3, checkpointEvery: 20 },
         heartbeatTimeout: '3s',
       }),
     );
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'external-1', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'external-1', initiator: 'engineer' });
 
     const killedAt = await eventually(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       const { rows } = await db.pool.query("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'", [runId]);
       return rows[0].step !== null && rows[0].step >= 40 ? (rows[0].step as number) : undefined;
@@ -57,7 +60,7 @@ describe('external-command engine: the PyTorch reference trainer runs the traini
 
     gpuWorker();
     const waiting = await eventually(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the run to reach approval', 600_000, 500);

@@ -92,6 +92,69 @@ describe('sftBatches', () => {
     expect(sftBatches({ examples, batchSize: 3, contextLength: 4, seed: 5, padId: pad, eosId: eos })(7)).toEqual(batches(7));
   });
 
+  describe('with replay text mixed in', () => {
+    // Replay ids (100..199) never occur in the pairs (0..29 and the specials), so rows tell their kind.
+    const examples = Array.from({ length: 10 }, (_, i) => ({ prompt: [i, i + 1], response: [20 + (i % 10)] }));
+    const replay = Array.from({ length: 400 }, (_, i) => 100 + ((i * 7) % 100));
+    const options = { examples, batchSize: 8, contextLength: 12, seed: 3, padId: pad, eosId: eos, replay };
+    const isReplayRow = (row: number[]): boolean => row.every((t) => t >= 100 && t < 200);
+
+    test('holds round(batchSize × replayRatio) replay rows first, then pair rows', () => {
+      const batches = sftBatches({ ...options, replayRatio: 0.3 });
+      for (const step of [0, 1, 9, 1234]) {
+        const batch = batches(step);
+        expect(batch.inputs.map(isReplayRow)).toEqual([true, true, false, false, false, false, false, false]);
+        expect(batch.inputs.every((row) => row.length === 12)).toBe(true);
+      }
+    });
+
+    test('replay rows are consecutive windows of the stream with every target counting; pair rows mask the prompt', () => {
+      const batch = sftBatches({ ...options, replayRatio: 0.5 })(4);
+      for (let r = 0; r < 4; r++) {
+        const window = [...(batch.inputs[r] as number[]), (batch.targets[r] as number[])[11] as number];
+        const start = replay.indexOf(window[0] as number);
+        expect(window).toEqual(replay.slice(start, start + 13));
+        expect(batch.targets[r]).toEqual(window.slice(1));
+        expect(batch.mask[r]).toEqual(new Array(12).fill(1));
+      }
+      for (let r = 4; r < 8; r++) {
+        // prompt (2) + response (1) + eos: targets 1 and 2 count, the prompt's and the padding's do not.
+        expect(batch.mask[r]).toEqual([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+      }
+    });
+
+    test('pair rows still visit every example once per epoch, at the pair rows per step', () => {
+      const batches = sftBatches({ ...options, batchSize: 4, replayRatio: 0.5 });
+      const firstEpoch = Array.from({ length: 5 }, (_, step) => batches(step).inputs.slice(2).map((row) => row[0]));
+      expect(firstEpoch.flat().sort((a, b) => (a as number) - (b as number))).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    });
+
+    test('a batch is a pure function of (seed, step), so a resumed run sees the same rows', () => {
+      const first = sftBatches({ ...options, replayRatio: 0.25 });
+      expect(sftBatches({ ...options, replayRatio: 0.25 })(17)).toEqual(first(17));
+      expect(first(17).inputs.slice(0, 2)).not.toEqual(first(18).inputs.slice(0, 2));
+      expect(sftBatches({ ...options, replayRatio: 0.25, seed: 4 })(17).inputs.slice(0, 2)).not.toEqual(first(17).inputs.slice(0, 2));
+    });
+
+    test('ratio 0, and an empty replay stream, give exactly the batches of pure SFT', () => {
+      const pure = sftBatches({ examples, batchSize: 8, contextLength: 12, seed: 3, padId: pad, eosId: eos });
+      const zero = sftBatches({ ...options, replayRatio: 0 });
+      const empty = sftBatches({ ...options, replay: [], replayRatio: 0.5 });
+      for (const step of [0, 3, 50]) {
+        expect(zero(step)).toEqual(pure(step));
+        expect(empty(step)).toEqual(pure(step));
+      }
+    });
+
+    test('every batch keeps at least one pair row; bad ratios and a missing stream are named', () => {
+      const tiny = sftBatches({ ...options, batchSize: 2, replayRatio: 0.9 })(0);
+      expect(tiny.inputs.map(isReplayRow)).toEqual([true, false]);
+      expect(() => sftBatches({ ...options, replayRatio: 1 })).toThrow(/replayRatio must be in \[0, 1\).*got 1/);
+      expect(() => sftBatches({ ...options, replayRatio: -0.1 })).toThrow(/replayRatio must be in \[0, 1\)/);
+      expect(() => sftBatches({ ...options, replay: undefined, replayRatio: 0.2 })).toThrow(/replayRatio 0.2 needs a replay token stream/);
+    });
+  });
+
   test('the instruction template is the one documented', () => {
     expect(formatInstructionPrompt('Say hi')).toBe('### Instruction:\nSay hi\n\n### Response:\n');
   });

@@ -132,14 +132,14 @@ describe('kernels chosen for speed', () => {
 });
 
 describe('evaluation', () => {
-  test('a fresh model has perplexity of the order of the vocabulary size', () => {
+  test('a fresh model has perplexity of the order of the vocabulary size', async () => {
     const model = GPT.create(config, 1);
     const text = tokenizer.encode('Continual pretraining keeps small models current. '.repeat(4));
-    const result = perplexity(model, text);
+    const result = await perplexity(model, text);
     expect(result.tokens).toBe(text.length - 1);
     expect(result.perplexity).toBeGreaterThan(258 / 3);
     expect(result.perplexity).toBeLessThan(258 * 3);
-    expect(perplexity(model, text, { maxWindows: 2 }).tokens).toBe(32);
+    expect((await perplexity(model, text, { maxWindows: 2 })).tokens).toBe(32);
     model.dispose();
   });
 
@@ -154,11 +154,11 @@ describe('evaluation', () => {
     model.dispose();
   });
 
-  test('instructionScore shows a greedy and a seeded sampled generation per pair, the same on every call', () => {
+  test('instructionScore shows a greedy and a seeded sampled generation per pair, the same on every call', async () => {
     const model = GPT.create(config, 1);
     const pairs = [{ prompt: 'Say hi', response: 'hi' }, { prompt: 'Count', response: '1 2 3' }];
-    const first = instructionScore(model, tokenizer, pairs, { maxNewTokens: 12 });
-    const again = instructionScore(model, tokenizer, [...pairs].reverse(), { maxNewTokens: 12 });
+    const first = await instructionScore(model, tokenizer, pairs, { maxNewTokens: 12 });
+    const again = await instructionScore(model, tokenizer, [...pairs].reverse(), { maxNewTokens: 12 });
     expect(first.samples.map((sample) => Object.keys(sample).sort())).toEqual([0, 1].map(() => ['expected', 'generated', 'prompt', 'sampled']));
     expect(again.samples.reverse()).toEqual(first.samples);
     expect(first.samples[0]?.generated).toBe(generate(model, tokenizer, formatInstructionPrompt('Say hi'), { maxNewTokens: 12 }));
@@ -166,11 +166,11 @@ describe('evaluation', () => {
     model.dispose();
   });
 
-  test('instructionScore reports bounded metrics and samples without leaking tensors', () => {
+  test('instructionScore reports bounded metrics and samples without leaking tensors', async () => {
     const model = GPT.create(config, 1);
     const pairs = [{ prompt: 'Say hi', response: 'hi' }, { prompt: 'Count', response: '1 2 3' }, { prompt: 'x', response: 'y' }];
     const before = tf.memory().numTensors;
-    const score = instructionScore(model, tokenizer, pairs, { maxNewTokens: 4, maxPairs: 2 });
+    const score = await instructionScore(model, tokenizer, pairs, { maxNewTokens: 4, maxPairs: 2 });
     expect(tf.memory().numTensors).toBe(before);
     expect(score.samples).toHaveLength(2);
     expect(score.responsePerplexity).toBeGreaterThan(1);

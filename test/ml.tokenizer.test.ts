@@ -1,6 +1,6 @@
 import { splitWords } from '../ml/bpe';
 import { generateDemoCorpus } from '../ml/demoCorpus';
-import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON } from '../ml/tokenizer';
+import { BpeTokenizer, ByteTokenizer, encodeDocuments, tokenizerFromJSON } from '../ml/tokenizer';
 
 const corpus = generateDemoCorpus();
 const texts = [...corpus.domain, ...corpus.general, ...corpus.instructions.map((pair) => `${pair.prompt}\n${pair.response}`)];
@@ -92,5 +92,23 @@ describe('tokenizerFromJSON', () => {
     expect(() => tokenizerFromJSON({ kind: 'bpe', version: 1 })).toThrow(/invalid tokenizer JSON.*merges/);
     expect(() => tokenizerFromJSON({ kind: 'bpe', version: 1, merges: [[1, 2.5]] })).toThrow(/merges\.0\.1/);
     expect(() => tokenizerFromJSON({ kind: 'bpe', version: 1, merges: [[97, 98], [257, 1]] })).toThrow(/merge 1 is \[257, 1\].*0\.\.256/);
+  });
+});
+
+describe('encodeDocuments', () => {
+  test('is each document encoded and closed by eos, and lets timers fire while it works', async () => {
+    const docs = corpus.domain.slice(0, 40);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    const progress: number[] = [];
+    let ids: number[];
+    try {
+      ids = await encodeDocuments(tokenizer, docs, { sliceMs: 0, onProgress: ({ done }) => void progress.push(done) });
+    } finally {
+      clearInterval(timer);
+    }
+    expect(ids).toEqual(docs.flatMap((doc) => [...tokenizer.encode(doc), tokenizer.eosId]));
+    expect(progress).toEqual(docs.map((_, i) => i + 1));
+    expect(ticks).toBeGreaterThan(0);
   });
 });

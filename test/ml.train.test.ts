@@ -3,7 +3,7 @@ import { initBackend } from '../ml/backend';
 import { mixedLmBatches } from '../ml/mixing';
 import { GPT, ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
-import { runTraining, Trainer, TrainSettings } from '../ml/train';
+import { runTraining, Trainer, TrainingDivergedError, TrainSettings } from '../ml/train';
 import { BpeTokenizer, ByteTokenizer } from '../ml/tokenizer';
 
 const tokenizer = new ByteTokenizer();
@@ -113,7 +113,7 @@ describe('Trainer', () => {
     const before = bytesOf(trainer.model.weights());
     const bad = batches(0);
     bad.mask = bad.mask.map((row) => row.map(() => Number.NaN));
-    expect(() => trainer.trainStep(bad)).toThrow(/diverged at step 0/);
+    expect(() => trainer.trainStep(bad)).toThrow(/training diverged at step 1: loss is NaN.*lower learningRate \(now 0\.01\)/);
     expect(bytesOf(trainer.model.weights()).equals(before)).toBe(true);
     expect(trainer.step).toBe(0);
     trainer.dispose();
@@ -151,5 +151,25 @@ describe('runTraining', () => {
     const second = await runTraining({ trainer: resumed, batches, checkpointEvery: 10, onCheckpoint: async () => undefined });
     expect(second).toMatchObject({ stoppedEarly: false, finalStep: 6 });
     resumed.dispose();
+  });
+
+  test('an absurd learning rate diverges: the run rejects with TrainingDivergedError naming the step, and never checkpoints it', async () => {
+    const trainer = freshTrainer({ totalSteps: 40, learningRate: 1e6, gradClip: 1000, warmupSteps: 1 });
+    const steps: number[] = [];
+    const checkpointed: number[] = [];
+    const failure = await runTraining({
+      trainer, batches, checkpointEvery: 1,
+      onStep: ({ step }) => { steps.push(step); },
+      onCheckpoint: async ({ step }) => { checkpointed.push(step); },
+    }).then(() => null, (err: unknown) => err);
+    expect(failure).toBeInstanceOf(TrainingDivergedError);
+    const diverged = failure as TrainingDivergedError;
+    // The step that diverged is the one after the last good step, and it is named in the message.
+    expect(diverged.step).toBe(steps.length + 1);
+    expect(diverged.step).toBeLessThan(40);
+    expect(diverged.message).toMatch(new RegExp(`^training diverged at step ${diverged.step}: .*lower learningRate \\(now 1000000\\)`));
+    expect(checkpointed).toEqual(steps);
+    expect(trainer.step).toBe(diverged.step - 1);
+    trainer.dispose();
   });
 });

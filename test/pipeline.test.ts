@@ -11,7 +11,7 @@ import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
-import { eventually, GiveUp } from './helpers/temporal';
+import { eventually, GiveUp, runsFor } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -20,6 +20,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
   let client: Client;
   let db: TestDatabase;
   let home: string;
+  const runs = () => runsFor(client, db.pool, home);
 
   beforeAll(async () => {
     h = await startHarness({ inProcessGpu: true });
@@ -32,7 +33,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
 
   const awaitingApproval = (runId: string) =>
     eventually<RunStatus>(async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs(), runId);
       if (s.state === 'failed' || s.state === 'cancelled') throw new GiveUp(`run ${s.state}: ${String(s.metrics.error)}`);
       return s.state === 'awaiting_approval' ? s : undefined;
     }, `${runId} to await approval`, 300_000, 500);
@@ -41,7 +42,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
 
   test('a run collects, cleans, trains, evaluates, waits for approval and deploys', async () => {
     const spec = parseRunSpec(tinySpec());
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'pipeline-1', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'pipeline-1', initiator: 'engineer' });
 
     const waiting = await awaitingApproval(runId);
     expect(waiting.stage).toBe('approval');
@@ -57,14 +58,14 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(result.versionId).toBe('tiny:v1');
     firstVersion = result.versionId!;
 
-    const status = await runStatus(client, runId);
+    const status = await runStatus(runs(), runId);
     expect(status).toMatchObject({ runId, stage: 'deploy', state: 'completed' });
     expect(Object.keys(status).sort()).toEqual(['attempts', 'metrics', 'progress', 'resumedFromStep', 'runId', 'stage', 'state']);
 
     const q = (sql: string, ...args: unknown[]) => db.pool.query(sql, args).then((r) => r.rows);
     expect(await q('SELECT state, stage FROM runs WHERE run_id = $1', runId)).toEqual([{ state: 'completed', stage: 'deploy' }]);
     const events = (await q('SELECT event, stage FROM audit_log WHERE run_id = $1 ORDER BY id', runId)).map((r) => `${r.event}:${r.stage}`);
-    for (const stage of ['collect', 'quality', 'dacp', 'forgetting', 'instruct', 'approval', 'deploy']) {
+    for (const stage of ['collect', 'quality', 'dacp', 'forgetting', 'instruct', 'final_check', 'approval', 'deploy']) {
       expect(events).toContain(`stage_started:${stage}`);
     }
     expect(events).toContain('approved_by:approval');
@@ -75,14 +76,19 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(events[events.length - 1]).toBe('run_completed:deploy');
     expect((await q('SELECT step FROM checkpoints WHERE run_id = $1 AND stage = $2 ORDER BY step', runId, 'dacp')).map((r) => r.step)).toEqual([10, 20, 30]);
     expect(await q('SELECT kind, passed FROM evaluations WHERE run_id = $1 ORDER BY kind', runId)).toEqual([
+      { kind: 'final_check', passed: true },
       { kind: 'forgetting', passed: true },
       { kind: 'instruct', passed: expect.any(Boolean) },
     ]);
     expect(await q('SELECT count(*)::int AS n FROM datasets WHERE run_id = $1', runId)).toEqual([{ n: 9 }]);
+    // Two linked versions: the adapted model (child of the base) and the tuned one that serves (child of the adapted).
     const [version] = await q('SELECT * FROM model_versions WHERE version_id = $1', firstVersion);
-    expect(version.parent_version_id).toBe('tiny-base:v1');
-    expect(version.lineage.runId).toBe(runId);
+    expect(version.parent_version_id).toBe('tiny-adapted:v1');
+    expect(version.lineage).toMatchObject({ kind: 'tuned', adaptedVersionId: 'tiny-adapted:v1', runId });
     expect(version.lineage.datasets).toHaveLength(6);
+    const [adaptedVersion] = await q('SELECT * FROM model_versions WHERE version_id = $1', 'tiny-adapted:v1');
+    expect(adaptedVersion).toMatchObject({ parent_version_id: 'tiny-base:v1', run_id: runId, lineage: expect.objectContaining({ kind: 'adapted' }) });
+    expect(result.adaptedVersionId).toBe('tiny-adapted:v1');
     expect(await q("SELECT version_id FROM model_aliases WHERE alias = 'production'")).toEqual([{ version_id: firstVersion }]);
     expect(await q('SELECT version_id, previous_version_id FROM deployments WHERE run_id = $1', runId)).toEqual([
       { version_id: firstVersion, previous_version_id: null },
@@ -103,23 +109,28 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(await count()).toEqual(before);
   });
 
-  test('a second run starts from the production model and records the version it replaces', async () => {
+  test('a second run continues the pretrained line behind production, is checked against production, and records the version it replaces', async () => {
     const spec = parseRunSpec(tinySpec({ baseModel: { ref: 'production', bootstrapIfMissing: false } }));
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'pipeline-2', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'pipeline-2', initiator: 'engineer' });
     const waiting = await awaitingApproval(runId);
-    expect(waiting.metrics.baseModel).toBe(firstVersion);
+    // Continual pretraining starts from the adapted model behind production, never from the chat model …
+    expect(waiting.metrics.baseModel).toBe('tiny-adapted:v1');
+    // … and what would ship is compared with what it would replace.
+    expect(waiting.metrics.finalCheck).toMatchObject({ reference: { kind: 'production', versionId: firstVersion }, passed: true });
     await decide(client, { runId, principal: 'approver-2', decision: 'approve' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result.versionId).toBe('tiny:v2');
     const { rows } = await db.pool.query('SELECT version_id, previous_version_id FROM deployments WHERE run_id = $1', [runId]);
     expect(rows).toEqual([{ version_id: 'tiny:v2', previous_version_id: firstVersion }]);
     const [v2] = (await db.pool.query("SELECT parent_version_id FROM model_versions WHERE version_id = 'tiny:v2'")).rows;
-    expect(v2.parent_version_id).toBe(firstVersion);
+    expect(v2.parent_version_id).toBe('tiny-adapted:v2');
+    const [adapted2] = (await db.pool.query("SELECT parent_version_id FROM model_versions WHERE version_id = 'tiny-adapted:v2'")).rows;
+    expect(adapted2.parent_version_id).toBe('tiny-adapted:v1');
   });
 
   test('a rejected run deploys nothing', async () => {
     const spec = parseRunSpec(tinySpec({ baseModel: { ref: 'production' } }));
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'pipeline-3', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'pipeline-3', initiator: 'engineer' });
     await awaitingApproval(runId);
     await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'not this week' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
@@ -167,10 +178,10 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
 
   test('with no worker running, status of a finished run still answers from its result', async () => {
     await h.stopWorkers();
-    const completed = await runStatus(client, 'pipeline-1');
+    const completed = await runStatus(runs(), 'pipeline-1');
     expect(completed).toMatchObject({ runId: 'pipeline-1', stage: 'deploy', state: 'completed', metrics: { deploy: { versionId: 'tiny:v1' } } });
     expect(Object.keys(completed).sort()).toEqual(['attempts', 'metrics', 'progress', 'resumedFromStep', 'runId', 'stage', 'state']);
-    const rejected = await runStatus(client, 'pipeline-3');
+    const rejected = await runStatus(runs(), 'pipeline-3');
     expect(rejected).toMatchObject({ stage: 'approval', state: 'rejected' });
     expect(String((rejected.metrics.approval as { reason: string }).reason)).toMatch(/not this week/);
   });

@@ -167,9 +167,42 @@ describe('cleanDocuments', () => {
     expect(report.kept + removedSum(report)).toBe(report.input);
   });
 
+  it('removes near-duplicates by default and keeps them when nearDuplicateThreshold is null', () => {
+    // 120 distinct words, so no filter but near-duplicate removal has anything to say about them.
+    const words = Array.from({ length: 120 }, (_, i) => `cell${i}band${(i * 37) % 101}`);
+    const docs = [{ text: words.join(' ') }, { text: words.map((w, i) => (i === 60 ? 'replaced' : w)).join(' ') }];
+    expect(cleanDocuments(docs, settings).report.removed.near_duplicate).toBe(1);
+    const off = cleanDocuments(docs, { ...settings, nearDuplicateThreshold: null });
+    expect(off.report.removed.near_duplicate).toBe(0);
+    expect(off.kept).toEqual(docs);
+  });
+
   it('does not mutate its input', () => {
     const docs = [{ text: `${prose('radio')} Mail a@example.com.` }];
     cleanDocuments(docs, settings);
     expect(docs[0].text).toContain('a@example.com');
+  });
+});
+
+describe('cleanDocumentsPaced', () => {
+  test('gives the same result as cleanDocuments, and lets timers run while it works', async () => {
+    const { cleanDocuments, cleanDocumentsPaced } = await import('../ml/quality');
+    const base = Array.from({ length: 600 }, (_, i) => ({
+      text: `Cell site ${i} reported ${i % 7} alarms on band n78 during the night shift, and the field team checked the fibre ${i}.`,
+    }));
+    const docs = [...base, { text: base[10].text.replace('night', 'evening') }, { text: 'short' }];
+    const settings = { minChars: 20, maxChars: 10_000, maxRepetitionRatio: 0.5, maxSymbolRatio: 0.3, redactPii: true, nearDuplicateThreshold: 0.8 };
+    let ticks = 0;
+    let turns = 0;
+    const timer = setInterval(() => ticks++, 0);
+    try {
+      const paced = await cleanDocumentsPaced(docs, settings, { slice: 50, onProgress: () => turns++ });
+      expect(paced).toEqual(cleanDocuments(docs, settings));
+      expect(paced.report.removed.near_duplicate).toBeGreaterThan(0);
+    } finally {
+      clearInterval(timer);
+    }
+    expect(turns).toBeGreaterThanOrEqual(600 / 50);
+    expect(ticks).toBeGreaterThan(0);
   });
 });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../ml/backend';
-import { mixedLmBatches } from '../ml/mixing';
+import { mixedLmBatches, sftBatches, type Batch, type SftExample } from '../ml/mixing';
 import { GPT, ModelConfig } from '../ml/model';
 import { deserializeModel, serializeModel } from '../ml/modelFile';
 import { decodeSafetensors } from '../ml/safetensors';
@@ -125,6 +125,41 @@ function parseEvent(line: string): TrainerEvent {
 const ofKind = <K extends TrainerEvent['event']>(events: TrainerEvent[], kind: K): Extract<TrainerEvent, { event: K }>[] =>
   events.filter((e): e is Extract<TrainerEvent, { event: K }> => e.event === kind);
 
+/** Both engines' weights agree to 1e-4 in every tensor. */
+function expectSameWeights(fromTs: Record<string, Float32Array>, fromPython: Record<string, Float32Array>): void {
+  const C = tiny.dModel;
+  for (const [name, values] of Object.entries(fromTs)) {
+    const other = fromPython[name] as Float32Array;
+    // The key bias's true gradient is 0 (softmax ignores a shift shared by a row), so AdamW moves it by
+    // normalised rounding noise that differs between engines; its q and v thirds are compared.
+    const compared = (i: number): boolean => !name.endsWith('attn.bqkv') || i < C || i >= 2 * C;
+    const worst = values.reduce((max, value, i) => (compared(i) ? Math.max(max, Math.abs(value - (other[i] as number))) : max), 0);
+    expect([name, worst < 1e-4]).toEqual([name, true]);
+  }
+}
+
+/** SFT batches as trainers/reference/dacp_data.py builds them, for the given steps. */
+function pythonSftBatches(o: {
+  examples: SftExample[]; replay: number[] | null; replayRatio: number; batchSize: number; contextLength: number; seed: number; steps: number[];
+}): Batch[] {
+  const program = [
+    'import json, sys',
+    `sys.path.insert(0, ${JSON.stringify(path.dirname(script))})`,
+    'import torch',
+    'from dacp_data import sft_batches',
+    'o = json.load(sys.stdin)',
+    'replay = None if o["replay"] is None else torch.tensor(o["replay"], dtype=torch.int64)',
+    'batches = sft_batches([(e["prompt"], e["response"]) for e in o["examples"]], o["batchSize"], o["contextLength"], o["seed"],',
+    '                      o["padId"], o["eosId"], replay, o["replayRatio"])',
+    'out = [[t.tolist() for t in batches(step)] for step in o["steps"]]',
+    'print(json.dumps([{"inputs": i, "targets": t, "mask": m} for i, t, m in out]))',
+  ].join('\n');
+  const input = JSON.stringify({ ...o, padId: tokenizer.padId, eosId: tokenizer.eosId });
+  const result = spawnSync(python, ['-c', program], { env, input, encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`dacp_data.sft_batches exited ${result.status}: ${result.stderr}`);
+  return JSON.parse(result.stdout) as Batch[];
+}
+
 function pythonJson(args: string[]): unknown {
   const result = spawnSync(python, [script, ...args], { env, encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`dacp_trainer.py ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
@@ -201,15 +236,63 @@ describe('reference trainer (PyTorch)', () => {
     const fromTs = trainer.model.weights();
     trainer.dispose();
     expect(ofKind(run.events, 'done')[0]?.loss).toBeCloseTo(losses[losses.length - 1] as number, 4);
-    const C = tiny.dModel;
-    for (const [name, values] of Object.entries(fromTs)) {
-      const other = fromPython[name] as Float32Array;
-      // The key bias's true gradient is 0 (softmax ignores a shift shared by a row), so AdamW moves it by
-      // normalised rounding noise that differs between engines; its q and v thirds are compared.
-      const compared = (i: number): boolean => !name.endsWith('attn.bqkv') || i < C || i >= 2 * C;
-      const worst = values.reduce((max, value, i) => (compared(i) ? Math.max(max, Math.abs(value - (other[i] as number))) : max), 0);
-      expect([name, worst < 1e-4]).toEqual([name, true]);
-    }
+    expectSameWeights(fromTs, fromPython);
+  });
+
+  describe('instruction tuning with replay text mixed in', () => {
+    const examples: SftExample[] = ['2+2?|4', 'colour of the sky?|blue', 'capital of France?|Paris', 'opposite of hot?|cold', 'a long question that will not fit the window?|no']
+      .map((pair) => pair.split('|') as [string, string])
+      .map(([prompt, response]) => ({ prompt: tokenizer.encode(`Q: ${prompt}\nA: `), response: tokenizer.encode(response) }));
+    const replayText = 'general text about many things. '.repeat(20);
+
+    test.each([
+      ['no replay', null, 0],
+      ['ratio 0 with a stream', 'stream', 0],
+      ['a quarter replay', 'stream', 0.25],
+      ['half of 5 rows (JS rounds 2.5 up)', 'stream', 0.5],
+      ['a stream shorter than a window, read cyclically', 'short', 0.6],
+      ['an empty stream (pure SFT)', 'empty', 0.5],
+    ] as const)('dacp_data.sft_batches builds exactly the batches of ml/mixing.ts sftBatches: %s', (_, stream, replayRatio) => {
+      const replay = stream === null ? null : stream === 'empty' ? [] : tokenizer.encode(stream === 'short' ? 'tiny.' : replayText);
+      const o = { examples, replayRatio, batchSize: 5, contextLength: tiny.contextLength, seed: 9, steps: [0, 1, 2, 13] };
+      const fromTs = sftBatches({ ...o, replay: replay ?? undefined, padId: tokenizer.padId, eosId: tokenizer.eosId });
+      expect(pythonSftBatches({ ...o, replay })).toEqual(o.steps.map((step) => fromTs(step)));
+    });
+
+    test('an instruct job with replay trains the same weights as the built-in engine', async () => {
+      const base = writeModel('sft-parity-base.safetensors', tiny, 4);
+      const file = path.join(dir, 'sft-parity.jsonl');
+      writeFileSync(file, examples.map((e) => JSON.stringify(e)).join('\n'));
+      const steps = { ...settings, totalSteps: 4, warmupSteps: 2 };
+      const data = { kind: 'sft', examples: file, padId: tokenizer.padId, eosId: tokenizer.eosId, replay: path.join(dir, 'replay.i32'), replayRatio: 0.5 };
+      const run = await runTrainer(writeJob('sft-parity', { stage: 'instruct', initModel: base, settings: steps, data }));
+      expect([run.code, run.stderr]).toEqual([0, expect.any(String)]);
+      const trainer = Trainer.create(deserializeModel(readFileSync(base)).model, tokenizer, steps);
+      const batches = sftBatches({
+        examples, replay: tokenizer.encode(replayText), replayRatio: 0.5,
+        batchSize: steps.batchSize, contextLength: tiny.contextLength, seed: steps.seed, padId: tokenizer.padId, eosId: tokenizer.eosId,
+      });
+      expect(batches(0).mask[0]).toEqual(new Array(tiny.contextLength).fill(1)); // the job really mixes LM rows in
+      const losses = Array.from({ length: steps.totalSteps }, (_, step) => trainer.trainStep(batches(step)).loss);
+      const fromPython = deserializeModel(readFileSync(path.join(dir, 'sft-parity', 'model.safetensors'))).model.weights();
+      const fromTs = trainer.model.weights();
+      trainer.dispose();
+      expect(ofKind(run.events, 'done')[0]?.loss).toBeCloseTo(losses[losses.length - 1] as number, 4);
+      expectSameWeights(fromTs, fromPython);
+    });
+
+    test('a job whose replayRatio has no replay file, or is out of range, is refused naming the field', async () => {
+      const file = path.join(dir, 'sft-parity.jsonl');
+      writeFileSync(file, examples.map((e) => JSON.stringify(e)).join('\n'));
+      const base = writeModel('sft-refused-base.safetensors', tiny, 4);
+      const sft = { kind: 'sft', examples: file, padId: tokenizer.padId, eosId: tokenizer.eosId };
+      const missing = await runTrainer(writeJob('sft-no-replay', { stage: 'instruct', initModel: base, data: { ...sft, replayRatio: 0.3 } }));
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toMatch(/data\.replayRatio is 0\.3 but data\.replay names no token file/);
+      const tooMuch = await runTrainer(writeJob('sft-all-replay', { stage: 'instruct', initModel: base, data: { ...sft, replay: path.join(dir, 'replay.i32'), replayRatio: 1 } }));
+      expect(tooMuch.code).toBe(2);
+      expect(tooMuch.stderr).toMatch(/data\.replayRatio must be a number in \[0, 1\), got 1/);
+    });
   });
 
   test('a dacp job and an instruct job from a TS-written base model run to done and lower the loss', async () => {

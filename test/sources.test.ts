@@ -117,15 +117,16 @@ describe('files source failures', () => {
     expect(f.message).toContain('data/**/*.txt');
   });
 
-  it('an unreadable file is SourceUnreadable', async () => {
-    if (process.getuid?.() === 0) {
-      // root reads anything; a directory passed as a file is the unreadable case we can still make.
-      await fs.mkdir(path.join(dir, 'adir.txt'));
-      const f = await failureOf(read(files(['adir.txt'])));
-      expect(f).toMatchObject({ type: 'SourceUnreadable', nonRetryable: true });
-      expect(f.message).toContain('adir.txt');
-      return;
-    }
+  it('a directory given as a file is SourceUnreadable', async () => {
+    await fs.mkdir(path.join(dir, 'adir.txt'));
+    const f = await failureOf(read(files(['adir.txt'])));
+    expect(f).toMatchObject({ type: 'SourceUnreadable', nonRetryable: true });
+    expect(f.message).toContain('adir.txt');
+  });
+
+  // root reads a file whatever its mode bits, so there the case cannot be made: skipped, not passed.
+  const asRoot = process.getuid?.() === 0;
+  (asRoot ? it.skip : it)(`a file without read permission is SourceUnreadable${asRoot ? ' (skipped: running as root, which ignores mode bits)' : ''}`, async () => {
     const file = await write('locked.txt', 'secret');
     await fs.chmod(file, 0o000);
     const f = await failureOf(read(files(['locked.txt'])));
@@ -153,6 +154,28 @@ describe('files source failures', () => {
     expect(f).toMatchObject({ type: 'SourceInvalid', nonRetryable: true });
     expect(f.message).toContain('bad.jsonl:2');
     expect(f.message).toContain('invalid JSON');
+  });
+
+  it('an invalid JSON line is reported by file and line without quoting the line', async () => {
+    const secret = 'planted secret sentence: the vault code is 4417';
+    const line = `{"text": ${secret}}`;
+    // V8's own message quotes the start of the offending text; the source error must not.
+    expect(() => JSON.parse(line)).toThrow(/planted/);
+    await write('leak.jsonl', `{"text":"fine"}\n\n${line}\n`);
+    const f = await failureOf(read(files(['leak.jsonl'])));
+    expect(f).toMatchObject({ type: 'SourceInvalid', nonRetryable: true });
+    expect(f.message).toContain('leak.jsonl:3');
+    expect(f.message).toContain('invalid JSON');
+    expect(f.message).not.toMatch(/planted|secret|vault|4417/);
+  });
+
+  it('a JSON grammar error names the problem and its column, still without the text', async () => {
+    await write('cut.jsonl', '  {"text": "planted secret sentence"\n');
+    const f = await failureOf(read(files(['cut.jsonl'])));
+    expect(f.message).toContain('cut.jsonl:1');
+    // Column counts from the start of the line as written, leading spaces included.
+    expect(f.message).toMatch(/expected ',' or '\}' after property value at column 37/);
+    expect(f.message).not.toMatch(/planted|secret/);
   });
 
   it('a JSON line that is not an object is SourceInvalid', async () => {
@@ -270,6 +293,22 @@ describe('postgres sources', () => {
     expect(f.message).toContain('relation "no_such_table" does not exist');
     expect(f.message).not.toContain(db.url);
     expect(f.message).not.toContain('postgres://');
+  });
+
+  it('a query that fails on a value reports the SQLSTATE and the fix without quoting the value', async () => {
+    const secret = 'planted secret sentence';
+    const literal = await failureOf(read(pgSource(`SELECT CAST('${secret}' AS integer)::text AS text`)));
+    expect(literal).toMatchObject({ type: 'SourceQueryFailed', nonRetryable: true });
+    expect(literal.message).toContain('SQLSTATE 22P02 (invalid_text_representation)');
+    expect(literal.message).toContain('psql');
+    expect(literal.message).not.toContain(secret);
+    // The same from a stored row, where Postgres's message would quote the document itself.
+    await db.pool.query("CREATE TABLE secrets (body text); INSERT INTO secrets VALUES ('planted secret sentence in a row')");
+    const row = await failureOf(read(pgSource('SELECT (body::integer)::text AS text FROM secrets')));
+    expect(row.message).toContain('SQLSTATE 22P02');
+    expect(row.message).not.toMatch(/planted|secret sentence/);
+    const server = await db.pool.query('SELECT body::integer FROM secrets').then(() => '', (err: Error) => err.message);
+    expect(server).toContain('planted secret sentence in a row');
   });
 
   it('a missing column or NULL value is SourceInvalid naming the column and the fix', async () => {

@@ -1,4 +1,13 @@
-import { condition, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
+import {
+  allHandlersFinished,
+  CancellationScope,
+  condition,
+  isCancellation,
+  patched,
+  proxyActivities,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { DacpActivities } from '../activities';
 import { DecisionInput, RejectionInput } from '../schemas/pipeline';
 import type { ApprovalOutcome, ApprovalRequest, Decision } from '../schemas/pipeline';
@@ -11,22 +20,45 @@ const { recordDecision, recordTransition } = proxyActivities<DacpActivities>({
 });
 
 /**
+ * Votes count the moment they are accepted and are recorded afterwards; the deciding vote closes
+ * the gate and the gate waits for every accepted vote to be recorded before it returns. Gates whose
+ * first vote was cast by the first version of this code (which recorded first and counted after,
+ * and could return with a vote still being recorded) replay that way: docs/reliability-replay.md.
+ */
+export const VOTES_COUNT_ON_ACCEPTANCE = 'approval-gate-votes-count-on-acceptance';
+
+/**
  * The human gate. Runs as a child of the pipeline (`<runId>-approval`) so that approvers address it
  * directly. Rules, enforced by the update validators before anything reaches history:
  * the principal must be one of the run's approvers, must not be the run's initiator, votes only while
  * the gate is open, and votes once. `quorum` approvals approve; any rejection rejects; the timeout rejects.
+ *
+ * Concurrent votes: validators and the synchronous start of each handler run one update at a time,
+ * so an accepted vote is counted before the next vote is validated. The vote that decides closes
+ * the gate; every vote after it is refused and never recorded. Hence an approve and a reject that
+ * race give exactly one outcome, and the votes it lists are exactly the votes recorded.
  */
 export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOutcome> {
   const decisions: Decision[] = [];
-  // Marked synchronously when a vote is accepted, so a second vote racing the first is refused.
+  // Marked synchronously when a vote is accepted, so a second vote by the same principal is refused.
   const voted = new Set<string>();
   let open = true;
+  let closedBecause = '';
   let rejection: Decision | undefined;
+  // Fixed by the first vote (see VOTES_COUNT_ON_ACCEPTANCE); undefined while nobody has voted.
+  let countsOnAcceptance: boolean | undefined;
 
   const approvals = () => decisions.filter((d) => d.decision === 'approve').length;
+  const decided = () => rejection !== undefined || approvals() >= request.quorum;
+
+  const close = (why: string) => {
+    if (!open) return;
+    open = false;
+    closedBecause = why;
+  };
 
   const validateVoter = (principal: string) => {
-    if (!open) throw new Error(`run ${request.runId} is not awaiting approval any more`);
+    if (!open) throw new Error(`run ${request.runId} is not awaiting approval any more${closedBecause ? ` (${closedBecause})` : ''}`);
     if (principal === request.initiator) {
       throw new Error(`${principal} started run ${request.runId} and cannot approve or reject it (separation of duties)`);
     }
@@ -38,12 +70,25 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     }
   };
 
+  const count = (decision: Decision) => {
+    decisions.push(decision);
+    if (decision.decision === 'reject') rejection ??= decision;
+  };
+
   const decide = async (decision: Decision): Promise<Decision> => {
     voted.add(decision.principal);
-    // Recorded in the database before the vote counts, so the audit trail never misses a counted vote.
-    await recordDecision({ runId: request.runId, decision, request });
-    decisions.push(decision);
-    if (decision.decision === 'reject') rejection = decision;
+    countsOnAcceptance ??= patched(VOTES_COUNT_ON_ACCEPTANCE);
+    if (!countsOnAcceptance) {
+      // The first version, kept for gates whose first vote it handled: recorded, then counted.
+      await recordDecision({ runId: request.runId, decision, request });
+      count(decision);
+      return decision;
+    }
+    // Counted before the first await: the next update's validator already sees this vote.
+    count(decision);
+    if (decided()) close(rejection ? `rejected by ${rejection.principal}` : `quorum of ${request.quorum} reached`);
+    // An accepted vote is part of the outcome, so it is recorded even if the gate is cancelled meanwhile.
+    await CancellationScope.nonCancellable(() => recordDecision({ runId: request.runId, decision, request }));
     return decision;
   };
 
@@ -85,20 +130,32 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
 
   setHandler(approvalRequestQuery, () => ({ request, decisions, open }));
 
-  const decided = await condition(() => rejection !== undefined || approvals() >= request.quorum, request.timeoutMs);
-  open = false;
+  try {
+    await condition(decided, request.timeoutMs);
+  } catch (err) {
+    if (!isCancellation(err)) throw err;
+    close('the run was cancelled');
+    // Votes accepted before the cancellation still land in the records before the gate ends.
+    if (countsOnAcceptance) await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
+    throw err;
+  }
+  close(decided() ? 'decided' : `timed out after ${Math.round(request.timeoutMs / 1000)}s`);
+  // Every accepted vote is in the outcome and recorded before the outcome is. (Gates of the first
+  // version returned without waiting; their histories hold no such wait.)
+  if (countsOnAcceptance !== false) await condition(allHandlersFinished);
 
+  // From the votes, not from whether the timer fired: a vote accepted together with the timeout counts.
   let outcome: ApprovalOutcome;
-  if (!decided) {
+  if (rejection) {
+    outcome = { outcome: 'rejected', reason: `rejected by ${rejection.principal}: ${rejection.comment ?? ''}`.trim(), decisions };
+  } else if (approvals() >= request.quorum) {
+    outcome = { outcome: 'approved', reason: `approved by ${decisions.map((d) => d.principal).join(', ')}`, decisions };
+  } else {
     outcome = {
       outcome: 'rejected',
       reason: `approval timed out after ${Math.round(request.timeoutMs / 1000)}s with ${approvals()} of ${request.quorum} approvals`,
       decisions,
     };
-  } else if (rejection) {
-    outcome = { outcome: 'rejected', reason: `rejected by ${rejection.principal}: ${rejection.comment ?? ''}`.trim(), decisions };
-  } else {
-    outcome = { outcome: 'approved', reason: `approved by ${decisions.map((d) => d.principal).join(', ')}`, decisions };
   }
   await recordTransition({
     runId: request.runId,

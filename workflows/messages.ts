@@ -1,18 +1,19 @@
-import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import type {
   ApprovalRequest,
   Decision,
   DecisionInput,
   RejectionInput,
   RunStatus,
-  TrainingProgress,
 } from '../schemas/pipeline';
 
-/** The run's live status: `dacp run status` prints exactly this. */
+/**
+ * The run's stage, state and stage figures as the workflow holds them. `dacp run status` does not
+ * need it (it reads Postgres and the pending activity, and answers with no worker running); it stays
+ * for tools that ask a running workflow directly. Training progress is not in it: progress never
+ * passes through history.
+ */
 export const statusQuery = defineQuery<RunStatus>('status');
-
-/** Sent by training activities as they step, checkpoint and resume. */
-export const trainingProgressSignal = defineSignal<[TrainingProgress]>('trainingProgress');
 
 /** Approval gate messages (on the `<runId>-approval` child workflow). */
 export const approveUpdate = defineUpdate<Decision, [DecisionInput]>('approve');

@@ -1,35 +1,59 @@
 import {
   ApplicationFailure,
   CancellationScope,
+  executeChild,
   isCancellation,
-  proxyActivities,
+  patched,
   setHandler,
   startChild,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { DacpActivities } from '../activities';
+import type { VersionedModel } from '../activities/registry';
 import type {
   ApprovalOutcome,
   ArtifactRef,
+  CandidateSummary,
   DatasetRef,
+  FinalCheckReport,
   ForgettingReport,
+  InstructSummary,
   PipelineInput,
   PipelineResult,
   RunState,
-  RunStatus,
   Stage,
   TrainingResult,
 } from '../schemas/pipeline';
+import type { RunSpec } from '../schemas/runSpec';
 import { approvalGate } from './approval';
-import { approvalWorkflowId, statusQuery, trainingProgressSignal } from './messages';
+import { candidateWorkflowId, chooseCandidate, dacpCandidate, type CandidateInput, type CandidateOutcome } from './candidate';
+import { stageActivities } from './proxies';
+import { approvalWorkflowId, statusQuery } from './messages';
 import { dacpStageKey, dacpStateKey } from './searchAttributes';
-
 
 function findDataset(datasets: DatasetRef[], role: DatasetRef['role'], split: DatasetRef['split']): DatasetRef {
   const found = datasets.find((d) => d.role === role && d.split === split);
   if (!found) throw ApplicationFailure.nonRetryable(`no ${split} ${role} dataset was produced`, 'DatasetMissing');
   return found;
+}
+
+type TradeoffCandidate = Omit<CandidateSummary, 'model' | 'reportRef'>;
+
+function summarize(c: CandidateOutcome): TradeoffCandidate {
+  return {
+    round: c.round,
+    replayRatio: c.replayRatio,
+    domainGain: c.report.domainGain,
+    generalRegression: c.report.generalRegression,
+    passed: c.report.passed,
+    chosen: false,
+  };
+}
+
+function failureType(err: unknown): string | undefined {
+  let current: unknown = err;
+  while (current instanceof Error && current.cause instanceof Error) current = current.cause;
+  return current instanceof ApplicationFailure ? current.type ?? undefined : undefined;
 }
 
 function failureMessage(err: unknown): string {
@@ -46,45 +70,36 @@ function failureMessage(err: unknown): string {
  */
 export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult> {
   const { runId, spec } = input;
-  const controlActivities = proxyActivities<DacpActivities>({
-    taskQueue: 'dacp-control',
-    startToCloseTimeout: '15 minutes',
-    // A killed control worker is noticed within this, not after the 15 minutes (specs recorded
-    // before the field existed have none, and replay as they ran).
-    heartbeatTimeout: spec.controlHeartbeatTimeout,
-    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 30 },
-  });
-  const gpuActivities = proxyActivities<DacpActivities>({
-    taskQueue: 'dacp-gpu',
-    startToCloseTimeout: '12 hours',
-    heartbeatTimeout: spec.heartbeatTimeout,
-    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '15s', maximumAttempts: 20 },
-  });
+  // Runs recorded before this change replay without it (docs/reliability-replay.md): training
+  // progress left history, cancellation waits for training's last checkpoint, the resolved base
+  // model is recorded as soon as it is known.
+  const progressOutOfHistory = patched('progress-out-of-history');
+  // Activities load the spec from the artifact store; runs from before carry it inline.
+  const specArg = input.specRef ? { specRef: input.specRef } : { spec: spec as unknown as RunSpec };
+  // The DACP recipe (docs/recipe in the README): the final check on what ships, instruction tuning
+  // with replay, two registry lines, and candidates per replay ratio. Runs from before replay without.
+  const recipe = patched('dacp-recipe-final-check');
+  const { control: controlActivities, gpu: gpuActivities } = stageActivities(spec, { waitForTrainingCancellation: progressOutOfHistory });
 
   let stage: Stage = 'collect';
   let state: RunState = 'running';
-  let progress: RunStatus['progress'] = { step: 0, totalSteps: 0, loss: null };
-  let trainingStage: string | null = null;
   const metrics: Record<string, unknown> = {};
-  const attempts: RunStatus['attempts'] = {};
-  let resumedFromStep: number | null = null;
   const stageSeconds: PipelineResult['stageSeconds'] = {};
   let stageStartedAt = Date.now();
   let sequence = 0;
 
-  setHandler(statusQuery, () => ({ runId, stage, state, progress, metrics, attempts, resumedFromStep }));
-  setHandler(trainingProgressSignal, (p) => {
-    if (p.stage !== trainingStage) return; // a late signal from a stage that has already finished
-    progress = { step: p.step, totalSteps: p.totalSteps, loss: p.loss };
-    const statusStage: Stage = p.stage === 'instruct' ? 'instruct' : 'dacp';
-    attempts[statusStage] = Math.max(attempts[statusStage] ?? 0, p.attempt);
-    if (p.resumedFromStep !== null && p.resumedFromStep > 0) resumedFromStep = p.resumedFromStep;
-    if (p.warnings?.length) {
-      const known = (metrics.warnings as string[] | undefined) ?? [];
-      metrics.warnings = [...known, ...p.warnings.filter((w) => !known.includes(w))];
-    }
-  });
+  setHandler(statusQuery, () => ({
+    runId,
+    stage,
+    state,
+    progress: { step: 0, totalSteps: 0, loss: null },
+    metrics,
+    attempts: {},
+    resumedFromStep: null,
+  }));
 
+  // Each transition also stores the stage figures on the run's row, where `dacp run status` reads
+  // them without a worker. Bounded: one write per stage, round and outcome.
   const record = (event: string, details: Record<string, unknown> = {}) =>
     controlActivities.recordTransition({
       runId,
@@ -94,6 +109,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       state,
       actor: 'dacp',
       details,
+      snapshot: { metrics, stageSeconds },
     });
 
   const enter = async (next: Stage, nextState: RunState = 'running') => {
@@ -102,7 +118,6 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     stageStartedAt = now;
     stage = next;
     state = nextState;
-    progress = { step: 0, totalSteps: 0, loss: null };
     upsertSearchAttributes([
       { key: dacpStageKey, value: stage },
       { key: dacpStateKey, value: state },
@@ -119,30 +134,98 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     await record(`run_${finalState}`, details);
   };
 
-  const train = async <T>(which: 'dacp' | 'instruct' | 'bootstrap', run: () => Promise<T>): Promise<T> => {
-    trainingStage = which;
-    try {
-      return await run();
-    } finally {
-      trainingStage = null;
+  /**
+   * One candidate per replay ratio, trained and evaluated in parallel child workflows; the best
+   * under the gate's rule goes on. The trade-off (domain gain against general regression per
+   * ratio) is stored as a table and an SVG plot for the approval request. If none passes, the
+   * forgetting policy applies: fail, or one more candidate with more replay than the most tried.
+   */
+  async function trainCandidates(
+    ctx: {
+      ratios: number[];
+      startModel: VersionedModel;
+      data: CandidateInput['data'];
+      choiceSets: CandidateInput['choiceSets'];
+    },
+  ): Promise<{ adapted: TrainingResult; forgetting: ForgettingReport; forgettingRef: ArtifactRef; tradeoff: { reportRef: ArtifactRef; svg: ArtifactRef; candidates: TradeoffCandidate[] } }> {
+    const tried: CandidateOutcome[] = [];
+    let ratios = ctx.ratios;
+    for (let attempt = 0; ; attempt++) {
+      const first = tried.length;
+      metrics.candidates = [
+        ...tried.map(summarize),
+        ...ratios.map((replayRatio, i) => ({ round: first + i, replayRatio, state: 'training' })),
+      ];
+      await record('candidates_started', { ratios, rounds: ratios.map((_, i) => first + i) });
+      const outcomes = await Promise.all(
+        ratios.map((replayRatio, i) =>
+          executeChild(dacpCandidate, {
+            workflowId: candidateWorkflowId(runId, first + i),
+            taskQueue: 'dacp-control',
+            args: [
+              {
+                runId,
+                round: first + i,
+                replayRatio,
+                spec: specArg,
+                timeouts: { heartbeatTimeout: spec.heartbeatTimeout, controlHeartbeatTimeout: spec.controlHeartbeatTimeout },
+                baseDir: input.baseDir,
+                baseModel: ctx.startModel,
+                data: ctx.data,
+                choiceSets: ctx.choiceSets,
+              } satisfies CandidateInput,
+            ],
+          }),
+        ),
+      );
+      tried.push(...outcomes);
+      const chosen = chooseCandidate(tried);
+      const candidates = tried.map((c) => ({ ...summarize(c), chosen: c === chosen }));
+      metrics.candidates = candidates;
+      const stored = await controlActivities.recordTradeoff({
+        runId,
+        budget: { maxGeneralRegression: spec.forgetting.maxGeneralRegression },
+        candidates,
+      });
+      if (chosen) {
+        metrics.forgetting = chosen.report;
+        metrics.dacp = { round: chosen.round, replayRatio: chosen.replayRatio, finalStep: chosen.adapted.finalStep, finalLoss: chosen.adapted.finalLoss, backend: chosen.adapted.backend };
+        return { adapted: chosen.adapted, forgetting: chosen.report, forgettingRef: chosen.reportRef, tradeoff: { ...stored, candidates } };
+      }
+      const reasons = tried.map((c) => `replay ${c.replayRatio}: ${c.report.reasons.join(', ')}`);
+      if (spec.forgetting.onFail !== 'retry-with-more-replay' || attempt >= spec.forgetting.maxRetries) {
+        throw ApplicationFailure.nonRetryable(`forgetting gate failed for every candidate — ${reasons.join('; ')}`, 'ForgettingGateFailed');
+      }
+      const most = Math.max(...tried.map((c) => c.replayRatio));
+      if (most >= 0.95) throw ApplicationFailure.nonRetryable(`forgetting gate failed for every candidate, up to replay 0.95 — ${reasons.join('; ')}`, 'ForgettingGateFailed');
+      ratios = [Math.min(0.95, most + spec.forgetting.replayIncrement)];
+      await record('forgetting_retry', { nextReplayRatio: ratios[0], reasons });
     }
-  };
+  }
 
   try {
     upsertSearchAttributes([
       { key: dacpStageKey, value: stage },
       { key: dacpStateKey, value: state },
     ]);
-    await controlActivities.registerRun({ runId, workflowId: workflowInfo().workflowId, spec, initiator: input.initiator });
+    // Refuses a second execution under a run id that has records; returns where the deploy alias
+    // pointed now, which the deploy compares before moving it (undefined for runs from before).
+    const registered = await controlActivities.registerRun({
+      runId,
+      workflowId: workflowInfo().workflowId,
+      executionId: workflowInfo().runId,
+      ...specArg,
+      initiator: input.initiator,
+    });
     await record('stage_started');
 
     // collect
-    const collected = await controlActivities.collectSources({ runId, spec, baseDir: input.baseDir });
+    const collected = await controlActivities.collectSources({ runId, ...specArg, baseDir: input.baseDir });
     metrics.collect = collected.summary;
 
     // quality
     await enter('quality');
-    const cleaned = await controlActivities.qualityFilter({ runId, spec, raw: collected.datasets });
+    const cleaned = await controlActivities.qualityFilter({ runId, ...specArg, raw: collected.datasets });
     metrics.quality = cleaned.summary;
     const data = {
       domainTrain: findDataset(cleaned.datasets, 'domain', 'train'),
@@ -155,7 +238,9 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
 
     // dacp (with the base model resolved or, for a fresh registry, bootstrapped first)
     await enter('dacp');
-    let base = await controlActivities.resolveBaseModel({ ref: spec.baseModel.ref });
+    // The line a run continues: since the two-line registry, the adapted model behind production.
+    const line = recipe ? (spec.baseModel.line ?? 'pretrained') : undefined;
+    let base = await controlActivities.resolveBaseModel({ ref: spec.baseModel.ref, ...(line ? { line } : {}) });
     if (!base) {
       if (!spec.baseModel.bootstrapIfMissing) {
         throw ApplicationFailure.nonRetryable(
@@ -164,77 +249,136 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         );
       }
       metrics.bootstrap = { status: 'training a base model on the replay data (the registry has none)' };
-      const boot = await train('bootstrap', () =>
-        gpuActivities.bootstrapBaseModel({ runId, spec, baseDir: input.baseDir, corpus: data.replayTrain }),
-      );
-      base = await controlActivities.registerBaseModel({ runId, spec, model: boot.model, corpus: data.replayTrain });
+      if (progressOutOfHistory) await record('base_model_bootstrapping');
+      const boot = await gpuActivities.bootstrapBaseModel({ runId, ...specArg, baseDir: input.baseDir, corpus: data.replayTrain });
+      base = await controlActivities.registerBaseModel({ runId, ...specArg, model: boot.model, corpus: data.replayTrain });
       metrics.bootstrap = { status: 'done', versionId: base.versionId, finalLoss: boot.finalLoss, seconds: boot.seconds };
     }
+    const startModel = base;
     metrics.baseModel = base.versionId;
+    if (progressOutOfHistory) await record('base_model_resolved', { versionId: base.versionId });
 
-    let replayRatio = spec.replayRatio;
-    let adapted: TrainingResult | undefined;
-    let forgetting: ForgettingReport | undefined;
-    let forgettingRef: ArtifactRef | undefined;
-    for (let round = 0; ; round++) {
-      if (round > 0) await enter('dacp');
-      adapted = await train('dacp', () =>
-        gpuActivities.continualPretrain({
+    const choiceSets = collected.choiceSets;
+    const ratios = Array.isArray(spec.replayRatio) ? spec.replayRatio : [spec.replayRatio];
+    let adapted: TrainingResult;
+    let forgetting: ForgettingReport;
+    let forgettingRef: ArtifactRef;
+    let tradeoff: { reportRef: ArtifactRef; svg: ArtifactRef; candidates: TradeoffCandidate[] } | undefined;
+    if (recipe && ratios.length > 1) {
+      // Find the balance point: one candidate per replay ratio, in parallel child workflows.
+      ({ adapted, forgetting, forgettingRef, tradeoff } = await trainCandidates({
+        ratios,
+        startModel,
+        data: { domainTrain: data.domainTrain, replayTrain: data.replayTrain, domainHeldout: data.domainHeldout, replayHeldout: data.replayHeldout },
+        choiceSets,
+      }));
+    } else {
+      let replayRatio = ratios[0] as number;
+      for (let round = 0; ; round++) {
+        if (round > 0) await enter('dacp');
+        const trained = await gpuActivities.continualPretrain({
           runId,
           round,
-          spec,
+          ...specArg,
           baseDir: input.baseDir,
           replayRatio,
-          baseModel: base!,
+          baseModel: startModel,
           domain: data.domainTrain,
           replay: data.replayTrain,
-        }),
-      );
-      metrics.dacp = {
-        round,
-        replayRatio,
-        finalStep: adapted.finalStep,
-        finalLoss: adapted.finalLoss,
-        backend: adapted.backend,
-        seconds: adapted.seconds,
-      };
+        });
+        metrics.dacp = {
+          round,
+          replayRatio,
+          finalStep: trained.finalStep,
+          finalLoss: trained.finalLoss,
+          backend: trained.backend,
+          seconds: trained.seconds,
+        };
 
-      await enter('forgetting');
-      const evaluation = await controlActivities.evaluateForgetting({
-        runId,
-        round,
-        spec,
-        replayRatio,
-        baseModel: base,
-        adaptedModel: adapted.model,
-        domainHeldout: data.domainHeldout,
-        generalHeldout: data.replayHeldout,
-      });
-      forgetting = evaluation.report;
-      forgettingRef = evaluation.reportRef;
-      metrics.forgetting = forgetting;
-      if (forgetting.passed) break;
-      const retriesLeft = spec.forgetting.onFail === 'retry-with-more-replay' && round < spec.forgetting.maxRetries;
-      if (!retriesLeft) {
-        throw ApplicationFailure.nonRetryable(`forgetting gate failed: ${forgetting.reasons.join('; ')}`, 'ForgettingGateFailed');
+        await enter('forgetting');
+        const evaluation = await controlActivities.evaluateForgetting({
+          runId,
+          round,
+          ...specArg,
+          replayRatio,
+          baseModel: startModel,
+          adaptedModel: trained.model,
+          domainHeldout: data.domainHeldout,
+          generalHeldout: data.replayHeldout,
+          ...(choiceSets ? { choiceSets } : {}),
+        });
+        metrics.forgetting = evaluation.report;
+        if (evaluation.report.passed) {
+          adapted = trained;
+          forgetting = evaluation.report;
+          forgettingRef = evaluation.reportRef;
+          break;
+        }
+        const retriesLeft = spec.forgetting.onFail === 'retry-with-more-replay' && round < spec.forgetting.maxRetries;
+        if (!retriesLeft) {
+          throw ApplicationFailure.nonRetryable(`forgetting gate failed: ${evaluation.report.reasons.join('; ')}`, 'ForgettingGateFailed');
+        }
+        replayRatio = Math.min(0.95, replayRatio + spec.forgetting.replayIncrement);
+        await record('forgetting_retry', { nextReplayRatio: replayRatio, reasons: evaluation.report.reasons });
       }
-      replayRatio = Math.min(0.95, replayRatio + spec.forgetting.replayIncrement);
-      await record('forgetting_retry', { nextReplayRatio: replayRatio, reasons: forgetting.reasons });
     }
 
-    // instruction tuning
-    await enter('instruct');
-    const tuned = await train('instruct', () =>
-      gpuActivities.instructionTune({ runId, spec, baseDir: input.baseDir, model: adapted!.model, pairs: data.instructTrain }),
-    );
-    const instruct = await controlActivities.evaluateInstruction({
-      runId,
-      spec,
-      baseModel: base,
-      tunedModel: tuned.model,
-      heldout: data.instructHeldout,
-    });
-    metrics.instruct = { ...instruct.summary, finalLoss: tuned.finalLoss, seconds: tuned.seconds };
+    // instruction tuning, then the final check on what would ship
+    const reference = recipe
+      ? ((await controlActivities.resolveReference({ alias: spec.deploy.alias, aliasAtStart: registered?.aliasAtStart })) ?? {
+          ...startModel,
+          kind: 'base' as const,
+        })
+      : undefined;
+    let instructReplayRatio = recipe ? (spec.instruct?.replayRatio ?? 0) : 0;
+    let tuned: TrainingResult;
+    let instruct: { reportRef: ArtifactRef; summary: InstructSummary };
+    let finalCheck: { report: FinalCheckReport; reportRef: ArtifactRef } | undefined;
+    for (let round = 0; ; round++) {
+      await enter('instruct');
+      tuned = await gpuActivities.instructionTune({
+        runId,
+        ...specArg,
+        baseDir: input.baseDir,
+        model: adapted.model,
+        pairs: data.instructTrain,
+        ...(recipe ? { round, replay: data.replayTrain, replayRatio: instructReplayRatio } : {}),
+      });
+      instruct = await controlActivities.evaluateInstruction({
+        runId,
+        ...(recipe ? { round } : {}),
+        ...specArg,
+        baseModel: startModel,
+        tunedModel: tuned.model,
+        heldout: data.instructHeldout,
+      });
+      metrics.instruct = { ...instruct.summary, finalLoss: tuned.finalLoss, seconds: tuned.seconds, replayRatio: instructReplayRatio, round };
+      if (!reference) break;
+
+      await enter('final_check');
+      finalCheck = await controlActivities.evaluateFinal({
+        runId,
+        round,
+        ...specArg,
+        instructReplayRatio,
+        reference,
+        candidateModel: tuned.model,
+        domainHeldout: data.domainHeldout,
+        generalHeldout: data.replayHeldout,
+        instructHeldout: data.instructHeldout,
+        ...(choiceSets ? { choiceSets } : {}),
+      });
+      metrics.finalCheck = finalCheck.report;
+      if (finalCheck.report.passed) break;
+      // A candidate that fails is never offered for approval.
+      const final = spec.forgetting.final;
+      const retriesLeft = final?.onFail === 'retry-with-more-replay' && round < final.maxRetries;
+      if (!retriesLeft) {
+        throw ApplicationFailure.nonRetryable(`final check failed: ${finalCheck.report.reasons.join('; ')}`, 'FinalCheckFailed');
+      }
+      instructReplayRatio = Math.min(0.9, instructReplayRatio + final.replayIncrement);
+      await record('final_check_retry', { nextInstructReplayRatio: instructReplayRatio, reasons: finalCheck.report.reasons });
+    }
 
     // approval
     await enter('approval');
@@ -249,15 +393,19 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           quorum: spec.approval.quorum,
           timeoutMs: spec.approval.timeout,
           artifacts: {
-            baseModel: base,
+            baseModel: startModel,
             adaptedModel: adapted.model,
             tunedModel: tuned.model,
             datasets: cleaned.datasets.map((d) => ({ role: d.role, split: d.split, sha256: d.sha256, docs: d.docs })),
-            forgettingReport: forgettingRef!,
+            forgettingReport: forgettingRef,
             instructReport: instruct.reportRef,
+            ...(finalCheck ? { finalCheckReport: finalCheck.reportRef } : {}),
+            ...(tradeoff ? { tradeoffReport: tradeoff.reportRef, tradeoffSvg: tradeoff.svg } : {}),
           },
-          forgetting: forgetting!,
+          forgetting,
           instruct: instruct.summary,
+          ...(finalCheck ? { finalCheck: finalCheck.report } : {}),
+          ...(tradeoff ? { candidates: tradeoff.candidates } : {}),
         },
       ],
     });
@@ -269,28 +417,41 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     metrics.approval = { outcome: approval.outcome, reason: approval.reason, decisions: approval.decisions.length };
     if (approval.outcome === 'rejected') {
       await finish('rejected', { reason: approval.reason });
-      return { runId, state, reason: approval.reason, forgetting, instruct: instruct.summary, stageSeconds };
+      return { runId, state, reason: approval.reason, forgetting, instruct: instruct.summary, finalCheck: finalCheck?.report, stageSeconds };
     }
 
     // deploy
     await enter('deploy');
     const deployed = await controlActivities.deployModel({
       runId,
-      spec,
+      ...specArg,
+      aliasAtStart: registered?.aliasAtStart,
       model: tuned.model,
-      baseModel: base,
+      ...(recipe ? { adaptedModel: adapted.model, finalCheck: finalCheck?.report } : {}),
+      baseModel: startModel,
       datasets: cleaned.datasets,
-      forgetting: forgetting!,
+      forgetting,
       instruct: instruct.summary,
     });
     metrics.deploy = deployed;
     await finish('completed', { versionId: deployed.versionId, alias: deployed.alias });
-    return { runId, state, versionId: deployed.versionId, forgetting, instruct: instruct.summary, stageSeconds };
+    return {
+      runId,
+      state,
+      versionId: deployed.versionId,
+      ...(deployed.adaptedVersionId ? { adaptedVersionId: deployed.adaptedVersionId } : {}),
+      forgetting,
+      instruct: instruct.summary,
+      finalCheck: finalCheck?.report,
+      stageSeconds,
+    };
   } catch (err) {
     if (isCancellation(err)) {
       await CancellationScope.nonCancellable(() => finish('cancelled', { stage }));
       throw err;
     }
+    // The run id belongs to another execution: its records are not ours to touch.
+    if (failureType(err) === 'RunIdTaken') throw err;
     const reason = failureMessage(err);
     metrics.error = reason;
     await CancellationScope.nonCancellable(() => finish('failed', { reason }));

@@ -43,7 +43,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
     process.env[kbEnv] = h.db.url;
     process.env[deadEnv] = `postgres://postgres@127.0.0.1:${await freePort()}/nothing`;
     // The run whose stored state every later case must leave untouched; first it waits at the gate.
-    await startRun(h.client, { spec: parseRunSpec(tinySpec()), baseDir: h.home, runId: baselineId, initiator: 'engineer' });
+    await startRun(h.runs, { spec: parseRunSpec(tinySpec()), baseDir: h.home, runId: baselineId, initiator: 'engineer' });
     await untilState(baselineId, ['awaiting_approval'], 240_000);
   });
 
@@ -55,7 +55,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
 
   const untilState = (runId: string, states: RunStatus['state'][], timeoutMs = 60_000) =>
     eventually<RunStatus>(async () => {
-      const s = await runStatus(h.client, runId);
+      const s = await runStatus(h.runs, runId);
       if (!states.includes(s.state) && ['failed', 'cancelled', 'completed', 'rejected'].includes(s.state)) {
         throw new GiveUp(`${runId} ended ${s.state}: ${String(s.metrics.error)}`);
       }
@@ -334,9 +334,9 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
     /** Starts through the client API, which skips the command's preflight, so the activity meets the input. */
     async function runUntilFailed(runId: string, spec: RunSpecInput): Promise<{ status: RunStatus; seconds: number }> {
       const started = Date.now();
-      await startRun(h.client, { spec: parseRunSpec(spec), baseDir: h.home, runId, initiator: 'engineer' });
+      await startRun(h.runs, { spec: parseRunSpec(spec), baseDir: h.home, runId, initiator: 'engineer' });
       await expect(h.client.workflow.getHandle(runId).result()).rejects.toThrow();
-      return { status: await runStatus(h.client, runId), seconds: (Date.now() - started) / 1000 };
+      return { status: await runStatus(h.runs, runId), seconds: (Date.now() - started) / 1000 };
     }
 
     async function expectFailedAtOnce(runId: string, spec: RunSpecInput, expected: { activity: string; type: string; error: RegExp }): Promise<string> {
@@ -363,7 +363,8 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
       expect(error).not.toContain(h.db.url);
       const shown = await h.dacp('run', 'status', 'inrun-query');
       expect(shown.code).toBe(0);
-      expect(shown.stdout).toContain(`error: ${error}`);
+      expect(shown.stdout).toMatch(/^ +error +/m);
+      expect(shown.stdout).toContain(error);
     });
 
     test('a source file that turned non-UTF-8 after the preflight: SourceInvalid', async () => {
@@ -408,35 +409,35 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
     test('one enormous document is removed as too_long, and the run goes on', async () => {
       const enormous = write('inrun/enormous.txt', Array.from({ length: 6_000 }, (_, i) => `Line ${i} of the never-ending cell site log.`).join('\n'));
       const spec = domainFrom(['data/domain/*.txt', enormous], { baseModel: { ref: 'production' } });
-      await startRun(h.client, { spec: parseRunSpec(spec), baseDir: h.home, runId: 'inrun-enormous', initiator: 'engineer' });
+      await startRun(h.runs, { spec: parseRunSpec(spec), baseDir: h.home, runId: 'inrun-enormous', initiator: 'engineer' });
       const training = await eventually(async () => {
-        const s = await runStatus(h.client, 'inrun-enormous');
+        const s = await runStatus(h.runs, 'inrun-enormous');
         if (s.state !== 'running') throw new GiveUp(`inrun-enormous ended ${s.state}: ${String(s.metrics.error)}`);
         return s.metrics.quality ? s : undefined;
       }, 'inrun-enormous to pass quality', 60_000, 300);
       const quality = training.metrics.quality as { perRole: Record<string, { input: number; kept: number; removed: Record<string, number> }> };
       expect(quality.perRole.domain.removed.too_long).toBe(1);
       expect(quality.perRole.domain.kept).toBeGreaterThanOrEqual(5);
-      await cancelRun(h.client, 'inrun-enormous');
+      await cancelRun(h.runs, 'inrun-enormous');
       await expect(h.client.workflow.getHandle('inrun-enormous').result()).rejects.toThrow();
-      expect((await runStatus(h.client, 'inrun-enormous')).state).toBe('cancelled');
+      expect((await runStatus(h.runs, 'inrun-enormous')).state).toBe('cancelled');
     });
 
     test('an unreachable source database is unexpected: SourceConnectFailed is retried until cancelled', async () => {
       const spec = tinySpec();
       spec.sources.push({ kind: 'postgres', role: 'domain', query: 'SELECT body AS text FROM kb_articles', connectionEnv: deadEnv });
-      await startRun(h.client, { spec: parseRunSpec(spec), baseDir: h.home, runId: 'inrun-unreachable', initiator: 'engineer' });
+      await startRun(h.runs, { spec: parseRunSpec(spec), baseDir: h.home, runId: 'inrun-unreachable', initiator: 'engineer' });
       const retrying = await eventually(async () => {
         const pending = await pendingActivities(h.client, 'inrun-unreachable');
         // attempt 3 pending: attempts 1 and 2 both ran and failed, and the retry schedule goes on.
         return pending.find((p) => p.activity === 'collectSources' && p.attempt >= 3);
       }, 'collectSources to be retried', 30_000, 300);
       expect(retrying).toMatchObject({ lastFailureType: 'SourceConnectFailed', lastFailureNonRetryable: false });
-      expect((await runStatus(h.client, 'inrun-unreachable')).state).toBe('running');
+      expect((await runStatus(h.runs, 'inrun-unreachable')).state).toBe('running');
 
-      await cancelRun(h.client, 'inrun-unreachable');
+      await cancelRun(h.runs, 'inrun-unreachable');
       await expect(h.client.workflow.getHandle('inrun-unreachable').result()).rejects.toThrow();
-      expect((await runStatus(h.client, 'inrun-unreachable')).state).toBe('cancelled');
+      expect((await runStatus(h.runs, 'inrun-unreachable')).state).toBe('cancelled');
       expect((await h.db.pool.query('SELECT state, error FROM runs WHERE run_id = $1', ['inrun-unreachable'])).rows).toEqual([{ state: 'cancelled', error: null }]);
     });
   });
@@ -445,6 +446,6 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
     const now = await storedState(h, baselineId);
     expect(now.rows).toEqual(baseline.rows);
     for (const [file, sha256] of Object.entries(baseline.artifacts)) expect({ file, sha256: now.artifacts[file] }).toEqual({ file, sha256 });
-    expect(await runStatus(h.client, baselineId)).toMatchObject({ state: 'completed', stage: 'deploy' });
+    expect(await runStatus(h.runs, baselineId)).toMatchObject({ state: 'completed', stage: 'deploy' });
   });
 });

@@ -10,7 +10,7 @@ import { parseRunSpec } from '../../schemas/runSpec';
 import { approvalWorkflowId, approveUpdate } from '../../workflows/messages';
 import { createTestDatabase, type TestDatabase } from '../helpers/db';
 import { tinySpec } from '../helpers/fixtures';
-import { eventually, startTestDevServer, tempHome } from '../helpers/temporal';
+import { eventually, startTestDevServer, tempHome, runsFor } from '../helpers/temporal';
 import {
   activityAttempts,
   checkReferencedArtifacts,
@@ -85,6 +85,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
   let db: TestDatabase;
   let client: Client;
   let home: string;
+  const runs = () => runsFor(client, db.pool, home);
   const children: WorkerProcess[] = [];
 
   beforeAll(async () => {
@@ -109,7 +110,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
     let control = spawnWorker('control', env);
     children.push(gpu, control);
     await Promise.all([gpu.ready, control.ready]);
-    const runId = await startRun(client, { spec, baseDir: home, runId: 'control-kills-1', initiator: 'engineer' });
+    const runId = await startRun(runs(), { spec, baseDir: home, runId: 'control-kills-1', initiator: 'engineer' });
     const kills: KillRecord[] = [];
 
     /** SIGKILL the control worker, start a fresh one, free the attempt that died with the old one. */
@@ -136,7 +137,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
       }, `${activity} to be running on the control worker`, 300_000, 50);
       const { killedAt, polling, orphan, released } = await killControl(activity);
       expect(orphan?.activityId).toBe(running.activityId);
-      await waitForStatus(client, runId, (s) => nextStage(s.stage), `the run to get past ${stage}`, 300_000, 100);
+      await waitForStatus(runs(), runId, (s) => nextStage(s.stage), `the run to get past ${stage}`, 300_000, 100);
       kills.push({
         stage,
         activity,
@@ -157,7 +158,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
       await holder.connect();
       try {
         await holder.query('SELECT pg_advisory_lock(hashtext($1))', [`dacp-model:${spec.name}`]);
-        await waitForStatus(client, runId, (s) => s.state === 'awaiting_approval', 'the run to await approval', 600_000, 250);
+        await waitForStatus(runs(), runId, (s) => s.state === 'awaiting_approval', 'the run to await approval', 600_000, 250);
         await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
         const running = await eventually(async () => {
           const waiting = await holder.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");

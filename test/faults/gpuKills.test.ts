@@ -83,7 +83,7 @@ describe('faults: the gpu worker is SIGKILLed at random training steps', () => {
   };
 
   test('an uninterrupted run bootstraps the shared base and sets the reference checkpoint', async () => {
-    const runId = await startRun(h.client, { spec, baseDir: h.home, runId: 'reference', initiator: 'engineer' });
+    const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: 'reference', initiator: 'engineer' });
     const status = await h.untilAwaitingApproval(runId);
     expect(status.metrics.baseModel).toBe('tiny-base:v1');
     expect(status.resumedFromStep).toBeNull();
@@ -103,7 +103,7 @@ describe('faults: the gpu worker is SIGKILLed at random training steps', () => {
       // later on the fresh worker before the retry reaches it.
       let nextKill = worker.killAtStep(STEPS, targets[0]);
       nextKill.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
-      const runId = await startRun(h.client, { spec, baseDir: h.home, runId: `kill-${trial}`, initiator: 'engineer' });
+      const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: `kill-${trial}`, initiator: 'engineer' });
 
       for (const [k, target] of targets.entries()) {
         const kill = await nextKill;
@@ -119,7 +119,7 @@ describe('faults: the gpu worker is SIGKILLed at random training steps', () => {
           nextKill.catch(() => undefined);
         }
         const statusAfter = await eventually(async () => {
-          const s = await runStatus(h.client, runId);
+          const s = await runStatus(h.runs, runId);
           return (s.attempts.dacp ?? 0) > killedAttempt ? s : undefined;
         }, `a new dacp attempt after the kill at step ${kill.killedAtStep}`, 120_000, 50);
         const secondsToStatus = (Date.now() - kill.killedAtMs) / 1000;

@@ -3,6 +3,7 @@ import { existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, type Worker } from '@temporalio/worker';
+import type { RunContext } from '../../cli/status';
 import { migrate } from '../../db/migrate';
 import { createWorker } from '../../workers/options';
 import { createTestDatabase, type TestDatabase } from './db';
@@ -21,6 +22,8 @@ export interface Harness {
   db: TestDatabase;
   client: Client;
   home: string;
+  /** What the run functions of cli/runs.ts need for this harness. */
+  runs: RunContext;
   /** Environment for `dacp` processes that join this harness. */
   env: NodeJS.ProcessEnv;
   spawnGpuWorker(): GpuWorkerProcess;
@@ -70,6 +73,7 @@ export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harnes
     db,
     client,
     home,
+    runs: { client, pool: db.pool, artifactsDir: path.join(home, 'artifacts') },
     env,
     /** A gpu worker in its own process, as `dacp worker --queue gpu` runs it; `ready` once it polls. */
     spawnGpuWorker: () => {

@@ -2,7 +2,10 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
+import type { Pool } from 'pg';
 import { freePort, startDevServer, type DevServer } from '../../cli/devServer';
+import type { RunContext } from '../../cli/status';
 
 /** A real Temporal CLI dev server on a free port with its SQLite file in a temp dir. */
 export async function startTestDevServer(stateDir?: string): Promise<DevServer & { stateDir: string; cleanup(): Promise<void> }> {
@@ -51,4 +54,9 @@ export function tempHome(prefix = 'dacp-home-'): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
   chmodSync(dir, 0o755);
   return dir;
+}
+
+/** What `startRun`, `runStatus` and `cancelRun` need: the client, the run database and the home's artifacts. */
+export function runsFor(client: Client, pool: Pool, home: string): RunContext {
+  return { client, pool, artifactsDir: path.join(home, 'artifacts') };
 }

@@ -121,20 +121,22 @@ def lm_batches(domain: torch.Tensor, replay: torch.Tensor, replay_ratio: float, 
     replay_rows = 0 if len(replay) < 2 else batch_size if len(domain) < 2 else _js_round(batch_size * replay_ratio)
     window = context_length + 1
 
-    def sample(stream: torch.Tensor, uniform) -> torch.Tensor:
-        n = len(stream)
-        if n >= window:
-            start = random_int(uniform, n - window + 1)
-            return stream[start:start + window]
-        start = random_int(uniform, n)  # shorter than a window: read cyclically
-        return stream[(start + torch.arange(window)) % n]
-
     def batch(step: int):
         uniform = mulberry32(derive_seed(seed, "lm", step))
-        rows = torch.stack([sample(replay if r < replay_rows else domain, uniform) for r in range(batch_size)])
+        rows = torch.stack([_sample_window(replay if r < replay_rows else domain, window, uniform) for r in range(batch_size)])
         return rows[:, :-1], rows[:, 1:], None  # None: every target counts
 
     return batch
+
+
+def _sample_window(stream: torch.Tensor, window: int, uniform) -> torch.Tensor:
+    """`window` consecutive tokens at a random offset (ml/mixing.ts sampleWindow); a shorter stream is read cyclically."""
+    n = len(stream)
+    if n >= window:
+        start = random_int(uniform, n - window + 1)
+        return stream[start:start + window]
+    start = random_int(uniform, n)
+    return stream[(start + torch.arange(window)) % n]
 
 
 def _js_round(x: float) -> int:
@@ -176,8 +178,28 @@ def sft_row(prompt: list, response: list, context_length: int, pad_id: int, eos_
     return sequence[:-1], sequence[1:], mask
 
 
-def sft_batches(examples: list, batch_size: int, context_length: int, seed: int, pad_id: int, eos_id: int):
-    """Each epoch visits every example once in a seeded order (ml/mixing.ts sftBatches)."""
+def sft_replay_rows(batch_size: int, replay, replay_ratio: float) -> int:
+    """Replay rows per SFT batch (ml/mixing.ts sftReplayRows): round(batchSize × ratio), at most batchSize − 1."""
+    if not 0 <= replay_ratio < 1:
+        raise ValueError(f"replayRatio must be in [0, 1) so every batch keeps instruction pairs, got {replay_ratio}")
+    if replay_ratio == 0:
+        return 0
+    if replay is None:
+        raise ValueError(f"replayRatio {replay_ratio} needs a replay token stream (data.replay)")
+    if len(replay) < 2:
+        return 0  # an empty replay set trains pure SFT
+    return min(_js_round(batch_size * replay_ratio), batch_size - 1)
+
+
+def sft_batches(examples: list, batch_size: int, context_length: int, seed: int, pad_id: int, eos_id: int,
+                replay=None, replay_ratio: float = 0.0):
+    """Each epoch visits every example once in a seeded order (ml/mixing.ts sftBatches).
+
+    With a replay stream, the first replay rows of each batch are LM windows (every target counts)
+    and the pairs advance by the remaining rows per step, so ratio 0 is exactly pure SFT.
+    """
+    replay_rows = sft_replay_rows(batch_size, replay, replay_ratio)
+    pair_rows = batch_size - replay_rows
     orders = {}
 
     def order_of(epoch: int) -> list:
@@ -189,8 +211,15 @@ def sft_batches(examples: list, batch_size: int, context_length: int, seed: int,
 
     def batch(step: int):
         inputs, targets, masks = [], [], []
-        for r in range(batch_size):
-            index = step * batch_size + r
+        if replay_rows > 0:
+            uniform = mulberry32(derive_seed(seed, "sft-replay", step))
+            for _ in range(replay_rows):
+                window = _sample_window(replay, context_length + 1, uniform).tolist()
+                inputs.append(window[:-1])
+                targets.append(window[1:])
+                masks.append([1.0] * context_length)
+        for r in range(pair_rows):
+            index = step * pair_rows + r
             prompt, response = examples[order_of(index // len(examples))[index % len(examples)]]
             i, t, m = sft_row(prompt, response, context_length, pad_id, eos_id)
             inputs.append(i)

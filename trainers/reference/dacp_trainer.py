@@ -164,6 +164,12 @@ def read_job(path: str) -> dict:
          "settings.totalSteps and settings.batchSize must be positive integers")
     need(isinstance(job["checkpointEvery"], int) and job["checkpointEvery"] >= 1, '"checkpointEvery" must be a positive integer')
     need(isinstance(job["data"], dict) and job["data"].get("kind") in ("lm", "sft"), 'data.kind must be "lm" or "sft"')
+    if job["data"]["kind"] == "sft":
+        ratio = job["data"].get("replayRatio", 0)
+        need(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio < 1,
+             f"data.replayRatio must be a number in [0, 1), got {ratio!r}")
+        need(ratio == 0 or isinstance(job["data"].get("replay"), str),
+             f'data.replayRatio is {ratio} but data.replay names no token file; give one or set replayRatio to 0')
     try:
         job["modelConfig"] = model_lib.check_config(job["modelConfig"])
     except ValueError as error:
@@ -177,8 +183,10 @@ def batch_source(job: dict, config: dict):
     if data["kind"] == "lm":
         return lm_batches(read_token_stream(data["domain"], V), read_token_stream(data["replay"], V),
                           float(data["replayRatio"]), settings["batchSize"], T, settings["seed"])
+    # Optional general text trained as plain LM rows; a job without it is pure SFT, as before.
+    replay = read_token_stream(data["replay"], V) if data.get("replay") else None
     return sft_batches(read_sft_examples(data["examples"], V), settings["batchSize"], T, settings["seed"],
-                       int(data["padId"]), int(data["eosId"]))
+                       int(data["padId"]), int(data["eosId"]), replay, float(data.get("replayRatio", 0)))
 
 
 def train(job: dict) -> int:
@@ -292,7 +300,7 @@ def main(argv: list) -> int:
     except (JobError, ValueError, OSError) as error:
         print(f"dacp-trainer: {error}", file=sys.stderr, flush=True)
         return 2
-    except RuntimeError as error:  # divergence: worth a retry from the last checkpoint
+    except RuntimeError as error:  # divergence: dacp reads "training diverged at step N" and fails the run once
         print(f"dacp-trainer: {error}", file=sys.stderr, flush=True)
         return 1
 

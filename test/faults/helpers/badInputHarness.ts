@@ -12,6 +12,7 @@ import { migrate } from '../../../db/migrate';
 import { createWorker } from '../../../workers/options';
 import { createTestDatabase, type TestDatabase } from '../../helpers/db';
 import { writeTinyCorpus } from '../../helpers/fixtures';
+import type { RunContext } from '../../../cli/status';
 import { bundleWorkflows, startTestDevServer, tempHome } from '../../helpers/temporal';
 
 const dacpBin = path.resolve(__dirname, '..', '..', '..', 'bin', 'dacp.js');
@@ -21,6 +22,8 @@ export interface BadInputHarness {
   artifactsDir: string;
   db: TestDatabase;
   client: Client;
+  /** What the run functions of cli/runs.ts need for this harness. */
+  runs: RunContext;
   /**
    * Runs the real `dacp` command (bin/dacp.js → dist/) against this environment's dev server.
    * Asynchronously: the workers answering its queries run in this process and must not be blocked.
@@ -46,13 +49,15 @@ export async function startBadInputHarness(): Promise<BadInputHarness> {
   const deps = { connection: nativeConnection, namespace: 'default', pool: db.pool, artifactsDir, client };
   const workers: Worker[] = [await createWorker('control', { ...deps, workflowBundle: bundle }), await createWorker('gpu', deps)];
   const running = Promise.all(workers.map((w) => w.run()));
-  const env: NodeJS.ProcessEnv = { ...process.env, TEMPORAL_ADDRESS: server.address, DACP_HOME: path.join(home, '.dacp') };
+  // The command shares the workers' database and artifact store, as it does on a real home.
+  const env: NodeJS.ProcessEnv = { ...process.env, TEMPORAL_ADDRESS: server.address, DATABASE_URL: db.url, DACP_HOME: home };
 
   return {
     home,
     artifactsDir,
     db,
     client,
+    runs: { client, pool: db.pool, artifactsDir },
     dacp: (...args) =>
       new Promise<CliResult>((resolve) => {
         execFile(process.execPath, [dacpBin, ...args], { env, cwd: home, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {

@@ -10,6 +10,7 @@ import { createTestDatabase, type TestDatabase } from '../../helpers/db';
 import { writeTinyCorpus } from '../../helpers/fixtures';
 import { bundleWorkflows, eventually, GiveUp, startTestDevServer, tempHome } from '../../helpers/temporal';
 import { GpuWorkerProcess, writeStepProbe } from './gpuWorker';
+import type { RunContext } from '../../../cli/status';
 
 /**
  * What the fault tests share: a dev server, a fresh database, a control worker in this process, a
@@ -19,6 +20,8 @@ export interface FaultHarness {
   home: string;
   db: TestDatabase;
   client: Client;
+  /** What the run functions of cli/runs.ts need for this harness. */
+  runs: RunContext;
   /** Spawn a gpu worker for this home and wait until it polls. */
   spawnGpuWorker(): Promise<GpuWorkerProcess>;
   /** Poll the run's status until it awaits approval (fails at once if the run fails). */
@@ -51,6 +54,7 @@ export async function startFaultHarness(): Promise<FaultHarness> {
     home,
     db,
     client,
+    runs: { client, pool: db.pool, artifactsDir: path.join(home, 'artifacts') },
     async spawnGpuWorker() {
       const worker = new GpuWorkerProcess(env, probeFile);
       workers.push(worker);
@@ -59,7 +63,7 @@ export async function startFaultHarness(): Promise<FaultHarness> {
     },
     async untilAwaitingApproval(runId, timeoutMs = 300_000) {
       return eventually(async () => {
-        const s = await runStatus(client, runId);
+        const s = await runStatus({ client, pool: db.pool, artifactsDir: path.join(home, 'artifacts') }, runId);
         if (s.state === 'failed' || s.state === 'cancelled') throw new GiveUp(`run ${runId} is ${s.state}: ${String(s.metrics.error)}`);
         return s.state === 'awaiting_approval' ? s : undefined;
       }, `run ${runId} to reach approval`, timeoutMs, 250);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { ArtifactStore } from '../../../activities/artifacts';
-import { runStatus } from '../../../cli/runs';
+import { runStatus, type RunContext } from '../../../cli/runs';
 import type { DatasetManifest, PipelineResult, RunStatus } from '../../../schemas/pipeline';
 import { approvalWorkflowId, approveUpdate } from '../../../workflows/messages';
 import { eventually, GiveUp } from '../../helpers/temporal';
@@ -58,7 +58,7 @@ export async function killAll(children: ChildProcess[]): Promise<void> {
 
 /** Poll the run's status until `accept` returns true; a failed run stops the wait at once. */
 export function waitForStatus(
-  client: Client,
+  runs: RunContext,
   runId: string,
   accept: (s: RunStatus) => boolean,
   what: string,
@@ -67,7 +67,7 @@ export function waitForStatus(
 ): Promise<RunStatus> {
   return eventually(
     async () => {
-      const s = await runStatus(client, runId);
+      const s = await runStatus(runs, runId);
       if (s.state === 'failed') throw new GiveUp(`the run failed while waiting for ${what}: ${String(s.metrics.error)}`);
       return accept(s) ? s : undefined;
     },
@@ -78,8 +78,9 @@ export function waitForStatus(
 }
 
 /** Approve at the gate (quorum 1) and wait for the pipeline's result. */
-export async function approveAndFinish(client: Client, runId: string): Promise<PipelineResult> {
-  await waitForStatus(client, runId, (s) => s.state === 'awaiting_approval', 'the run to await approval', 600_000, 250);
+export async function approveAndFinish(runs: RunContext, runId: string): Promise<PipelineResult> {
+  const { client } = runs;
+  await waitForStatus(runs, runId, (s) => s.state === 'awaiting_approval', 'the run to await approval', 600_000, 250);
   await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
   return (await client.workflow.getHandle(runId).result()) as PipelineResult;
 }
