@@ -115,7 +115,7 @@ export async function storeChoiceSet(store: ArtifactStore, items: ChoiceItem[]):
 const StoredChoiceSet = z.array(z.object({ question: z.string(), choices: z.array(z.string()).min(minChoices), answer: z.number().int().min(0) }).strict());
 
 /** Reads a set written by storeChoiceSet (the store verifies its sha256); the shape is checked, since evaluation trusts it. */
-export async function loadChoiceSet(store: ArtifactStore, ref: ChoiceSetRef): Promise<ChoiceItem[]> {
+export async function loadChoiceSet(store: ArtifactStore, ref: ArtifactRef): Promise<ChoiceItem[]> {
   const parsed = StoredChoiceSet.safeParse(await store.getJson<unknown>(ref));
   if (!parsed.success || parsed.data.some((item) => item.answer >= item.choices.length)) {
     throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is not a choice set; was it written by collect?`, 'ArtifactInvalid');

@@ -20,6 +20,7 @@ import type {
   TradeoffReport,
 } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
+import { loadChoiceSet } from './choiceSets';
 import type { ActivityDeps } from './context';
 import { gateFigures, gateReasons, r4 } from './gates';
 import { readDataset, tokenStreamOf, type PairDoc } from './datasets';
@@ -49,7 +50,7 @@ export function evaluationActivities(deps: ActivityDeps) {
 
   /** Multiple-choice sets as collect stored them. */
   const loadChoices = async (ref: ArtifactRef | undefined): Promise<ChoiceItem[] | undefined> =>
-    ref ? store.getJson<ChoiceItem[]>(ref) : undefined;
+    ref ? loadChoiceSet(store, ref) : undefined;
 
   /**
    * What a gate measures of one model: perplexity on held-out general and domain text and, where
@@ -79,8 +80,9 @@ export function evaluationActivities(deps: ActivityDeps) {
     for (const kind of ['domain', 'general'] as const) {
       const items = sets.choices?.[kind];
       if (!items?.length) continue;
-      const { accuracy } = await choiceAccuracy(loaded.model, loaded.tokenizer, items, { maxItems, onProgress: evalHeartbeat(ctx, name, `choices-${kind}`) });
-      scores[kind === 'domain' ? 'domainAccuracy' : 'generalAccuracy'] = r4(accuracy);
+      // Length-normalised (lm-evaluation-harness's acc_norm): choices of different lengths compete fairly.
+      const { normalizedAccuracy } = await choiceAccuracy(loaded.model, loaded.tokenizer, items, { maxItems, onProgress: evalHeartbeat(ctx, name, `choices-${kind}`) });
+      scores[kind === 'domain' ? 'domainAccuracy' : 'generalAccuracy'] = r4(normalizedAccuracy);
     }
     if (sets.instructPairs?.length) {
       const score = await instructionScore(loaded.model, loaded.tokenizer, sets.instructPairs, {
@@ -91,6 +93,13 @@ export function evaluationActivities(deps: ActivityDeps) {
       scores.instructionTokenAccuracy = r4(score.tokenAccuracy);
     }
     return scores;
+  };
+
+  /** A gate's report: stored as an artifact (what approvers' decisions are bound to) and as an evaluation row. */
+  const storeReport = async (kind: 'forgetting' | 'final_check', runId: string, round: number, report: ForgettingReport | FinalCheckReport) => {
+    const ref = await store.putJson('reports', { kind, runId, ...report });
+    await insertEvaluation(pool, { runId, kind, round, passed: report.passed, report, ref });
+    return ref;
   };
 
   const gateBudgets = (b: Omit<GateBudgets, 'maxInstructionRegression'> & { maxInstructionRegression?: number }): GateBudgets => ({
@@ -142,9 +151,7 @@ export function evaluationActivities(deps: ActivityDeps) {
         passed: reasons.length === 0,
         reasons,
       };
-      const reportRef = await store.putJson('reports', { kind: 'forgetting', runId: input.runId, ...report });
-      await insertEvaluation(pool, { runId: input.runId, kind: 'forgetting', round: input.round, passed: report.passed, report, ref: reportRef });
-      return { report, reportRef };
+      return { report, reportRef: await storeReport('forgetting', input.runId, input.round, report) };
     },
 
     /**
@@ -191,9 +198,7 @@ export function evaluationActivities(deps: ActivityDeps) {
         passed: reasons.length === 0,
         reasons,
       };
-      const reportRef = await store.putJson('reports', { kind: 'final_check', runId: input.runId, ...report });
-      await insertEvaluation(pool, { runId: input.runId, kind: 'final_check', round: input.round, passed: report.passed, report, ref: reportRef });
-      return { report, reportRef };
+      return { report, reportRef: await storeReport('final_check', input.runId, input.round, report) };
     },
 
     /** The replay trade-off of a list of candidates: a table and an SVG plot, stored for the approval request. */

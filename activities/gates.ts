@@ -32,6 +32,10 @@ export function gateFigures(before: ModelScores, after: ModelScores): GateFigure
 /** Every budget the figures break, in words an approver reads; empty when the gate passes. */
 export function gateReasons(figures: GateFigures, budgets: GateBudgets): string[] {
   const reasons: string[] = [];
+  // A figure that is not a number (a diverged model, a zero perplexity) fails the gate: it must never pass by default.
+  for (const [name, value] of Object.entries(figures)) {
+    if (value !== undefined && !Number.isFinite(value)) reasons.push(`${name} could not be measured (${value}); the model's evaluation is not a number`);
+  }
   if (figures.generalRegression > budgets.maxGeneralRegression) {
     reasons.push(`general perplexity rose ${pct(figures.generalRegression)} (budget ${pct(budgets.maxGeneralRegression)})`);
   }

@@ -63,7 +63,10 @@ function upgradeInlineSpec(spec: RunSpec): RunSpec {
     ? { ...spec.engine, env: Object.keys(legacy.engine.env as Record<string, string>) }
     : spec.engine;
   const quality = legacy.quality.nearDuplicateThreshold === undefined ? { ...spec.quality, nearDuplicateThreshold: null } : spec.quality;
-  return { ...spec, engine, quality } as RunSpec;
+  // No task sets, and no replay in instruction tuning, for runs that had neither.
+  const evaluation = spec.evaluation ?? { choices: {}, maxChoiceItems: 200 };
+  const instruct = spec.instruct.replayRatio === undefined ? { ...spec.instruct, replayRatio: 0 } : spec.instruct;
+  return { ...spec, engine, quality, evaluation, instruct } as RunSpec;
 }
 
 /**

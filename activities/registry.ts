@@ -47,8 +47,10 @@ export function registryActivities({ pool, store }: ActivityDeps) {
 
     /** The model the final check compares a candidate against: what the deploy alias serves now, if anything. */
     async resolveReference(input: { alias: string; aliasAtStart?: string | null }): Promise<(VersionedModel & { kind: 'production' }) | null> {
-      const ref = input.aliasAtStart ?? input.alias;
-      const version = await findModelVersion(pool, ref);
+      // What the alias served when the run started (null: nothing, so the base is the reference);
+      // runs from before did not record it, and read the alias now.
+      if (input.aliasAtStart === null) return null;
+      const version = await findModelVersion(pool, input.aliasAtStart ?? input.alias);
       if (!version) return null;
       return { uri: version.uri, sha256: version.sha256, bytes: 0, versionId: version.versionId, kind: 'production' };
     },

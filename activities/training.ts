@@ -42,6 +42,8 @@ interface StageJob {
   fresh?: { config: Omit<ModelConfig, 'vocabSize'>; tokenizer: (heartbeat: () => void) => Promise<Tokenizer> };
   /** The stage's data as ids; it calls `heartbeat` between slices of tokenizing. */
   data: (tokenizer: Tokenizer, heartbeat: () => void) => Promise<TrainingData>;
+  /** Share of general text in the batches, recorded with each attempt. */
+  replayRatio?: number;
 }
 
 /**
@@ -72,6 +74,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
     round: job.round,
     totalSteps: job.settings.totalSteps,
     retention: job.spec.checkpoints,
+    ...(job.replayRatio !== undefined ? { replayRatio: job.replayRatio } : {}),
   });
   // Reading, tokenizing and training a tokenizer are long synchronous work: they pause to heartbeat.
   const heartbeat = () => session.heartbeat();
@@ -208,6 +211,11 @@ export function trainingActivities(deps: ActivityDeps) {
       baseModel: ArtifactRef;
       domain: DatasetRef;
       replay: DatasetRef;
+      /**
+       * Added to the seed (default: the round). Candidates of one batch share it, so that they
+       * differ only in their replay ratio, not in their data order and initial noise.
+       */
+      seedOffset?: number;
     }): Promise<TrainingResult> {
       return trainStage(deps, {
         runId: input.runId,
@@ -215,7 +223,8 @@ export function trainingActivities(deps: ActivityDeps) {
         round: input.round,
         spec: input.spec,
         baseDir: input.baseDir,
-        settings: trainSettings(input.spec.dacp, input.round),
+        settings: trainSettings(input.spec.dacp, input.seedOffset ?? input.round),
+        replayRatio: input.replayRatio,
         checkpointEvery: input.spec.dacp.checkpointEvery,
         initModel: input.baseModel,
         data: async (tokenizer, heartbeat) => ({
@@ -242,6 +251,7 @@ export function trainingActivities(deps: ActivityDeps) {
         spec: input.spec,
         baseDir: input.baseDir,
         // A retry after a failed final check is a new tuning from the same model: a new seed offset too.
+        replayRatio,
         settings: trainSettings(input.spec.instruct, input.round ?? 0),
         checkpointEvery: input.spec.instruct.checkpointEvery,
         initModel: input.model,

@@ -11,6 +11,8 @@ export interface SessionJob {
   round: number;
   totalSteps: number;
   retention: { keepLast: number; keepBest: boolean };
+  /** The share of general text in this stage's batches, recorded with each attempt. */
+  replayRatio?: number;
 }
 
 /**
@@ -67,6 +69,7 @@ export class TrainingSession {
         backend,
         resumedFromStep: this.resumedFromStep,
         totalSteps: this.job.totalSteps,
+        ...(this.job.replayRatio !== undefined ? { replayRatio: this.job.replayRatio } : {}),
         warnings: this.warnings,
       },
     });

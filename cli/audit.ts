@@ -36,7 +36,9 @@ function seal(body: Omit<AuditBundle, 'sha256'>): string {
 
 export async function exportAudit(client: Client, pool: Pool, runId: string): Promise<AuditBundle> {
   const histories: Record<string, unknown> = {};
-  for (const workflowId of [runId, approvalWorkflowId(runId)]) {
+  // The run, its approval gate and its candidates (one child workflow per replay ratio tried).
+  const children = await childWorkflowIds(client, runId);
+  for (const workflowId of [runId, approvalWorkflowId(runId), ...children.filter((id) => id !== approvalWorkflowId(runId))]) {
     try {
       const history = await client.workflow.getHandle(workflowId).fetchHistory();
       // Plain JSON: 64-bit numbers as strings, enums by name, payload bytes as base64.
@@ -95,4 +97,16 @@ export function verifyAudit(bundle: unknown): AuditVerdict {
     if (!accepted.has(row.principal)) problems.push(`approval by ${row.principal} is in the database but not in the gate's history`);
   }
   return { ok: problems.length === 0, problems };
+}
+
+/** The workflow ids of the children a run started, from its history; none if it has no history. */
+async function childWorkflowIds(client: Client, runId: string): Promise<string[]> {
+  try {
+    const history = await client.workflow.getHandle(runId).fetchHistory();
+    return (history.events ?? [])
+      .map((e) => e.startChildWorkflowExecutionInitiatedEventAttributes?.workflowId)
+      .filter((id): id is string => typeof id === 'string');
+  } catch {
+    return [];
+  }
 }

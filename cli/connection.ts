@@ -65,7 +65,7 @@ export async function connectClient(settings = temporalSettings()): Promise<Clie
   try {
     connection = await Connection.connect(options);
   } catch (err) {
-    throw new Error(
+    throw new TemporalUnreachableError(
       `cannot reach Temporal at ${settings.address} (${(err as Error).message.split('\n')[0]}); start it with \`dacp server\` or set TEMPORAL_ADDRESS`,
     );
   }
@@ -77,7 +77,7 @@ export async function connectWorker(settings = temporalSettings()): Promise<Nati
   try {
     return await NativeConnection.connect(options);
   } catch (err) {
-    throw new Error(
+    throw new TemporalUnreachableError(
       `cannot reach Temporal at ${settings.address} (${(err as Error).message.split('\n')[0]}); start it with \`dacp server\` or set TEMPORAL_ADDRESS`,
     );
   }
@@ -93,4 +93,9 @@ export async function ensureSearchAttributes(client: Client, namespace: string):
     namespace,
     searchAttributes: Object.fromEntries(missing.map((name) => [name, KEYWORD])),
   });
+}
+
+/** Temporal did not answer at the configured address. */
+export class TemporalUnreachableError extends Error {
+  override name = 'TemporalUnreachableError';
 }

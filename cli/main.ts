@@ -7,7 +7,7 @@ import type { PipelineResult } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
 import { approvalView, formatApprovalView } from './approval';
 import { exportAudit, verifyAudit } from './audit';
-import { connectClient, defaultTemporalPort, temporalSettings } from './connection';
+import { connectClient, defaultTemporalPort, TemporalUnreachableError, temporalSettings } from './connection';
 import { prepareDemo, runDemo } from './demo';
 import { dacpHome } from './paths';
 import {
@@ -74,6 +74,30 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
     return await fn(client);
   } finally {
     await client.connection.close();
+  }
+}
+
+/**
+ * A run's status: with Temporal when it answers (live training progress), from the database alone
+ * when the server is not running (say, after `dacp demo` has stopped it).
+ */
+async function statusWithoutServer(runId: string) {
+  const home = dacpHome();
+  const db = await openDatabase(home);
+  try {
+    let client: Client | null = null;
+    try {
+      client = await connectClient();
+    } catch (err) {
+      if (!(err instanceof TemporalUnreachableError)) throw err;
+    }
+    try {
+      return await runStatus({ client, pool: db.pool, artifactsDir: artifactsDir(home) }, runId);
+    } finally {
+      await client?.connection.close();
+    }
+  } finally {
+    await db.close();
   }
 }
 
@@ -262,7 +286,7 @@ async function main(argv: string[]): Promise<number> {
           versions.length === 0
             ? 'no model versions yet'
             : versions
-                .map((v) => `${v.versionId.padEnd(28)} ${v.aliases.join(',').padEnd(12)} parent ${v.parentVersionId ?? '–'}  run ${v.runId ?? '–'}  sha256 ${v.sha256.slice(0, 16)}…`)
+                .map((v) => `${v.versionId.padEnd(28)} ${v.aliases.join(',').padEnd(12)} ${String(v.lineage.kind ?? 'model').padEnd(9)} parent ${v.parentVersionId ?? '–'}  run ${v.runId ?? '–'}  sha256 ${v.sha256.slice(0, 16)}…`)
                 .join('\n'),
         );
       } finally {
@@ -311,7 +335,7 @@ async function runCommand(argv: string[]): Promise<number> {
     case 'status': {
       const { flags, positionals } = parse(rest, { json: { type: 'boolean' } });
       const runId = checkRunId(onePositional(positionals, 'run id'));
-      const status = await withRuns((ctx) => runStatus(ctx, runId));
+      const status = await statusWithoutServer(runId);
       print(Boolean(flags.json), status, () => formatStatus(status));
       return 0;
     }

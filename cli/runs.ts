@@ -21,8 +21,12 @@ import { TASK_QUEUES } from '../workers/options';
 
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
+/** The ids of a run's child workflows: a run id must not look like one. */
+const CHILD_SUFFIX = /-(approval|candidate-\d+)$/;
+
 export function checkRunId(id: string): string {
   if (!RUN_ID.test(id)) throw new InputError(`run id "${id}" is invalid: use 1–100 letters, digits, ".", "_" or "-"`);
+  if (CHILD_SUFFIX.test(id)) throw new InputError(`run id "${id}" ends like a run's approval gate or candidate (-approval, -candidate-N); choose another --id`);
   return id;
 }
 

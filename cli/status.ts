@@ -48,7 +48,10 @@ interface AttemptDetails {
  * training activity's last heartbeat (`describe()`), else from its newest metric rows. Nothing here
  * needs a worker, and nothing here went through the run's history.
  */
-export async function runStatus(ctx: RunContext, runId: string): Promise<RunStatus> {
+/** What status needs; with no Temporal client (the server is down) it answers from the database alone. */
+export type StatusContext = Omit<RunContext, 'client'> & { client: Client | null };
+
+export async function runStatus(ctx: StatusContext, runId: string): Promise<RunStatus> {
   const row = await loadRun(ctx.pool, runId);
   const description = await describe(ctx.client, runId);
   if (!row && !description) throw new InputError(`no run with id ${runId}; see \`dacp run list\``);
@@ -62,7 +65,7 @@ export async function runStatus(ctx: RunContext, runId: string): Promise<RunStat
   if (row?.error && metrics.error === undefined) metrics.error = row.error;
 
   let progress: RunStatus['progress'] = { step: 0, totalSteps: 0, loss: null };
-  if (description && description.status.name === 'RUNNING') {
+  if (ctx.client && description && description.status.name === 'RUNNING') {
     const live = await liveTraining(ctx.client, description);
     if (live) {
       // Attempts count from the audit rows an attempt writes when it begins: a retry that Temporal
@@ -76,11 +79,11 @@ export async function runStatus(ctx: RunContext, runId: string): Promise<RunStat
       const newest = await newestMetric(ctx.pool, runId, current.trainingStage, current.round);
       if (newest && newest.step > progress.step) progress = { step: newest.step, totalSteps: progress.totalSteps || (totalSteps[stage] ?? 0), loss: newest.loss };
     }
-  } else if (description && !TERMINAL.includes(state)) {
+  } else if (ctx.client && description && !TERMINAL.includes(state)) {
     // The execution closed without the workflow recording its end (terminated, timed out, or it
     // was never picked up): say so rather than show it running for ever.
     ({ state, stage } = await closedOutcome(ctx.client, runId, description, stage, metrics));
-  } else if (!row && description) {
+  } else if (ctx.client && !row && description) {
     ({ state, stage } = await closedOutcome(ctx.client, runId, description, stage, metrics));
   }
   if (Array.isArray(metrics.candidates) && state === 'running') await candidateProgress(ctx.pool, runId, metrics.candidates as CandidateView[]);
@@ -121,7 +124,8 @@ async function loadRun(pool: Pool, runId: string): Promise<RunRow | null> {
   return (rows[0] as RunRow | undefined) ?? null;
 }
 
-async function describe(client: Client, runId: string): Promise<WorkflowExecutionDescription | null> {
+async function describe(client: Client | null, runId: string): Promise<WorkflowExecutionDescription | null> {
+  if (!client) return null;
   try {
     return await client.workflow.getHandle(runId).describe();
   } catch (err) {
@@ -196,6 +200,7 @@ async function closedOutcome(
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     if (result.forgetting && !metrics.forgetting) metrics.forgetting = result.forgetting;
     if (result.instruct && !metrics.instruct) metrics.instruct = result.instruct;
+    if (result.finalCheck && !metrics.finalCheck) metrics.finalCheck = result.finalCheck;
     if (result.versionId && !metrics.deploy) metrics.deploy = { versionId: result.versionId };
     if (result.reason && !metrics.approval) metrics.approval = { outcome: 'rejected', reason: result.reason };
     if (!metrics.stageSeconds) metrics.stageSeconds = result.stageSeconds;

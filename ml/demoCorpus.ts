@@ -396,8 +396,13 @@ export function generateDemoCorpus(o: DemoCorpusOptions = {}): DemoCorpus {
   return { domain, general, instructions };
 }
 
-/** Terms the demo's documents are made of, by kind: the demo's multiple-choice sets draw on them. */
+/** Terms the demo's documents are made of, by kind and category: the demo's multiple-choice sets draw on them. */
+export const demoCategories = {
+  domain: { alarms, kpis, actions, engineers },
+  general: { dishes, flowers, sights, towns, eras },
+} as const;
+
 export const demoVocabulary = {
-  domain: [...alarms, ...kpis, ...actions],
-  general: [...dishes, ...flowers, ...sights, ...towns, ...eras],
+  domain: Object.values(demoCategories.domain).flat(),
+  general: Object.values(demoCategories.general).flat(),
 } as const;

@@ -12,6 +12,8 @@ export interface TradeoffPoint {
   generalRegression: number;
   passed: boolean;
   chosen: boolean;
+  /** A candidate that failed to train or evaluate: listed in the table, not plotted. */
+  error?: string;
 }
 
 const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
@@ -20,9 +22,10 @@ const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
 export function tradeoffTable(points: TradeoffPoint[]): string {
   const rows = [...points].sort((a, b) => a.replayRatio - b.replayRatio);
   const header = 'replay ratio  domain gain  general change  gate     ';
-  const lines = rows.map(
-    (p) =>
-      `${p.replayRatio.toFixed(2).padStart(12)}  ${pct(p.domainGain).padStart(11)}  ${pct(p.generalRegression).padStart(14)}  ${(p.passed ? 'passed' : 'failed').padEnd(7)}${p.chosen ? '  ← chosen' : ''}`,
+  const lines = rows.map((p) =>
+    p.error !== undefined
+      ? `${p.replayRatio.toFixed(2).padStart(12)}  ${'–'.padStart(11)}  ${'–'.padStart(14)}  failed: ${p.error}`
+      : `${p.replayRatio.toFixed(2).padStart(12)}  ${pct(p.domainGain).padStart(11)}  ${pct(p.generalRegression).padStart(14)}  ${(p.passed ? 'passed' : 'failed').padEnd(7)}${p.chosen ? '  ← chosen' : ''}`,
   );
   return [header.trimEnd(), ...lines].join('\n');
 }
@@ -41,7 +44,8 @@ function niceStep(span: number): number {
  * Domain gain (y) against general regression (x), one labelled point per replay ratio, the
  * general budget as a vertical line, the chosen point ringed. Width × height in CSS pixels.
  */
-export function tradeoffSvg(points: TradeoffPoint[], budget: { maxGeneralRegression: number }, size = { width: 520, height: 340 }): string {
+export function tradeoffSvg(all: TradeoffPoint[], budget: { maxGeneralRegression: number }, size = { width: 520, height: 340 }): string {
+  const points = all.filter((p) => p.error === undefined);
   const { width, height } = size;
   const margin = { left: 64, right: 24, top: 28, bottom: 48 };
   const xs = [...points.map((p) => p.generalRegression), budget.maxGeneralRegression, 0];

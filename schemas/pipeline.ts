@@ -157,6 +157,8 @@ export interface CandidateSummary {
   generalRegression: number;
   passed: boolean;
   chosen: boolean;
+  /** Set when the candidate's training or evaluation failed; its figures are then meaningless. */
+  error?: string;
   model: ArtifactRef;
   reportRef: ArtifactRef;
 }

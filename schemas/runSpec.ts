@@ -228,6 +228,8 @@ export const RunSpec = z
             /** Largest allowed relative fall of instruction token accuracy, e.g. 0.1 = −10 %. */
             maxInstructionRegression: z.number().min(0).max(1).default(0.1),
             ...choiceBudgets,
+            /** Against production, a non-inferiority margin: the new update may not lose more than 5 points of domain accuracy. */
+            minDomainAccuracyGain: z.number().min(-1).max(1).default(-0.05),
             onFail: z.enum(['fail', 'retry-with-more-replay']).default('retry-with-more-replay'),
             maxRetries: z.number().int().min(0).max(5).default(1),
             replayIncrement: z.number().positive().max(0.5).default(0.2),

@@ -26,6 +26,7 @@ import { createPool } from '../db/pool';
 import { generateDemoCorpus } from '../ml/demoCorpus';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import { parseRunSpec, type RunSpecInput } from '../schemas/runSpec';
+import { candidateWorkflowId } from '../workflows/candidate';
 import { approvalWorkflowId } from '../workflows/messages';
 import { createWorker, workflowSource, type WorkerDeps } from '../workers/options';
 
@@ -190,6 +191,27 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'balance-point-candidates',
+    what: 'lists two replay ratios: one candidate child each, the best chosen and plotted; approved and deployed',
+    async run(world, runId) {
+      await start(world, runId, { replayRatio: [0, 0.5] });
+      await awaitingApproval(world, runId);
+      await decide(world.client, { runId, principal: 'approver-1', decision: 'approve' });
+      await expectState(world, runId, 'completed');
+    },
+  },
+  {
+    name: 'final-check-failed',
+    what: 'passes the forgetting gate, fails the final check on what would ship (never offered for approval), the run fails',
+    async run(world, runId) {
+      // A domain gain of 100 % is unreachable, so the final check fails for sure; more replay cannot help, so no retry.
+      await start(world, runId, {
+        forgetting: { maxGeneralRegression: 5, minDomainGain: -1, maxEvalWindows: 8, final: { maxGeneralRegression: 5, minDomainGain: 1, maxInstructionRegression: 1 } },
+      });
+      await expectFailure(world, runId);
+    },
+  },
+  {
     name: 'resumed-after-gpu-worker-restart',
     what: 'the gpu worker stops mid-dacp (checkpoints, attempt fails), a new one resumes; approved and deployed',
     async run(world, runId) {
@@ -309,7 +331,9 @@ async function main(): Promise<void> {
       const runId = runIdOf(s);
       const started = Date.now();
       await s.run(world, runId);
-      for (const id of [runId, approvalWorkflowId(runId)]) {
+      // The run, its gate and any candidate children (a run that lists replay ratios).
+      const candidates = [0, 1, 2, 3].map((round) => candidateWorkflowId(runId, round));
+      for (const id of [runId, approvalWorkflowId(runId), ...candidates]) {
         const file = await record(client, id, options.outDir);
         if (file) {
           written.push(file);

@@ -1,17 +1,17 @@
 import { parseChoiceLines } from '../activities/choiceSets';
 import { generateDemoChoiceSets } from '../data/demoChoices';
-import { demoVocabulary, generateDemoCorpus } from '../ml/demoCorpus';
+import { demoCategories, demoVocabulary, generateDemoCorpus } from '../ml/demoCorpus';
 
 /** The demo's multiple-choice sets, as `dacp demo --prepare` writes them (seed 7). */
 
 const sets = generateDemoChoiceSets({ seed: 7 });
 const corpus = generateDemoCorpus({ seed: 7 });
 const kinds = [
-  { name: 'domain', items: sets.domain, terms: demoVocabulary.domain, others: demoVocabulary.general, docs: corpus.domain },
-  { name: 'general', items: sets.general, terms: demoVocabulary.general, others: demoVocabulary.domain, docs: corpus.general },
+  { name: 'domain', items: sets.domain, terms: demoVocabulary.domain, categories: Object.values(demoCategories.domain), docs: corpus.domain },
+  { name: 'general', items: sets.general, terms: demoVocabulary.general, categories: Object.values(demoCategories.general), docs: corpus.general },
 ] as const;
 
-describe.each(kinds)('the demo $name set', ({ items, terms, others, docs }) => {
+describe.each(kinds)('the demo $name set', ({ items, terms, categories, docs }) => {
   it('has 40 questions of 4 different choices, each with an answer index in range', () => {
     expect(items).toHaveLength(40);
     for (const item of items) {
@@ -29,12 +29,16 @@ describe.each(kinds)('the demo $name set', ({ items, terms, others, docs }) => {
     for (const count of counts) expect(count).toBeGreaterThanOrEqual(4);
   });
 
-  it('has as right answer a term of its kind that occurs in the demo corpus of that kind; the wrong ones are terms of the other kind', () => {
+  it('has as right answer a term of its kind that occurs in the demo corpus of that kind; the wrong ones are of the same kind, each of another category', () => {
     for (const item of items) {
       const right = item.choices[item.answer] as string;
       expect(terms).toContain(right);
       expect(docs.some((doc) => doc.includes(right))).toBe(true);
-      for (const wrong of item.choices.filter((_, i) => i !== item.answer)) expect(others).toContain(wrong);
+      const categoryOf = (term: string) => categories.findIndex((c) => c.includes(term));
+      const wrong = item.choices.filter((_, i) => i !== item.answer);
+      for (const w of wrong) expect(terms).toContain(w);
+      const used = [right, ...wrong].map(categoryOf);
+      expect(new Set(used).size).toBe(4);
     }
   });
 

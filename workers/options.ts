@@ -55,6 +55,9 @@ export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<
     maxConcurrentActivityTaskExecutions: 1,
     // Training notices the shutdown at its next step and checkpoints; the grace time covers a slow step.
     shutdownGraceTime: '60s',
+    // Live progress travels in heartbeat details (never in history); send them every few seconds
+    // rather than the SDK's default of up to 80 % of the heartbeat timeout.
+    maxHeartbeatThrottleInterval: '3s',
   });
   return worker;
 }

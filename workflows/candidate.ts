@@ -7,6 +7,8 @@ export interface CandidateInput {
   runId: string;
   /** This candidate's training round: its checkpoints and evaluation are keyed by it. */
   round: number;
+  /** Shared by the candidates of one batch: they differ only in their replay ratio. */
+  seedOffset: number;
   replayRatio: number;
   spec: SpecSource;
   timeouts: { heartbeatTimeout: number; controlHeartbeatTimeout?: number };
@@ -42,6 +44,7 @@ export async function dacpCandidate(input: CandidateInput): Promise<CandidateOut
     ...input.spec,
     baseDir: input.baseDir,
     replayRatio: input.replayRatio,
+    seedOffset: input.seedOffset,
     baseModel: input.baseModel,
     domain: input.data.domainTrain,
     replay: input.data.replayTrain,
@@ -65,7 +68,7 @@ export async function dacpCandidate(input: CandidateInput): Promise<CandidateOut
  * gain; ties go to more replay (less forgetting). Null when none passes.
  */
 export function chooseCandidate<T extends { replayRatio: number; report: { passed: boolean; domainGain: number } }>(candidates: T[]): T | null {
-  const passing = candidates.filter((c) => c.report.passed);
+  const passing = candidates.filter((c) => c.report.passed && Number.isFinite(c.report.domainGain));
   if (passing.length === 0) return null;
   return passing.reduce((best, c) =>
     c.report.domainGain > best.report.domainGain || (c.report.domainGain === best.report.domainGain && c.replayRatio > best.replayRatio) ? c : best,

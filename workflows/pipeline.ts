@@ -39,7 +39,22 @@ function findDataset(datasets: DatasetRef[], role: DatasetRef['role'], split: Da
 
 type TradeoffCandidate = Omit<CandidateSummary, 'model' | 'reportRef'>;
 
-function summarize(c: CandidateOutcome): TradeoffCandidate {
+/** A candidate whose child workflow failed: a point without figures, never chosen. */
+interface FailedCandidate {
+  round: number;
+  replayRatio: number;
+  adapted: null;
+  error: string;
+}
+
+function failedCandidate(round: number, replayRatio: number, error: string): FailedCandidate {
+  return { round, replayRatio, adapted: null, error };
+}
+
+function summarize(c: CandidateOutcome | FailedCandidate): TradeoffCandidate {
+  if (c.adapted === null) {
+    return { round: c.round, replayRatio: c.replayRatio, domainGain: 0, generalRegression: 0, passed: false, chosen: false, error: c.error };
+  }
   return {
     round: c.round,
     replayRatio: c.replayRatio,
@@ -148,7 +163,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       choiceSets: CandidateInput['choiceSets'];
     },
   ): Promise<{ adapted: TrainingResult; forgetting: ForgettingReport; forgettingRef: ArtifactRef; tradeoff: { reportRef: ArtifactRef; svg: ArtifactRef; candidates: TradeoffCandidate[] } }> {
-    const tried: CandidateOutcome[] = [];
+    const tried: (CandidateOutcome | FailedCandidate)[] = [];
     let ratios = ctx.ratios;
     for (let attempt = 0; ; attempt++) {
       const first = tried.length;
@@ -157,7 +172,9 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         ...ratios.map((replayRatio, i) => ({ round: first + i, replayRatio, state: 'training' })),
       ];
       await record('candidates_started', { ratios, rounds: ratios.map((_, i) => first + i) });
-      const outcomes = await Promise.all(
+      // Every candidate is awaited, so none is still training when the run records its end; one
+      // that fails (it diverged, say) is a failed point on the curve, not the end of the run.
+      const settled = await Promise.allSettled(
         ratios.map((replayRatio, i) =>
           executeChild(dacpCandidate, {
             workflowId: candidateWorkflowId(runId, first + i),
@@ -166,6 +183,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
               {
                 runId,
                 round: first + i,
+                seedOffset: attempt,
                 replayRatio,
                 spec: specArg,
                 timeouts: { heartbeatTimeout: spec.heartbeatTimeout, controlHeartbeatTimeout: spec.controlHeartbeatTimeout },
@@ -178,8 +196,13 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           }),
         ),
       );
+      const cancelled = settled.find((r) => r.status === 'rejected' && isCancellation(r.reason));
+      if (cancelled) throw (cancelled as PromiseRejectedResult).reason;
+      const outcomes = settled.map((r, i) =>
+        r.status === 'fulfilled' ? r.value : failedCandidate(first + i, ratios[i] as number, failureMessage(r.reason)),
+      );
       tried.push(...outcomes);
-      const chosen = chooseCandidate(tried);
+      const chosen = chooseCandidate(tried.filter((c) => c.adapted !== null) as CandidateOutcome[]);
       const candidates = tried.map((c) => ({ ...summarize(c), chosen: c === chosen }));
       metrics.candidates = candidates;
       const stored = await controlActivities.recordTradeoff({
@@ -192,7 +215,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         metrics.dacp = { round: chosen.round, replayRatio: chosen.replayRatio, finalStep: chosen.adapted.finalStep, finalLoss: chosen.adapted.finalLoss, backend: chosen.adapted.backend };
         return { adapted: chosen.adapted, forgetting: chosen.report, forgettingRef: chosen.reportRef, tradeoff: { ...stored, candidates } };
       }
-      const reasons = tried.map((c) => `replay ${c.replayRatio}: ${c.report.reasons.join(', ')}`);
+      const reasons = tried.map((c) => `replay ${c.replayRatio}: ${c.adapted === null ? c.error : c.report.reasons.join(', ')}`);
       if (spec.forgetting.onFail !== 'retry-with-more-replay' || attempt >= spec.forgetting.maxRetries) {
         throw ApplicationFailure.nonRetryable(`forgetting gate failed for every candidate — ${reasons.join('; ')}`, 'ForgettingGateFailed');
       }
@@ -370,9 +393,12 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       });
       metrics.finalCheck = finalCheck.report;
       if (finalCheck.report.passed) break;
-      // A candidate that fails is never offered for approval.
+      // A candidate that fails is never offered for approval. More general text in tuning helps
+      // only what was forgotten of general text, and only while there is room to add more.
       const final = spec.forgetting.final;
-      const retriesLeft = final?.onFail === 'retry-with-more-replay' && round < final.maxRetries;
+      const forgotGeneral = finalCheck.report.generalRegression > final.maxGeneralRegression ||
+        (finalCheck.report.generalAccuracyDrop ?? 0) > final.maxGeneralAccuracyDrop;
+      const retriesLeft = final.onFail === 'retry-with-more-replay' && round < final.maxRetries && forgotGeneral && instructReplayRatio < 0.9;
       if (!retriesLeft) {
         throw ApplicationFailure.nonRetryable(`final check failed: ${finalCheck.report.reasons.join('; ')}`, 'FinalCheckFailed');
       }

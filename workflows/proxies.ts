@@ -2,8 +2,8 @@ import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow'
 import type { DacpActivities } from '../activities';
 
 /**
- * The activity options of a run: light activities on `dacp-control`, training and evaluation of
- * models on `dacp-gpu`. Shared by the pipeline and its candidate children, so a candidate trains
+ * The activity options of a run: light activities and evaluations on `dacp-control`, training on
+ * `dacp-gpu`. Shared by the pipeline and its candidate children, so a candidate trains
  * exactly as the pipeline's own dacp stage does.
  */
 export function stageActivities(

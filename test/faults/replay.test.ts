@@ -41,9 +41,9 @@ describe('recorded histories replay against the current workflow code', () => {
     for await (const result of replay) results.set(result.workflowId, result);
   });
 
-  test('there are recorded histories of both workflow types', () => {
+  test('there are recorded histories of every workflow type', () => {
     const types = new Set(historyFiles.map(workflowTypeOf));
-    expect([...types].sort()).toEqual(['approvalGate', 'dacpPipeline']);
+    expect([...types].sort()).toEqual(['approvalGate', 'dacpCandidate', 'dacpPipeline']);
   });
 
   test.each(historyFiles)('%s replays without nondeterminism', (file) => {
