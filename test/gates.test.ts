@@ -426,3 +426,23 @@ describe('tradeoffSvg', () => {
     expect(candidateCircles(svg)).toHaveLength(1);
   });
 });
+
+describe('figures that are not numbers', () => {
+  const budgets: GateBudgets = { maxGeneralRegression: 0.25, minDomainGain: 0, minDomainAccuracyGain: 0, maxGeneralAccuracyDrop: 0.05 };
+
+  test('fail the gate instead of passing it by default', () => {
+    const reasons = gateReasons({ generalRegression: Number.NaN, domainGain: 0.5 }, budgets);
+    expect(reasons).toEqual([expect.stringMatching(/^generalRegression could not be measured \(NaN\)/)]);
+  });
+
+  test('a diverged model (a perplexity that is not finite) fails through gateFigures', () => {
+    const before: ModelScores = { generalPerplexity: 2, domainPerplexity: 10 };
+    const after: ModelScores = { generalPerplexity: Number.NaN, domainPerplexity: Number.POSITIVE_INFINITY };
+    expect(gateReasons(gateFigures(before, after), budgets).length).toBeGreaterThanOrEqual(2);
+  });
+
+  test('a candidate whose domain gain is not a number is never chosen', () => {
+    const candidate = (replayRatio: number, domainGain: number) => ({ replayRatio, report: { passed: true, domainGain } });
+    expect(chooseCandidate([candidate(0, Number.NaN), candidate(0.3, 0.2)])).toEqual(candidate(0.3, 0.2));
+  });
+});

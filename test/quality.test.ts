@@ -190,7 +190,9 @@ describe('cleanDocumentsPaced', () => {
     const base = Array.from({ length: 600 }, (_, i) => ({
       text: `Cell site ${i} reported ${i % 7} alarms on band n78 during the night shift, and the field team checked the fibre ${i}.`,
     }));
-    const docs = [...base, { text: base[10].text.replace('night', 'evening') }, { text: 'short' }];
+    // A long report and a near copy of it (one word of sixty changed): the near-duplicate step removes the copy.
+    const long = Array.from({ length: 60 }, (_, i) => `word${i}`).join(' ');
+    const docs = [...base, { text: long }, { text: long.replace('word30', 'changed') }, { text: 'short' }];
     const settings = { minChars: 20, maxChars: 10_000, maxRepetitionRatio: 0.5, maxSymbolRatio: 0.3, redactPii: true, nearDuplicateThreshold: 0.8 };
     let ticks = 0;
     let turns = 0;

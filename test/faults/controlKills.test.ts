@@ -194,7 +194,8 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
 
     const { counts, duplicates } = await runRowCounts(db.pool, runId);
     expect(duplicates).toEqual([]);
-    expect(counts).toMatchObject({ datasets: 9, evaluations: 2, approvals: 1, deployments: 1, model_versions: 2 });
+    // Forgetting, instruct and final-check evaluations; the bootstrapped base, the adapted and the tuned versions.
+    expect(counts).toMatchObject({ datasets: 9, evaluations: 3, approvals: 1, deployments: 1, model_versions: 3 });
     const { rows: deployments } = await db.pool.query('SELECT version_id FROM deployments WHERE run_id = $1', [runId]);
     expect(deployments.map((d) => d.version_id)).toEqual([result.versionId]);
     const { rows: aliases } = await db.pool.query("SELECT version_id FROM model_aliases WHERE alias = 'production'");

@@ -27,7 +27,8 @@ import {
 import { startStoppablePostgres, type StoppablePostgres } from './helpers/postgres';
 
 /** Rows a clean run of `tinySpec` with a bootstrapped base writes (no forgetting retry). */
-const cleanRun = { datasets: 9, evaluations: 2, approvals: 1, deployments: 1, modelVersions: 2 };
+// Forgetting, instruct and final-check evaluations; the bootstrapped base, the adapted and the tuned versions.
+const cleanRun = { datasets: 9, evaluations: 3, approvals: 1, deployments: 1, modelVersions: 3 };
 
 const spec = parseRunSpec(
   tinySpec({
