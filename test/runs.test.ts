@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -10,6 +11,7 @@ import { cancelRun, decide, runStatus, startRun } from '../cli/runs';
 import { formatStatus } from '../cli/status';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
+import { freePort } from '../cli/devServer';
 import { createWorker } from '../workers/options';
 import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
@@ -266,6 +268,20 @@ describe('runs: history stays small, one id is one run, status needs no worker',
       delete process.env.DACP_TEST_KB_URL;
       delete process.env.DACP_TEST_TRAINER_TOKEN;
     }
+  });
+
+  test('`dacp run status` answers from the database when the Temporal server is down', async () => {
+    // The command as a user runs it, pointed at a port where no server listens.
+    const env = { ...process.env, DATABASE_URL: db.url, DACP_HOME: home, TEMPORAL_ADDRESS: `127.0.0.1:${await freePort()}` };
+    const { stdout, code } = await new Promise<{ stdout: string; code: number | null }>((resolve) => {
+      execFile(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'run', 'status', 'history-long'], { env, encoding: 'utf8' }, (err, out) =>
+        resolve({ stdout: out, code: err ? (typeof err.code === 'number' ? err.code : 1) : 0 }),
+      );
+    });
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/run history-long: completed, stage deploy/);
+    expect(stdout).toMatch(/model version +tiny:v\d+/);
+    expect(stdout).toMatch(/time per stage +collect/);
   });
 
   test('with no worker running, status and cancel still answer for a run in training', async () => {
