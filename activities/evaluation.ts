@@ -95,6 +95,27 @@ export function evaluationActivities(deps: ActivityDeps) {
     return scores;
   };
 
+  const loadChoiceSets = async (refs: ChoiceSetRefs | undefined) => ({ domain: await loadChoices(refs?.domain), general: await loadChoices(refs?.general) });
+
+  /** Both models scored on the same sets (one loaded at a time), and the gate's verdict on the difference. */
+  const judge = async (
+    ctx: Context,
+    sets: Parameters<typeof scoreModel>[3],
+    first: { name: string; ref: ArtifactRef },
+    second: { name: string; ref: ArtifactRef },
+    budgets: GateBudgets,
+  ) => {
+    const score = async (m: { name: string; ref: ArtifactRef }) => {
+      const loaded = await load(m.ref);
+      return scoreModel(ctx, m.name, loaded, sets).finally(() => loaded.model.dispose());
+    };
+    const before = await score(first);
+    const after = await score(second);
+    const figures = gateFigures(before, after);
+    const reasons = gateReasons(figures, budgets);
+    return { before, after, gate: { ...figures, budgets, passed: reasons.length === 0, reasons } };
+  };
+
   /** A gate's report: stored as an artifact (what approvers' decisions are bound to) and as an evaluation row. */
   const storeReport = async (kind: 'forgetting' | 'final_check', runId: string, round: number, report: ForgettingReport | FinalCheckReport) => {
     const ref = await store.putJson('reports', { kind, runId, ...report });
@@ -128,29 +149,9 @@ export function evaluationActivities(deps: ActivityDeps) {
     }): Promise<{ report: ForgettingReport; reportRef: ArtifactRef }> {
       await initBackend(deps.tfBackend);
       const ctx = Context.current();
-      const sets = {
-        spec: input.spec,
-        domainHeldout: input.domainHeldout,
-        generalHeldout: input.generalHeldout,
-        choices: { domain: await loadChoices(input.choiceSets?.domain), general: await loadChoices(input.choiceSets?.general) },
-      };
-      const base = await load(input.baseModel);
-      const before = await scoreModel(ctx, 'base', base, sets).finally(() => base.model.dispose());
-      const adapted = await load(input.adaptedModel);
-      const after = await scoreModel(ctx, 'adapted', adapted, sets).finally(() => adapted.model.dispose());
-      const budgets = gateBudgets(input.spec.forgetting);
-      const figures = gateFigures(before, after);
-      const reasons = gateReasons(figures, budgets);
-      const report: ForgettingReport = {
-        round: input.round,
-        replayRatio: input.replayRatio,
-        base: before,
-        adapted: after,
-        ...figures,
-        budgets,
-        passed: reasons.length === 0,
-        reasons,
-      };
+      const sets = { spec: input.spec, domainHeldout: input.domainHeldout, generalHeldout: input.generalHeldout, choices: await loadChoiceSets(input.choiceSets) };
+      const { before, after, gate } = await judge(ctx, sets, { name: 'base', ref: input.baseModel }, { name: 'adapted', ref: input.adaptedModel }, gateBudgets(input.spec.forgetting));
+      const report: ForgettingReport = { round: input.round, replayRatio: input.replayRatio, base: before, adapted: after, ...gate };
       return { report, reportRef: await storeReport('forgetting', input.runId, input.round, report) };
     },
 
@@ -177,26 +178,23 @@ export function evaluationActivities(deps: ActivityDeps) {
         spec: input.spec,
         domainHeldout: input.domainHeldout,
         generalHeldout: input.generalHeldout,
-        choices: { domain: await loadChoices(input.choiceSets?.domain), general: await loadChoices(input.choiceSets?.general) },
+        choices: await loadChoiceSets(input.choiceSets),
         instructPairs: await readDataset<PairDoc>(store, input.instructHeldout),
       };
-      const reference = await load(input.reference);
-      const before = await scoreModel(ctx, input.reference.kind, reference, sets).finally(() => reference.model.dispose());
-      const candidate = await load(input.candidateModel);
-      const after = await scoreModel(ctx, 'candidate', candidate, sets).finally(() => candidate.model.dispose());
-      const budgets = gateBudgets(input.spec.forgetting.final);
-      const figures = gateFigures(before, after);
-      const reasons = gateReasons(figures, budgets);
+      const { before, after, gate } = await judge(
+        ctx,
+        sets,
+        { name: input.reference.kind, ref: input.reference },
+        { name: 'candidate', ref: input.candidateModel },
+        gateBudgets(input.spec.forgetting.final),
+      );
       const report: FinalCheckReport = {
         round: input.round,
         instructReplayRatio: input.instructReplayRatio,
         reference: { kind: input.reference.kind, versionId: input.reference.versionId, sha256: input.reference.sha256 },
         referenceScores: before,
         candidate: after,
-        ...figures,
-        budgets,
-        passed: reasons.length === 0,
-        reasons,
+        ...gate,
       };
       return { report, reportRef: await storeReport('final_check', input.runId, input.round, report) };
     },
