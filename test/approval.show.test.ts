@@ -6,10 +6,11 @@ import { ArtifactStore } from '../activities/artifacts';
 import type { ApprovalView } from '../cli/approval';
 import { checkQuorumReachable } from '../cli/runs';
 import { insertRun } from '../db/records';
-import type { ApprovalRequest, InstructReport } from '../schemas/pipeline';
+import type { InstructReport } from '../schemas/pipeline';
 import { parseRunSpec, type RunSpecInput } from '../schemas/runSpec';
 import { approvalGate } from '../workflows/approval';
 import { approvalRequestQuery, approveUpdate } from '../workflows/messages';
+import { sampleApprovalRequest } from './helpers/approvalRequest';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
 import { eventually, GiveUp } from './helpers/temporal';
@@ -184,29 +185,6 @@ describe('dacp approval show and the quorum check at `run start`, through the re
 /** An approval gate started on its own (no pipeline), with artifact references this home does not hold. */
 async function openBareGate(h: Harness, runId: string) {
   await insertRun(h.db.pool, { runId, workflowId: runId, spec: {}, specSha256: 'x', initiator: 'alice' });
-  const ref = (n: number) => ({ uri: `artifact:reports/${String(n).repeat(64)}.json`, sha256: String(n).repeat(64), bytes: 10 });
-  const request: ApprovalRequest = {
-    runId,
-    initiator: 'alice',
-    approvers: ['bob', 'carol'],
-    quorum: 2,
-    timeoutMs: HOUR,
-    artifacts: { baseModel: { ...ref(1), versionId: 'base:v1' }, adaptedModel: ref(2), tunedModel: ref(3), datasets: [], forgettingReport: ref(4), instructReport: ref(5) },
-    forgetting: {
-      round: 0,
-      replayRatio: 0.25,
-      base: { generalPerplexity: 10, domainPerplexity: 20 },
-      adapted: { generalPerplexity: 10.5, domainPerplexity: 12 },
-      generalRegression: 0.05,
-      domainGain: 0.4,
-      budgets: { maxGeneralRegression: 0.15, minDomainGain: 0.05 },
-      passed: true,
-      reasons: [],
-    },
-    instruct: {
-      base: { responsePerplexity: 30, tokenAccuracy: 0.2, exactMatch: 0, rougeL: 0.1 },
-      tuned: { responsePerplexity: 6, tokenAccuracy: 0.5, exactMatch: 0, rougeL: 0.2 },
-    },
-  };
+  const request = sampleApprovalRequest(runId, { approvers: ['bob', 'carol'], quorum: 2, timeoutMs: HOUR });
   return h.client.workflow.start(approvalGate, { taskQueue: 'dacp-control', workflowId: `${runId}-approval`, args: [request] });
 }

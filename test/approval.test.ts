@@ -13,45 +13,11 @@ import type { ApprovalRequest } from '../schemas/pipeline';
 import { approvalGate } from '../workflows/approval';
 import { approvalRequestQuery, approveUpdate, rejectUpdate } from '../workflows/messages';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
+import { sampleApprovalRequest as request } from './helpers/approvalRequest';
 import { bundleWorkflows } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
-const ref = (n: number) => ({ uri: `artifact:models/${String(n).repeat(64).slice(0, 64)}.safetensors`, sha256: String(n).repeat(64).slice(0, 64), bytes: 10 });
-
-function request(runId: string, over: Partial<ApprovalRequest> = {}): ApprovalRequest {
-  return {
-    runId,
-    initiator: 'alice',
-    approvers: ['alice', 'bob', 'carol', 'dave'],
-    quorum: 2,
-    timeoutMs: 3_600_000,
-    artifacts: {
-      baseModel: { ...ref(1), versionId: 'base:v1' },
-      adaptedModel: ref(2),
-      tunedModel: ref(3),
-      datasets: [],
-      forgettingReport: ref(4),
-      instructReport: ref(5),
-    },
-    forgetting: {
-      round: 0,
-      replayRatio: 0.25,
-      base: { generalPerplexity: 10, domainPerplexity: 20 },
-      adapted: { generalPerplexity: 10.5, domainPerplexity: 12 },
-      generalRegression: 0.05,
-      domainGain: 0.4,
-      budgets: { maxGeneralRegression: 0.15, minDomainGain: 0.05 },
-      passed: true,
-      reasons: [],
-    },
-    instruct: {
-      base: { responsePerplexity: 30, tokenAccuracy: 0.2, exactMatch: 0, rougeL: 0.1 },
-      tuned: { responsePerplexity: 6, tokenAccuracy: 0.5, exactMatch: 0, rougeL: 0.2 },
-    },
-    ...over,
-  };
-}
 
 describe('approval gate (time-skipping test server, real Postgres)', () => {
   let env: TestWorkflowEnvironment;
