@@ -10,7 +10,7 @@ import { writeDataset, type DatasetDoc } from './datasets';
 import { readSource, type SourceDoc } from './sources';
 
 export interface CollectSummary {
-  sources: { index: number; kind: string; role: DatasetRole; docs: number }[];
+  sources: { index: number; kind: string; role: DatasetRole; docs: number; name?: string }[];
   docs: Record<DatasetRole, number>;
   bytes: Record<DatasetRole, number>;
   /** Questions per multiple-choice set the spec names (`evaluation.choices`). */
@@ -27,8 +27,10 @@ function withField(field: string, err: unknown): never {
   throw err;
 }
 
-function toDatasetDoc(doc: SourceDoc): DatasetDoc {
-  return 'text' in doc ? { text: doc.text } : { prompt: doc.prompt, response: doc.response };
+/** `source` only where the run weighs its domain sources (domainRatio), so other datasets keep their hashes. */
+function toDatasetDoc(doc: SourceDoc, source: string | undefined): DatasetDoc {
+  if (!('text' in doc)) return { prompt: doc.prompt, response: doc.response };
+  return source !== undefined ? { text: doc.text, source } : { text: doc.text };
 }
 
 /** collect: read every source, group documents by role, and store them as content-addressed shards. */
@@ -63,8 +65,9 @@ export function collectActivities({ pool, store }: ActivityDeps) {
           }
           throw err;
         }
+        const sourceTag = spec.domainRatio !== undefined && source.role === 'domain' ? source.name : undefined;
         for (const doc of docs) {
-          const entry = toDatasetDoc(doc);
+          const entry = toDatasetDoc(doc, sourceTag);
           if (source.role === 'instruct' && !('prompt' in entry)) {
             throw ApplicationFailure.nonRetryable(
               `sources[${index}]: role "instruct" needs prompt/response pairs, but ${doc.origin} gave plain text; use a JSONL file with prompt and response fields`,
@@ -76,7 +79,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
           }
           byRole[source.role].push(entry);
         }
-        summary.sources.push({ index, kind: source.kind, role: source.role, docs: docs.length });
+        summary.sources.push({ index, kind: source.kind, role: source.role, docs: docs.length, ...(source.name !== undefined ? { name: source.name } : {}) });
       }
       const datasets: DatasetRef[] = [];
       for (const role of ['domain', 'replay', 'instruct'] as const) {

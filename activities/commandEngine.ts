@@ -14,8 +14,10 @@ import {
   writeSftFile,
   writeTokenFile,
   type TrainerJob,
+  type TrainerLmData,
   type TrainerSftData,
 } from '../ml/externalTrainer';
+import type { DomainPart } from '../ml/mixing';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { EngineSpec } from '../schemas/runSpec';
 import { divergedFailure, type EngineOutcome } from './builtinEngine';
@@ -23,7 +25,7 @@ import type { ActivityDeps } from './context';
 import type { TrainingSession } from './trainingSession';
 
 export type TrainingData =
-  | { kind: 'lm'; domain: number[]; replay: number[]; replayRatio: number }
+  | { kind: 'lm'; domain: number[]; domainParts?: DomainPart[]; replay: number[]; replayRatio: number }
   | {
       kind: 'sft';
       examples: { prompt: number[]; response: number[] }[];
@@ -78,9 +80,20 @@ export async function trainWithCommand(
 
   let data: TrainerJob['data'];
   if (prepared.data.kind === 'lm') {
-    await writeTokenFile(path.join(workDir, 'domain.i32'), prepared.data.domain);
     await writeTokenFile(path.join(workDir, 'replay.i32'), prepared.data.replay);
-    data = { kind: 'lm', domain: path.join(workDir, 'domain.i32'), replay: path.join(workDir, 'replay.i32'), replayRatio: prepared.data.replayRatio };
+    const lm = { kind: 'lm' as const, replay: path.join(workDir, 'replay.i32'), replayRatio: prepared.data.replayRatio };
+    if (prepared.data.domainParts) {
+      const domainParts: NonNullable<TrainerLmData['domainParts']> = [];
+      for (const [i, part] of prepared.data.domainParts.entries()) {
+        const tokens = path.join(workDir, `domain-${i}.i32`);
+        await writeTokenFile(tokens, part.tokens);
+        domainParts.push({ name: part.name, tokens, weight: part.weight });
+      }
+      data = { ...lm, domainParts };
+    } else {
+      await writeTokenFile(path.join(workDir, 'domain.i32'), prepared.data.domain);
+      data = { ...lm, domain: path.join(workDir, 'domain.i32') };
+    }
   } else {
     await writeSftFile(path.join(workDir, 'sft.jsonl'), prepared.data.examples);
     const sft: TrainerSftData & Partial<TrainerSftReplay> = {

@@ -6,7 +6,8 @@ import { encodeDocuments, forEachPaced, type PaceOptions, type Tokenizer } from 
 import type { DatasetManifest, DatasetRef, DatasetRole, DatasetSplit } from '../schemas/pipeline';
 import { sha256Hex, type ArtifactStore } from './artifacts';
 
-export type TextDoc = { text: string };
+/** `source`: the name of the domain source it came from, where a run weighs several (`domainRatio`). */
+export type TextDoc = { text: string; source?: string };
 export type PairDoc = { prompt: string; response: string };
 export type DatasetDoc = TextDoc | PairDoc;
 
@@ -108,6 +109,29 @@ export async function tokenStreamOf(
     const docs = await readDataset<TextDoc>(deps.store, dataset);
     return encodeDocuments(tokenizer, docs.map((d) => d.text), pace);
   });
+}
+
+/**
+ * A domain dataset's documents as one `lm` token stream per named source (`TextDoc.source`), for
+ * a run that weighs its domain sources. Cached per source like tokenStreamOf.
+ */
+export async function sourceStreamsOf(
+  deps: { pool: Pool; store: ArtifactStore },
+  tokenizer: Tokenizer,
+  dataset: DatasetRef,
+  names: string[],
+  pace: PaceOptions = {},
+): Promise<Record<string, number[]>> {
+  let docs: TextDoc[] | undefined;
+  const streams: Record<string, number[]> = {};
+  for (const name of names) {
+    const key = { tokenizerSha256: tokenizerSha256(tokenizer), datasetSha256: dataset.sha256, layout: `${LM_LAYOUT};source=${name}` };
+    streams[name] = await cachedIds(deps, key, async () => {
+      docs ??= await readDataset<TextDoc>(deps.store, dataset);
+      return encodeDocuments(tokenizer, docs.filter((d) => d.source === name).map((d) => d.text), pace);
+    });
+  }
+  return streams;
 }
 
 /** A dataset's prompt/response pairs as ids, prompts in the instruction template; cached like tokenStreamOf. */

@@ -19,11 +19,12 @@ import type {
   ModelScores,
   TradeoffReport,
 } from '../schemas/pipeline';
+import type { DomainMix } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
 import { loadChoiceSet } from './choiceSets';
 import type { ActivityDeps } from './context';
 import { gateFigures, gateReasons, r4 } from './gates';
-import { readDataset, tokenStreamOf, type PairDoc } from './datasets';
+import { readDataset, sourceStreamsOf, tokenStreamOf, type PairDoc } from './datasets';
 
 const MAX_INSTRUCT_PAIRS = 24;
 const SAMPLE_NEW_TOKENS = 48;
@@ -41,6 +42,16 @@ function evalHeartbeat(ctx: Context, model: string, set: string): EvalProgress {
 export interface ChoiceSetRefs {
   domain?: ArtifactRef;
   general?: ArtifactRef;
+}
+
+/** Relative fall of domain perplexity per source scored on both models. */
+function gainBySource(before: ModelScores, after: ModelScores): Record<string, number> {
+  const gains: Record<string, number> = {};
+  for (const [name, ppl] of Object.entries(after.domainPerplexityBySource ?? {})) {
+    const was = before.domainPerplexityBySource?.[name];
+    if (was !== undefined) gains[name] = r4(1 - ppl / was);
+  }
+  return gains;
 }
 
 /** forgetting and instruction-score evaluations; they run on `dacp-control`. */
@@ -67,6 +78,8 @@ export function evaluationActivities(deps: ActivityDeps) {
       generalHeldout: DatasetRef;
       choices?: { domain?: ChoiceItem[]; general?: ChoiceItem[] };
       instructPairs?: PairDoc[];
+      /** Domain source names to score one by one (a run with domainRatio). */
+      bySource?: string[];
     },
   ): Promise<ModelScores> => {
     const maxWindows = sets.spec.forgetting.maxEvalWindows;
@@ -76,6 +89,18 @@ export function evaluationActivities(deps: ActivityDeps) {
     const ppl = async (set: 'general' | 'domain', tokens: number[]) =>
       r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, set) })).perplexity);
     const scores: ModelScores = { generalPerplexity: await ppl('general', general), domainPerplexity: await ppl('domain', domain) };
+    if (sets.bySource?.length) {
+      // Which source gained: each weighted domain source's own held-out text (the gate reads the pool's).
+      const streams = await sourceStreamsOf(deps, loaded.tokenizer, sets.domainHeldout, sets.bySource, { onProgress });
+      const bySource: Record<string, number> = {};
+      for (const name of sets.bySource) {
+        const tokens = streams[name] as number[];
+        if (tokens.length >= 2) {
+          bySource[name] = r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, `domain:${name}`) })).perplexity);
+        }
+      }
+      scores.domainPerplexityBySource = bySource;
+    }
     const maxItems = sets.spec.evaluation.maxChoiceItems;
     for (const kind of ['domain', 'general'] as const) {
       const items = sets.choices?.[kind];
@@ -141,6 +166,7 @@ export function evaluationActivities(deps: ActivityDeps) {
       round: number;
       spec: RunSpec;
       replayRatio: number;
+      domainMix?: DomainMix;
       baseModel: ArtifactRef;
       adaptedModel: ArtifactRef;
       domainHeldout: DatasetRef;
@@ -149,9 +175,23 @@ export function evaluationActivities(deps: ActivityDeps) {
     }): Promise<{ report: ForgettingReport; reportRef: ArtifactRef }> {
       await initBackend(deps.tfBackend);
       const ctx = Context.current();
-      const sets = { spec: input.spec, domainHeldout: input.domainHeldout, generalHeldout: input.generalHeldout, choices: await loadChoiceSets(input.choiceSets) };
+      const bySource = input.domainMix ? Object.keys(input.domainMix) : undefined;
+      const sets = {
+        spec: input.spec,
+        domainHeldout: input.domainHeldout,
+        generalHeldout: input.generalHeldout,
+        choices: await loadChoiceSets(input.choiceSets),
+        ...(bySource ? { bySource } : {}),
+      };
       const { before, after, gate } = await judge(ctx, sets, { name: 'base', ref: input.baseModel }, { name: 'adapted', ref: input.adaptedModel }, gateBudgets(input.spec.forgetting));
-      const report: ForgettingReport = { round: input.round, replayRatio: input.replayRatio, base: before, adapted: after, ...gate };
+      const report: ForgettingReport = {
+        round: input.round,
+        replayRatio: input.replayRatio,
+        ...(input.domainMix ? { domainMix: input.domainMix, domainGainBySource: gainBySource(before, after) } : {}),
+        base: before,
+        adapted: after,
+        ...gate,
+      };
       return { report, reportRef: await storeReport('forgetting', input.runId, input.round, report) };
     },
 

@@ -3,6 +3,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
 import { cleanDocumentsPaced, normalizeForDedup, type QualityReport } from '../ml/quality';
 import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
+import { domainMixes } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
 import { sha256Hex } from './artifacts';
 import type { ActivityDeps } from './context';
@@ -11,6 +12,20 @@ import { docText, readDataset, writeDataset, type DatasetDoc } from './datasets'
 export interface QualitySummary {
   report: ArtifactRef;
   perRole: Record<DatasetRole, QualityReport & { train: number; heldout: number }>;
+  /** Where the run weighs its domain sources: what each kept, by source name. */
+  domainSources?: Record<string, { train: number; heldout: number }>;
+}
+
+/** Train and held-out documents per domain source name. */
+function countBySource(train: DatasetDoc[], heldout: DatasetDoc[], names: string[]): Record<string, { train: number; heldout: number }> {
+  const counts = Object.fromEntries(names.map((name) => [name, { train: 0, heldout: 0 }]));
+  for (const [split, docs] of [['train', train], ['heldout', heldout]] as const) {
+    for (const doc of docs) {
+      const source = 'text' in doc ? doc.source : undefined;
+      if (source !== undefined && counts[source]) counts[source][split]++;
+    }
+  }
+  return counts;
 }
 
 /**
@@ -46,7 +61,11 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       const { spec } = input;
       const datasets: DatasetRef[] = [];
       const perRole = {} as QualitySummary['perRole'];
+      let domainSources: QualitySummary['domainSources'];
       const problems: string[] = [];
+      // Weighted domain sources (domainRatio): each one with a weight must keep training text.
+      const weighted = spec.domainRatio === undefined ? [] : domainMixes(spec).flatMap((mix) => Object.keys(mix ?? {}).filter((name) => (mix?.[name] ?? 0) > 0));
+      const names = spec.sources.filter((s) => s.role === 'domain' && s.name !== undefined).map((s) => s.name as string);
       for (const raw of input.raw) {
         Context.current().heartbeat({ role: raw.role });
         const docs = await readDataset(store, raw);
@@ -70,20 +89,26 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
         }
         const { train, heldout } = splitHeldout(kept, spec.heldoutFraction);
         perRole[raw.role] = { ...report, train: train.length, heldout: heldout.length };
+        if (raw.role === 'domain' && spec.domainRatio !== undefined) {
+          domainSources = countBySource(train, heldout, names);
+          for (const name of names.filter((n) => weighted.includes(n) && domainSources?.[n]?.train === 0)) {
+            problems.push(`domain source "${name}": no document left to train on, but domainRatio gives it weight`);
+          }
+        }
         for (const [split, part] of [['train', train], ['heldout', heldout]] as const) {
           const ref = await writeDataset(store, raw.role, split, part);
           await upsertDataset(pool, input.runId, 'quality', ref);
           datasets.push(ref);
         }
       }
-      const reportRef = await store.putJson('reports', { kind: 'quality', runId: input.runId, perRole });
+      const reportRef = await store.putJson('reports', { kind: 'quality', runId: input.runId, perRole, ...(domainSources ? { domainSources } : {}) });
       if (problems.length) {
         throw ApplicationFailure.nonRetryable(
           `too few documents survived quality filtering — ${problems.join('; ')}. Add data or relax the quality settings.`,
           'TooFewDocuments',
         );
       }
-      return { datasets, summary: { report: reportRef, perRole } };
+      return { datasets, summary: { report: reportRef, perRole, ...(domainSources ? { domainSources } : {}) } };
     },
   };
 }

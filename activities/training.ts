@@ -4,13 +4,14 @@ import { GPT, type ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
 import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
 import { Trainer, type TrainSettings } from '../ml/train';
+import type { DomainMix } from '../schemas/candidates';
 import type { ArtifactRef, DatasetRef, TrainingResult } from '../schemas/pipeline';
 import type { RunSpec, TrainingSettings } from '../schemas/runSpec';
 import { trainBuiltin, type EngineOutcome } from './builtinEngine';
 import type { TrainingStage } from './checkpoints';
 import { trainWithCommand, type TrainingData } from './commandEngine';
 import type { ActivityDeps } from './context';
-import { readDataset, sftExamplesOf, tokenStreamOf, type TextDoc } from './datasets';
+import { readDataset, sftExamplesOf, sourceStreamsOf, tokenStreamOf, type TextDoc } from './datasets';
 import { TrainingSession } from './trainingSession';
 
 export type { TrainingHeartbeat } from './checkpoints';
@@ -44,6 +45,8 @@ interface StageJob {
   data: (tokenizer: Tokenizer, heartbeat: () => void) => Promise<TrainingData>;
   /** Share of general text in the batches, recorded with each attempt. */
   replayRatio?: number;
+  /** The domain sources' weights, recorded with each attempt. */
+  domainMix?: DomainMix;
 }
 
 /**
@@ -75,6 +78,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
     totalSteps: job.settings.totalSteps,
     retention: job.spec.checkpoints,
     ...(job.replayRatio !== undefined ? { replayRatio: job.replayRatio } : {}),
+    ...(job.domainMix !== undefined ? { domainMix: job.domainMix } : {}),
   });
   // Reading, tokenizing and training a tokenizer are long synchronous work: they pause to heartbeat.
   const heartbeat = () => session.heartbeat();
@@ -116,7 +120,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
           const contextLength = trainer.model.config.contextLength;
           const { batchSize, seed } = job.settings;
           return data.kind === 'lm'
-            ? mixedLmBatches({ domain: data.domain, replay: data.replay, replayRatio: data.replayRatio, batchSize, contextLength, seed })
+            ? mixedLmBatches({ domain: data.domain, ...(data.domainParts ? { domainParts: data.domainParts } : {}), replay: data.replay, replayRatio: data.replayRatio, batchSize, contextLength, seed })
             : sftBatches({
               examples: data.examples, batchSize, contextLength, seed, padId: data.padId, eosId: data.eosId, replay: data.replay, replayRatio: data.replayRatio,
             });
@@ -212,6 +216,11 @@ export function trainingActivities(deps: ActivityDeps) {
       domain: DatasetRef;
       replay: DatasetRef;
       /**
+       * The domain sources' weights (by source name), where the run weighs several: each domain row
+       * draws its source by weight. Absent: the domain documents are one pool.
+       */
+      domainMix?: DomainMix;
+      /**
        * Added to the seed (default: the round). Candidates of one batch share it, so that they
        * differ only in their replay ratio, not in their data order and initial noise.
        */
@@ -225,14 +234,25 @@ export function trainingActivities(deps: ActivityDeps) {
         baseDir: input.baseDir,
         settings: trainSettings(input.spec.dacp, input.seedOffset ?? input.round),
         replayRatio: input.replayRatio,
+        ...(input.domainMix ? { domainMix: input.domainMix } : {}),
         checkpointEvery: input.spec.dacp.checkpointEvery,
         initModel: input.baseModel,
-        data: async (tokenizer, heartbeat) => ({
-          kind: 'lm',
-          domain: await tokenStreamOf(deps, tokenizer, input.domain, { onProgress: heartbeat }),
-          replay: await tokenStreamOf(deps, tokenizer, input.replay, { onProgress: heartbeat }),
-          replayRatio: input.replayRatio,
-        }),
+        data: async (tokenizer, heartbeat) => {
+          const replay = await tokenStreamOf(deps, tokenizer, input.replay, { onProgress: heartbeat });
+          const mix = input.domainMix;
+          if (!mix) return { kind: 'lm', domain: await tokenStreamOf(deps, tokenizer, input.domain, { onProgress: heartbeat }), replay, replayRatio: input.replayRatio };
+          const names = Object.keys(mix);
+          const streams = await sourceStreamsOf(deps, tokenizer, input.domain, names, { onProgress: heartbeat });
+          const empty = names.filter((name) => (mix[name] as number) > 0 && (streams[name] as number[]).length < 2);
+          if (empty.length) {
+            throw ApplicationFailure.nonRetryable(
+              `continualPretrain: domain source ${empty.map((n) => `"${n}"`).join(', ')} has weight in domainRatio but no training text; add documents to it or give it weight 0`,
+              'DomainSourceEmpty',
+            );
+          }
+          const domainParts = names.map((name) => ({ name, tokens: streams[name] as number[], weight: mix[name] as number }));
+          return { kind: 'lm', domain: [], domainParts, replay, replayRatio: input.replayRatio };
+        },
       });
     },
 

@@ -13,6 +13,8 @@ export interface SessionJob {
   retention: { keepLast: number; keepBest: boolean };
   /** The share of general text in this stage's batches, recorded with each attempt. */
   replayRatio?: number;
+  /** The domain sources' weights, where the run weighs several; recorded with each attempt. */
+  domainMix?: Record<string, number>;
 }
 
 /**
@@ -70,6 +72,7 @@ export class TrainingSession {
         resumedFromStep: this.resumedFromStep,
         totalSteps: this.job.totalSteps,
         ...(this.job.replayRatio !== undefined ? { replayRatio: this.job.replayRatio } : {}),
+        ...(this.job.domainMix !== undefined ? { domainMix: this.job.domainMix } : {}),
         warnings: this.warnings,
       },
     });

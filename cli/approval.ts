@@ -1,3 +1,4 @@
+import { formatDomainMix } from '../schemas/candidates';
 import { WorkflowNotFoundError, type Client, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
@@ -8,7 +9,7 @@ import type { ApprovalOutcome, ApprovalRequest, Decision, DecisionInput, FinalCh
 import { InputError } from '../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId } from '../workflows/messages';
 import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
-import { gateComparison } from './gateView';
+import { gainBySourceLines, gateComparison } from './gateView';
 import { checkRunId } from './runs';
 
 /**
@@ -246,12 +247,14 @@ export function formatApprovalView(v: ApprovalView): string {
     lines.push(...gateComparison(v.forgetting, v.finalCheck));
   }
   if (v.tradeoff) {
-    lines.push('', 'replay trade-off (one candidate per replay ratio; the chosen one goes on)');
+    const mixes = v.tradeoff.candidates.some((c) => c.domainMix);
+    lines.push('', `replay trade-off (one candidate per replay ratio${mixes ? ' and domain mix' : ''}; the chosen one goes on)`);
     if (v.tradeoff.table) lines.push(...v.tradeoff.table.split('\n').map((l) => `  ${l}`));
     if (v.tradeoff.svgFile) lines.push(`  plot: ${v.tradeoff.svgFile}`);
   }
   const f = v.forgetting;
-  lines.push('', `forgetting check: ${f.passed ? 'passed' : 'failed'} (round ${f.round}, replay ratio ${num(f.replayRatio)})`);
+  lines.push('', `forgetting check: ${f.passed ? 'passed' : 'failed'} (round ${f.round}, replay ratio ${num(f.replayRatio)}${f.domainMix ? `, domain mix ${formatDomainMix(f.domainMix)}` : ''})`);
+  lines.push(...gainBySourceLines(f));
   lines.push(`  general perplexity  ${num(f.base.generalPerplexity)} → ${num(f.adapted.generalPerplexity)}  change ${pct(f.generalRegression)}, budget at most ${pct(f.budgets.maxGeneralRegression)}`);
   lines.push(`  domain perplexity   ${num(f.base.domainPerplexity)} → ${num(f.adapted.domainPerplexity)}  gain ${pct(f.domainGain)}, floor ${pct(f.budgets.minDomainGain)}`);
   for (const r of f.reasons) lines.push(`  ${r}`);

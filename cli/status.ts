@@ -1,9 +1,10 @@
+import { formatDomainMix } from '../schemas/candidates';
 import { WorkflowNotFoundError, type Client, type WorkflowExecutionDescription } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import type { Pool } from 'pg';
 import type { TrainingHeartbeat } from '../activities/checkpoints';
-import { gateComparison } from './gateView';
+import { gainBySourceLines, gateComparison } from './gateView';
 import { STAGES, type FinalCheckReport, type ForgettingReport, type InstructSummary, type PipelineResult, type RunState, type RunStatus, type Stage } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
 import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
@@ -240,17 +241,20 @@ export function formatStatus(s: RunStatus): string {
   if (f?.base) {
     lines.push(`  domain perplexity   ${fmt(f.base.domainPerplexity)} → ${fmt(f.adapted.domainPerplexity)}  (gain ${pct(f.domainGain)}, floor ${pct(f.budgets.minDomainGain)})`);
     lines.push(`  general perplexity  ${fmt(f.base.generalPerplexity)} → ${fmt(f.adapted.generalPerplexity)}  (change ${pct(f.generalRegression)}, budget ${pct(f.budgets.maxGeneralRegression)})`);
-    lines.push(`  forgetting gate     ${f.passed ? 'passed' : `failed: ${f.reasons.join('; ')}`} (round ${f.round}, replay ratio ${f.replayRatio})`);
+    lines.push(`  forgetting gate     ${f.passed ? 'passed' : `failed: ${f.reasons.join('; ')}`} (round ${f.round}, replay ratio ${f.replayRatio}${f.domainMix ? `, domain mix ${formatDomainMix(f.domainMix)}` : ''})`);
+    lines.push(...gainBySourceLines(f));
   }
   if (finalCheck?.candidate) {
     lines.push(`  final check         ${finalCheck.passed ? 'passed' : `failed: ${finalCheck.reasons.join('; ')}`} (against ${finalCheck.reference.kind} ${finalCheck.reference.versionId}, instruct replay ratio ${finalCheck.instructReplayRatio})`);
   }
-  const candidates = m.candidates as { round: number; replayRatio: number; state?: string; domainGain?: number; generalRegression?: number; passed?: boolean; chosen?: boolean; step?: number; totalSteps?: number }[] | undefined;
+  const candidates = m.candidates as { round: number; replayRatio: number; domainMix?: Record<string, number>; state?: string; domainGain?: number; generalRegression?: number; passed?: boolean; chosen?: boolean; step?: number; totalSteps?: number }[] | undefined;
   if (candidates?.length) {
-    lines.push('  candidates          replay ratio → domain gain, general change');
+    const mixes = candidates.some((c) => c.domainMix);
+    lines.push(`  candidates          replay ratio${mixes ? ' (domain mix)' : ''} → domain gain, general change`);
     for (const c of candidates) {
       const figures = c.domainGain !== undefined ? `${pct(c.domainGain)}, ${pct(c.generalRegression ?? NaN)}, ${c.passed ? 'passed' : 'failed'}` : `training${c.totalSteps ? ` step ${c.step ?? 0}/${c.totalSteps}` : ''}`;
-      lines.push(`                      ${String(c.replayRatio).padEnd(5)} → ${figures}${c.chosen ? '  ← chosen' : ''}`);
+      const point = `${c.replayRatio}${c.domainMix ? ` (${formatDomainMix(c.domainMix)})` : ''}`;
+      lines.push(`                      ${point.padEnd(5)} → ${figures}${c.chosen ? '  ← chosen' : ''}`);
     }
   }
   if (f?.base || finalCheck?.candidate) {

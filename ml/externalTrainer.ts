@@ -23,8 +23,14 @@ export const TRAINER_PROTOCOL = 'dacp-trainer/1';
 
 export interface TrainerLmData {
   kind: 'lm';
-  /** Little-endian int32 token ids; documents end with the end-of-text id (`vocabSize - 2`). */
-  domain: string;
+  /**
+   * Little-endian int32 token ids; documents end with the end-of-text id (`vocabSize - 2`). Absent
+   * where `domainParts` is given, so that a trainer that does not know those fails rather than
+   * training a different mix.
+   */
+  domain?: string;
+  /** Several weighted domain sources: each domain row draws its part by weight, then a window of it. */
+  domainParts?: { name: string; tokens: string; weight: number }[];
   replay: string;
   replayRatio: number;
 }

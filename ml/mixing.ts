@@ -14,9 +14,21 @@ export interface Batch {
 }
 export type BatchSource = (step: number) => Batch;
 
+/** One domain source's token stream and its weight among the domain rows. */
+export interface DomainPart {
+  name: string;
+  tokens: number[];
+  weight: number;
+}
+
 export interface MixedLmOptions {
-  /** Token stream of the new domain (documents joined with eos). */
+  /** Token stream of the new domain (documents joined with eos). Unused where `domainParts` is given. */
   domain: number[];
+  /**
+   * Several domain sources, weighted: each domain row first draws its source (with probability
+   * weight / total), then a window of that source's stream. Replaces `domain`.
+   */
+  domainParts?: DomainPart[];
   /** Token stream of general "replay" data that guards against forgetting. */
   replay: number[];
   /** Fraction of each batch's rows drawn from replay, in [0, 1]. */
@@ -29,16 +41,36 @@ export interface MixedLmOptions {
 export function mixedLmBatches(o: MixedLmOptions): BatchSource {
   checkSizes(o.batchSize, o.contextLength);
   if (!(o.replayRatio >= 0 && o.replayRatio <= 1)) throw new Error(`replayRatio must be in [0, 1], got ${o.replayRatio}`);
-  if (o.domain.length < 2 && o.replay.length < 2) throw new Error('mixedLmBatches: both domain and replay streams are empty (need ≥ 2 tokens)');
+  const drawDomain = o.domainParts ? partSampler(o.domainParts) : (uniform: Uniform) => sampleWindow(o.domain, o.contextLength + 1, uniform);
+  const domainTokens = o.domainParts ? o.domainParts.reduce((sum, p) => sum + p.tokens.length, 0) : o.domain.length;
+  if (domainTokens < 2 && o.replay.length < 2) throw new Error('mixedLmBatches: both domain and replay streams are empty (need ≥ 2 tokens)');
   const replayRows =
     o.replay.length < 2 ? 0
-      : o.domain.length < 2 ? o.batchSize
+      : domainTokens < 2 ? o.batchSize
         : Math.round(o.batchSize * o.replayRatio);
+  const window = o.contextLength + 1;
+  function partSampler(parts: DomainPart[]): (uniform: Uniform) => number[] {
+    for (const p of parts) {
+      if (!(Number.isFinite(p.weight) && p.weight >= 0)) throw new Error(`domain part "${p.name}": weight must be a number ≥ 0, got ${p.weight}`);
+      if (p.weight > 0 && p.tokens.length < 2) throw new Error(`domain part "${p.name}" has weight ${p.weight} but no text (need ≥ 2 tokens); add documents to it or give it weight 0`);
+    }
+    const total = parts.reduce((sum, p) => sum + p.weight, 0);
+    if (!(total > 0)) throw new Error('domain parts: give at least one a weight above 0');
+    // Cumulative shares of the parts that have weight; the last is exactly 1, so every draw lands in one.
+    const weighted = parts.filter((p) => p.weight > 0);
+    let running = 0;
+    const bounds = weighted.map((p) => (running += p.weight / total));
+    bounds[bounds.length - 1] = 1;
+    return (uniform) => {
+      const u = uniform();
+      return sampleWindow((weighted[bounds.findIndex((b) => u < b)] as DomainPart).tokens, window, uniform);
+    };
+  }
   return (step) => {
     checkStep(step);
     const uniform = mulberry32(deriveSeed(o.seed, 'lm', step));
     const batch: Batch = { inputs: [], targets: [], mask: [] };
-    for (let r = 0; r < o.batchSize; r++) pushLmRow(batch, sampleWindow(r < replayRows ? o.replay : o.domain, o.contextLength + 1, uniform));
+    for (let r = 0; r < o.batchSize; r++) pushLmRow(batch, r < replayRows ? sampleWindow(o.replay, window, uniform) : drawDomain(uniform));
     return batch;
   };
 }

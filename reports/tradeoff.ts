@@ -1,3 +1,5 @@
+import { formatDomainMix } from '../schemas/candidates';
+
 /**
  * The replay trade-off an approver looks at: for each candidate replay ratio, how much domain
  * perplexity it gained and how much general perplexity it gave up, against the gate's budget.
@@ -6,6 +8,8 @@
 
 export interface TradeoffPoint {
   replayRatio: number;
+  /** The domain sources' weights, where the run weighs several. */
+  domainMix?: Record<string, number>;
   /** Relative fall of domain perplexity vs the base (0.4 = −40 %). */
   domainGain: number;
   /** Relative rise of general perplexity vs the base (0.1 = +10 %). */
@@ -18,14 +22,25 @@ export interface TradeoffPoint {
 
 const pct = (x: number) => `${(x * 100).toFixed(1)} %`;
 
-/** Rows of the trade-off table, sorted by replay ratio; the chosen one is marked. */
+/** "manuals 0.70 / tickets 0.30"; empty for a run whose domain sources are one pool. */
+export function mixLabel(mix: Record<string, number> | undefined): string {
+  return mix ? formatDomainMix(mix) : '';
+}
+
+/** By domain mix, then by replay ratio: the order of the table and of each mix's curve. */
+const byMixThenRatio = (a: TradeoffPoint, b: TradeoffPoint) => mixLabel(a.domainMix).localeCompare(mixLabel(b.domainMix)) || a.replayRatio - b.replayRatio;
+
+/** Rows of the trade-off table, sorted by domain mix and replay ratio; the chosen one is marked. */
 export function tradeoffTable(points: TradeoffPoint[]): string {
-  const rows = [...points].sort((a, b) => a.replayRatio - b.replayRatio);
-  const header = 'replay ratio  domain gain  general change  gate     ';
+  const rows = [...points].sort(byMixThenRatio);
+  const mixes = rows.some((p) => p.domainMix);
+  const width = Math.max('domain mix'.length, ...rows.map((p) => mixLabel(p.domainMix).length));
+  const mixColumn = (p: TradeoffPoint | null) => (mixes ? `${(p ? mixLabel(p.domainMix) : 'domain mix').padEnd(width)}  ` : '');
+  const header = `${mixColumn(null)}replay ratio  domain gain  general change  gate     `;
   const lines = rows.map((p) =>
     p.error !== undefined
-      ? `${p.replayRatio.toFixed(2).padStart(12)}  ${'–'.padStart(11)}  ${'–'.padStart(14)}  failed: ${p.error}`
-      : `${p.replayRatio.toFixed(2).padStart(12)}  ${pct(p.domainGain).padStart(11)}  ${pct(p.generalRegression).padStart(14)}  ${(p.passed ? 'passed' : 'failed').padEnd(7)}${p.chosen ? '  ← chosen' : ''}`,
+      ? `${mixColumn(p)}${p.replayRatio.toFixed(2).padStart(12)}  ${'–'.padStart(11)}  ${'–'.padStart(14)}  failed: ${p.error}`
+      : `${mixColumn(p)}${p.replayRatio.toFixed(2).padStart(12)}  ${pct(p.domainGain).padStart(11)}  ${pct(p.generalRegression).padStart(14)}  ${(p.passed ? 'passed' : 'failed').padEnd(7)}${p.chosen ? '  ← chosen' : ''}`,
   );
   return [header.trimEnd(), ...lines].join('\n');
 }
@@ -83,20 +98,23 @@ export function tradeoffSvg(all: TradeoffPoint[], budget: { maxGeneralRegression
   const bx = px(budget.maxGeneralRegression).toFixed(1);
   parts.push(`<line class="budget" x1="${bx}" y1="${margin.top}" x2="${bx}" y2="${height - margin.bottom}" stroke="#c0392b" stroke-dasharray="5 4"/>`);
   parts.push(`<text x="${bx}" y="${margin.top - 8}" text-anchor="middle" fill="#c0392b">budget ${escapeXml(pct(budget.maxGeneralRegression))}</text>`);
-  // The curve, in replay order, then the points.
-  const ordered = [...points].sort((a, b) => a.replayRatio - b.replayRatio);
-  if (ordered.length > 1) {
-    const path = ordered.map((p, i) => `${i ? 'L' : 'M'}${px(p.generalRegression).toFixed(1)} ${py(p.domainGain).toFixed(1)}`).join(' ');
-    parts.push(`<path d="${path}" fill="none" stroke="#2c7fb8" stroke-width="1.5"/>`);
+  // One curve per domain mix, in replay order, then the points.
+  const ordered = [...points].sort(byMixThenRatio);
+  for (const label of new Set(ordered.map((p) => mixLabel(p.domainMix)))) {
+    const curve = ordered.filter((p) => mixLabel(p.domainMix) === label);
+    if (curve.length < 2) continue;
+    const path = curve.map((p, i) => `${i ? 'L' : 'M'}${px(p.generalRegression).toFixed(1)} ${py(p.domainGain).toFixed(1)}`).join(' ');
+    parts.push(`<path class="curve" d="${path}" fill="none" stroke="#2c7fb8" stroke-width="1.5"/>`);
   }
   for (const p of ordered) {
     const cx = px(p.generalRegression).toFixed(1);
     const cy = py(p.domainGain).toFixed(1);
+    const mix = mixLabel(p.domainMix);
     parts.push(
-      `<circle class="candidate" data-replay-ratio="${p.replayRatio}" cx="${cx}" cy="${cy}" r="5" fill="${p.passed ? '#2c7fb8' : '#aaa'}"/>`,
+      `<circle class="candidate" data-replay-ratio="${p.replayRatio}"${mix ? ` data-domain-mix="${escapeXml(mix)}"` : ''} cx="${cx}" cy="${cy}" r="5" fill="${p.passed ? '#2c7fb8' : '#aaa'}"/>`,
     );
     if (p.chosen) parts.push(`<circle class="chosen" cx="${cx}" cy="${cy}" r="10" fill="none" stroke="#27ae60" stroke-width="2.5"/>`);
-    parts.push(`<text x="${(Number(cx) + 8).toFixed(1)}" y="${(Number(cy) - 8).toFixed(1)}">replay ${p.replayRatio}${p.chosen ? ' (chosen)' : ''}</text>`);
+    parts.push(`<text x="${(Number(cx) + 8).toFixed(1)}" y="${(Number(cy) - 8).toFixed(1)}">replay ${p.replayRatio}${mix ? ` · ${escapeXml(mix)}` : ''}${p.chosen ? ' (chosen)' : ''}</text>`);
   }
   parts.push('</svg>');
   return parts.join('\n');

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { DomainMix } from './candidates';
 import type { RunSpec } from './runSpec';
 
 /** Stage ids used in status, the database and the `DacpStage` search attribute. */
@@ -46,6 +47,8 @@ export interface DatasetManifest {
 export interface WorkflowSpec {
   name: string;
   replayRatio: RunSpec['replayRatio'];
+  /** Only where the spec weighs several domain sources. */
+  domainRatio?: RunSpec['domainRatio'];
   /** Absent in runs from before the two-line registry: they continue from the served model. */
   baseModel: Pick<RunSpec['baseModel'], 'ref' | 'bootstrapIfMissing'> & { line?: RunSpec['baseModel']['line'] };
   /** Absent in runs from before the final check. */
@@ -61,6 +64,7 @@ export function workflowSpec(spec: RunSpec): WorkflowSpec {
   return {
     name: spec.name,
     replayRatio: spec.replayRatio,
+    ...(spec.domainRatio !== undefined ? { domainRatio: spec.domainRatio } : {}),
     baseModel: { ref: spec.baseModel.ref, bootstrapIfMissing: spec.baseModel.bootstrapIfMissing, line: spec.baseModel.line },
     instruct: { replayRatio: spec.instruct.replayRatio },
     forgetting: spec.forgetting,
@@ -104,6 +108,8 @@ export interface ModelScores {
   generalAccuracy?: number;
   /** Instruction token accuracy on the held-out pairs (the final check). */
   instructionTokenAccuracy?: number;
+  /** Held-out domain perplexity per domain source, where the run weighs several (after DACP). */
+  domainPerplexityBySource?: Record<string, number>;
 }
 
 /** The gate's figures: relative for perplexity, absolute (points) for accuracies. */
@@ -128,6 +134,10 @@ export interface GateBudgets {
 export interface ForgettingReport extends GateFigures {
   round: number;
   replayRatio: number;
+  /** The domain sources' weights this candidate trained with, where the run weighs several. */
+  domainMix?: DomainMix;
+  /** Relative fall of domain perplexity per domain source; reported, not gated (the gate reads domainGain). */
+  domainGainBySource?: Record<string, number>;
   base: ModelScores;
   adapted: ModelScores;
   budgets: GateBudgets | { maxGeneralRegression: number; minDomainGain: number };
@@ -153,6 +163,8 @@ export interface FinalCheckReport extends GateFigures {
 export interface CandidateSummary {
   round: number;
   replayRatio: number;
+  /** The domain sources' weights (summing to 1), where the run mixes several. */
+  domainMix?: DomainMix;
   domainGain: number;
   generalRegression: number;
   passed: boolean;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { domainMixes, normalizeDomainMix } from './candidates';
 
 /**
  * The run specification: everything a user decides about one DACP run. Validated at the edge
@@ -9,10 +10,17 @@ import { z } from 'zod';
 const roles = ['domain', 'replay', 'instruct'] as const;
 export const SourceRole = z.enum(roles);
 
+/**
+ * A source's name: how `domainRatio` weights it against the run's other domain sources. Lowercase,
+ * so that it reads the same in a spec, a status line and a file name.
+ */
+const SourceName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'a source name is 1–32 lowercase letters, digits, ".", "_" or "-"');
+
 const fileSource = z
   .object({
     kind: z.literal('files'),
     role: SourceRole,
+    name: SourceName.optional(),
     paths: z.array(z.string().min(1, 'a path must not be empty')).min(1, 'list at least one file or glob'),
     format: z.enum(['auto', 'text', 'jsonl']).default('auto'),
     textField: z.string().min(1).default('text'),
@@ -25,6 +33,7 @@ const postgresSource = z
   .object({
     kind: z.literal('postgres'),
     role: SourceRole,
+    name: SourceName.optional(),
     query: z.string().min(1, 'give the SELECT that returns the documents'),
     textColumn: z.string().min(1).default('text'),
     promptColumn: z.string().min(1).default('prompt'),
@@ -84,6 +93,19 @@ export const InstructSettings = TrainingSettings.extend({
 export type InstructSettings = z.infer<typeof InstructSettings>;
 
 const ReplayRatio = z.number().min(0).max(0.95, 'keep at least 5 % domain data: replayRatio ≤ 0.95');
+
+/**
+ * How the domain share of each batch divides among the named domain sources: a weight per source
+ * name (scaled to sum to 1), e.g. {"manuals": 0.7, "tickets": 0.3}.
+ */
+const DomainMix = z
+  .record(SourceName, z.number().min(0, 'a domain weight is 0 or more').max(1_000), {
+    invalid_type_error: 'give a weight per domain source name, e.g. {"manuals": 0.7, "tickets": 0.3}',
+  })
+  .refine((mix) => Object.values(mix).reduce((sum, w) => sum + w, 0) > 0, 'give at least one domain source a weight above 0');
+
+/** At most this many candidates (replay ratios × domain mixes): each trains a model. */
+export const MAX_CANDIDATES = 8;
 
 /** Budgets on multiple-choice task accuracy (absolute points, 0.05 = 5 points), in both gates. */
 const choiceBudgets = {
@@ -179,6 +201,20 @@ export const RunSpec = z
           .refine((list) => new Set(list).size === list.length, 'list each replay ratio once'),
       ])
       .default(0.25),
+    /**
+     * Where a run mixes several domain sources: each one's share of the domain rows, by source
+     * name. A list trains one candidate per mix (and per replay ratio), like a list of replay
+     * ratios. Absent: the domain sources are one pool, each document as likely as any other.
+     */
+    domainRatio: z
+      .union([
+        DomainMix,
+        z
+          .array(DomainMix)
+          .min(1, 'list at least one domain mix')
+          .max(MAX_CANDIDATES, `list at most ${MAX_CANDIDATES} domain mixes; each trains a model`),
+      ])
+      .optional(),
     quality: z
       .object({
         minChars: z.number().int().min(0).max(100_000_000).default(20),
@@ -294,7 +330,55 @@ export const RunSpec = z
         ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['sources'], message: `add a source with role "${role}"` });
       }
     }
+    const names = new Map<string, number>();
+    for (const [index, source] of spec.sources.entries()) {
+      if (source.name === undefined) continue;
+      if (names.has(source.name)) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['sources', index, 'name'], message: `"${source.name}" also names sources[${names.get(source.name)}]; give each source its own name` });
+      }
+      names.set(source.name, index);
+    }
+    if (spec.domainRatio !== undefined) checkDomainRatio(spec, ctx);
+    const candidates = replayRatios(spec).length * domainMixes(spec).length;
+    if (candidates > MAX_CANDIDATES) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['domainRatio'],
+        message: `${replayRatios(spec).length} replay ratios × ${domainMixes(spec).length} domain mixes make ${candidates} candidates; at most ${MAX_CANDIDATES}, as each trains a model`,
+      });
+    }
   });
+
+/** Every domain source is named, and every mix weighs exactly those names. */
+function checkDomainRatio(spec: { sources: SourceSpec[]; domainRatio?: Record<string, number> | Record<string, number>[] }, ctx: z.RefinementCtx): void {
+  const domain = spec.sources.map((source, index) => ({ source, index })).filter(({ source }) => source.role === 'domain');
+  if (domain.length < 2) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['domainRatio'], message: 'domainRatio weighs several domain sources; add a second one, or remove domainRatio' });
+    return;
+  }
+  const unnamed = domain.filter(({ source }) => source.name === undefined);
+  for (const { index } of unnamed) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['sources', index, 'name'], message: 'domainRatio weighs domain sources by name; give this one a "name"' });
+  }
+  if (unnamed.length) return;
+  const names = domain.map(({ source }) => source.name as string);
+  const mixes = Array.isArray(spec.domainRatio) ? spec.domainRatio : [spec.domainRatio as Record<string, number>];
+  for (const [i, mix] of mixes.entries()) {
+    const where = Array.isArray(spec.domainRatio) ? ['domainRatio', i] : ['domainRatio'];
+    const unknown = Object.keys(mix).filter((key) => !names.includes(key));
+    const missing = names.filter((name) => !(name in mix));
+    if (unknown.length) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: where, message: `${unknown.map((n) => `"${n}"`).join(', ')} names no domain source; the domain sources are ${names.map((n) => `"${n}"`).join(', ')}` });
+    }
+    if (missing.length) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: where, message: `give ${missing.map((n) => `"${n}"`).join(', ')} a weight too (0 leaves a source out)` });
+    }
+  }
+  const keys = mixes.map((mix) => JSON.stringify(normalizeDomainMix(mix)));
+  if (new Set(keys).size !== keys.length) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['domainRatio'], message: 'list each domain mix once (mixes with proportional weights are the same mix)' });
+  }
+}
 
 /** A spec as written by a user (defaults not yet applied). */
 export type RunSpecInput = z.input<typeof RunSpec>;

@@ -64,6 +64,13 @@ function writeTinyCorpus(dir: string, seed = 11): void {
   corpus.domain.forEach((text, i) => writeFileSync(path.join(dir, 'data', 'domain', `d${i}.txt`), text));
   writeFileSync(path.join(dir, 'data', 'general.jsonl'), corpus.general.map((text) => JSON.stringify({ text })).join('\n'));
   writeFileSync(path.join(dir, 'data', 'pairs.jsonl'), corpus.instructions.map((p) => JSON.stringify(p)).join('\n'));
+  // A second domain source, for the domainRatio scenario: lease clauses.
+  mkdirSync(path.join(dir, 'data', 'legal'), { recursive: true });
+  const duties = ['pay the rent', 'insure the premises', 'repair the roof', 'return the keys', 'give notice in writing'];
+  for (let d = 0; d < 40; d++) {
+    const clauses = duties.map((duty, i) => `Clause ${d}.${i + 1}: the ${d % 2 ? 'lessee' : 'lessor'} shall ${duties[(d + i) % duties.length]} before ${duty === 'pay the rent' ? 'quarter day' : `day ${(d * 7 + i) % 28 + 1}`}.`);
+    writeFileSync(path.join(dir, 'data', 'legal', `lease-${d}.txt`), clauses.join(' '));
+  }
 }
 
 const shape = { contextLength: 32, dModel: 32, nLayers: 1, nHeads: 2 };
@@ -195,6 +202,20 @@ const scenarios: Scenario[] = [
     what: 'lists two replay ratios: one candidate child each, the best chosen and plotted; approved and deployed',
     async run(world, runId) {
       await start(world, runId, { replayRatio: [0, 0.5] });
+      await awaitingApproval(world, runId);
+      await decide(world.client, { runId, principal: 'approver-1', decision: 'approve' });
+      await expectState(world, runId, 'completed');
+    },
+  },
+  {
+    name: 'domain-mix-candidates',
+    what: 'weighs two named domain sources with a list of two domainRatio mixes: one candidate child each, the best chosen; approved and deployed',
+    async run(world, runId) {
+      const [domain, replay, instruct] = tinySpec().sources;
+      await start(world, runId, {
+        sources: [{ ...domain, name: 'telecom' }, { kind: 'files', role: 'domain', name: 'legal', paths: ['data/legal/*.txt'] }, replay, instruct],
+        domainRatio: [{ telecom: 3, legal: 1 }, { telecom: 1, legal: 3 }],
+      });
       await awaitingApproval(world, runId);
       await decide(world.client, { runId, principal: 'approver-1', decision: 'approve' });
       await expectState(world, runId, 'completed');

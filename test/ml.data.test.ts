@@ -66,6 +66,47 @@ describe('mixedLmBatches', () => {
   });
 });
 
+describe('mixedLmBatches with weighted domain sources (domainParts)', () => {
+  // Three alphabets: part a (0–99), part b (200–299), replay (100–199).
+  const a = Array.from({ length: 400 }, (_, i) => i % 100);
+  const b = Array.from({ length: 400 }, (_, i) => 200 + (i % 100));
+  const replay = Array.from({ length: 300 }, (_, i) => 100 + (i % 100));
+  const partOf = (row: number[]) => (row.every((t) => t < 100) ? 'a' : row.every((t) => t >= 200) ? 'b' : row.every((t) => t >= 100 && t < 200) ? 'replay' : 'mixed');
+  const rowsOf = (weights: { a: number; b: number }, replayRatio = 0.25, steps = 200) => {
+    const batches = mixedLmBatches({
+      domain: [],
+      domainParts: [{ name: 'a', tokens: a, weight: weights.a }, { name: 'b', tokens: b, weight: weights.b }],
+      replay, replayRatio, batchSize: 8, contextLength: 16, seed: 5,
+    });
+    const counts: Record<string, number> = { a: 0, b: 0, replay: 0, mixed: 0 };
+    for (let step = 0; step < steps; step++) for (const row of batches(step).inputs) counts[partOf(row)]++;
+    return counts;
+  };
+
+  test('each domain row comes from one source, drawn by weight; the replay rows stay round(batchSize × replayRatio)', () => {
+    const counts = rowsOf({ a: 0.7, b: 0.3 });
+    expect(counts.mixed).toBe(0);
+    expect(counts.replay).toBe(200 * 2);
+    // 1,200 domain rows; 70 % of them from a, within a few standard deviations (±~16 rows each).
+    expect(counts.a / (counts.a + counts.b)).toBeGreaterThan(0.65);
+    expect(counts.a / (counts.a + counts.b)).toBeLessThan(0.75);
+  });
+
+  test('weights are relative, and a source of weight 0 is never drawn', () => {
+    expect(rowsOf({ a: 7, b: 3 })).toEqual(rowsOf({ a: 0.7, b: 0.3 }));
+    expect(rowsOf({ a: 0, b: 1 }).a).toBe(0);
+    expect(rowsOf({ a: 1, b: 0 }).b).toBe(0);
+  });
+
+  test('a batch is a pure function of (seed, step), and bad parts are refused naming the part', () => {
+    const o = { domain: [], domainParts: [{ name: 'a', tokens: a, weight: 1 }, { name: 'b', tokens: b, weight: 2 }], replay, replayRatio: 0.5, batchSize: 4, contextLength: 8, seed: 3 };
+    expect(mixedLmBatches(o)(9)).toEqual(mixedLmBatches(o)(9));
+    expect(() => mixedLmBatches({ ...o, domainParts: [{ name: 'a', tokens: [], weight: 1 }] })).toThrow(/domain part "a" has weight 1 but no text/);
+    expect(() => mixedLmBatches({ ...o, domainParts: [{ name: 'a', tokens: a, weight: 0 }] })).toThrow(/at least one a weight above 0/);
+    expect(() => mixedLmBatches({ ...o, domainParts: [{ name: 'b', tokens: b, weight: -1 }] })).toThrow(/domain part "b": weight must be a number ≥ 0/);
+  });
+});
+
 describe('sftBatches', () => {
   const pad = 257;
   const eos = 256;

@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { approvalView, formatApprovalView } from '../cli/approval';
@@ -10,6 +11,7 @@ import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
 import { eventually, GiveUp, runsFor } from './helpers/temporal';
+import { mulberry32 } from '../ml/random';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -135,6 +137,81 @@ describe('the DACP recipe through the workflow', () => {
     expect(forgetting.domainAccuracyGain).toEqual(expect.any(Number));
     expect(forgetting.reasons.join(' ')).toMatch(/domain task accuracy changed .* \(floor 100\.0 points\)/);
     expect(forgetting.reasons.join(' ')).not.toMatch(/perplexity/);
+  });
+
+  /** A second domain, far from the first: lease clauses, seeded, as data/legal/*.txt. */
+  function writeLegalCorpus(dir: string, docs = 80): void {
+    const pick = <T>(list: readonly T[], u: () => number) => list[Math.floor(u() * list.length)] as T;
+    const u = mulberry32(29);
+    const parties = ['the lessee', 'the lessor', 'the guarantor', 'the tenant', 'the landlord'];
+    const duties = ['pay the rent in advance', 'insure the premises', 'repair the roof', 'return the keys', 'keep the garden tidy', 'give notice in writing'];
+    const terms = ['quarter day', 'the break date', 'the rent review', 'the expiry of the term', 'completion'];
+    mkdirSync(path.join(dir, 'data', 'legal'), { recursive: true });
+    for (let d = 0; d < docs; d++) {
+      const clauses = Array.from({ length: 5 }, (_, i) => `Clause ${d % 17}.${i + 1}: ${pick(parties, u)} shall ${pick(duties, u)} before ${pick(terms, u)}, unless ${pick(parties, u)} agrees otherwise.`);
+      writeFileSync(path.join(dir, 'data', 'legal', `lease-${d}.txt`), clauses.join(' '));
+    }
+  }
+
+  const twoDomains = () => {
+    const [domain, replay, instruct] = tinySpec().sources;
+    return [{ ...domain, name: 'telecom' }, { kind: 'files' as const, role: 'domain' as const, name: 'legal', paths: ['data/legal/*.txt'] }, replay, instruct];
+  };
+
+  test('domainRatio weighs several domain sources: a list trains one candidate per mix, and each source gains where its weight went', async () => {
+    writeLegalCorpus(home);
+    const runId = await startRun(runs(), {
+      spec: spec({
+        baseModel: { ref: 'production' },
+        sources: twoDomains(),
+        domainRatio: [{ telecom: 1, legal: 0 }, { telecom: 0, legal: 1 }],
+        dacp: { steps: 60, batchSize: 8, learningRate: 5e-3, checkpointEvery: 30, seed: 7 },
+        forgetting: { maxGeneralRegression: 5, minDomainGain: -1, maxEvalWindows: 8, final: finalBudgets },
+      }),
+      baseDir: home,
+      runId: 'recipe-domain-mix',
+      initiator: 'engineer',
+    });
+    const waiting = await untilState(runId, (s) => s.state === 'awaiting_approval', 'await approval');
+    // Quality kept each source's documents apart.
+    const sources = (waiting.metrics.quality as { domainSources: Record<string, { train: number; heldout: number }> }).domainSources;
+    expect(sources.telecom!.train).toBeGreaterThan(0);
+    expect(sources.legal!.heldout).toBeGreaterThan(0);
+    const candidates = waiting.metrics.candidates as { round: number; domainMix: Record<string, number>; chosen: boolean }[];
+    expect(candidates.map((c) => c.domainMix)).toEqual([{ legal: 0, telecom: 1 }, { legal: 1, telecom: 0 }]);
+    // Each candidate trained with its mix, and the gate scored each source on its own held-out text.
+    const attempts = await q(`SELECT details->'round' AS round, details->'domainMix' AS mix FROM audit_log WHERE run_id = $1 AND event = 'training_attempt' AND details->>'trainingStage' = 'dacp' ORDER BY details->>'round'`, runId);
+    expect(attempts).toEqual([{ round: 0, mix: { legal: 0, telecom: 1 } }, { round: 1, mix: { legal: 1, telecom: 0 } }]);
+    const reports = (await q(`SELECT report FROM evaluations WHERE run_id = $1 AND kind = 'forgetting' ORDER BY round`, runId)).map((r) => r.report as ForgettingReport);
+    const [telecomOnly, legalOnly] = reports.map((r) => r.domainGainBySource as Record<string, number>);
+    console.log(`domain gain by source: telecom only ${JSON.stringify(telecomOnly)}, legal only ${JSON.stringify(legalOnly)}`);
+    expect(telecomOnly!.telecom).toBeGreaterThan(legalOnly!.telecom as number);
+    expect(legalOnly!.legal).toBeGreaterThan(telecomOnly!.legal as number);
+    // Status and the approval request show the mixes.
+    expect(formatStatus(waiting)).toMatch(/0\.25 \(legal 0\.00 \/ telecom 1\.00\) → /);
+    expect(formatStatus(waiting)).toMatch(/gain by source +legal .* %, telecom .* %/);
+    const view = await approvalView(client, runId, { artifactsDir: runs().artifactsDir });
+    expect(view.tradeoff?.table).toMatch(/^domain mix +replay ratio/);
+    expect(view.tradeoff?.table).toMatch(/legal 1\.00 \/ telecom 0\.00 +0\.25/);
+    expect(readFileSync(view.tradeoff!.svgFile!, 'utf8').match(/data-domain-mix="/g)).toHaveLength(2);
+    expect(formatApprovalView(view)).toMatch(/gain by source +legal .*, telecom /);
+    await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
+  });
+
+  test('one domainRatio mix trains the single dacp stage with it', async () => {
+    const runId = await startRun(runs(), {
+      spec: spec({ baseModel: { ref: 'production' }, sources: twoDomains(), domainRatio: { telecom: 3, legal: 1 } }),
+      baseDir: home,
+      runId: 'recipe-domain-mix-one',
+      initiator: 'engineer',
+    });
+    const waiting = await untilState(runId, (s) => s.state === 'awaiting_approval', 'await approval');
+    expect(waiting.metrics.candidates).toBeUndefined();
+    expect(waiting.metrics.dacp).toMatchObject({ domainMix: { legal: 0.25, telecom: 0.75 } });
+    expect(waiting.metrics.forgetting).toMatchObject({ domainMix: { legal: 0.25, telecom: 0.75 }, domainGainBySource: { legal: expect.any(Number), telecom: expect.any(Number) } });
+    const [attempt] = await q(`SELECT details FROM audit_log WHERE run_id = $1 AND event = 'training_attempt' AND details->>'trainingStage' = 'dacp'`, runId);
+    expect(attempt.details).toMatchObject({ domainMix: { legal: 0.25, telecom: 0.75 } });
+    await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
   });
 
   test('a list of replay ratios trains one candidate each; more replay means less forgetting and less domain gain; the best is chosen and plotted', async () => {

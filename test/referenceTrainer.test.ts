@@ -239,6 +239,68 @@ describe('reference trainer (PyTorch)', () => {
     expectSameWeights(fromTs, fromPython);
   });
 
+  test.each([
+    ['two parts, 0.7 / 0.3', [0.7, 0.3]],
+    ['a part of weight 0', [0, 1]],
+    ['three parts, one of them short', [1, 1, 2]],
+  ] as const)('dacp_data.lm_batches with domain_parts builds exactly the batches of ml/mixing.ts: %s', (_, weights) => {
+    const texts = ['the cat sat on the mat. '.repeat(30), 'clause four binds the lessee. '.repeat(25), 'tiny.'];
+    const domainParts = weights.map((weight, i) => ({ name: `p${i}`, tokens: tokenizer.encode(texts[i] as string), weight }));
+    const replay = tokenizer.encode('general text about many things. '.repeat(20));
+    const o = { replayRatio: 0.25, batchSize: 6, contextLength: tiny.contextLength, seed: 4 };
+    const steps = [0, 1, 2, 31];
+    const fromTs = mixedLmBatches({ ...o, domain: [], domainParts, replay });
+    const program = [
+      'import json, sys',
+      `sys.path.insert(0, ${JSON.stringify(path.dirname(script))})`,
+      'import torch',
+      'from dacp_data import lm_batches',
+      'o = json.load(sys.stdin)',
+      't = lambda ids: torch.tensor(ids, dtype=torch.int64)',
+      'parts = [(p["name"], t(p["tokens"]), p["weight"]) for p in o["parts"]]',
+      'batches = lm_batches(torch.zeros(0, dtype=torch.int64), t(o["replay"]), o["replayRatio"], o["batchSize"], o["contextLength"], o["seed"], parts)',
+      'print(json.dumps([[x.tolist() for x in batches(step)[:2]] for step in o["steps"]]))',
+    ].join('\n');
+    const result = spawnSync(python, ['-c', program], { env, input: JSON.stringify({ ...o, parts: domainParts, replay, steps }), encoding: 'utf8' });
+    expect([result.status, result.status === 0 ? '' : result.stderr]).toEqual([0, '']);
+    const fromPython = JSON.parse(result.stdout) as [number[][], number[][]][];
+    expect(fromPython).toEqual(steps.map((step) => [fromTs(step).inputs, fromTs(step).targets]));
+  });
+
+  test('a dacp job with data.domainParts trains like the built-in engine on the same parts', async () => {
+    const base = writeModel('parts-base.safetensors', tiny, 8);
+    const steps = { ...settings, totalSteps: 3, warmupSteps: 1 };
+    writeTokens('part-a.i32', 'the cat sat on the mat. '.repeat(40));
+    writeTokens('part-b.i32', 'clause four binds the lessee. '.repeat(30));
+    const data = {
+      kind: 'lm',
+      domainParts: [{ name: 'a', tokens: path.join(dir, 'part-a.i32'), weight: 0.3 }, { name: 'b', tokens: path.join(dir, 'part-b.i32'), weight: 0.7 }],
+      replay: path.join(dir, 'replay.i32'),
+      replayRatio: 0.25,
+    };
+    const run = await runTrainer(writeJob('parts', { stage: 'dacp', initModel: base, settings: steps, data }));
+    expect(run.code).toBe(0);
+    const trainer = Trainer.create(deserializeModel(readFileSync(base)).model, tokenizer, steps);
+    const batches = mixedLmBatches({
+      domain: [],
+      domainParts: [
+        { name: 'a', tokens: tokenizer.encode('the cat sat on the mat. '.repeat(40)), weight: 0.3 },
+        { name: 'b', tokens: tokenizer.encode('clause four binds the lessee. '.repeat(30)), weight: 0.7 },
+      ],
+      replay: tokenizer.encode('general text about many things. '.repeat(20)),
+      replayRatio: 0.25, batchSize: steps.batchSize, contextLength: tiny.contextLength, seed: steps.seed,
+    });
+    for (let step = 0; step < steps.totalSteps; step++) trainer.trainStep(batches(step));
+    const fromPython = deserializeModel(readFileSync(path.join(dir, 'parts', 'model.safetensors'))).model.weights();
+    const fromTs = trainer.model.weights();
+    trainer.dispose();
+    expectSameWeights(fromTs, fromPython);
+    // A malformed list is refused naming the field.
+    const bad = await runTrainer(writeJob('parts-bad', { stage: 'dacp', initModel: base, settings: steps, data: { ...data, domainParts: [{ name: 'a', weight: 1 }] } }));
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/data\.domainParts must be a list of/);
+  });
+
   describe('instruction tuning with replay text mixed in', () => {
     const examples: SftExample[] = ['2+2?|4', 'colour of the sky?|blue', 'capital of France?|Paris', 'opposite of hot?|cold', 'a long question that will not fit the window?|no']
       .map((pair) => pair.split('|') as [string, string])

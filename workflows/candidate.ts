@@ -1,5 +1,6 @@
 import type { ChoiceSetRefs } from '../activities/evaluation';
 import type { VersionedModel } from '../activities/registry';
+import type { DomainMix } from '../schemas/candidates';
 import type { ArtifactRef, DatasetRef, ForgettingReport, SpecSource, TrainingResult } from '../schemas/pipeline';
 import { stageActivities } from './proxies';
 
@@ -10,6 +11,8 @@ export interface CandidateInput {
   /** Shared by the candidates of one batch: they differ only in their replay ratio. */
   seedOffset: number;
   replayRatio: number;
+  /** The domain sources' weights, where the run mixes several; absent, they are one pool. */
+  domainMix?: DomainMix;
   spec: SpecSource;
   timeouts: { heartbeatTimeout: number; controlHeartbeatTimeout?: number };
   baseDir: string;
@@ -21,6 +24,7 @@ export interface CandidateInput {
 export interface CandidateOutcome {
   round: number;
   replayRatio: number;
+  domainMix?: DomainMix;
   adapted: TrainingResult;
   report: ForgettingReport;
   reportRef: ArtifactRef;
@@ -44,6 +48,7 @@ export async function dacpCandidate(input: CandidateInput): Promise<CandidateOut
     ...input.spec,
     baseDir: input.baseDir,
     replayRatio: input.replayRatio,
+    ...(input.domainMix ? { domainMix: input.domainMix } : {}),
     seedOffset: input.seedOffset,
     baseModel: input.baseModel,
     domain: input.data.domainTrain,
@@ -54,13 +59,14 @@ export async function dacpCandidate(input: CandidateInput): Promise<CandidateOut
     round: input.round,
     ...input.spec,
     replayRatio: input.replayRatio,
+    ...(input.domainMix ? { domainMix: input.domainMix } : {}),
     baseModel: input.baseModel,
     adaptedModel: adapted.model,
     domainHeldout: input.data.domainHeldout,
     generalHeldout: input.data.replayHeldout,
     choiceSets: input.choiceSets,
   });
-  return { round: input.round, replayRatio: input.replayRatio, adapted, report: evaluation.report, reportRef: evaluation.reportRef };
+  return { round: input.round, replayRatio: input.replayRatio, ...(input.domainMix ? { domainMix: input.domainMix } : {}), adapted, report: evaluation.report, reportRef: evaluation.reportRef };
 }
 
 /**

@@ -24,6 +24,7 @@ import type {
   Stage,
   TrainingResult,
 } from '../schemas/pipeline';
+import { candidatePoints, formatDomainMix, type CandidatePoint, type DomainMix } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
 import { approvalGate } from './approval';
 import { candidateWorkflowId, chooseCandidate, dacpCandidate, type CandidateInput, type CandidateOutcome } from './candidate';
@@ -43,21 +44,26 @@ type TradeoffCandidate = Omit<CandidateSummary, 'model' | 'reportRef'>;
 interface FailedCandidate {
   round: number;
   replayRatio: number;
+  domainMix?: DomainMix;
   adapted: null;
   error: string;
 }
 
-function failedCandidate(round: number, replayRatio: number, error: string): FailedCandidate {
-  return { round, replayRatio, adapted: null, error };
+/** `domainMix` only where the run has one, so that runs without read as they always did. */
+const withMix = (mix: DomainMix | undefined) => (mix ? { domainMix: mix } : {});
+
+function failedCandidate(round: number, point: CandidatePoint, error: string): FailedCandidate {
+  return { round, replayRatio: point.replayRatio, ...withMix(point.domainMix), adapted: null, error };
 }
 
 function summarize(c: CandidateOutcome | FailedCandidate): TradeoffCandidate {
   if (c.adapted === null) {
-    return { round: c.round, replayRatio: c.replayRatio, domainGain: 0, generalRegression: 0, passed: false, chosen: false, error: c.error };
+    return { round: c.round, replayRatio: c.replayRatio, ...withMix(c.domainMix), domainGain: 0, generalRegression: 0, passed: false, chosen: false, error: c.error };
   }
   return {
     round: c.round,
     replayRatio: c.replayRatio,
+    ...withMix(c.domainMix),
     domainGain: c.report.domainGain,
     generalRegression: c.report.generalRegression,
     passed: c.report.passed,
@@ -157,25 +163,26 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
    */
   async function trainCandidates(
     ctx: {
-      ratios: number[];
+      points: CandidatePoint[];
       startModel: VersionedModel;
       data: CandidateInput['data'];
       choiceSets: CandidateInput['choiceSets'];
     },
   ): Promise<{ adapted: TrainingResult; forgetting: ForgettingReport; forgettingRef: ArtifactRef; tradeoff: { reportRef: ArtifactRef; svg: ArtifactRef; candidates: TradeoffCandidate[] } }> {
     const tried: (CandidateOutcome | FailedCandidate)[] = [];
-    let ratios = ctx.ratios;
+    let points = ctx.points;
     for (let attempt = 0; ; attempt++) {
       const first = tried.length;
       metrics.candidates = [
         ...tried.map(summarize),
-        ...ratios.map((replayRatio, i) => ({ round: first + i, replayRatio, state: 'training' })),
+        ...points.map((point, i) => ({ round: first + i, replayRatio: point.replayRatio, ...withMix(point.domainMix), state: 'training' })),
       ];
-      await record('candidates_started', { ratios, rounds: ratios.map((_, i) => first + i) });
+      const mixes = points.some((point) => point.domainMix) ? { mixes: points.map((point) => point.domainMix ?? null) } : {};
+      await record('candidates_started', { ratios: points.map((point) => point.replayRatio), ...mixes, rounds: points.map((_, i) => first + i) });
       // Every candidate is awaited, so none is still training when the run records its end; one
       // that fails (it diverged, say) is a failed point on the curve, not the end of the run.
       const settled = await Promise.allSettled(
-        ratios.map((replayRatio, i) =>
+        points.map(({ replayRatio, domainMix }, i) =>
           executeChild(dacpCandidate, {
             workflowId: candidateWorkflowId(runId, first + i),
             taskQueue: 'dacp-control',
@@ -185,6 +192,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
                 round: first + i,
                 seedOffset: attempt,
                 replayRatio,
+                ...withMix(domainMix),
                 spec: specArg,
                 timeouts: { heartbeatTimeout: spec.heartbeatTimeout, controlHeartbeatTimeout: spec.controlHeartbeatTimeout },
                 baseDir: input.baseDir,
@@ -199,7 +207,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       const cancelled = settled.find((r) => r.status === 'rejected' && isCancellation(r.reason));
       if (cancelled) throw (cancelled as PromiseRejectedResult).reason;
       const outcomes = settled.map((r, i) =>
-        r.status === 'fulfilled' ? r.value : failedCandidate(first + i, ratios[i] as number, failureMessage(r.reason)),
+        r.status === 'fulfilled' ? r.value : failedCandidate(first + i, points[i] as CandidatePoint, failureMessage(r.reason)),
       );
       tried.push(...outcomes);
       const chosen = chooseCandidate(tried.filter((c) => c.adapted !== null) as CandidateOutcome[]);
@@ -212,17 +220,24 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       });
       if (chosen) {
         metrics.forgetting = chosen.report;
-        metrics.dacp = { round: chosen.round, replayRatio: chosen.replayRatio, finalStep: chosen.adapted.finalStep, finalLoss: chosen.adapted.finalLoss, backend: chosen.adapted.backend };
+        metrics.dacp = { round: chosen.round, replayRatio: chosen.replayRatio, ...withMix(chosen.domainMix), finalStep: chosen.adapted.finalStep, finalLoss: chosen.adapted.finalLoss, backend: chosen.adapted.backend };
         return { adapted: chosen.adapted, forgetting: chosen.report, forgettingRef: chosen.reportRef, tradeoff: { ...stored, candidates } };
       }
-      const reasons = tried.map((c) => `replay ${c.replayRatio}: ${c.adapted === null ? c.error : c.report.reasons.join(', ')}`);
+      const reasons = tried.map(
+        (c) => `replay ${c.replayRatio}${c.domainMix ? ` (${formatDomainMix(c.domainMix)})` : ''}: ${c.adapted === null ? c.error : c.report.reasons.join(', ')}`,
+      );
       if (spec.forgetting.onFail !== 'retry-with-more-replay' || attempt >= spec.forgetting.maxRetries) {
         throw ApplicationFailure.nonRetryable(`forgetting gate failed for every candidate — ${reasons.join('; ')}`, 'ForgettingGateFailed');
       }
       const most = Math.max(...tried.map((c) => c.replayRatio));
       if (most >= 0.95) throw ApplicationFailure.nonRetryable(`forgetting gate failed for every candidate, up to replay 0.95 — ${reasons.join('; ')}`, 'ForgettingGateFailed');
-      ratios = [Math.min(0.95, most + spec.forgetting.replayIncrement)];
-      await record('forgetting_retry', { nextReplayRatio: ratios[0], reasons });
+      // One more candidate, with more replay than the most tried, on the domain mix that forgot least.
+      const gentlest = tried.reduce<CandidateOutcome | FailedCandidate | undefined>(
+        (best, c) => (c.adapted !== null && (best === undefined || best.adapted === null || c.report.generalRegression < best.report.generalRegression) ? c : best),
+        undefined,
+      );
+      points = [{ replayRatio: Math.min(0.95, most + spec.forgetting.replayIncrement), ...withMix(gentlest?.domainMix ?? points[0]?.domainMix) }];
+      await record('forgetting_retry', { nextReplayRatio: points[0]?.replayRatio, ...(points[0]?.domainMix ? { nextDomainMix: points[0].domainMix } : {}), reasons });
     }
   }
 
@@ -282,21 +297,23 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     if (progressOutOfHistory) await record('base_model_resolved', { versionId: base.versionId });
 
     const choiceSets = collected.choiceSets;
-    const ratios = Array.isArray(spec.replayRatio) ? spec.replayRatio : [spec.replayRatio];
+    const points = candidatePoints(spec);
     let adapted: TrainingResult;
     let forgetting: ForgettingReport;
     let forgettingRef: ArtifactRef;
     let tradeoff: { reportRef: ArtifactRef; svg: ArtifactRef; candidates: TradeoffCandidate[] } | undefined;
-    if (recipe && ratios.length > 1) {
-      // Find the balance point: one candidate per replay ratio, in parallel child workflows.
+    if (recipe && points.length > 1) {
+      // Find the balance point: one candidate per replay ratio and domain mix, in parallel child workflows.
       ({ adapted, forgetting, forgettingRef, tradeoff } = await trainCandidates({
-        ratios,
+        points,
         startModel,
         data: { domainTrain: data.domainTrain, replayTrain: data.replayTrain, domainHeldout: data.domainHeldout, replayHeldout: data.replayHeldout },
         choiceSets,
       }));
     } else {
-      let replayRatio = ratios[0] as number;
+      let replayRatio = (points[0] as CandidatePoint).replayRatio;
+      // One domain mix, or none (the domain sources as one pool); a pre-recipe run never has one.
+      const domainMix = recipe ? points[0]?.domainMix : undefined;
       for (let round = 0; ; round++) {
         if (round > 0) await enter('dacp');
         const trained = await gpuActivities.continualPretrain({
@@ -305,6 +322,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           ...specArg,
           baseDir: input.baseDir,
           replayRatio,
+          ...withMix(domainMix),
           baseModel: startModel,
           domain: data.domainTrain,
           replay: data.replayTrain,
@@ -312,6 +330,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         metrics.dacp = {
           round,
           replayRatio,
+          ...withMix(domainMix),
           finalStep: trained.finalStep,
           finalLoss: trained.finalLoss,
           backend: trained.backend,
@@ -324,6 +343,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           round,
           ...specArg,
           replayRatio,
+          ...withMix(domainMix),
           baseModel: startModel,
           adaptedModel: trained.model,
           domainHeldout: data.domainHeldout,

@@ -255,6 +255,27 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
       );
     });
 
+    test('a domainRatio that does not match the named domain sources, or makes too many candidates', async () => {
+      const [domain, replay, instruct] = tinySpec().sources;
+      const named = [{ ...domain, name: 'manuals' }, { ...domain, name: 'tickets' }, replay, instruct];
+      await refuseSpec('mix-one-source.json', tinySpec({ domainRatio: { manuals: 1 } }), /domainRatio: domainRatio weighs several domain sources; add a second one, or remove domainRatio/);
+      await refuseSpec('mix-unnamed.json', tinySpec({ sources: [domain, { ...domain, name: 'tickets' }, replay, instruct], domainRatio: { tickets: 1 } }), /sources\.0\.name: domainRatio weighs domain sources by name; give this one a "name"/);
+      await refuseSpec(
+        'mix-names.json',
+        tinySpec({ sources: named, domainRatio: [{ manuals: 1, tikets: 1 }, { manuals: 0, tickets: 0 }] }),
+        /domainRatio\.0: "tikets" names no domain source; the domain sources are "manuals", "tickets"/,
+        /domainRatio\.0: give "tickets" a weight too \(0 leaves a source out\)/,
+        /domainRatio\.1: give at least one domain source a weight above 0/,
+      );
+      await refuseSpec('mix-same.json', tinySpec({ sources: named, domainRatio: [{ manuals: 1, tickets: 1 }, { manuals: 2, tickets: 2 }] }), /domainRatio: list each domain mix once/);
+      await refuseSpec('mix-dup-name.json', tinySpec({ sources: [{ ...domain, name: 'x' }, { ...replay, name: 'x' }, instruct] }), /sources\.1\.name: "x" also names sources\[0\]; give each source its own name/);
+      await refuseSpec(
+        'mix-many.json',
+        tinySpec({ sources: named, replayRatio: [0, 0.2, 0.4], domainRatio: [{ manuals: 1, tickets: 0 }, { manuals: 1, tickets: 1 }, { manuals: 0, tickets: 1 }] }),
+        /domainRatio: 3 replay ratios × 3 domain mixes make 9 candidates; at most 8, as each trains a model/,
+      );
+    });
+
     test('quality settings that would remove every document', async () => {
       await refuseSpec('lengths.json', tinySpec({ quality: { minChars: 5_000, maxChars: 1_000 } }), /quality\.minChars: minChars must not exceed maxChars/);
     });

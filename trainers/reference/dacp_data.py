@@ -112,21 +112,55 @@ def read_token_stream(path: str, vocab_size: int) -> torch.Tensor:
 
 
 def lm_batches(domain: torch.Tensor, replay: torch.Tensor, replay_ratio: float, batch_size: int,
-               context_length: int, seed: int):
-    """Mixed LM batches (ml/mixing.ts mixedLmBatches): round(batchSize × replayRatio) replay rows, the rest domain."""
+               context_length: int, seed: int, domain_parts=None):
+    """Mixed LM batches (ml/mixing.ts mixedLmBatches): round(batchSize × replayRatio) replay rows, the rest domain.
+
+    `domain_parts`, a list of (name, stream, weight), replaces `domain`: each domain row first draws
+    its part (probability weight / total), then a window of that part's stream.
+    """
     if not 0 <= replay_ratio <= 1:
         raise ValueError(f"replayRatio must be in [0, 1], got {replay_ratio}")
-    if len(domain) < 2 and len(replay) < 2:
-        raise ValueError("both the domain and the replay streams are empty (need ≥ 2 tokens)")
-    replay_rows = 0 if len(replay) < 2 else batch_size if len(domain) < 2 else _js_round(batch_size * replay_ratio)
     window = context_length + 1
+    if domain_parts is not None:
+        draw_domain, domain_tokens = _part_sampler(domain_parts, window)
+    else:
+        draw_domain, domain_tokens = (lambda uniform: _sample_window(domain, window, uniform)), len(domain)
+    if domain_tokens < 2 and len(replay) < 2:
+        raise ValueError("both the domain and the replay streams are empty (need ≥ 2 tokens)")
+    replay_rows = 0 if len(replay) < 2 else batch_size if domain_tokens < 2 else _js_round(batch_size * replay_ratio)
 
     def batch(step: int):
         uniform = mulberry32(derive_seed(seed, "lm", step))
-        rows = torch.stack([_sample_window(replay if r < replay_rows else domain, window, uniform) for r in range(batch_size)])
+        rows = torch.stack([_sample_window(replay, window, uniform) if r < replay_rows else draw_domain(uniform)
+                            for r in range(batch_size)])
         return rows[:, :-1], rows[:, 1:], None  # None: every target counts
 
     return batch
+
+
+def _part_sampler(parts, window: int):
+    """Draws a domain part by weight, then a window of it (ml/mixing.ts partSampler)."""
+    for name, stream, weight in parts:
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0):
+            raise ValueError(f'domain part "{name}": weight must be a number ≥ 0, got {weight!r}')
+        if weight > 0 and len(stream) < 2:
+            raise ValueError(f'domain part "{name}" has weight {weight} but no text (need ≥ 2 tokens)')
+    total = sum(weight for _, _, weight in parts)
+    if not total > 0:
+        raise ValueError("domain parts: give at least one a weight above 0")
+    weighted = [(stream, weight) for _, stream, weight in parts if weight > 0]
+    bounds, running = [], 0.0
+    for _, weight in weighted:
+        running += weight / total
+        bounds.append(running)
+    bounds[-1] = 1.0
+
+    def draw(uniform):
+        u = uniform()
+        index = next(i for i, b in enumerate(bounds) if u < b)
+        return _sample_window(weighted[index][0], window, uniform)
+
+    return draw, sum(len(stream) for _, stream, _ in parts)
 
 
 def _sample_window(stream: torch.Tensor, window: int, uniform) -> torch.Tensor:

@@ -164,6 +164,12 @@ def read_job(path: str) -> dict:
          "settings.totalSteps and settings.batchSize must be positive integers")
     need(isinstance(job["checkpointEvery"], int) and job["checkpointEvery"] >= 1, '"checkpointEvery" must be a positive integer')
     need(isinstance(job["data"], dict) and job["data"].get("kind") in ("lm", "sft"), 'data.kind must be "lm" or "sft"')
+    if job["data"]["kind"] == "lm" and "domainParts" in job["data"]:
+        parts = job["data"]["domainParts"]
+        need(isinstance(parts, list) and len(parts) > 0 and all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("tokens"), str)
+            and isinstance(p.get("weight"), (int, float)) and not isinstance(p.get("weight"), bool) and p["weight"] >= 0
+            for p in parts), 'data.domainParts must be a list of {"name", "tokens": file, "weight" ≥ 0}')
     if job["data"]["kind"] == "sft":
         ratio = job["data"].get("replayRatio", 0)
         need(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio < 1,
@@ -181,8 +187,12 @@ def batch_source(job: dict, config: dict):
     data, settings = job["data"], job["settings"]
     V, T = config["vocabSize"], config["contextLength"]
     if data["kind"] == "lm":
-        return lm_batches(read_token_stream(data["domain"], V), read_token_stream(data["replay"], V),
-                          float(data["replayRatio"]), settings["batchSize"], T, settings["seed"])
+        # Several weighted domain sources replace the one domain stream (docs/trainer-protocol.md).
+        parts = [(p["name"], read_token_stream(p["tokens"], V), float(p["weight"])) for p in data["domainParts"]] \
+            if "domainParts" in data else None
+        domain = read_token_stream(data["domain"], V) if parts is None else torch.zeros(0, dtype=torch.int64)
+        return lm_batches(domain, read_token_stream(data["replay"], V), float(data["replayRatio"]),
+                          settings["batchSize"], T, settings["seed"], parts)
     # Optional general text trained as plain LM rows; a job without it is pure SFT, as before.
     replay = read_token_stream(data["replay"], V) if data.get("replay") else None
     return sft_batches(read_sft_examples(data["examples"], V), settings["batchSize"], T, settings["seed"],
