@@ -10,6 +10,7 @@ import { freePort, isPortFree } from './devServer';
 import { dacpHome } from './paths';
 import { gateComparison } from './gateView';
 import { approvalRequest, decide, loadSpecFile, runStatus, startRun, waitForResult } from './runs';
+import { importModel } from './models';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 
 export const DEMO_INITIATOR = 'demo-engineer';
@@ -80,7 +81,11 @@ function progressLine(s: RunStatus): string {
  * `dacp demo`: embedded Postgres and Temporal, both workers in this process, the demo corpus, the
  * whole lifecycle with the demo approver signing off, and a summary of what happened.
  */
-export async function runDemo(log: (line: string) => void = console.log): Promise<PipelineResult> {
+/**
+ * The whole lifecycle on the demo data. With `base`, a Hugging Face model folder of the user's, it
+ * is imported first and the run adapts it instead of bootstrapping a tiny model.
+ */
+export async function runDemo(log: (line: string) => void = console.log, o: { base?: string } = {}): Promise<PipelineResult> {
   const started = Date.now();
   const home = dacpHome();
   log(`dacp demo — state directory ${home}`);
@@ -111,6 +116,11 @@ export async function runDemo(log: (line: string) => void = console.log): Promis
     log(`demo data and spec: ${specFile}`);
     const { spec, baseDir } = loadSpecFile(specFile);
     const runs = { client: workers.client, pool: db.pool, artifactsDir: artifactsDir(home) };
+    if (o.base !== undefined) {
+      const imported = await importModel(runs, { name: `${spec.name}-base`, from: o.base });
+      log(`base model: ${o.base} ${imported.existed ? 'was imported before as' : 'imported as'} ${imported.versionId} (${imported.family}, ${imported.parameters} parameters, stored ${imported.dtype})`);
+      spec.baseModel = { ...spec.baseModel, ref: imported.versionId, bootstrapIfMissing: false };
+    }
     const runId = await startRun(runs, { spec, baseDir, initiator: DEMO_INITIATOR });
     log(`run started: ${runId} (initiator ${DEMO_INITIATOR})`);
 

@@ -2,7 +2,6 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@temporalio/client';
-import { listModelVersions } from '../db/records';
 import type { PipelineResult } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
 import { approvalView, formatApprovalView } from './approval';
@@ -24,11 +23,14 @@ import {
   waitForResult,
 } from './runs';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
+import { exportModel, formatModels, importModel, listModels } from './models';
 import { formatStatus, type RunContext } from './status';
 
 const USAGE = `dacp — durable domain-adaptive continual pretraining on Temporal
 
-  dacp demo [--prepare DIR]            the whole lifecycle on generated demo data (embedded engine + DB)
+  dacp demo [--prepare DIR] [--base DIR]
+                                       the whole lifecycle on generated demo data (embedded engine + DB);
+                                       --base adapts your own Hugging Face model folder (GPT-2 family)
   dacp dev                             dev server + both workers, foreground
   dacp server                          dev server (+ embedded Postgres without DATABASE_URL), foreground
   dacp worker --queue control|gpu      one worker, foreground
@@ -42,7 +44,11 @@ const USAGE = `dacp — durable domain-adaptive continual pretraining on Tempora
   dacp reject ID --as PRINCIPAL --reason TEXT [--comment TEXT]
   dacp audit export ID [--out FILE]
   dacp audit verify FILE
-  dacp models list [--json]
+  dacp models list [--json]            registered versions, newest first
+  dacp models import NAME --from DIR [--alias ALIAS] [--json]
+                                       register a local Hugging Face model folder (GPT-2 family)
+  dacp models export VERSION|ALIAS --out DIR [--json]
+                                       write a registered model out as a Hugging Face folder
 
 State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
 server on 127.0.0.1:DACP_TEMPORAL_PORT, 7233). Database: DATABASE_URL (default: embedded PostgreSQL).`;
@@ -165,13 +171,13 @@ async function main(argv: string[]): Promise<number> {
       return 0;
 
     case 'demo': {
-      const { flags } = parse(rest, { prepare: { type: 'string' } });
+      const { flags } = parse(rest, { prepare: { type: 'string' }, base: { type: 'string' } });
       if (flags.prepare !== undefined) {
         const spec = prepareDemo(path.resolve(need(flags.prepare, '--prepare DIR')));
         console.log(`demo data and spec written: ${spec}`);
         return 0;
       }
-      const result = await runDemo();
+      const result = await runDemo(console.log, flags.base !== undefined ? { base: path.resolve(need(flags.base, '--base DIR')) } : {});
       return result.state === 'completed' ? 0 : 1;
     }
 
@@ -277,18 +283,28 @@ async function main(argv: string[]): Promise<number> {
 
     case 'models': {
       const [sub, ...args] = rest;
-      if (sub !== 'list') throw new InputError('usage: dacp models list [--json]');
-      const { flags } = parse(args, { json: { type: 'boolean' } });
-      const db = await openDatabase();
+      const usage = 'usage: dacp models list [--json] | dacp models import NAME --from DIR [--alias ALIAS] | dacp models export VERSION|ALIAS --out DIR';
+      if (!['list', 'import', 'export'].includes(sub ?? '')) throw new InputError(usage);
+      const options = { json: { type: 'boolean' }, from: { type: 'string' }, alias: { type: 'string' }, out: { type: 'string' } } as const;
+      const { flags, positionals } = parse(args, sub === 'list' ? { json: options.json } : sub === 'import' ? { json: options.json, from: options.from, alias: options.alias } : { json: options.json, out: options.out });
+      const home = dacpHome();
+      const db = await openDatabase(home);
+      const ctx = { pool: db.pool, artifactsDir: artifactsDir(home) };
       try {
-        const versions = await listModelVersions(db.pool);
-        print(Boolean(flags.json), versions, () =>
-          versions.length === 0
-            ? 'no model versions yet'
-            : versions
-                .map((v) => `${v.versionId.padEnd(28)} ${v.aliases.join(',').padEnd(12)} ${String(v.lineage.kind ?? 'model').padEnd(9)} parent ${v.parentVersionId ?? '–'}  run ${v.runId ?? '–'}  sha256 ${v.sha256.slice(0, 16)}…`)
-                .join('\n'),
-        );
+        if (sub === 'list') {
+          const models = await listModels(ctx);
+          print(Boolean(flags.json), models, () => formatModels(models));
+        } else if (sub === 'import') {
+          const name = onePositional(positionals, 'model name');
+          const result = await importModel(ctx, { name, from: need(flags.from, '--from DIR'), ...(typeof flags.alias === 'string' ? { alias: flags.alias } : {}) });
+          print(Boolean(flags.json), result, () =>
+            `${result.existed ? 'already imported as' : 'imported'} ${result.versionId} (${result.family}, ${result.parameters} parameters, stored ${result.dtype})${result.alias ? `; ${result.alias} → ${result.versionId}` : ''}`,
+          );
+        } else {
+          const ref = onePositional(positionals, 'model version or alias');
+          const result = await exportModel(ctx, { ref, out: need(flags.out, '--out DIR') });
+          print(Boolean(flags.json), result, () => [`exported ${result.versionId} to ${result.out}, verified:`, ...Object.entries(result.files).map(([f, sha]) => `  ${f.padEnd(24)} sha256 ${sha}`)].join('\n'));
+        }
       } finally {
         await db.close();
       }

@@ -295,7 +295,7 @@ export async function listModelVersions(db: Queryable): Promise<(ModelVersionRow
   const { rows } = await db.query(
     `SELECT v.*, COALESCE(array_agg(a.alias ORDER BY a.alias) FILTER (WHERE a.alias IS NOT NULL), '{}') AS aliases
      FROM model_versions v LEFT JOIN model_aliases a ON a.version_id = v.version_id
-     GROUP BY v.version_id ORDER BY v.created_at, v.version_id`,
+     GROUP BY v.version_id ORDER BY v.created_at DESC, v.version_id DESC`,
   );
   return rows.map((r) => ({ ...toModelVersion(r), aliases: r.aliases as string[] }));
 }
@@ -322,6 +322,26 @@ export async function createModelVersion(
     [versionId, v.name, v.parentVersionId, v.runId, v.model.uri, v.model.sha256, JSON.stringify(v.lineage), JSON.stringify(v.metrics)],
   );
   return versionId;
+}
+
+/**
+ * Register a model brought in from outside (no run made it): the next version of `name`, or the
+ * version already imported with the same bytes under that name.
+ */
+export async function importModelVersion(
+  client: PoolClient,
+  v: { name: string; model: ArtifactRef; lineage: Record<string, unknown> },
+): Promise<{ versionId: string; existed: boolean }> {
+  await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dacp-model:${v.name}`]);
+  const existing = await client.query(`SELECT version_id FROM model_versions WHERE name = $1 AND run_id IS NULL AND sha256 = $2`, [v.name, v.model.sha256]);
+  if (existing.rows.length) return { versionId: existing.rows[0].version_id as string, existed: true };
+  const { rows } = await client.query(`SELECT count(*)::int AS n FROM model_versions WHERE name = $1`, [v.name]);
+  const versionId = `${v.name}:v${(rows[0].n as number) + 1}`;
+  await client.query(
+    `INSERT INTO model_versions (version_id, name, parent_version_id, run_id, uri, sha256, lineage, metrics) VALUES ($1, $2, NULL, NULL, $3, $4, $5, '{}')`,
+    [versionId, v.name, v.model.uri, v.model.sha256, JSON.stringify(v.lineage)],
+  );
+  return { versionId, existed: false };
 }
 
 /** The alias moved since the run started: the deploy leaves it where it is. */

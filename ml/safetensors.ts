@@ -71,7 +71,43 @@ const entrySchema = z.object({
 });
 const metadataSchema = z.record(z.string());
 
-export function decodeSafetensors(buf: Buffer): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> } {
+/** Half-precision dtypes a Hugging Face model may be stored in; read widened to F32. */
+const HALF_DTYPES = { F16: 2, BF16: 2 } as const;
+type HalfDtype = keyof typeof HALF_DTYPES;
+
+/** IEEE half → float32, exactly (every half value is a float32 value). */
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 0x1f) return fraction ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
+
+function widen(bytes: Uint8Array, dtype: HalfDtype): Float32Array {
+  const count = bytes.length / 2;
+  const out = new Float32Array(count);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (dtype === 'BF16') {
+    // bfloat16 is the top half of a float32.
+    const bits = new Uint32Array(out.buffer);
+    for (let i = 0; i < count; i++) bits[i] = view.getUint16(i * 2, true) << 16;
+  } else {
+    for (let i = 0; i < count; i++) out[i] = halfToFloat(view.getUint16(i * 2, true));
+  }
+  return out;
+}
+
+export interface DecodeOptions {
+  /** Read F16 and BF16 tensors widened to F32 (their stored dtype lands in `storedDtypes`). */
+  widenHalf?: boolean;
+}
+
+export function decodeSafetensors(
+  buf: Buffer,
+  o: DecodeOptions = {},
+): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string>; storedDtypes: Record<string, string> } {
   assertLittleEndianHost();
   const corrupt = (why: string): Error => new Error(`not a valid safetensors buffer (${buf.length} bytes): ${why}`);
   if (buf.length < 8) throw corrupt('shorter than the 8-byte header length');
@@ -99,20 +135,26 @@ export function decodeSafetensors(buf: Buffer): { tensors: Record<string, Safete
   const dataLength = buf.length - headerEnd;
   const spans: { name: string; begin: number; end: number }[] = [];
   const tensors: Record<string, SafetensorsTensor> = {};
+  const storedDtypes: Record<string, string> = {};
   for (const [name, raw] of Object.entries(entries)) {
     if (name === METADATA_KEY) continue;
     const parsed = entrySchema.safeParse(raw);
     if (!parsed.success) throw corrupt(`tensor "${name}" has a malformed entry`);
     const { dtype, shape, data_offsets: [begin, end] } = parsed.data;
-    if (dtype !== 'F32' && dtype !== 'I32') throw corrupt(`tensor "${name}" has unsupported dtype ${dtype} (supported: F32, I32)`);
-    const typed = dtype as SafetensorsDtype;
+    const half = o.widenHalf && (dtype === 'F16' || dtype === 'BF16') ? (dtype as HalfDtype) : null;
+    if (dtype !== 'F32' && dtype !== 'I32' && !half) {
+      throw corrupt(`tensor "${name}" has unsupported dtype ${dtype} (supported: F32, I32${o.widenHalf ? ', F16, BF16' : ''})`);
+    }
+    const typed = half ? 'F32' : (dtype as SafetensorsDtype);
+    const width = half ? HALF_DTYPES[half] : BYTES_PER_ELEMENT[typed];
     if (end < begin || end > dataLength) throw corrupt(`tensor "${name}" spans bytes ${begin}..${end} but the data section has ${dataLength} (truncated?)`);
     const count = elementCount(shape, name);
-    if (end - begin !== count * BYTES_PER_ELEMENT[typed]) throw corrupt(`tensor "${name}" has ${end - begin} bytes, shape [${shape.join(',')}] needs ${count * BYTES_PER_ELEMENT[typed]}`);
+    if (end - begin !== count * width) throw corrupt(`tensor "${name}" has ${end - begin} bytes, shape [${shape.join(',')}] needs ${count * width}`);
     // Copy out: the data may sit at an offset a Float32Array view cannot start at.
     const bytes = new Uint8Array(end - begin);
     bytes.set(buf.subarray(headerEnd + begin, headerEnd + end));
-    tensors[name] = { dtype: typed, shape, data: typed === 'F32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer) };
+    storedDtypes[name] = dtype;
+    tensors[name] = { dtype: typed, shape, data: half ? widen(bytes, half) : typed === 'F32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer) };
     spans.push({ name, begin, end });
   }
   // Like the reference implementation: tensors tile the data section exactly, so trailing garbage
@@ -124,7 +166,7 @@ export function decodeSafetensors(buf: Buffer): { tensors: Record<string, Safete
     expectedBegin = span.end;
   }
   if (expectedBegin !== dataLength) throw corrupt(`data section has ${dataLength} bytes but tensors cover ${expectedBegin}`);
-  return { tensors, metadata };
+  return { tensors, metadata, storedDtypes };
 }
 
 function elementCount(shape: number[], name: string): number {

@@ -1,6 +1,7 @@
 import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import { z } from 'zod';
 import { BpeTokenizer, BYTE_COUNT } from './bpe';
+import { HfTokenizer, type HfTokenizerJson } from './hfTokenizer';
 
 /**
  * Tokenizers map text to ids and back. Both kinds put the two special tokens last
@@ -31,8 +32,16 @@ const bpeJsonSchema = z.object({
   /** Merge i creates id 256 + i from the pair; vocabSize = 256 + merges.length + 2. */
   merges: z.array(z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()])),
 });
-export const tokenizerJsonSchema = z.discriminatedUnion('kind', [bytesJsonSchema, bpeJsonSchema]);
-export type TokenizerJson = { kind: 'bytes'; version: 1 } | { kind: 'bpe'; version: 1; merges: [number, number][] };
+/** An imported model's own tokenizer (hfTokenizer.ts): its tokenizer.json and tokenizer_config.json. */
+const hfJsonSchema = z.object({
+  kind: z.literal('hf'),
+  version: z.literal(1),
+  tokenizer: z.record(z.unknown()),
+  config: z.record(z.unknown()),
+  vocabSize: z.number().int().positive(),
+});
+export const tokenizerJsonSchema = z.discriminatedUnion('kind', [bytesJsonSchema, bpeJsonSchema, hfJsonSchema]);
+export type TokenizerJson = { kind: 'bytes'; version: 1 } | { kind: 'bpe'; version: 1; merges: [number, number][] } | HfTokenizerJson;
 
 /** Validates stored tokenizer JSON (model files, checkpoints) and builds the tokenizer. */
 export function tokenizerFromJSON(json: unknown): Tokenizer {
@@ -42,6 +51,7 @@ export function tokenizerFromJSON(json: unknown): Tokenizer {
   }
   if (parsed.data.kind === 'bytes') return new ByteTokenizer();
   try {
+    if (parsed.data.kind === 'hf') return new HfTokenizer(parsed.data);
     return BpeTokenizer.fromMerges(parsed.data.merges);
   } catch (error) {
     throw new Error(`invalid tokenizer JSON: ${error instanceof Error ? error.message : String(error)}`);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the project-local Python for the PyTorch reference trainer (trainers/reference/):
-# a venv in .tools/venv with torch (CPU build). Idempotent: does nothing when torch is already there.
+# a venv in .tools/venv with torch (CPU build), plus pinned transformers, tokenizers and safetensors
+# (and numpy, huggingface-hub) for the Hugging Face fixtures and checks (scripts/make-hf-fixtures.py,
+# scripts/hf-check.py). Idempotent: does nothing when torch and the pinned packages are already there.
 # Override the interpreter with PYTHON=..., the torch requirement with DACP_TORCH_REQUIREMENT=...
 set -euo pipefail
 
@@ -9,6 +11,15 @@ venv="$root/.tools/venv"
 python="${PYTHON:-python3}"
 requirement="${DACP_TORCH_REQUIREMENT:-torch==2.13.0}"
 wanted="${requirement#torch==}"
+# Exact pins, chosen to install beside torch==2.13.0 without pip touching torch: transformers 4.57.x
+# wants tokenizers <0.23 and huggingface-hub <1.0, and has no hard dependency on torch.
+hf_requirements=(
+  "transformers==4.57.6"
+  "tokenizers==0.22.2"
+  "safetensors==0.7.0"
+  "huggingface-hub==0.36.2"
+  "numpy==2.3.5"
+)
 
 fail() { echo "setup-python: $*" >&2; exit 1; }
 
@@ -18,6 +29,17 @@ import sys
 import torch
 # "2.13.0+cpu" counts as 2.13.0
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
+EOF
+}
+
+has_hf() {
+  [ -x "$venv/bin/python" ] && "$venv/bin/python" - "${hf_requirements[@]}" <<'EOF' >/dev/null 2>&1
+import importlib, importlib.metadata, sys
+for requirement in sys.argv[1:]:
+    name, version = requirement.split("==")
+    importlib.import_module({"huggingface-hub": "huggingface_hub"}.get(name, name))
+    if importlib.metadata.version(name) != version:
+        sys.exit(1)
 EOF
 }
 
@@ -35,6 +57,16 @@ if ! has_torch; then
   "$venv/bin/python" -m pip install --quiet ${DACP_PIP_ARGS:-} "$requirement" >&2 \
     || fail "pip could not install $requirement into $venv (see the pip output above)"
   has_torch || fail "$venv/bin/python still cannot import $requirement"
+fi
+
+if ! has_hf; then
+  # torch's requirement goes along so that pip keeps the torch it has (already satisfied) and never
+  # swaps it for another build while resolving the Hugging Face packages.
+  # shellcheck disable=SC2086
+  "$venv/bin/python" -m pip install --quiet ${DACP_PIP_ARGS:-} "$requirement" "${hf_requirements[@]}" >&2 \
+    || fail "pip could not install ${hf_requirements[*]} into $venv (see the pip output above; delete $venv and rerun to start afresh)"
+  has_hf || fail "$venv/bin/python still cannot import ${hf_requirements[*]}"
+  has_torch || fail "installing ${hf_requirements[*]} changed torch in $venv; delete $venv and rerun"
 fi
 
 echo "$venv/bin/python"

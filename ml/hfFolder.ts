@@ -1,0 +1,248 @@
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { GPT, parameterSpecs, type ModelConfig } from './model';
+import { decodeSafetensors, encodeSafetensors, type SafetensorsTensor } from './safetensors';
+import { hfFilesOfDacpTokenizer, HfTokenizer, type JsonObject } from './hfTokenizer';
+import type { Tokenizer } from './tokenizer';
+
+/**
+ * The Hugging Face model folder: what `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
+ * `AutoTokenizer.from_pretrained(dir)` load. dacp's built-in model is GPT-2's architecture (learned
+ * positions, pre-LayerNorm with ε 1e-5, tanh-GELU MLP of 4×, fused qkv, tied embeddings), so its
+ * weights map one to one onto `GPT2LMHeadModel`'s, in the same [in, out] layout (GPT-2's Conv1D).
+ */
+
+export const MODEL_FILES = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'] as const;
+
+/** A model folder refused: one line naming the architecture, the field or the tensor, and the fix. */
+export class UnsupportedModelError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnsupportedModelError';
+  }
+}
+
+/** dacp parameter name → GPT-2 tensor name (without the `transformer.` prefix). */
+function gpt2Names(config: ModelConfig): [dacp: string, hf: string][] {
+  const names: [string, string][] = [['wte', 'wte.weight'], ['wpe', 'wpe.weight']];
+  for (let l = 0; l < config.nLayers; l++) {
+    const [d, h] = [`h.${l}`, `h.${l}`];
+    names.push(
+      [`${d}.ln1.gamma`, `${h}.ln_1.weight`], [`${d}.ln1.beta`, `${h}.ln_1.bias`],
+      [`${d}.attn.wqkv`, `${h}.attn.c_attn.weight`], [`${d}.attn.bqkv`, `${h}.attn.c_attn.bias`],
+      [`${d}.attn.wo`, `${h}.attn.c_proj.weight`], [`${d}.attn.bo`, `${h}.attn.c_proj.bias`],
+      [`${d}.ln2.gamma`, `${h}.ln_2.weight`], [`${d}.ln2.beta`, `${h}.ln_2.bias`],
+      [`${d}.mlp.wfc`, `${h}.mlp.c_fc.weight`], [`${d}.mlp.bfc`, `${h}.mlp.c_fc.bias`],
+      [`${d}.mlp.wproj`, `${h}.mlp.c_proj.weight`], [`${d}.mlp.bproj`, `${h}.mlp.c_proj.bias`],
+    );
+  }
+  names.push(['lnf.gamma', 'ln_f.weight'], ['lnf.beta', 'ln_f.bias']);
+  return names;
+}
+
+/** The files of a model folder, as bytes, for a dacp GPT and its tokenizer. */
+export function gpt2FolderFiles(model: GPT, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+  const { vocabSize, contextLength, dModel, nLayers, nHeads } = model.config;
+  const weights = model.weights();
+  const tensors: Record<string, SafetensorsTensor> = {};
+  for (const [dacpName, hfName] of gpt2Names(model.config)) {
+    const variable = model.variables.get(dacpName);
+    if (!variable) throw new Error(`model has no parameter "${dacpName}"`);
+    tensors[`transformer.${hfName}`] = { dtype: 'F32', shape: [...variable.shape], data: weights[dacpName] as Float32Array };
+  }
+  const tokenizerFiles = tokenizerFilesOf(tokenizer, contextLength);
+  const config = {
+    architectures: ['GPT2LMHeadModel'],
+    model_type: 'gpt2',
+    vocab_size: vocabSize,
+    n_positions: contextLength,
+    n_ctx: contextLength,
+    n_embd: dModel,
+    n_layer: nLayers,
+    n_head: nHeads,
+    n_inner: null,
+    activation_function: 'gelu_new',
+    layer_norm_epsilon: 1e-5,
+    resid_pdrop: 0,
+    embd_pdrop: 0,
+    attn_pdrop: 0,
+    initializer_range: 0.02,
+    scale_attn_weights: true,
+    scale_attn_by_inverse_layer_idx: false,
+    reorder_and_upcast_attn: false,
+    tie_word_embeddings: true,
+    bos_token_id: tokenizer.eosId,
+    eos_token_id: tokenizer.eosId,
+    pad_token_id: tokenizer.padId,
+    torch_dtype: 'float32',
+  };
+  const generation = { bos_token_id: tokenizer.eosId, eos_token_id: tokenizer.eosId, pad_token_id: tokenizer.padId };
+  return {
+    'config.json': json(config),
+    'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
+    'tokenizer.json': json(tokenizerFiles.tokenizer),
+    'tokenizer_config.json': json(tokenizerFiles.config),
+    'generation_config.json': json(generation),
+  };
+}
+
+function tokenizerFilesOf(tokenizer: Tokenizer, contextLength: number): { tokenizer: JsonObject; config: JsonObject } {
+  const stored = tokenizer.toJSON();
+  if (stored.kind === 'hf') return { tokenizer: stored.tokenizer, config: stored.config };
+  return hfFilesOfDacpTokenizer(stored.kind === 'bpe' ? stored.merges : [], contextLength);
+}
+
+const json = (value: unknown) => Buffer.from(`${JSON.stringify(value, null, 2)}\n`, 'utf8');
+
+/** Writes the files into `dir` (created; files already there are replaced). */
+export async function writeFolder(dir: string, files: Record<string, Buffer>): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  for (const [name, data] of Object.entries(files)) {
+    const temp = path.join(dir, `.${name}.tmp-${process.pid}`);
+    await fs.writeFile(temp, data);
+    await fs.rename(temp, path.join(dir, name));
+  }
+}
+
+export const sha256Of = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+// ---------------------------------------------------------------------------------------------
+// reading a folder
+
+export interface LoadedFolder {
+  model: GPT;
+  tokenizer: HfTokenizer;
+  family: 'gpt2';
+  /** The dtype the weights were stored in (they are trained in float32). */
+  dtype: 'F32' | 'F16' | 'BF16';
+  parameters: number;
+  /** sha256 of each file read, by name. */
+  files: Record<string, string>;
+}
+
+async function readJson(dir: string, name: string, files: Record<string, string>): Promise<JsonObject> {
+  let data: Buffer;
+  try {
+    data = await fs.readFile(path.join(dir, name));
+  } catch {
+    throw new UnsupportedModelError(`${dir} has no ${name}; a Hugging Face model folder needs config.json, model.safetensors (or shards with model.safetensors.index.json), tokenizer.json and tokenizer_config.json`);
+  }
+  files[name] = sha256Of(data);
+  try {
+    const parsed = JSON.parse(data.toString('utf8')) as unknown;
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object');
+    return parsed as JsonObject;
+  } catch (error) {
+    throw new UnsupportedModelError(`${path.join(dir, name)} is not a JSON object (${error instanceof Error ? error.message : String(error)})`);
+  }
+}
+
+/** Every tensor of the folder's safetensors file(s), widened to float32. */
+async function readTensors(dir: string, files: Record<string, string>): Promise<{ tensors: Record<string, SafetensorsTensor>; dtypes: Set<string> }> {
+  const single = path.join(dir, 'model.safetensors');
+  let shardNames: string[];
+  try {
+    await fs.access(single);
+    shardNames = ['model.safetensors'];
+  } catch {
+    const index = await readJson(dir, 'model.safetensors.index.json', files).catch(() => {
+      throw new UnsupportedModelError(`${dir} has neither model.safetensors nor model.safetensors.index.json; dacp reads safetensors weights only (convert .bin weights with transformers' save_pretrained(safe_serialization=True))`);
+    });
+    const map = (index.weight_map ?? {}) as Record<string, string>;
+    shardNames = [...new Set(Object.values(map))].sort();
+    if (shardNames.some((name) => name.includes('/') || name.includes('\\'))) throw new UnsupportedModelError('model.safetensors.index.json names a shard outside the folder');
+  }
+  const tensors: Record<string, SafetensorsTensor> = {};
+  const dtypes = new Set<string>();
+  for (const name of shardNames) {
+    const data = await fs.readFile(path.join(dir, name));
+    files[name] = sha256Of(data);
+    const decoded = decodeSafetensors(data, { widenHalf: true });
+    Object.assign(tensors, decoded.tensors);
+    for (const dtype of Object.values(decoded.storedDtypes)) dtypes.add(dtype);
+  }
+  return { tensors, dtypes };
+}
+
+const num = (config: JsonObject, field: string): number => {
+  const value = config[field];
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) throw new UnsupportedModelError(`config.json: ${field} must be a positive integer, got ${JSON.stringify(value)}`);
+  return value;
+};
+
+/** The model family of a config.json, or an error naming what it is. */
+export function familyOf(config: JsonObject): 'gpt2' {
+  const type = String(config.model_type ?? '(none)');
+  const architecture = Array.isArray(config.architectures) ? String(config.architectures[0]) : type;
+  if (type === 'gpt2') return 'gpt2';
+  if (['llama', 'qwen2', 'mistral'].includes(type)) {
+    throw new UnsupportedModelError(`${architecture} (model_type ${type}): the Llama family is not supported by dacp's built-in engine yet; only GPT-2 models (model_type gpt2) can be imported`);
+  }
+  throw new UnsupportedModelError(`${architecture} (model_type ${type}) is not supported; dacp imports GPT-2 models (model_type gpt2)`);
+}
+
+/** GPT-2 settings that dacp's model does not have: refused by name rather than computed differently. */
+function checkGpt2Config(config: JsonObject, C: number): void {
+  const refuse = (field: string, want: string) => {
+    throw new UnsupportedModelError(`config.json: ${field} is ${JSON.stringify(config[field])}; dacp's GPT-2 needs ${want}`);
+  };
+  if (!['gelu_new', 'gelu_pytorch_tanh'].includes(String(config.activation_function ?? 'gelu_new'))) refuse('activation_function', '"gelu_new"');
+  if ((config.layer_norm_epsilon ?? 1e-5) !== 1e-5) refuse('layer_norm_epsilon', '1e-5');
+  if (config.n_inner !== undefined && config.n_inner !== null && config.n_inner !== 4 * C) refuse('n_inner', `null or ${4 * C} (4 × n_embd)`);
+  if (config.scale_attn_by_inverse_layer_idx === true) refuse('scale_attn_by_inverse_layer_idx', 'false');
+  if (config.scale_attn_weights === false) refuse('scale_attn_weights', 'true');
+  if (config.tie_word_embeddings === false) refuse('tie_word_embeddings', 'true (GPT-2 ties its output to the token embedding)');
+}
+
+const sameValues = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+/**
+ * Reads a Hugging Face model folder into dacp's model and the folder's own tokenizer. Refuses,
+ * with one line, an architecture dacp cannot run, a setting it does not have, or a tensor whose
+ * shape disagrees with config.json.
+ */
+export async function readHfFolder(dir: string): Promise<LoadedFolder> {
+  const files: Record<string, string> = {};
+  const config = await readJson(dir, 'config.json', files);
+  const family = familyOf(config);
+  const V = num(config, 'vocab_size');
+  const C = num(config, 'n_embd');
+  const modelConfig: ModelConfig = { vocabSize: V, contextLength: num(config, 'n_positions'), dModel: C, nLayers: num(config, 'n_layer'), nHeads: num(config, 'n_head') };
+  if (C % modelConfig.nHeads !== 0) throw new UnsupportedModelError(`config.json: n_embd ${C} is not a multiple of n_head ${modelConfig.nHeads}`);
+  checkGpt2Config(config, C);
+  const tokenizerJson = await readJson(dir, 'tokenizer.json', files);
+  const tokenizerConfig = await readJson(dir, 'tokenizer_config.json', files);
+  const { tensors, dtypes } = await readTensors(dir, files);
+  const prefix = Object.keys(tensors).some((name) => name.startsWith('transformer.')) ? 'transformer.' : '';
+  const weights: Record<string, Float32Array> = {};
+  const used = new Set<string>();
+  const expected = new Map(parameterSpecs(modelConfig).map(({ name, shape }) => [name, shape]));
+  for (const [dacpName, hfName] of gpt2Names(modelConfig)) {
+    const name = `${prefix}${hfName}`;
+    const tensor = tensors[name];
+    const shape = expected.get(dacpName) as number[];
+    if (!tensor) throw new UnsupportedModelError(`model.safetensors has no tensor ${name}, which a GPT-2 of this config.json needs`);
+    if (tensor.shape.join(',') !== shape.join(',')) {
+      throw new UnsupportedModelError(`tensor ${name} has shape [${tensor.shape.join(', ')}] but config.json (n_embd ${C}, n_positions ${modelConfig.contextLength}, vocab_size ${V}) needs [${shape.join(', ')}]`);
+    }
+    weights[dacpName] = tensor.data as Float32Array;
+    used.add(name);
+  }
+  for (const [name, tensor] of Object.entries(tensors)) {
+    if (used.has(name)) continue;
+    // Causal-mask buffers that older transformers versions saved; dacp builds its own mask.
+    if (/\.attn\.(masked_)?bias$/.test(name) && !name.endsWith('c_attn.bias')) continue;
+    if (name === 'lm_head.weight' && sameValues(tensor.data as Float32Array, weights.wte as Float32Array)) continue;
+    throw new UnsupportedModelError(
+      name === 'lm_head.weight'
+        ? 'lm_head.weight differs from the token embedding; dacp\'s GPT-2 ties them (untied output heads are not supported)'
+        : `model.safetensors has a tensor dacp's GPT-2 does not know: ${name}`,
+    );
+  }
+  const dtype = dtypes.has('BF16') ? 'BF16' : dtypes.has('F16') ? 'F16' : 'F32';
+  if (![...dtypes].every((d) => ['F32', 'F16', 'BF16'].includes(d))) throw new UnsupportedModelError(`weights are stored as ${[...dtypes].join(', ')}; dacp reads F32, BF16 or F16`);
+  const tokenizer = new HfTokenizer({ kind: 'hf', version: 1, tokenizer: tokenizerJson, config: tokenizerConfig, vocabSize: V });
+  const model = GPT.fromWeights(modelConfig, weights);
+  return { model, tokenizer, family, dtype, parameters: model.parameterCount(), files };
+}

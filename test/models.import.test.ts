@@ -1,0 +1,148 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { initBackend } from '../ml/backend';
+import { readHfFolder } from '../ml/hfFolder';
+import { decide, runStatus, startRun } from '../cli/runs';
+import type { PipelineResult, RunStatus } from '../schemas/pipeline';
+import { parseRunSpec } from '../schemas/runSpec';
+import { createTestDatabase } from './helpers/db';
+import { tinySpec } from './helpers/fixtures';
+import { startHarness, type Harness } from './helpers/harness';
+import { MULTILINGUAL } from './helpers/multilingual';
+import { eventually, GiveUp } from './helpers/temporal';
+
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+/**
+ * A user's own model through the lifecycle: a GPT-2 folder made by transformers is imported with
+ * `dacp models import`, a run adapts it and deploys, `dacp models export` writes the result out,
+ * and transformers loads and generates with it. Needs the project's Python with transformers
+ * (scripts/setup-python.sh, which `npm test` runs first).
+ */
+
+const root = path.resolve(__dirname, '..');
+const python = path.join(root, '.tools', 'venv', 'bin', 'python');
+const env = { ...process.env, TRANSFORMERS_VERBOSITY: 'error', TOKENIZERS_PARALLELISM: 'false' };
+const hasTransformers = existsSync(python) && spawnSync(python, ['-c', 'import transformers'], { env }).status === 0;
+if (!hasTransformers) console.warn(`skipping the model import tests: ${python} cannot import transformers (run \`bash scripts/setup-python.sh\`)`);
+const withTransformers = hasTransformers ? describe : describe.skip;
+
+withTransformers('dacp models import / export with a model made by transformers', () => {
+  let h: Harness;
+  let fixtures: string;
+
+  beforeAll(async () => {
+    fixtures = mkdtempSync(path.join(tmpdir(), 'dacp-hf-fixtures-'));
+    const made = spawnSync(python, [path.join(root, 'scripts', 'make-hf-fixtures.py'), fixtures], { env, encoding: 'utf8' });
+    if (made.status !== 0) throw new Error(`make-hf-fixtures.py failed: ${made.stderr}`);
+    h = await startHarness({ inProcessGpu: true });
+    await initBackend();
+  });
+
+  afterAll(async () => {
+    await h?.stop();
+    if (fixtures) rmSync(fixtures, { recursive: true, force: true });
+  });
+
+  function dacp(...args: string[]) {
+    const r = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), ...args], { env: { ...process.env, ...h.env }, cwd: h.home, encoding: 'utf8' });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr.trim() };
+  }
+
+  function hfCheck(folder: string, mode: string, input: unknown): Record<string, unknown> {
+    const run = spawnSync(python, [path.join(root, 'scripts', 'hf-check.py'), folder, mode], { env, input: JSON.stringify(input), encoding: 'utf8' });
+    if (run.status !== 0) throw new Error(`hf-check.py ${mode}: ${run.stderr}`);
+    return JSON.parse(run.stdout) as Record<string, unknown>;
+  }
+
+  test('an imported GPT-2 reads text with its own tokenizer.json and computes logits as transformers does', async () => {
+    const folder = path.join(fixtures, 'gpt2');
+    const loaded = await readHfFolder(folder);
+    try {
+      const { ids } = hfCheck(folder, 'tokenize', { texts: MULTILINGUAL }) as { ids: number[][] };
+      expect(MULTILINGUAL.map((text) => loaded.tokenizer.encode(text))).toEqual(ids);
+      const sequence = (ids[0] as number[]).slice(0, 32);
+      const { logits } = hfCheck(folder, 'logits', { ids: sequence }) as { logits: number[][] };
+      const ours = tf.tidy(() => loaded.model.logits(tf.tensor2d([sequence], undefined, 'int32')).arraySync()[0] as number[][]);
+      const worst = Math.max(...ours.flatMap((row, t) => row.map((v, j) => Math.abs(v - (logits[t]?.[j] ?? Number.NaN)))));
+      expect(worst).toBeLessThan(1e-4);
+    } finally {
+      loaded.model.dispose();
+    }
+  });
+
+  test('a Llama folder is refused in one line naming its architecture, and nothing is registered', () => {
+    const r = dacp('models', 'import', 'tiny-llama', '--from', path.join(fixtures, 'llama'));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^dacp: cannot import .*llama: LlamaForCausalLM \(model_type llama\): the Llama family is not supported by dacp's built-in engine yet/);
+    expect(r.stderr.split('\n')).toHaveLength(1);
+    const missing = dacp('models', 'import', 'x', '--from', path.join(fixtures, 'nowhere'));
+    expect(missing).toMatchObject({ code: 2, stderr: expect.stringMatching(/--from .*nowhere: not a folder/) });
+    expect(JSON.parse(dacp('models', 'list', '--json').stdout)).toEqual([]);
+  });
+
+  test('imported, adapted by a run, deployed, exported: transformers loads the result and generates', async () => {
+    const imported = dacp('models', 'import', 'tiny-gpt2', '--from', path.join(fixtures, 'gpt2'), '--alias', 'production', '--json');
+    expect(imported.stderr).toBe('');
+    expect(JSON.parse(imported.stdout)).toMatchObject({ versionId: 'tiny-gpt2:v1', existed: false, family: 'gpt2', dtype: 'F32', alias: 'production' });
+    // Importing the same folder again registers nothing new.
+    expect(JSON.parse(dacp('models', 'import', 'tiny-gpt2', '--from', path.join(fixtures, 'gpt2'), '--json').stdout)).toMatchObject({ versionId: 'tiny-gpt2:v1', existed: true });
+
+    // A run whose base is the imported model continues from it.
+    const spec = parseRunSpec(tinySpec({ name: 'tiny-gpt2-telecom', baseModel: { ref: 'production', bootstrapIfMissing: false } }));
+    const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: 'imported-gpt2', initiator: 'engineer' });
+    const waiting = await eventually<RunStatus>(async () => {
+      const s = await runStatus(h.runs, runId);
+      if (s.state === 'failed') throw new GiveUp(`run failed: ${String(s.metrics.error)}`);
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, 'the run on the imported model reaches approval', 600_000, 250);
+    expect(waiting.metrics.baseModel).toBe('tiny-gpt2:v1');
+    await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
+    const result = (await h.client.workflow.getHandle(runId).result()) as PipelineResult;
+    expect(result).toMatchObject({ state: 'completed', versionId: 'tiny-gpt2-telecom:v1' });
+
+    const listed = JSON.parse(dacp('models', 'list', '--json').stdout) as Record<string, unknown>[];
+    expect(listed.map((m) => m.versionId)).toEqual(['tiny-gpt2-telecom:v1', 'tiny-gpt2-telecom-adapted:v1', 'tiny-gpt2:v1']);
+    for (const m of listed) expect(m).toMatchObject({ family: 'gpt2', parameters: expect.any(Number), lineage: expect.any(Object) });
+    expect(listed[0]).toMatchObject({ aliases: ['production'], runId, parentVersionId: 'tiny-gpt2-telecom-adapted:v1' });
+    expect(listed[2]).toMatchObject({ aliases: [], runId: null, parentVersionId: null, lineage: expect.objectContaining({ kind: 'imported', dtype: 'F32' }) });
+
+    const out = path.join(h.home, 'exported');
+    const exported = dacp('models', 'export', 'production', '--out', out, '--json');
+    expect(exported.stderr).toBe('');
+    expect(Object.keys(JSON.parse(exported.stdout).files).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
+    // The user's tokenizer went through unchanged.
+    expect(readFileSync(path.join(out, 'tokenizer.json'), 'utf8')).toBe(JSON.stringify(JSON.parse(readFileSync(path.join(fixtures, 'gpt2', 'tokenizer.json'), 'utf8')), null, 2) + '\n');
+    expect(hfCheck(out, 'describe', {})).toMatchObject({ model_type: 'gpt2' });
+    const generated = hfCheck(out, 'generate', { prompt: 'The gNB alarm', maxNewTokens: 8 }) as { ids: number[]; text: string };
+    expect(generated.ids.length).toBeGreaterThan(0);
+    expect(typeof generated.text).toBe('string');
+    // Exporting over files is refused; nothing there is touched.
+    expect(dacp('models', 'export', 'production', '--out', out)).toMatchObject({ code: 2, stderr: expect.stringMatching(/--out .* is not empty/) });
+  });
+
+  test('`dacp demo --base DIR` runs the demo lifecycle on the user\'s folder, from import to deploy', async () => {
+    const db = await createTestDatabase();
+    try {
+      const home = mkdtempSync(path.join(tmpdir(), 'dacp-demo-base-'));
+      const run = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'demo', '--base', path.join(fixtures, 'gpt2')], {
+        // The demo starts its own dev server; it shares nothing with the harness but Postgres (its own database).
+        env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'TEMPORAL_ADDRESS')), DACP_HOME: home, DATABASE_URL: db.url },
+        encoding: 'utf8',
+        timeout: 600_000,
+      });
+      expect([run.status, run.status === 0 ? '' : run.stderr.slice(-2000)]).toEqual([0, '']);
+      expect(run.stdout).toMatch(/base model: .*gpt2 imported as telecom-demo-base:v1 \(gpt2, \d+ parameters, stored F32\)/);
+      expect(run.stdout).toMatch(/base model +telecom-demo-base:v1/);
+      expect(run.stdout).toMatch(/run telecom-demo-\S+: completed/);
+      expect(run.stdout).toMatch(/model version +telecom-demo:v1 \(alias production\), tuned from telecom-demo-adapted:v1/);
+      rmSync(home, { recursive: true, force: true });
+    } finally {
+      await db.drop();
+    }
+  });
+});
