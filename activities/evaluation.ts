@@ -2,7 +2,7 @@ import { Context } from '@temporalio/activity';
 import { insertEvaluation } from '../db/records';
 import { initBackend } from '../ml/backend';
 import { instructionScore, perplexity, type EvalProgress } from '../ml/evaluate';
-import type { GPT } from '../ml/model';
+import type { CausalLM } from '../ml/families';
 import { deserializeModel } from '../ml/modelFile';
 import { choiceAccuracy, type ChoiceItem } from '../ml/choices';
 import type { Tokenizer } from '../ml/tokenizer';
@@ -71,7 +71,7 @@ export function evaluationActivities(deps: ActivityDeps) {
   const scoreModel = async (
     ctx: Context,
     name: string,
-    loaded: { model: GPT; tokenizer: Tokenizer },
+    loaded: { model: CausalLM; tokenizer: Tokenizer },
     sets: {
       spec: RunSpec;
       domainHeldout: DatasetRef;

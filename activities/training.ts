@@ -1,6 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { mixedLmBatches, sftBatches } from '../ml/mixing';
-import { GPT, type ModelConfig } from '../ml/model';
+import { createModel, type AnyModelConfig, type CausalLM } from '../ml/families';
+import type { ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
 import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
 import { Trainer, type TrainSettings } from '../ml/train';
@@ -58,7 +59,7 @@ async function startingPoint(
   deps: ActivityDeps,
   job: StageJob,
   heartbeat: () => void,
-): Promise<{ model: GPT | null; tokenizer: Tokenizer; config: ModelConfig }> {
+): Promise<{ model: CausalLM | null; tokenizer: Tokenizer; config: AnyModelConfig }> {
   if (job.initModel) {
     const base = deserializeModel(await deps.store.get(job.initModel));
     return { model: base.model, tokenizer: base.tokenizer, config: base.model.config };
@@ -109,7 +110,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
           const start = await startingPoint(deps, job, heartbeat);
           try {
             // The trainer owns (and disposes) the weights it is given.
-            return Trainer.create(start.model ?? GPT.create(start.config, job.settings.seed), start.tokenizer, job.settings);
+            return Trainer.create(start.model ?? createModel(start.config, job.settings.seed), start.tokenizer, job.settings);
           } catch (err) {
             start.model?.dispose();
             throw err;

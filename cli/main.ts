@@ -30,7 +30,7 @@ const USAGE = `dacp — durable domain-adaptive continual pretraining on Tempora
 
   dacp demo [--prepare DIR] [--base DIR]
                                        the whole lifecycle on generated demo data (embedded engine + DB);
-                                       --base adapts your own Hugging Face model folder (GPT-2 family)
+                                       --base adapts your own Hugging Face model folder (GPT-2 or Llama family)
   dacp dev                             dev server + both workers, foreground
   dacp server                          dev server (+ embedded Postgres without DATABASE_URL), foreground
   dacp worker --queue control|gpu      one worker, foreground
@@ -46,7 +46,7 @@ const USAGE = `dacp — durable domain-adaptive continual pretraining on Tempora
   dacp audit verify FILE
   dacp models list [--json]            registered versions, newest first
   dacp models import NAME --from DIR [--alias ALIAS] [--json]
-                                       register a local Hugging Face model folder (GPT-2 family)
+                                       register a local Hugging Face model folder (GPT-2 or Llama family)
   dacp models export VERSION|ALIAS --out DIR [--json]
                                        write a registered model out as a Hugging Face folder
 

@@ -5,8 +5,8 @@ import { ArtifactStore } from '../activities/artifacts';
 import { withTransaction } from '../db/pool';
 import { findModelVersion, importModelVersion, listModelVersions, moveAlias } from '../db/records';
 import { initBackend } from '../ml/backend';
-import { gpt2FolderFiles, readHfFolder, sha256Of, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
-import { parameterSpecs, parseModelConfig } from '../ml/model';
+import { modelFolderFiles, readHfFolder, sha256Of, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
+import { familyOfConfig, parameterCountOf, parseAnyModelConfig } from '../ml/families';
 import { deserializeModel, RESERVED_KEYS, serializeModel } from '../ml/modelFile';
 import { InputError } from '../schemas/runSpec';
 
@@ -84,7 +84,7 @@ export async function exportModel(ctx: RegistryContext, o: { ref: string; out: s
   const { model, tokenizer } = deserializeModel(data);
   let files: Record<string, Buffer>;
   try {
-    files = gpt2FolderFiles(model, tokenizer);
+    files = modelFolderFiles(model, tokenizer);
   } finally {
     model.dispose();
   }
@@ -122,7 +122,7 @@ export async function listModels(ctx: RegistryContext): Promise<ListedModel[]> {
       versionId: v.versionId,
       name: v.name,
       aliases: v.aliases,
-      family: String(v.lineage.family ?? header?.family ?? 'gpt2'),
+      family: header?.family ?? String(v.lineage.family ?? 'gpt2'),
       parameters: typeof v.lineage.parameters === 'number' ? v.lineage.parameters : (header?.parameters ?? null),
       parentVersionId: v.parentVersionId,
       runId: v.runId,
@@ -145,9 +145,8 @@ async function readModelHeader(file: string): Promise<{ family: string; paramete
     const header = Buffer.alloc(length);
     await handle.read(header, 0, length, 8);
     const metadata = (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__ ?? {};
-    const config = parseModelConfig(JSON.parse(metadata[RESERVED_KEYS.config] ?? 'null'));
-    const parameters = parameterSpecs(config).reduce((sum, p) => sum + p.shape.reduce((a, b) => a * b, 1), 0);
-    return { family: 'gpt2', parameters };
+    const config = parseAnyModelConfig(JSON.parse(metadata[RESERVED_KEYS.config] ?? 'null'));
+    return { family: familyOfConfig(config), parameters: parameterCountOf(config) };
   } finally {
     await handle.close();
   }

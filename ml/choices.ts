@@ -1,6 +1,6 @@
 import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import * as tf from '@tensorflow/tfjs';
-import type { GPT } from './model';
+import type { CausalLM } from './families';
 import type { Tokenizer } from './tokenizer';
 
 /**
@@ -55,7 +55,7 @@ export function choiceRow(context: number[], continuation: number[], contextLeng
 }
 
 /** Summed log-likelihood of the masked targets, per row. */
-function rowLogLikelihoods(model: GPT, rows: Row[]): number[] {
+function rowLogLikelihoods(model: CausalLM, rows: Row[]): number[] {
   return tf.tidy(() => {
     const inputs = tf.tensor2d(rows.map((r) => r.inputs), undefined, 'int32');
     const targets = tf.tensor2d(rows.map((r) => r.targets), undefined, 'int32');
@@ -67,7 +67,7 @@ function rowLogLikelihoods(model: GPT, rows: Row[]): number[] {
 }
 
 export async function choiceAccuracy(
-  model: GPT,
+  model: CausalLM,
   tokenizer: Tokenizer,
   items: ChoiceItem[],
   o: { maxItems?: number; onProgress?: (p: { done: number; total: number }) => void } = {},

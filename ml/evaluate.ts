@@ -1,7 +1,7 @@
 import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import * as tf from '@tensorflow/tfjs';
 import { formatInstructionPrompt, sftRow } from './mixing';
-import { GPT } from './model';
+import type { CausalLM } from './families';
 import { deriveSeed, mulberry32 } from './random';
 import type { Tokenizer } from './tokenizer';
 
@@ -39,7 +39,7 @@ async function runYielding<T>(work: Work<T>): Promise<T> {
  * (the last window may be shorter). maxWindows keeps evenly spaced windows.
  */
 export async function perplexity(
-  model: GPT,
+  model: CausalLM,
   tokens: number[],
   o: { maxWindows?: number; onProgress?: EvalProgress } = {},
 ): Promise<{ perplexity: number; meanLoss: number; tokens: number }> {
@@ -64,7 +64,7 @@ export async function perplexity(
 interface Row { inputs: number[]; targets: number[]; mask: number[] }
 
 /** Summed negative log-likelihood and argmax hits over mask==1 targets; yields after each forward pass. */
-function* sumNll(model: GPT, rows: Row[], onProgress?: EvalProgress): Work<{ nll: number; count: number; correct: number }> {
+function* sumNll(model: CausalLM, rows: Row[], onProgress?: EvalProgress): Work<{ nll: number; count: number; correct: number }> {
   let nll = 0;
   let count = 0;
   let correct = 0;
@@ -99,12 +99,12 @@ export interface GenerateOptions {
 }
 
 /** Continues `prompt`; greedy when temperature is 0 or absent, else seeded sampling. Stops at eos. */
-export function generate(model: GPT, tokenizer: Tokenizer, prompt: string, o: GenerateOptions): string {
+export function generate(model: CausalLM, tokenizer: Tokenizer, prompt: string, o: GenerateOptions): string {
   return tokenizer.decode(runToEnd(generateIds(model, tokenizer, tokenizer.encode(prompt), o)));
 }
 
 /** Yields after each new token's forward pass. */
-function* generateIds(model: GPT, tokenizer: Tokenizer, promptIds: number[], o: GenerateOptions): Work<number[]> {
+function* generateIds(model: CausalLM, tokenizer: Tokenizer, promptIds: number[], o: GenerateOptions): Work<number[]> {
   const T = model.config.contextLength;
   const temperature = o.temperature ?? 0;
   const uniform = mulberry32(deriveSeed(o.seed ?? 0, 'generate'));
@@ -172,7 +172,7 @@ export const SAMPLE_SETTINGS = { temperature: 0.8, topK: 20 } as const;
  * the pairs whose generations are done.
  */
 export async function instructionScore(
-  model: GPT,
+  model: CausalLM,
   tokenizer: Tokenizer,
   pairs: { prompt: string; response: string }[],
   o: { maxNewTokens?: number; maxPairs?: number; sampleSeed?: number; onProgress?: EvalProgress } = {},

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { modelFromWeights, type AnyModelConfig, type CausalLM } from './families';
+import { Llama, llamaParameterSpecs, parseLlamaConfig, type LlamaConfig } from './llama';
 import { GPT, parameterSpecs, type ModelConfig } from './model';
 import { decodeSafetensors, encodeSafetensors, type SafetensorsTensor } from './safetensors';
 import { hfFilesOfDacpTokenizer, HfTokenizer, type JsonObject } from './hfTokenizer';
@@ -111,9 +113,9 @@ export const sha256Of = (data: Buffer) => createHash('sha256').update(data).dige
 // reading a folder
 
 export interface LoadedFolder {
-  model: GPT;
+  model: CausalLM;
   tokenizer: HfTokenizer;
-  family: 'gpt2';
+  family: 'gpt2' | 'llama';
   /** The dtype the weights were stored in (they are trained in float32). */
   dtype: 'F32' | 'F16' | 'BF16';
   parameters: number;
@@ -171,15 +173,16 @@ const num = (config: JsonObject, field: string): number => {
   return value;
 };
 
+/** model_type values of the Llama family: the same computation, with Qwen2's q/k/v biases. */
+const LLAMA_TYPES = ['llama', 'qwen2', 'mistral'] as const;
+
 /** The model family of a config.json, or an error naming what it is. */
-export function familyOf(config: JsonObject): 'gpt2' {
+export function familyOf(config: JsonObject): 'gpt2' | 'llama' {
   const type = String(config.model_type ?? '(none)');
   const architecture = Array.isArray(config.architectures) ? String(config.architectures[0]) : type;
   if (type === 'gpt2') return 'gpt2';
-  if (['llama', 'qwen2', 'mistral'].includes(type)) {
-    throw new UnsupportedModelError(`${architecture} (model_type ${type}): the Llama family is not supported by dacp's built-in engine yet; only GPT-2 models (model_type gpt2) can be imported`);
-  }
-  throw new UnsupportedModelError(`${architecture} (model_type ${type}) is not supported; dacp imports GPT-2 models (model_type gpt2)`);
+  if ((LLAMA_TYPES as readonly string[]).includes(type)) return 'llama';
+  throw new UnsupportedModelError(`${architecture} (model_type ${type}) is not supported; dacp imports the GPT-2 family (gpt2) and the Llama family (llama, qwen2, mistral; SmolLM is llama)`);
 }
 
 /** GPT-2 settings that dacp's model does not have: refused by name rather than computed differently. */
@@ -206,43 +209,234 @@ export async function readHfFolder(dir: string): Promise<LoadedFolder> {
   const files: Record<string, string> = {};
   const config = await readJson(dir, 'config.json', files);
   const family = familyOf(config);
+  const read = family === 'gpt2' ? gpt2Weights(config) : llamaWeights(config);
+  const tokenizerJson = await readJson(dir, 'tokenizer.json', files);
+  const tokenizerConfig = await readJson(dir, 'tokenizer_config.json', files);
+  const { tensors, dtypes } = await readTensors(dir, files);
+  if (![...dtypes].every((d) => ['F32', 'F16', 'BF16'].includes(d))) throw new UnsupportedModelError(`weights are stored as ${[...dtypes].join(', ')}; dacp reads F32, BF16 or F16`);
+  const weights = read.take(tensors);
+  const dtype = dtypes.has('BF16') ? 'BF16' : dtypes.has('F16') ? 'F16' : 'F32';
+  const tokenizer = new HfTokenizer({ kind: 'hf', version: 1, tokenizer: tokenizerJson, config: tokenizerConfig, vocabSize: read.config.vocabSize });
+  const model = modelFromWeights(read.config, weights);
+  return { model, tokenizer, family, dtype, parameters: model.parameterCount(), files };
+}
+
+/** A family's reading of a folder: dacp's config, and how its tensors become dacp's weights. */
+interface FamilyReader {
+  config: AnyModelConfig;
+  take(tensors: Record<string, SafetensorsTensor>): Record<string, Float32Array>;
+}
+
+function shapeError(name: string, actual: number[], expected: number[], about: string): UnsupportedModelError {
+  return new UnsupportedModelError(`tensor ${name} has shape [${actual.join(', ')}] but config.json (${about}) needs [${expected.join(', ')}]`);
+}
+
+/** [rows, cols] → [cols, rows]: transformers' Linear keeps [out, in], dacp keeps [in, out]. */
+function transposed(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c] as number;
+  return out;
+}
+
+function gpt2Weights(config: JsonObject): FamilyReader {
   const V = num(config, 'vocab_size');
   const C = num(config, 'n_embd');
   const modelConfig: ModelConfig = { vocabSize: V, contextLength: num(config, 'n_positions'), dModel: C, nLayers: num(config, 'n_layer'), nHeads: num(config, 'n_head') };
   if (C % modelConfig.nHeads !== 0) throw new UnsupportedModelError(`config.json: n_embd ${C} is not a multiple of n_head ${modelConfig.nHeads}`);
   checkGpt2Config(config, C);
-  const tokenizerJson = await readJson(dir, 'tokenizer.json', files);
-  const tokenizerConfig = await readJson(dir, 'tokenizer_config.json', files);
-  const { tensors, dtypes } = await readTensors(dir, files);
-  const prefix = Object.keys(tensors).some((name) => name.startsWith('transformer.')) ? 'transformer.' : '';
-  const weights: Record<string, Float32Array> = {};
-  const used = new Set<string>();
-  const expected = new Map(parameterSpecs(modelConfig).map(({ name, shape }) => [name, shape]));
-  for (const [dacpName, hfName] of gpt2Names(modelConfig)) {
-    const name = `${prefix}${hfName}`;
-    const tensor = tensors[name];
-    const shape = expected.get(dacpName) as number[];
-    if (!tensor) throw new UnsupportedModelError(`model.safetensors has no tensor ${name}, which a GPT-2 of this config.json needs`);
-    if (tensor.shape.join(',') !== shape.join(',')) {
-      throw new UnsupportedModelError(`tensor ${name} has shape [${tensor.shape.join(', ')}] but config.json (n_embd ${C}, n_positions ${modelConfig.contextLength}, vocab_size ${V}) needs [${shape.join(', ')}]`);
+  return {
+    config: modelConfig,
+    take(tensors) {
+      const prefix = Object.keys(tensors).some((name) => name.startsWith('transformer.')) ? 'transformer.' : '';
+      const weights: Record<string, Float32Array> = {};
+      const used = new Set<string>();
+      const expected = new Map(parameterSpecs(modelConfig).map(({ name, shape }) => [name, shape]));
+      for (const [dacpName, hfName] of gpt2Names(modelConfig)) {
+        const name = `${prefix}${hfName}`;
+        const tensor = tensors[name];
+        const shape = expected.get(dacpName) as number[];
+        if (!tensor) throw new UnsupportedModelError(`model.safetensors has no tensor ${name}, which a GPT-2 of this config.json needs`);
+        if (tensor.shape.join(',') !== shape.join(',')) throw shapeError(name, tensor.shape, shape, `n_embd ${C}, n_positions ${modelConfig.contextLength}, vocab_size ${V}`);
+        weights[dacpName] = tensor.data as Float32Array;
+        used.add(name);
+      }
+      for (const [name, tensor] of Object.entries(tensors)) {
+        if (used.has(name)) continue;
+        // Causal-mask buffers that older transformers versions saved; dacp builds its own mask.
+        if (/\.attn\.(masked_)?bias$/.test(name) && !name.endsWith('c_attn.bias')) continue;
+        if (name === 'lm_head.weight' && sameValues(tensor.data as Float32Array, weights.wte as Float32Array)) continue;
+        throw new UnsupportedModelError(
+          name === 'lm_head.weight'
+            ? 'lm_head.weight differs from the token embedding; dacp\'s GPT-2 ties them (untied output heads are not supported)'
+            : `model.safetensors has a tensor dacp's GPT-2 does not know: ${name}`,
+        );
+      }
+      return weights;
+    },
+  };
+}
+
+/** The longest window dacp trains and evaluates a Llama-family model on; its own maximum may be far longer. */
+export const MAX_LLAMA_WINDOW = 1024;
+
+/** A Llama-family config.json as dacp's LlamaConfig; settings dacp does not compute are refused by name. */
+export function llamaConfigOf(config: JsonObject): LlamaConfig {
+  const refuse = (field: string, want: string) => {
+    throw new UnsupportedModelError(`config.json: ${field} is ${JSON.stringify(config[field])}; dacp's Llama needs ${want}`);
+  };
+  const type = String(config.model_type);
+  if ((config.hidden_act ?? 'silu') !== 'silu') refuse('hidden_act', '"silu" (SwiGLU)');
+  if (config.mlp_bias === true) refuse('mlp_bias', 'false');
+  if ((config.pretraining_tp ?? 1) !== 1) refuse('pretraining_tp', '1');
+  const C = num(config, 'hidden_size');
+  const H = num(config, 'num_attention_heads');
+  const K = config.num_key_value_heads === undefined || config.num_key_value_heads === null ? H : num(config, 'num_key_value_heads');
+  const D = config.head_dim === undefined || config.head_dim === null ? C / H : num(config, 'head_dim');
+  if (!Number.isInteger(D)) throw new UnsupportedModelError(`config.json: hidden_size ${C} is not a multiple of num_attention_heads ${H}, and no head_dim is given`);
+  if (H % K !== 0) throw new UnsupportedModelError(`config.json: num_attention_heads ${H} is not a multiple of num_key_value_heads ${K}`);
+  const raw = config.rope_scaling as JsonObject | null | undefined;
+  let ropeScaling: LlamaConfig['ropeScaling'] = null;
+  if (raw) {
+    const kind = String(raw.rope_type ?? raw.type ?? 'default');
+    if (kind === 'linear') ropeScaling = { type: 'linear', factor: Number(raw.factor) };
+    else if (kind === 'llama3') {
+      ropeScaling = {
+        type: 'llama3',
+        factor: Number(raw.factor),
+        lowFreqFactor: Number(raw.low_freq_factor),
+        highFreqFactor: Number(raw.high_freq_factor),
+        originalContext: Number(raw.original_max_position_embeddings),
+      };
+    } else if (kind !== 'default') {
+      throw new UnsupportedModelError(`config.json: rope_scaling type "${kind}" is not supported; dacp computes default, linear and llama3 rotary scaling`);
     }
-    weights[dacpName] = tensor.data as Float32Array;
-    used.add(name);
   }
-  for (const [name, tensor] of Object.entries(tensors)) {
-    if (used.has(name)) continue;
-    // Causal-mask buffers that older transformers versions saved; dacp builds its own mask.
-    if (/\.attn\.(masked_)?bias$/.test(name) && !name.endsWith('c_attn.bias')) continue;
-    if (name === 'lm_head.weight' && sameValues(tensor.data as Float32Array, weights.wte as Float32Array)) continue;
-    throw new UnsupportedModelError(
-      name === 'lm_head.weight'
-        ? 'lm_head.weight differs from the token embedding; dacp\'s GPT-2 ties them (untied output heads are not supported)'
-        : `model.safetensors has a tensor dacp's GPT-2 does not know: ${name}`,
+  // Qwen2 biases q, k and v; Llama biases all four projections when attention_bias is set.
+  const attentionBias = type === 'qwen2' ? 'qkv' : config.attention_bias === true ? 'all' : 'none';
+  const maxPositions = num(config, 'max_position_embeddings');
+  const window = config.sliding_window !== undefined && config.sliding_window !== null && (type !== 'qwen2' || config.use_sliding_window === true) ? num(config, 'sliding_window') : Infinity;
+  try {
+    return parseLlamaConfig({
+      family: 'llama',
+      vocabSize: num(config, 'vocab_size'),
+      contextLength: Math.min(maxPositions, window, MAX_LLAMA_WINDOW),
+      dModel: C,
+      nLayers: num(config, 'num_hidden_layers'),
+      nHeads: H,
+      nKvHeads: K,
+      headDim: D,
+      ffnDim: num(config, 'intermediate_size'),
+      rmsNormEps: Number(config.rms_norm_eps ?? 1e-6),
+      ropeTheta: Number(config.rope_theta ?? 10000),
+      ropeScaling,
+      tiedEmbeddings: config.tie_word_embeddings === true,
+      attentionBias,
+      source: config,
+    });
+  } catch (error) {
+    throw new UnsupportedModelError(`config.json: ${error instanceof Error ? error.message : String(error)}`);
+  }
+}
+
+/** dacp parameter name → transformers tensor name, and whether it is a Linear weight ([out, in] there). */
+function llamaNames(c: LlamaConfig): [dacp: string, hf: string, linear: boolean][] {
+  const names: [string, string, boolean][] = [['embed', 'model.embed_tokens.weight', false]];
+  for (let l = 0; l < c.nLayers; l++) {
+    const [d, h] = [`layers.${l}`, `model.layers.${l}`];
+    names.push([`${d}.attnNorm`, `${h}.input_layernorm.weight`, false]);
+    for (const x of ['q', 'k', 'v'] as const) {
+      names.push([`${d}.w${x}`, `${h}.self_attn.${x}_proj.weight`, true]);
+      if (c.attentionBias !== 'none') names.push([`${d}.b${x}`, `${h}.self_attn.${x}_proj.bias`, false]);
+    }
+    names.push([`${d}.wo`, `${h}.self_attn.o_proj.weight`, true]);
+    if (c.attentionBias === 'all') names.push([`${d}.bo`, `${h}.self_attn.o_proj.bias`, false]);
+    names.push(
+      [`${d}.mlpNorm`, `${h}.post_attention_layernorm.weight`, false],
+      [`${d}.wgate`, `${h}.mlp.gate_proj.weight`, true],
+      [`${d}.wup`, `${h}.mlp.up_proj.weight`, true],
+      [`${d}.wdown`, `${h}.mlp.down_proj.weight`, true],
     );
   }
-  const dtype = dtypes.has('BF16') ? 'BF16' : dtypes.has('F16') ? 'F16' : 'F32';
-  if (![...dtypes].every((d) => ['F32', 'F16', 'BF16'].includes(d))) throw new UnsupportedModelError(`weights are stored as ${[...dtypes].join(', ')}; dacp reads F32, BF16 or F16`);
-  const tokenizer = new HfTokenizer({ kind: 'hf', version: 1, tokenizer: tokenizerJson, config: tokenizerConfig, vocabSize: V });
-  const model = GPT.fromWeights(modelConfig, weights);
-  return { model, tokenizer, family, dtype, parameters: model.parameterCount(), files };
+  names.push(['norm', 'model.norm.weight', false]);
+  if (!c.tiedEmbeddings) names.push(['lmHead', 'lm_head.weight', false]);
+  return names;
+}
+
+function llamaWeights(config: JsonObject): FamilyReader {
+  const modelConfig = llamaConfigOf(config);
+  const about = `hidden_size ${modelConfig.dModel}, ${modelConfig.nHeads} heads, ${modelConfig.nKvHeads} key/value heads, intermediate_size ${modelConfig.ffnDim}, vocab_size ${modelConfig.vocabSize}`;
+  return {
+    config: modelConfig,
+    take(tensors) {
+      const weights: Record<string, Float32Array> = {};
+      const used = new Set<string>();
+      const expected = new Map(llamaParameterSpecs(modelConfig).map(({ name, shape }) => [name, shape]));
+      for (const [dacpName, hfName, linear] of llamaNames(modelConfig)) {
+        const tensor = tensors[hfName];
+        const shape = expected.get(dacpName) as number[];
+        const hfShape = linear ? [shape[1] as number, shape[0] as number] : shape;
+        if (!tensor) throw new UnsupportedModelError(`model.safetensors has no tensor ${hfName}, which a ${String(config.model_type)} model of this config.json needs`);
+        if (tensor.shape.join(',') !== hfShape.join(',')) throw shapeError(hfName, tensor.shape, hfShape, about);
+        weights[dacpName] = linear ? transposed(tensor.data as Float32Array, hfShape[0] as number, hfShape[1] as number) : (tensor.data as Float32Array);
+        used.add(hfName);
+      }
+      for (const [name, tensor] of Object.entries(tensors)) {
+        if (used.has(name) || name.endsWith('.rotary_emb.inv_freq')) continue;
+        if (name === 'lm_head.weight' && modelConfig.tiedEmbeddings && sameValues(tensor.data as Float32Array, weights.embed as Float32Array)) continue;
+        throw new UnsupportedModelError(`model.safetensors has a tensor dacp's Llama does not know: ${name}`);
+      }
+      return weights;
+    },
+  };
+}
+
+/** A Llama-family model as a folder: its source config.json back, the weights in transformers' names and layout. */
+export function llamaFolderFiles(model: Llama, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+  const c = model.config;
+  const weights = model.weights();
+  const specs = new Map(llamaParameterSpecs(c).map(({ name, shape }) => [name, shape]));
+  const tensors: Record<string, SafetensorsTensor> = {};
+  for (const [dacpName, hfName, linear] of llamaNames(c)) {
+    const shape = specs.get(dacpName) as number[];
+    const data = weights[dacpName] as Float32Array;
+    tensors[hfName] = linear
+      ? { dtype: 'F32', shape: [shape[1] as number, shape[0] as number], data: transposed(data, shape[0] as number, shape[1] as number) }
+      : { dtype: 'F32', shape, data };
+  }
+  // A model that never had a config.json: Qwen2 is the family member with biases on q, k and v only.
+  const fresh = c.attentionBias === 'qkv'
+    ? { architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', use_sliding_window: false }
+    : { architectures: ['LlamaForCausalLM'], model_type: 'llama', attention_bias: c.attentionBias === 'all' };
+  const source: Record<string, unknown> = { ...(c.source ?? fresh) };
+  delete source.dtype;
+  const config = {
+    ...source,
+    vocab_size: c.vocabSize,
+    hidden_size: c.dModel,
+    intermediate_size: c.ffnDim,
+    num_hidden_layers: c.nLayers,
+    num_attention_heads: c.nHeads,
+    num_key_value_heads: c.nKvHeads,
+    head_dim: c.headDim,
+    max_position_embeddings: source.max_position_embeddings ?? c.contextLength,
+    rms_norm_eps: c.rmsNormEps,
+    rope_theta: c.ropeTheta,
+    tie_word_embeddings: c.tiedEmbeddings,
+    torch_dtype: 'float32',
+  };
+  const stored = tokenizer.toJSON();
+  const tokenizerFiles = stored.kind === 'hf' ? { tokenizer: stored.tokenizer, config: stored.config } : hfFilesOfDacpTokenizer(stored.kind === 'bpe' ? stored.merges : [], c.contextLength);
+  const generation = { bos_token_id: source.bos_token_id, eos_token_id: source.eos_token_id ?? tokenizer.eosId, pad_token_id: source.pad_token_id ?? tokenizer.padId };
+  return {
+    'config.json': json(config),
+    'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
+    'tokenizer.json': json(tokenizerFiles.tokenizer),
+    'tokenizer_config.json': json(tokenizerFiles.config),
+    'generation_config.json': json(generation),
+  };
+}
+
+/** The files of a model folder for either family. */
+export function modelFolderFiles(model: CausalLM, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+  return model instanceof Llama ? llamaFolderFiles(model, tokenizer) : gpt2FolderFiles(model, tokenizer);
 }

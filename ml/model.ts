@@ -39,8 +39,8 @@ export function parseModelConfig(json: unknown): ModelConfig {
   return parsed.data;
 }
 
-type Init = { kind: 'normal'; std: number } | { kind: 'zeros' } | { kind: 'ones' };
-interface ParameterSpec { name: string; shape: number[]; init: Init; decay: boolean }
+export type Init = { kind: 'normal'; std: number } | { kind: 'zeros' } | { kind: 'ones' };
+export interface ParameterSpec { name: string; shape: number[]; init: Init; decay: boolean }
 
 /** Every parameter with its shape, in one fixed order (the order of checkpoints and optimizer state). */
 export function parameterSpecs(config: ModelConfig): ParameterSpec[] {
@@ -78,7 +78,7 @@ export function parameterSpecs(config: ModelConfig): ParameterSpec[] {
   return specs;
 }
 
-const sizeOf = (shape: number[]): number => shape.reduce((a, b) => a * b, 1);
+export const sizeOf = (shape: number[]): number => shape.reduce((a, b) => a * b, 1);
 
 export class GPT {
   readonly variables: ReadonlyMap<string, tf.Variable>;
@@ -266,7 +266,7 @@ export function embeddingLookup(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor
  * the weight gradient transposes whichever of a and dy is smaller. The bias rides along in
  * the product (tf.fused.matMul) instead of costing a separate add.
  */
-function matMul(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
+export function matMul(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
   const product = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const [x, y] = args as [tf.Tensor2D, tf.Tensor2D];
@@ -323,7 +323,7 @@ export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tens
 }
 
 /** 0 where a position may attend (j ≤ i), a large negative number above the diagonal. */
-function causalMask(T: number): tf.Tensor2D {
+export function causalMask(T: number): tf.Tensor2D {
   const values = new Float32Array(T * T);
   for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) values[i * T + j] = -1e9;
   return tf.tensor2d(values, [T, T]);

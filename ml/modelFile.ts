@@ -1,4 +1,4 @@
-import { GPT, parseModelConfig } from './model';
+import { modelFromWeights, parseAnyModelConfig, type CausalLM } from './families';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor, tensorsDigest } from './safetensors';
 import { type Tokenizer, tokenizerFromJSON } from './tokenizer';
 import { isFloat32Array } from './typedArrays';
@@ -13,7 +13,7 @@ export const RESERVED_KEYS = { format: 'format', config: 'dacp.config', tokenize
 /** `format` and every `dacp.*` key belong to the file format; callers use any other name. */
 export const isReservedKey = (key: string): boolean => key === RESERVED_KEYS.format || key.startsWith('dacp.');
 
-export function serializeModel(model: GPT, tokenizer: Tokenizer, meta: Record<string, string> = {}): Buffer {
+export function serializeModel(model: CausalLM, tokenizer: Tokenizer, meta: Record<string, string> = {}): Buffer {
   const weights = model.weights();
   const tensors: Record<string, SafetensorsTensor> = {};
   for (const [name, variable] of model.variables) {
@@ -22,7 +22,7 @@ export function serializeModel(model: GPT, tokenizer: Tokenizer, meta: Record<st
   return encodeSafetensors(tensors, withReserved(meta, MODEL_FORMAT, { config: model.config, tokenizer: tokenizer.toJSON(), tensors }));
 }
 
-export function deserializeModel(buf: Buffer): { model: GPT; tokenizer: Tokenizer; meta: Record<string, string> } {
+export function deserializeModel(buf: Buffer): { model: CausalLM; tokenizer: Tokenizer; meta: Record<string, string> } {
   const { tensors, metadata } = decodeSafetensors(buf);
   const { config, tokenizer, meta } = readReserved(metadata, MODEL_FORMAT, tensors, 'model file');
   const weights: Record<string, Float32Array> = {};
@@ -30,7 +30,7 @@ export function deserializeModel(buf: Buffer): { model: GPT; tokenizer: Tokenize
     if (!isFloat32Array(tensor.data)) throw new Error(`model file: tensor "${name}" is ${tensor.dtype}, expected F32`);
     weights[name] = tensor.data;
   }
-  const model = GPT.fromWeights(parseModelConfig(config), weights);
+  const model = modelFromWeights(parseAnyModelConfig(config), weights);
   if (model.config.vocabSize !== tokenizer.vocabSize) {
     model.dispose();
     throw new Error(`model file: model vocabSize ${model.config.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);

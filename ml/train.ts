@@ -2,7 +2,7 @@ import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { Batch, BatchSource } from './mixing';
-import { GPT, parameterSpecs, parseModelConfig } from './model';
+import { modelFromWeights, parseAnyModelConfig, specsOf, type CausalLM } from './families';
 import { readReserved, serializeModel, withReserved } from './modelFile';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor } from './safetensors';
 import type { Tokenizer } from './tokenizer';
@@ -89,7 +89,7 @@ export class TrainingDivergedError extends Error {
 
 export class Trainer {
   private constructor(
-    readonly model: GPT,
+    readonly model: CausalLM,
     readonly tokenizer: Tokenizer,
     readonly settings: TrainSettings,
     private currentStep: number,
@@ -100,7 +100,7 @@ export class Trainer {
     readonly meta: Record<string, string>,
   ) {}
 
-  static create(model: GPT, tokenizer: Tokenizer, settings: TrainSettings): Trainer {
+  static create(model: CausalLM, tokenizer: Tokenizer, settings: TrainSettings): Trainer {
     const checked = parseTrainSettings(settings);
     if (model.config.vocabSize !== tokenizer.vocabSize) {
       throw new Error(`model vocabSize ${model.config.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
@@ -124,8 +124,8 @@ export class Trainer {
 
     const weights: Record<string, Float32Array> = {};
     const state = new Map<string, { m: Float32Array; v: Float32Array }>();
-    const modelConfig = parseModelConfig(config);
-    for (const spec of parameterSpecs(modelConfig)) {
+    const modelConfig = parseAnyModelConfig(config);
+    for (const spec of specsOf(modelConfig)) {
       const [w, m, v] = ['model.', 'adam.m.', 'adam.v.'].map((prefix) => {
         const tensor = tensors[prefix + spec.name];
         if (tensor === undefined || !isFloat32Array(tensor.data)) throw fail(`F32 tensor "${prefix}${spec.name}" is missing`);
@@ -138,7 +138,7 @@ export class Trainer {
     const expected = 3 * Object.keys(weights).length;
     if (Object.keys(tensors).length !== expected) throw fail(`holds ${Object.keys(tensors).length} tensors, expected ${expected}`);
     if (modelConfig.vocabSize !== tokenizer.vocabSize) throw fail(`model vocabSize ${modelConfig.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
-    const model = GPT.fromWeights(modelConfig, weights);
+    const model = modelFromWeights(modelConfig, weights);
     return new Trainer(model, tokenizer, settings, step, makeMoments(model, state), lastLoss, meta);
   }
 
@@ -256,8 +256,8 @@ export class Trainer {
   }
 }
 
-function makeMoments(model: GPT, values: Map<string, { m: Float32Array; v: Float32Array }>): Map<string, Moments> {
-  const decays = new Map(parameterSpecs(model.config).map((spec) => [spec.name, spec.decay]));
+function makeMoments(model: CausalLM, values: Map<string, { m: Float32Array; v: Float32Array }>): Map<string, Moments> {
+  const decays = new Map(specsOf(model.config).map((spec) => [spec.name, spec.decay]));
   const moments = new Map<string, Moments>();
   for (const [name, variable] of model.variables) {
     const { m, v } = values.get(name) as { m: Float32Array; v: Float32Array };

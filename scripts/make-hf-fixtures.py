@@ -37,7 +37,8 @@ warnings.filterwarnings("ignore")
 try:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                              MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 except ImportError as error:
     print(f"make-hf-fixtures: {error}; run `bash scripts/setup-python.sh` and use the python it prints",
           file=sys.stderr)
@@ -133,6 +134,16 @@ def add_torch_dtype(path):
         f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def perturb(model, seed):
+    """Fresh models have unit norms and zero biases; noise on every parameter makes a check of
+    the weight mapping see each tensor (a bias or norm read as the wrong one changes the logits)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model
+
+
 def folder_summary(name, path, model):
     files = sorted(os.listdir(path))
     return {
@@ -198,6 +209,37 @@ def main(outdir):
     add_torch_dtype(path)
     llama_fast.save_pretrained(path, save_jinja_files=False)
     summaries.append(folder_summary("llama-bf16", path, llama_bf16))
+
+    # --- The rest of the Llama family, every parameter perturbed ---
+    ids = {"bos_token_id": llama_tok.token_to_id("<s>"), "eos_token_id": llama_tok.token_to_id("</s>"),
+           "pad_token_id": llama_tok.token_to_id("<pad>")}
+    shape = {"vocab_size": llama_tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+             "num_hidden_layers": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-6}
+    family = [
+        # Qwen2: biases on q, k and v; tied embeddings; a large rope_theta.
+        ("qwen2", Qwen2ForCausalLM, Qwen2Config(**shape, **ids, num_attention_heads=4, num_key_value_heads=2,
+                                                 rope_theta=1000000.0, tie_word_embeddings=True,
+                                                 use_sliding_window=False, architectures=["Qwen2ForCausalLM"])),
+        # SmolLM-like: a Llama with tied embeddings, one key/value head and Llama 3's rotary scaling.
+        ("smollm", LlamaForCausalLM, LlamaConfig(**shape, **ids, num_attention_heads=2, num_key_value_heads=1,
+                                                  tie_word_embeddings=True, rope_theta=10000.0,
+                                                  rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                "original_max_position_embeddings": 16},
+                                                  architectures=["LlamaForCausalLM"])),
+        # Mistral: a sliding window shorter than the positions, so dacp's window is the sliding one.
+        ("mistral", MistralForCausalLM, MistralConfig(**shape, **ids, num_attention_heads=4, num_key_value_heads=1,
+                                                       sliding_window=32, tie_word_embeddings=False,
+                                                       architectures=["MistralForCausalLM"])),
+    ]
+    for i, (name, cls, config) in enumerate(family):
+        torch.manual_seed(0)
+        model = perturb(cls(config).to(torch.float32).eval(), seed=10 + i)
+        path = os.path.join(outdir, name)
+        model.save_pretrained(path, safe_serialization=True)
+        add_torch_dtype(path)
+        llama_fast.save_pretrained(path, save_jinja_files=False)
+        summaries.append(folder_summary(name, path, model))
 
     print(json.dumps({
         "outdir": os.path.abspath(outdir),

@@ -5,8 +5,10 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../ml/backend';
 import { generateDemoCorpus } from '../ml/demoCorpus';
-import { gpt2FolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
+import { gpt2FolderFiles, modelFolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
+import { Llama, type LlamaConfig } from '../ml/llama';
 import { GPT } from '../ml/model';
+import { Trainer } from '../ml/train';
 import { deserializeModel, serializeModel } from '../ml/modelFile';
 import { decodeSafetensors } from '../ml/safetensors';
 import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from '../ml/tokenizer';
@@ -36,7 +38,7 @@ function pythonCheck(folder: string, mode: string, input: unknown): Record<strin
 
 const hasTransformers = existsSync(python) && spawnSync(python, ['-c', 'import transformers'], { env }).status === 0;
 
-function logitsOf(model: GPT, ids: number[]): number[][] {
+function logitsOf(model: GPT | Llama, ids: number[]): number[][] {
   return tf.tidy(() => model.logits(tf.tensor2d([ids], undefined, 'int32')).arraySync()[0] as number[][]);
 }
 
@@ -96,7 +98,7 @@ describe('a dacp model as a Hugging Face GPT-2 folder', () => {
     const again = deserializeModel(file);
     expect(again.tokenizer.toJSON().kind).toBe('hf');
     expect(tokenizerFromJSON(again.tokenizer.toJSON()).encode(MULTILINGUAL[0] as string)).toEqual(bpe.encode(MULTILINGUAL[0] as string));
-    const files = gpt2FolderFiles(again.model, again.tokenizer);
+    const files = modelFolderFiles(again.model, again.tokenizer);
     for (const name of ['model.safetensors', 'tokenizer.json', 'config.json'] as const) expect(files[name].equals(readFileSync(path.join(folder, name)))).toBe(true);
     for (const m of [model, loaded.model, again.model]) m.dispose();
   });
@@ -144,7 +146,7 @@ describe('a dacp model as a Hugging Face GPT-2 folder', () => {
     };
     const original = readFileSync(path.join(folder, 'config.json'));
     edit((c) => Object.assign(c, { model_type: 'bert', architectures: ['BertForMaskedLM'] }));
-    await expect(readHfFolder(folder)).rejects.toThrow(/^BertForMaskedLM \(model_type bert\) is not supported; dacp imports GPT-2 models/);
+    await expect(readHfFolder(folder)).rejects.toThrow(/^BertForMaskedLM \(model_type bert\) is not supported; dacp imports the GPT-2 family \(gpt2\) and the Llama family/);
     writeFileSync(path.join(folder, 'config.json'), original);
     edit((c) => (c.n_embd = 32));
     await expect(readHfFolder(folder)).rejects.toThrow(/^tensor transformer\.wte\.weight has shape \[400, 16\] but config\.json \(n_embd 32, .*\) needs \[400, 32\]$/);
@@ -154,6 +156,54 @@ describe('a dacp model as a Hugging Face GPT-2 folder', () => {
     writeFileSync(path.join(folder, 'config.json'), original);
     rmSync(path.join(folder, 'tokenizer.json'));
     await expect(readHfFolder(folder)).rejects.toThrow(/has no tokenizer\.json/);
+  });
+});
+
+const llamaConfig: LlamaConfig = {
+  family: 'llama', vocabSize: bpe.vocabSize, contextLength: 24, dModel: 16, nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4, ffnDim: 24,
+  rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: null, tiedEmbeddings: false, attentionBias: 'qkv',
+};
+
+describe('a dacp Llama as a Hugging Face folder', () => {
+  test('reads back with the same weights and family; one that never had a config.json is written as the family member it is (q/k/v biases: Qwen2)', async () => {
+    const model = Llama.create(llamaConfig, 4);
+    const folder = path.join(dir, 'llama');
+    await writeFolder(folder, modelFolderFiles(model, bpe));
+    expect(JSON.parse(readFileSync(path.join(folder, 'config.json'), 'utf8'))).toMatchObject({ model_type: 'qwen2', architectures: ['Qwen2ForCausalLM'], num_key_value_heads: 2, head_dim: 4 });
+    const back = await readHfFolder(folder);
+    expect(back.family).toBe('llama');
+    expect(back.model.weights()).toEqual(model.weights());
+    model.dispose();
+    back.model.dispose();
+  });
+
+  test('settings dacp\'s Llama does not compute, and mis-shaped tensors, are refused by name', async () => {
+    const model = Llama.create({ ...llamaConfig, attentionBias: 'none' }, 4);
+    const folder = path.join(dir, 'llama-refuse');
+    await writeFolder(folder, modelFolderFiles(model, bpe));
+    model.dispose();
+    const original = readFileSync(path.join(folder, 'config.json'), 'utf8');
+    const withConfig = async (change: Record<string, unknown>) => {
+      writeFileSync(path.join(folder, 'config.json'), JSON.stringify({ ...JSON.parse(original), ...change }));
+      return readHfFolder(folder).then((loaded) => loaded.model.dispose());
+    };
+    await expect(withConfig({ rope_scaling: { rope_type: 'yarn', factor: 4 } })).rejects.toThrow(/^config\.json: rope_scaling type "yarn" is not supported; dacp computes default, linear and llama3 rotary scaling$/);
+    await expect(withConfig({ hidden_act: 'gelu' })).rejects.toThrow(/^config\.json: hidden_act is "gelu"; dacp's Llama needs "silu" \(SwiGLU\)$/);
+    await expect(withConfig({ num_key_value_heads: 4 })).rejects.toThrow(/^tensor model\.layers\.0\.self_attn\.k_proj\.weight has shape \[8, 16\] but config\.json \(hidden_size 16, 4 heads, 4 key\/value heads, .*\) needs \[16, 16\]$/);
+    await expect(withConfig({ num_key_value_heads: 3 })).rejects.toThrow(/num_attention_heads 4 is not a multiple of num_key_value_heads 3/);
+    await expect(withConfig({ rope_scaling: { rope_type: 'linear', factor: 2 } })).resolves.toBeUndefined();
+  });
+
+  test('trains: the loss falls on a repeated text, with grouped-query heads and biases', () => {
+    const model = Llama.create({ ...llamaConfig, attentionBias: 'qkv' }, 9);
+    const trainer = Trainer.create(model, bpe, { totalSteps: 30, batchSize: 4, learningRate: 1e-2, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0, gradClip: 1, seed: 3 });
+    const ids = bpe.encode(corpus.domain.slice(0, 3).join(' '));
+    const batch = { inputs: [ids.slice(0, 24)], targets: [ids.slice(1, 25)], mask: [new Array<number>(24).fill(1)] };
+    const first = trainer.trainStep(batch).loss;
+    let last = first;
+    for (let i = 1; i < 30; i++) last = trainer.trainStep(batch).loss;
+    expect(last).toBeLessThan(first * 0.5);
+    trainer.dispose();
   });
 });
 
@@ -167,6 +217,21 @@ withTransformers('transformers loads what dacp writes', () => {
     const { ids } = pythonCheck(folder, 'tokenize', { texts: MULTILINGUAL }) as { ids: number[][] };
     expect(ids).toEqual(MULTILINGUAL.map((text) => bpe.encode(text)));
     const sequence = bpe.encode(MULTILINGUAL[2] as string).slice(0, config.contextLength);
+    const { logits } = pythonCheck(folder, 'logits', { ids: sequence }) as { logits: number[][] };
+    expect(maxDifference(logitsOf(model, sequence), logits)).toBeLessThan(1e-4);
+    model.dispose();
+  });
+
+  test.each([['qkv'], ['none']] as const)('a dacp Llama (attention bias %s) written out computes the same logits in transformers', async (attentionBias) => {
+    const created = Llama.create({ ...llamaConfig, attentionBias }, 12);
+    // Fresh biases are zero and norms one: perturb every weight, so a mapping mistake shows.
+    const weights = created.weights();
+    for (const values of Object.values(weights)) values.forEach((v, i) => (values[i] = v + 0.05 * Math.sin(i * 12.9898 + values.length)));
+    created.dispose();
+    const model = Llama.fromWeights({ ...llamaConfig, attentionBias }, weights);
+    const folder = path.join(dir, `llama-for-transformers-${attentionBias}`);
+    await writeFolder(folder, modelFolderFiles(model, bpe));
+    const sequence = bpe.encode(MULTILINGUAL[0] as string).slice(0, llamaConfig.contextLength);
     const { logits } = pythonCheck(folder, 'logits', { ids: sequence }) as { logits: number[][] };
     expect(maxDifference(logitsOf(model, sequence), logits)).toBeLessThan(1e-4);
     model.dispose();

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -59,30 +59,92 @@ withTransformers('dacp models import / export with a model made by transformers'
     return JSON.parse(run.stdout) as Record<string, unknown>;
   }
 
-  test('an imported GPT-2 reads text with its own tokenizer.json and computes logits as transformers does', async () => {
-    const folder = path.join(fixtures, 'gpt2');
-    const loaded = await readHfFolder(folder);
-    try {
-      const { ids } = hfCheck(folder, 'tokenize', { texts: MULTILINGUAL }) as { ids: number[][] };
-      expect(MULTILINGUAL.map((text) => loaded.tokenizer.encode(text))).toEqual(ids);
-      const sequence = (ids[0] as number[]).slice(0, 32);
-      const { logits } = hfCheck(folder, 'logits', { ids: sequence }) as { logits: number[][] };
-      const ours = tf.tidy(() => loaded.model.logits(tf.tensor2d([sequence], undefined, 'int32')).arraySync()[0] as number[][]);
-      const worst = Math.max(...ours.flatMap((row, t) => row.map((v, j) => Math.abs(v - (logits[t]?.[j] ?? Number.NaN)))));
-      expect(worst).toBeLessThan(1e-4);
-    } finally {
-      loaded.model.dispose();
-    }
-  });
+  test.each(['gpt2', 'llama', 'llama-bf16', 'qwen2', 'smollm', 'mistral'])(
+    '%s: read with its own tokenizer.json (ids as transformers\' tokenizer gives) and computing transformers\' logits to 1e-4',
+    async (name) => {
+      const folder = path.join(fixtures, name);
+      const loaded = await readHfFolder(folder);
+      try {
+        // The Llama-family fixtures share one tokenizer: asking transformers once for it is enough.
+        const ids = ['gpt2', 'llama'].includes(name)
+          ? (hfCheck(folder, 'tokenize', { texts: MULTILINGUAL }) as { ids: number[][] }).ids
+          : MULTILINGUAL.map((text) => loaded.tokenizer.encode(text));
+        expect(MULTILINGUAL.map((text) => loaded.tokenizer.encode(text))).toEqual(ids);
+        // Long enough to pass the window of rotary scaling (16) in smollm; within mistral's sliding window (32).
+        const sequence = ids.flat().slice(0, 32);
+        const { logits } = hfCheck(folder, 'logits', { ids: sequence }) as { logits: number[][] };
+        const ours = tf.tidy(() => loaded.model.logits(tf.tensor2d([sequence], undefined, 'int32')).arraySync()[0] as number[][]);
+        const worst = Math.max(...ours.flatMap((row, t) => row.map((v, j) => Math.abs(v - (logits[t]?.[j] ?? Number.NaN)))));
+        expect(worst).toBeLessThan(1e-4);
+        expect(loaded.family).toBe(name === 'gpt2' ? 'gpt2' : 'llama');
+      } finally {
+        loaded.model.dispose();
+      }
+    },
+  );
 
-  test('a Llama folder is refused in one line naming its architecture, and nothing is registered', () => {
-    const r = dacp('models', 'import', 'tiny-llama', '--from', path.join(fixtures, 'llama'));
+  test('a folder of another architecture is refused in one line naming it, and nothing is registered', () => {
+    const bert = path.join(fixtures, 'bert');
+    cpSync(path.join(fixtures, 'gpt2'), bert, { recursive: true });
+    const config = JSON.parse(readFileSync(path.join(bert, 'config.json'), 'utf8')) as Record<string, unknown>;
+    writeFileSync(path.join(bert, 'config.json'), JSON.stringify({ ...config, model_type: 'bert', architectures: ['BertForMaskedLM'] }));
+    const r = dacp('models', 'import', 'tiny-bert', '--from', bert);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^dacp: cannot import .*llama: LlamaForCausalLM \(model_type llama\): the Llama family is not supported by dacp's built-in engine yet/);
+    expect(r.stderr).toMatch(/^dacp: cannot import .*bert: BertForMaskedLM \(model_type bert\) is not supported; dacp imports the GPT-2 family \(gpt2\) and the Llama family/);
     expect(r.stderr.split('\n')).toHaveLength(1);
     const missing = dacp('models', 'import', 'x', '--from', path.join(fixtures, 'nowhere'));
     expect(missing).toMatchObject({ code: 2, stderr: expect.stringMatching(/--from .*nowhere: not a folder/) });
     expect(JSON.parse(dacp('models', 'list', '--json').stdout)).toEqual([]);
+  });
+
+  test('a tiny Llama runs the whole pipeline, deploys, and its exported folder loads in transformers and generates', async () => {
+    const imported = dacp('models', 'import', 'tiny-llama', '--from', path.join(fixtures, 'llama-bf16'), '--json');
+    expect(imported.stderr).toBe('');
+    expect(JSON.parse(imported.stdout)).toMatchObject({ versionId: 'tiny-llama:v1', family: 'llama', dtype: 'BF16' });
+    const spec = parseRunSpec(tinySpec({ name: 'tiny-llama-telecom', baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false }, deploy: { alias: 'llama-prod' } }));
+    const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: 'imported-llama', initiator: 'engineer' });
+    await eventually<RunStatus>(async () => {
+      const s = await runStatus(h.runs, runId);
+      if (s.state === 'failed') throw new GiveUp(`run failed: ${String(s.metrics.error)}`);
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, 'the run on the imported Llama reaches approval', 600_000, 250);
+    await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
+    expect(await h.client.workflow.getHandle(runId).result()).toMatchObject({ state: 'completed', versionId: 'tiny-llama-telecom:v1' });
+    const listed = JSON.parse(dacp('models', 'list', '--json').stdout) as Record<string, unknown>[];
+    expect(listed.find((m) => m.versionId === 'tiny-llama-telecom:v1')).toMatchObject({ family: 'llama', aliases: ['llama-prod'], parameters: 56_992 });
+    const out = path.join(h.home, 'exported-llama');
+    expect(dacp('models', 'export', 'llama-prod', '--out', out).code).toBe(0);
+    // The source config goes back out (architecture, ids, rotary settings), now in float32.
+    const config = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: 'llama', architectures: ['LlamaForCausalLM'], num_key_value_heads: 2, tie_word_embeddings: false, torch_dtype: 'float32' });
+    expect(hfCheck(out, 'describe', {})).toMatchObject({ model_type: 'llama', parameters: 56_992 });
+    const generated = hfCheck(out, 'generate', { prompt: 'The gNB alarm', maxNewTokens: 8 }) as { ids: number[] };
+    expect(generated.ids.length).toBeGreaterThan(0);
+    // What dacp trained is what transformers computes.
+    const back = await readHfFolder(out);
+    try {
+      const sequence = [5, 17, 42, 99, 3, 250, 7, 8];
+      const { logits } = hfCheck(out, 'logits', { ids: sequence }) as { logits: number[][] };
+      const ours = tf.tidy(() => back.model.logits(tf.tensor2d([sequence], undefined, 'int32')).arraySync()[0] as number[][]);
+      expect(Math.max(...ours.flatMap((row, t) => row.map((v, j) => Math.abs(v - (logits[t]?.[j] ?? Number.NaN)))))).toBeLessThan(1e-4);
+    } finally {
+      back.model.dispose();
+    }
+  });
+
+  test('the command engine refuses a Llama base at once, naming the engine to use', async () => {
+    const spec = parseRunSpec(tinySpec({
+      name: 'tiny-llama-command',
+      baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false },
+      engine: { kind: 'command', command: [python, path.join(root, 'trainers', 'reference', 'dacp_trainer.py')] },
+    }));
+    const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: 'imported-llama-command', initiator: 'engineer' });
+    const failed = await eventually<RunStatus>(async () => {
+      const s = await runStatus(h.runs, runId);
+      return s.state === 'failed' ? s : undefined;
+    }, 'the run fails', 300_000, 250);
+    expect(String(failed.metrics.error)).toMatch(/engine "command": the trainer protocol carries dacp's GPT-2 model format only, and this base model is of the Llama family; train it with engine "builtin"/);
+    expect(failed.attempts.dacp).toBe(1);
   });
 
   test('imported, adapted by a run, deployed, exported: transformers loads the result and generates', async () => {
@@ -105,7 +167,7 @@ withTransformers('dacp models import / export with a model made by transformers'
     const result = (await h.client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result).toMatchObject({ state: 'completed', versionId: 'tiny-gpt2-telecom:v1' });
 
-    const listed = JSON.parse(dacp('models', 'list', '--json').stdout) as Record<string, unknown>[];
+    const listed = (JSON.parse(dacp('models', 'list', '--json').stdout) as Record<string, unknown>[]).filter((m) => String(m.name).startsWith('tiny-gpt2'));
     expect(listed.map((m) => m.versionId)).toEqual(['tiny-gpt2-telecom:v1', 'tiny-gpt2-telecom-adapted:v1', 'tiny-gpt2:v1']);
     for (const m of listed) expect(m).toMatchObject({ family: 'gpt2', parameters: expect.any(Number), lineage: expect.any(Object) });
     expect(listed[0]).toMatchObject({ aliases: ['production'], runId, parentVersionId: 'tiny-gpt2-telecom-adapted:v1' });
