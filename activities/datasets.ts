@@ -1,7 +1,7 @@
 import { log } from '@temporalio/activity';
 import type { Pool } from 'pg';
 import { findTokenCache, recordTokenCache, type TokenCacheKey } from '../db/records';
-import { formatInstructionPrompt } from '../ml/mixing';
+import { encodeInstructionPrompt } from '../ml/mixing';
 import { encodeDocuments, forEachPaced, type PaceOptions, type Tokenizer } from '../ml/tokenizer';
 import type { DatasetManifest, DatasetRef, DatasetRole, DatasetSplit } from '../schemas/pipeline';
 import { sha256Hex, type ArtifactStore } from './artifacts';
@@ -145,7 +145,7 @@ export async function sftExamplesOf(
     const pairs = await readDataset<PairDoc>(deps.store, dataset);
     const examples: SftIds[] = [];
     await forEachPaced(pairs, (p) => {
-      examples.push({ prompt: tokenizer.encode(formatInstructionPrompt(p.prompt)), response: tokenizer.encode(p.response) });
+      examples.push({ prompt: encodeInstructionPrompt(tokenizer, p.prompt), response: tokenizer.encode(p.response) });
     }, pace);
     return packSft(examples);
   });

@@ -1,6 +1,6 @@
 import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import * as tf from '@tensorflow/tfjs';
-import { formatInstructionPrompt, sftRow } from './mixing';
+import { encodeInstructionPrompt, sftRow } from './mixing';
 import type { CausalLM } from './families';
 import { deriveSeed, mulberry32 } from './random';
 import type { Tokenizer } from './tokenizer';
@@ -180,7 +180,7 @@ export async function instructionScore(
   const chosen = pairs.slice(0, o.maxPairs ?? pairs.length);
   if (chosen.length === 0) throw new Error('instructionScore needs at least one prompt/response pair');
   const encoded = chosen.map((pair) => ({
-    prompt: tokenizer.encode(formatInstructionPrompt(pair.prompt)),
+    prompt: encodeInstructionPrompt(tokenizer, pair.prompt),
     response: tokenizer.encode(pair.response),
   }));
   const rows = encoded.map((example) => sftRow(example, { contextLength: model.config.contextLength, padId: tokenizer.padId, eosId: tokenizer.eosId }));

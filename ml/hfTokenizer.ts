@@ -1,3 +1,4 @@
+import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfCore } from '@huggingface/tokenizers';
 import type { Tokenizer } from './tokenizer';
 
@@ -76,6 +77,25 @@ export class HfTokenizer implements Tokenizer {
     const template = this.json.config.chat_template;
     return typeof template === 'string' ? template : undefined;
   }
+
+  /**
+   * An instruction as the model's chat template lays out one user turn and the start of the
+   * answer (transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)`),
+   * or undefined where tokenizer_config.json has no template.
+   */
+  encodeInstruction(prompt: string): number[] | undefined {
+    const source = this.chatTemplate;
+    if (source === undefined) return undefined;
+    this.template ??= new Template(source);
+    const special = Object.fromEntries(
+      ['bos_token', 'eos_token', 'pad_token', 'unk_token'].map((field) => [field, tokenContent(this.json.config[field]) ?? '']),
+    );
+    const text = this.template.render({ messages: [{ role: 'user', content: prompt }], add_generation_prompt: true, ...special });
+    // Special tokens written by the template (</s>, <|im_start|> …) are matched as such.
+    return this.encode(text);
+  }
+
+  private template: Template | undefined;
 
   toJSON(): HfTokenizerJson {
     return this.json;

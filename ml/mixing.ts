@@ -1,4 +1,5 @@
 import { deriveSeed, mulberry32, permutation, randomInt, Uniform } from './random';
+import type { Tokenizer } from './tokenizer';
 
 /**
  * Training batches as pure functions of (seed, step): a run resumed from the checkpoint at
@@ -196,6 +197,14 @@ export function sftRow(
 /** The single instruction template, shared by SFT data and instruction evaluation. */
 export function formatInstructionPrompt(prompt: string): string {
   return `### Instruction:\n${prompt.trim()}\n\n### Response:\n`;
+}
+
+/**
+ * An instruction prompt as ids: the model's chat template where its tokenizer has one, else the
+ * plain layout above. The response follows, closed by eos (sftRow).
+ */
+export function encodeInstructionPrompt(tokenizer: Tokenizer, prompt: string): number[] {
+  return tokenizer.encodeInstruction?.(prompt) ?? tokenizer.encode(formatInstructionPrompt(prompt));
 }
 
 function checkSizes(batchSize: number, contextLength: number): void {

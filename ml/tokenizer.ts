@@ -23,6 +23,8 @@ export interface Tokenizer {
   /** Skips special and out-of-range ids; invalid UTF-8 (a cut multi-byte char) becomes U+FFFD. */
   decode(ids: number[]): string;
   toJSON(): TokenizerJson;
+  /** An instruction laid out by the model's own chat template, where it has one (hfTokenizer.ts). */
+  encodeInstruction?(prompt: string): number[] | undefined;
 }
 
 const bytesJsonSchema = z.object({ kind: z.literal('bytes'), version: z.literal(1) });

@@ -7,6 +7,9 @@ Reads one JSON object on stdin and prints one JSON object (one line) on stdout; 
 printed or warned goes to stderr. MODE is one of:
   tokenize  {"texts": [str, ...]}               -> {"ids": [[int, ...], ...]}
             AutoTokenizer, add_special_tokens=False
+  chat      {"prompts": [str, ...]}             -> {"ids": [[int, ...], ...] | null}
+            apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True);
+            null when tokenizer_config.json has no chat template
   logits    {"ids": [int, ...]}                 -> {"logits": [[float, ...], ...]}   (one row per position)
             AutoModelForCausalLM in float32, eval mode, no grad
   generate  {"prompt": str, "maxNewTokens": int} -> {"text": str, "ids": [int, ...], "promptIds": [int, ...]}
@@ -35,7 +38,7 @@ warnings.filterwarnings("ignore", message=".*[Nn]um[Pp]y.*")
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-MODES = ("tokenize", "logits", "generate", "describe")
+MODES = ("tokenize", "chat", "logits", "generate", "describe")
 
 
 def fail(message):
@@ -93,6 +96,18 @@ def run(directory, mode, request):
         if not texts:
             return {"ids": []}
         return {"ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
+
+    if mode == "chat":
+        from transformers import AutoTokenizer
+
+        prompts = request.get("prompts")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            fail('"prompts" must be a list of strings')
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        if not tokenizer.chat_template:
+            return {"ids": None}
+        return {"ids": [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                           tokenize=True)) for p in prompts]}
 
     if mode == "describe":
         from transformers import AutoConfig

@@ -4,7 +4,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { ArtifactStore } from '../activities/artifacts';
+import { sftExamplesOf, writeDataset } from '../activities/datasets';
 import { initBackend } from '../ml/backend';
+import { encodeInstructionPrompt, formatInstructionPrompt } from '../ml/mixing';
 import { readHfFolder } from '../ml/hfFolder';
 import { decide, runStatus, startRun } from '../cli/runs';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
@@ -82,6 +85,29 @@ withTransformers('dacp models import / export with a model made by transformers'
       }
     },
   );
+
+  test('instruction tuning and evaluation lay prompts out with the model\'s chat template, as transformers\' apply_chat_template does', async () => {
+    const prompts = ['What does a gNB do?', '기지국 경보가 울리면 무엇을 먼저 확인합니까?'];
+    const store = new ArtifactStore(h.runs.artifactsDir);
+    const pairs = await writeDataset(store, 'instruct', 'train', prompts.map((prompt) => ({ prompt, response: 'Check the link.' })));
+    for (const name of ['llama', 'gpt2']) {
+      const folder = path.join(fixtures, name);
+      const loaded = await readHfFolder(folder);
+      loaded.model.dispose();
+      const chat = (hfCheck(folder, 'chat', { prompts }) as { ids: number[][] | null }).ids;
+      // What the instruct stage trains on (the same function lays out the evaluation's prompts).
+      const examples = await sftExamplesOf({ pool: h.db.pool, store }, loaded.tokenizer, pairs);
+      if (name === 'llama') {
+        expect(chat).not.toBeNull();
+        expect(examples.map((e) => e.prompt)).toEqual(chat);
+      } else {
+        // No template: the plain prompt/response layout.
+        expect(chat).toBeNull();
+        expect(examples.map((e) => e.prompt)).toEqual(prompts.map((p) => loaded.tokenizer.encode(formatInstructionPrompt(p))));
+      }
+      expect(examples.map((e) => e.prompt)).toEqual(prompts.map((p) => encodeInstructionPrompt(loaded.tokenizer, p)));
+    }
+  });
 
   test('a folder of another architecture is refused in one line naming it, and nothing is registered', () => {
     const bert = path.join(fixtures, 'bert');
