@@ -2,7 +2,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { deserializeModel } from '../ml/modelFile';
-import { isLlamaConfig, type AnyModelConfig } from '../ml/families';
+import type { AnyModelConfig } from '../ml/families';
 import type { TokenizerJson } from '../ml/tokenizer';
 import { divergenceAdvice, TrainingDivergedError, type TrainSettings } from '../ml/train';
 import {
@@ -73,12 +73,6 @@ export async function trainWithCommand(
   const { runId, stage, round } = session.job;
   const resume = await session.begin(`command:${path.basename(o.engine.command[0])}`);
   const prepared = await o.prepare();
-  if (isLlamaConfig(prepared.modelConfig)) {
-    throw ApplicationFailure.nonRetryable(
-      'engine "command": the trainer protocol carries dacp\'s GPT-2 model format only, and this base model is of the Llama family; train it with engine "builtin"',
-      'EngineUnsupported',
-    );
-  }
   const logsDir = deps.logsDir ?? path.join(deps.store.root, '..', 'logs');
   const workDir = path.join(logsDir, runId, 'work', `${stage}-${round}-attempt-${session.attempt}`);
   await fs.rm(workDir, { recursive: true, force: true });

@@ -93,10 +93,10 @@ export function evaluationActivities(deps: ActivityDeps) {
       // Which source gained: each weighted domain source's own held-out text (the gate reads the pool's).
       const streams = await sourceStreamsOf(deps, loaded.tokenizer, sets.domainHeldout, sets.bySource, { onProgress });
       const bySource: Record<string, number> = {};
-      for (const name of sets.bySource) {
-        const tokens = streams[name] as number[];
+      for (const source of sets.bySource) {
+        const tokens = streams[source] as number[];
         if (tokens.length >= 2) {
-          bySource[name] = r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, `domain:${name}`) })).perplexity);
+          bySource[source] = r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, `domain:${source}`) })).perplexity);
         }
       }
       scores.domainPerplexityBySource = bySource;

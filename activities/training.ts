@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { mixedLmBatches, sftBatches } from '../ml/mixing';
-import { createModel, type AnyModelConfig, type CausalLM } from '../ml/families';
+import { createModel, isLlamaConfig, type AnyModelConfig, type CausalLM } from '../ml/families';
 import type { ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
 import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
@@ -99,6 +99,13 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
           const start = await startingPoint(deps, job, heartbeat);
           // The trainer loads the weights itself; only the config and the tokenizer are needed here.
           start.model?.dispose();
+          // Refused before any tokenizing: the protocol's model files are dacp's GPT-2 format.
+          if (isLlamaConfig(start.config)) {
+            throw ApplicationFailure.nonRetryable(
+              'engine "command": the trainer protocol carries dacp\'s GPT-2 model format only, and this base model is of the Llama family; train it with engine "builtin"',
+              'EngineUnsupported',
+            );
+          }
           return { modelConfig: start.config, tokenizer: start.tokenizer.toJSON(), data: await job.data(start.tokenizer, heartbeat) };
         },
       });

@@ -298,7 +298,7 @@ async function main(argv: string[]): Promise<number> {
           const name = onePositional(positionals, 'model name');
           const result = await importModel(ctx, { name, from: need(flags.from, '--from DIR'), ...(typeof flags.alias === 'string' ? { alias: flags.alias } : {}) });
           print(Boolean(flags.json), result, () =>
-            `${result.existed ? 'already imported as' : 'imported'} ${result.versionId} (${result.family}, ${result.parameters} parameters, stored ${result.dtype})${result.alias ? `; ${result.alias} → ${result.versionId}` : ''}`,
+            `${result.existed ? 'already imported as' : 'imported'} ${result.versionId} (${result.family}, ${result.parameters} parameters, stored ${result.dtype})${result.alias ? `; ${result.alias} → ${result.versionId} (was ${result.previousVersionId ?? 'unset'})` : ''}`,
           );
         } else {
           const ref = onePositional(positionals, 'model version or alias');

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Pool } from 'pg';
@@ -31,6 +32,8 @@ export interface ImportResult {
   dtype: string;
   parameters: number;
   alias?: string;
+  /** What the alias pointed at before this import moved it. */
+  previousVersionId?: string | null;
 }
 
 export async function importModel(ctx: RegistryContext, o: { name: string; from: string; alias?: string }): Promise<ImportResult> {
@@ -59,8 +62,13 @@ export async function importModel(ctx: RegistryContext, o: { name: string; from:
   const lineage = { kind: 'imported', family, dtype, parameters, files };
   return withTransaction(ctx.pool, async (client) => {
     const { versionId, existed } = await importModelVersion(client, { name: o.name, model: ref, lineage });
-    if (o.alias !== undefined) await moveAlias(client, { runId: `import:${versionId}`, alias: o.alias, versionId });
-    return { versionId, existed, family, dtype, parameters, ...(o.alias !== undefined ? { alias: o.alias } : {}) };
+    // Each import that names an alias moves it (a deployment row per move): importing a version again
+    // with --alias points the alias back at it.
+    const moved = o.alias !== undefined ? await moveAlias(client, { runId: `import:${versionId}:${randomUUID()}`, alias: o.alias, versionId }) : undefined;
+    return {
+      versionId, existed, family, dtype, parameters,
+      ...(o.alias !== undefined && moved ? { alias: o.alias, previousVersionId: moved.previousVersionId } : {}),
+    };
   });
 }
 

@@ -24,7 +24,7 @@ export const TRAINER_PROTOCOL = 'dacp-trainer/1';
 export interface TrainerLmData {
   kind: 'lm';
   /**
-   * Little-endian int32 token ids; documents end with the end-of-text id (`vocabSize - 2`). Absent
+   * Little-endian int32 token ids; documents end with the tokenizer's end-of-text id. Absent
    * where `domainParts` is given, so that a trainer that does not know those fails rather than
    * training a different mix.
    */

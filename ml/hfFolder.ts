@@ -140,6 +140,33 @@ async function readJson(dir: string, name: string, files: Record<string, string>
   }
 }
 
+/**
+ * tokenizer_config.json with its chat template as one string: newer transformers keep the template
+ * in chat_template.jinja, and some models list named templates (the one named "default" is used,
+ * as transformers does). Export writes it back inside tokenizer_config.json, where transformers reads it too.
+ */
+async function withChatTemplate(dir: string, config: JsonObject, files: Record<string, string>): Promise<JsonObject> {
+  let template = config.chat_template;
+  if (template === undefined) {
+    const data = await fs.readFile(path.join(dir, 'chat_template.jinja')).catch(() => null);
+    if (data) {
+      files['chat_template.jinja'] = sha256Of(data);
+      template = data.toString('utf8');
+    }
+  }
+  if (Array.isArray(template)) {
+    const named = template as { name?: unknown; template?: unknown }[];
+    template = named.find((t) => t.name === 'default')?.template ?? named[0]?.template;
+  }
+  if (template === undefined || template === null) {
+    const rest = { ...config };
+    delete rest.chat_template;
+    return rest;
+  }
+  if (typeof template !== 'string') throw new UnsupportedModelError('tokenizer_config.json: chat_template is neither a string nor a list of {name, template}');
+  return { ...config, chat_template: template };
+}
+
 /** Every tensor of the folder's safetensors file(s), widened to float32. */
 async function readTensors(dir: string, files: Record<string, string>): Promise<{ tensors: Record<string, SafetensorsTensor>; dtypes: Set<string> }> {
   const single = path.join(dir, 'model.safetensors');
@@ -211,12 +238,20 @@ export async function readHfFolder(dir: string): Promise<LoadedFolder> {
   const family = familyOf(config);
   const read = family === 'gpt2' ? gpt2Weights(config) : llamaWeights(config);
   const tokenizerJson = await readJson(dir, 'tokenizer.json', files);
-  const tokenizerConfig = await readJson(dir, 'tokenizer_config.json', files);
+  const tokenizerConfig = await withChatTemplate(dir, await readJson(dir, 'tokenizer_config.json', files), files);
   const { tensors, dtypes } = await readTensors(dir, files);
   if (![...dtypes].every((d) => ['F32', 'F16', 'BF16'].includes(d))) throw new UnsupportedModelError(`weights are stored as ${[...dtypes].join(', ')}; dacp reads F32, BF16 or F16`);
   const weights = read.take(tensors);
   const dtype = dtypes.has('BF16') ? 'BF16' : dtypes.has('F16') ? 'F16' : 'F32';
   const tokenizer = new HfTokenizer({ kind: 'hf', version: 1, tokenizer: tokenizerJson, config: tokenizerConfig, vocabSize: read.config.vocabSize });
+  if (tokenizer.chatTemplate !== undefined) {
+    // A template that cannot render would fail instruction tuning on every attempt: refuse it now.
+    try {
+      tokenizer.encodeInstruction('Is this template usable?');
+    } catch (error) {
+      throw new UnsupportedModelError(`the chat template cannot be rendered: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
+    }
+  }
   const model = modelFromWeights(read.config, weights);
   return { model, tokenizer, family, dtype, parameters: model.parameterCount(), files };
 }

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { domainMixes, normalizeDomainMix } from './candidates';
+import { domainMixes, formatDomainMix, normalizeDomainMix } from './candidates';
 
 /**
  * The run specification: everything a user decides about one DACP run. Validated at the edge
@@ -366,7 +366,7 @@ function checkDomainRatio(spec: { sources: SourceSpec[]; domainRatio?: Record<st
   for (const [i, mix] of mixes.entries()) {
     const where = Array.isArray(spec.domainRatio) ? ['domainRatio', i] : ['domainRatio'];
     const unknown = Object.keys(mix).filter((key) => !names.includes(key));
-    const missing = names.filter((name) => !(name in mix));
+    const missing = names.filter((name) => !Object.hasOwn(mix, name));
     if (unknown.length) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: where, message: `${unknown.map((n) => `"${n}"`).join(', ')} names no domain source; the domain sources are ${names.map((n) => `"${n}"`).join(', ')}` });
     }
@@ -374,9 +374,14 @@ function checkDomainRatio(spec: { sources: SourceSpec[]; domainRatio?: Record<st
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: where, message: `give ${missing.map((n) => `"${n}"`).join(', ')} a weight too (0 leaves a source out)` });
     }
   }
-  const keys = mixes.map((mix) => JSON.stringify(normalizeDomainMix(mix)));
+  // Compared as status lines and the trade-off table print them (shares to two decimals), so no two candidates read the same.
+  const keys = mixes.map((mix) => formatDomainMix(normalizeDomainMix(mix)));
   if (new Set(keys).size !== keys.length) {
-    ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['domainRatio'], message: 'list each domain mix once (mixes with proportional weights are the same mix)' });
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      path: ['domainRatio'],
+      message: 'list each domain mix once: mixes with proportional weights, or shares equal to two decimals, are the same mix',
+    });
   }
 }
 

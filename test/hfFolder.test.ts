@@ -103,6 +103,24 @@ describe('a dacp model as a Hugging Face GPT-2 folder', () => {
     for (const m of [model, loaded.model, again.model]) m.dispose();
   });
 
+  test('a chat template kept in chat_template.jinja is read, rendered with the model\'s special tokens, and one that cannot render is refused', async () => {
+    const model = GPT.create(config, 6);
+    const folder = await exported('chat', model, bpe);
+    model.dispose();
+    const template = "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+    writeFileSync(path.join(folder, 'chat_template.jinja'), template);
+    const loaded = await readHfFolder(folder);
+    expect(loaded.tokenizer.chatTemplate).toBe(template);
+    expect(loaded.files['chat_template.jinja']).toMatch(/^[0-9a-f]{64}$/);
+    // The eos written by the template is the special token, not its characters.
+    expect(loaded.tokenizer.encodeInstruction('Hi')).toEqual([bpe.eosId, ...bpe.encode('user: Hi'), bpe.eosId, ...bpe.encode('assistant: ')]);
+    // Export keeps it, inside tokenizer_config.json.
+    expect(JSON.parse(modelFolderFiles(loaded.model, loaded.tokenizer)['tokenizer_config.json'].toString('utf8')).chat_template).toBe(template);
+    loaded.model.dispose();
+    writeFileSync(path.join(folder, 'chat_template.jinja'), '{% for m in messages %}{{ m.content }');
+    await expect(readHfFolder(folder)).rejects.toThrow(/^the chat template cannot be rendered: /);
+  });
+
   test('F16 and BF16 weights are read widened to float32', async () => {
     const model = GPT.create(config, 3);
     const folder = await exported('half', model, bpe);

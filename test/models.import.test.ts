@@ -211,6 +211,11 @@ withTransformers('dacp models import / export with a model made by transformers'
     expect(typeof generated.text).toBe('string');
     // Exporting over files is refused; nothing there is touched.
     expect(dacp('models', 'export', 'production', '--out', out)).toMatchObject({ code: 2, stderr: expect.stringMatching(/--out .* is not empty/) });
+    // Importing the same folder again with --alias points the alias back at that version.
+    const again = dacp('models', 'import', 'tiny-gpt2', '--from', path.join(fixtures, 'gpt2'), '--alias', 'production');
+    expect(again.stdout).toMatch(/^already imported as tiny-gpt2:v1 .*; production → tiny-gpt2:v1 \(was tiny-gpt2-telecom:v1\)$/m);
+    const after = JSON.parse(dacp('models', 'list', '--json').stdout) as { versionId: string; aliases: string[] }[];
+    expect(after.find((m) => m.aliases.includes('production'))?.versionId).toBe('tiny-gpt2:v1');
   });
 
   test('`dacp demo --base DIR` runs the demo lifecycle on the user\'s folder, from import to deploy', async () => {
