@@ -1,6 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ArtifactRef } from '../schemas/pipeline';
 
@@ -52,6 +54,58 @@ export class ArtifactStore {
     return { uri, sha256, bytes: data.length };
   }
 
+  /**
+   * Store a file of any size as an artifact, streamed: hashed while it is copied, never held in
+   * memory whole (a model's weights may be several GB).
+   */
+  async putFile(kind: string, source: string, ext: string): Promise<ArtifactRef> {
+    const staging = path.join(this.root, kind);
+    await fs.mkdir(staging, { recursive: true });
+    const temp = path.join(staging, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    let sha256: string;
+    let bytes: number;
+    try {
+      ({ sha256, bytes } = await copyHashing(source, temp));
+    } catch (err) {
+      await fs.rm(temp, { force: true }).catch(() => undefined);
+      if ((err as NodeJS.ErrnoException).syscall === 'open' && (err as NodeJS.ErrnoException).path === source) throw err;
+      throw writeFailure(`artifact:${kind}/(streamed).${ext}`, temp, err);
+    }
+    const uri = `artifact:${kind}/${sha256}.${ext}`;
+    const target = this.pathOf(uri);
+    if (await this.isIntact(target, sha256)) {
+      await fs.rm(temp, { force: true });
+      return { uri, sha256, bytes };
+    }
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    await fs.rename(temp, target);
+    await syncDirectory(path.dirname(target));
+    return { uri, sha256, bytes };
+  }
+
+  /**
+   * Copy an artifact out to `dest`, streamed, checking on the way that it is exactly what `ref`
+   * names; a corrupted artifact leaves no file at `dest`.
+   */
+  async copyOut(ref: { uri: string; sha256: string }, dest: string): Promise<void> {
+    const temp = `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    let sha256: string;
+    try {
+      ({ sha256 } = await copyHashing(this.pathOf(ref.uri), temp));
+    } catch (err) {
+      await fs.rm(temp, { force: true }).catch(() => undefined);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (err as NodeJS.ErrnoException).path === this.pathOf(ref.uri)) {
+        throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is missing from ${this.root}; was DACP_HOME changed?`, 'ArtifactMissing');
+      }
+      throw err;
+    }
+    if (sha256 !== ref.sha256) {
+      await fs.rm(temp, { force: true });
+      throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is corrupted: sha256 ${sha256} instead of ${ref.sha256}`, 'ArtifactCorrupted');
+    }
+    await fs.rename(temp, dest);
+  }
+
   async putJson(kind: string, value: unknown): Promise<ArtifactRef> {
     return this.put(kind, Buffer.from(JSON.stringify(value, null, 2) + '\n'), 'json');
   }
@@ -94,7 +148,7 @@ export class ArtifactStore {
 
   private async isIntact(file: string, sha256: string): Promise<boolean> {
     try {
-      return sha256Hex(await fs.readFile(file)) === sha256;
+      return (await hashFile(file)) === sha256;
     } catch {
       return false;
     }
@@ -119,6 +173,34 @@ function writeFailure(uri: string, file: string, err: unknown): ApplicationFailu
     `cannot write artifact ${uri} to ${file} (${code ?? 'error'}: ${why}); nothing was stored under that name and earlier artifacts are intact`,
     'ArtifactWriteFailed',
   );
+}
+
+/** sha256 of a file, streamed. */
+export async function hashFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Copies `source` to `dest` (fsynced), hashing the bytes on the way. */
+async function copyHashing(source: string, dest: string): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      hash.update(chunk);
+      bytes += chunk.length;
+      done(null, chunk);
+    },
+  });
+  await pipeline(createReadStream(source), tap, createWriteStream(dest));
+  const handle = await fs.open(dest, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  return { sha256: hash.digest('hex'), bytes };
 }
 
 async function syncDirectory(dir: string): Promise<void> {

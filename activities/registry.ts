@@ -5,6 +5,7 @@ import { AliasMovedError, createModelVersion, findModelVersion, moveAlias, recor
 import type { ArtifactRef, DatasetRef, DeployResult, FinalCheckReport, ForgettingReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
+import { storeModelAsFolder } from './modelFolders';
 
 export type VersionedModel = ArtifactRef & { versionId: string };
 
@@ -56,8 +57,10 @@ export function registryActivities({ pool, store }: ActivityDeps) {
     },
 
     async registerBaseModel(input: { runId: string; spec: RunSpec; model: ArtifactRef; corpus: DatasetRef }): Promise<VersionedModel> {
+      const folder = await storeModelAsFolder(store, input.model);
       const versionId = await withTransaction(pool, (client) =>
         createModelVersion(client, {
+          folder,
           name: `${input.spec.name}-base`,
           parentVersionId: null,
           runId: input.runId,
@@ -103,9 +106,13 @@ export function registryActivities({ pool, store }: ActivityDeps) {
        * base, and the tuned model that serves, child of the adapted one. The next run continues
        * pretraining from the adapted line. Runs from before register the tuned model alone.
        */
+      // Each version is kept as a Hugging Face folder too (what `dacp models export` writes out).
+      const folder = await storeModelAsFolder(store, input.model);
+      const adaptedFolder = input.adaptedModel ? await storeModelAsFolder(store, input.adaptedModel) : undefined;
       const register = async (client: PoolClient): Promise<{ versionId: string; adaptedVersionId?: string }> => {
         const adaptedVersionId = input.adaptedModel
           ? await createModelVersion(client, {
+              folder: adaptedFolder,
               name: `${input.spec.name}-adapted`,
               parentVersionId: input.baseModel.versionId,
               runId: input.runId,
@@ -115,6 +122,7 @@ export function registryActivities({ pool, store }: ActivityDeps) {
             })
           : undefined;
         const versionId = await createModelVersion(client, {
+          folder,
           name: input.spec.name,
           parentVersionId: adaptedVersionId ?? input.baseModel.versionId,
           runId: input.runId,

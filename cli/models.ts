@@ -2,13 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import { ArtifactStore } from '../activities/artifacts';
+import { ArtifactStore, hashFile } from '../activities/artifacts';
+import { copyFolderOut, storeFolderFromDisk } from '../activities/modelFolders';
 import { withTransaction } from '../db/pool';
 import { findModelVersion, importModelVersion, listModelVersions, moveAlias } from '../db/records';
 import { initBackend } from '../ml/backend';
-import { modelFolderFiles, readHfFolder, sha256Of, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
+import { folderFilesOfModelFile, readHfFolder, sha256Of, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
 import { familyOfConfig, parameterCountOf, parseAnyModelConfig } from '../ml/families';
-import { deserializeModel, RESERVED_KEYS, serializeModel } from '../ml/modelFile';
+import { RESERVED_KEYS, serializeModel } from '../ml/modelFile';
 import { InputError } from '../schemas/runSpec';
 
 /**
@@ -59,9 +60,11 @@ export async function importModel(ctx: RegistryContext, o: { name: string; from:
   }
   const store = new ArtifactStore(ctx.artifactsDir);
   const ref = await store.put('models', data, 'safetensors');
+  // The folder itself, as the user gave it (weights in their own dtype), streamed file by file.
+  const folder = await storeFolderFromDisk(store, from, Object.keys(files));
   const lineage = { kind: 'imported', family, dtype, parameters, files };
   return withTransaction(ctx.pool, async (client) => {
-    const { versionId, existed } = await importModelVersion(client, { name: o.name, model: ref, lineage });
+    const { versionId, existed } = await importModelVersion(client, { name: o.name, model: ref, lineage, folder });
     // Each import that names an alias moves it (a deployment row per move): importing a version again
     // with --alias points the alias back at it.
     const moved = o.alias !== undefined ? await moveAlias(client, { runId: `import:${versionId}:${randomUUID()}`, alias: o.alias, versionId }) : undefined;
@@ -86,21 +89,21 @@ export async function exportModel(ctx: RegistryContext, o: { ref: string; out: s
   const existing = await fs.readdir(out).catch(() => null);
   if (existing && existing.length > 0) throw new InputError(`--out ${o.out} is not empty; give a new or empty folder (nothing there is overwritten)`);
   const store = new ArtifactStore(ctx.artifactsDir);
-  // get() verifies the sha256 the registry recorded.
-  const data = await store.get({ uri: version.uri, sha256: version.sha256 });
-  await initBackend();
-  const { model, tokenizer } = deserializeModel(data);
-  let files: Record<string, Buffer>;
-  try {
-    files = modelFolderFiles(model, tokenizer);
-  } finally {
-    model.dispose();
+  let expected: Record<string, string>;
+  if (version.folder) {
+    // Streamed out file by file, each checked against the sha256 its manifest records.
+    const files = await copyFolderOut(store, version.folder, out);
+    expected = Object.fromEntries(Object.entries(files).map(([name, ref]) => [name, ref.sha256]));
+  } else {
+    // Registered before folders: converted from the single-file model (get() verifies its sha256).
+    const files = folderFilesOfModelFile(await store.get({ uri: version.uri, sha256: version.sha256 }));
+    await writeFolder(out, files);
+    expected = Object.fromEntries(Object.entries(files).map(([name, bytes]) => [name, sha256Of(bytes)]));
   }
-  await writeFolder(out, files);
   const written: Record<string, string> = {};
-  for (const [name, bytes] of Object.entries(files)) {
-    const onDisk = sha256Of(await fs.readFile(path.join(out, name)));
-    if (onDisk !== sha256Of(bytes)) throw new Error(`${path.join(out, name)} does not read back as written (sha256 ${onDisk}); the disk may be failing`);
+  for (const [name, sha256] of Object.entries(expected)) {
+    const onDisk = await hashFile(path.join(out, name));
+    if (onDisk !== sha256) throw new Error(`${path.join(out, name)} does not read back as written (sha256 ${onDisk}); the disk may be failing`);
     written[name] = onDisk;
   }
   return { versionId: version.versionId, out, files: written };
@@ -116,6 +119,8 @@ export interface ListedModel {
   runId: string | null;
   lineage: Record<string, unknown>;
   sha256: string;
+  /** The Hugging Face folder's manifest (per-file sha256); null for versions registered before folders. */
+  folder: { uri: string; sha256: string } | null;
   createdAt: string;
 }
 
@@ -136,6 +141,7 @@ export async function listModels(ctx: RegistryContext): Promise<ListedModel[]> {
       runId: v.runId,
       lineage: v.lineage,
       sha256: v.sha256,
+      folder: v.folder ? { uri: v.folder.uri, sha256: v.folder.sha256 } : null,
       createdAt: v.createdAt,
     });
   }

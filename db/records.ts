@@ -262,6 +262,8 @@ export interface ModelVersionRow {
   sha256: string;
   lineage: Record<string, unknown>;
   metrics: Record<string, unknown>;
+  /** The model as a Hugging Face folder (a manifest artifact); null for versions registered before folders. */
+  folder: ArtifactRef | null;
   createdAt: string;
 }
 
@@ -275,6 +277,7 @@ function toModelVersion(r: Record<string, unknown>): ModelVersionRow {
     sha256: r.sha256 as string,
     lineage: r.lineage as Record<string, unknown>,
     metrics: r.metrics as Record<string, unknown>,
+    folder: (r.folder as ArtifactRef | null | undefined) ?? null,
     createdAt: (r.created_at as Date).toISOString(),
   };
 }
@@ -306,7 +309,7 @@ export async function listModelVersions(db: Queryable): Promise<(ModelVersionRow
  */
 export async function createModelVersion(
   client: PoolClient,
-  v: { name: string; parentVersionId: string | null; runId: string; model: ArtifactRef; lineage: unknown; metrics: unknown },
+  v: { name: string; parentVersionId: string | null; runId: string; model: ArtifactRef; lineage: unknown; metrics: unknown; folder?: ArtifactRef },
 ): Promise<string> {
   await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dacp-model:${v.name}`]);
   const existing = await client.query(
@@ -317,9 +320,9 @@ export async function createModelVersion(
   const { rows } = await client.query(`SELECT count(*)::int AS n FROM model_versions WHERE name = $1`, [v.name]);
   const versionId = `${v.name}:v${(rows[0].n as number) + 1}`;
   await client.query(
-    `INSERT INTO model_versions (version_id, name, parent_version_id, run_id, uri, sha256, lineage, metrics)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-    [versionId, v.name, v.parentVersionId, v.runId, v.model.uri, v.model.sha256, JSON.stringify(v.lineage), JSON.stringify(v.metrics)],
+    `INSERT INTO model_versions (version_id, name, parent_version_id, run_id, uri, sha256, lineage, metrics, folder)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+    [versionId, v.name, v.parentVersionId, v.runId, v.model.uri, v.model.sha256, JSON.stringify(v.lineage), JSON.stringify(v.metrics), v.folder ? JSON.stringify(v.folder) : null],
   );
   return versionId;
 }
@@ -330,7 +333,7 @@ export async function createModelVersion(
  */
 export async function importModelVersion(
   client: PoolClient,
-  v: { name: string; model: ArtifactRef; lineage: Record<string, unknown> },
+  v: { name: string; model: ArtifactRef; lineage: Record<string, unknown>; folder: ArtifactRef },
 ): Promise<{ versionId: string; existed: boolean }> {
   await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dacp-model:${v.name}`]);
   const existing = await client.query(`SELECT version_id FROM model_versions WHERE name = $1 AND run_id IS NULL AND sha256 = $2`, [v.name, v.model.sha256]);
@@ -338,8 +341,8 @@ export async function importModelVersion(
   const { rows } = await client.query(`SELECT count(*)::int AS n FROM model_versions WHERE name = $1`, [v.name]);
   const versionId = `${v.name}:v${(rows[0].n as number) + 1}`;
   await client.query(
-    `INSERT INTO model_versions (version_id, name, parent_version_id, run_id, uri, sha256, lineage, metrics) VALUES ($1, $2, NULL, NULL, $3, $4, $5, '{}')`,
-    [versionId, v.name, v.model.uri, v.model.sha256, JSON.stringify(v.lineage)],
+    `INSERT INTO model_versions (version_id, name, parent_version_id, run_id, uri, sha256, lineage, metrics, folder) VALUES ($1, $2, NULL, NULL, $3, $4, $5, '{}', $6)`,
+    [versionId, v.name, v.model.uri, v.model.sha256, JSON.stringify(v.lineage), JSON.stringify(v.folder)],
   );
   return { versionId, existed: false };
 }

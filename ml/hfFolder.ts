@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { modelFromWeights, type AnyModelConfig, type CausalLM } from './families';
+import { isLlamaConfig, modelFromWeights, parseAnyModelConfig, type AnyModelConfig, type CausalLM } from './families';
+import { MODEL_FORMAT, readReserved } from './modelFile';
 import { Llama, llamaParameterSpecs, parseLlamaConfig, type LlamaConfig } from './llama';
 import { GPT, parameterSpecs, type ModelConfig } from './model';
 import { decodeSafetensors, encodeSafetensors, type SafetensorsTensor } from './safetensors';
@@ -45,15 +46,18 @@ function gpt2Names(config: ModelConfig): [dacp: string, hf: string][] {
 
 /** The files of a model folder, as bytes, for a dacp GPT and its tokenizer. */
 export function gpt2FolderFiles(model: GPT, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
-  const { vocabSize, contextLength, dModel, nLayers, nHeads } = model.config;
-  const weights = model.weights();
+  return gpt2Files(model.config, model.weights(), tokenizer);
+}
+
+function gpt2Files(modelConfig: ModelConfig, weights: Record<string, Float32Array>, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+  const { vocabSize, contextLength, dModel, nLayers, nHeads } = modelConfig;
+  const shapes = new Map(parameterSpecs(modelConfig).map(({ name, shape }) => [name, shape]));
   const tensors: Record<string, SafetensorsTensor> = {};
-  for (const [dacpName, hfName] of gpt2Names(model.config)) {
-    const variable = model.variables.get(dacpName);
-    if (!variable) throw new Error(`model has no parameter "${dacpName}"`);
-    tensors[`transformer.${hfName}`] = { dtype: 'F32', shape: [...variable.shape], data: weights[dacpName] as Float32Array };
+  for (const [dacpName, hfName] of gpt2Names(modelConfig)) {
+    const data = weights[dacpName];
+    if (!data) throw new Error(`model has no parameter "${dacpName}"`);
+    tensors[`transformer.${hfName}`] = { dtype: 'F32', shape: shapes.get(dacpName) as number[], data };
   }
-  const tokenizerFiles = tokenizerFilesOf(tokenizer, contextLength);
   const config = {
     architectures: ['GPT2LMHeadModel'],
     model_type: 'gpt2',
@@ -80,6 +84,19 @@ export function gpt2FolderFiles(model: GPT, tokenizer: Tokenizer): Record<(typeo
     torch_dtype: 'float32',
   };
   const generation = { bos_token_id: tokenizer.eosId, eos_token_id: tokenizer.eosId, pad_token_id: tokenizer.padId };
+  return folderOf(config, tensors, tokenizer, contextLength, generation);
+}
+
+/** The five files: the config, the weights, the tokenizer (its own files, or dacp's written as them), generation defaults. */
+function folderOf(
+  config: JsonObject,
+  tensors: Record<string, SafetensorsTensor>,
+  tokenizer: Tokenizer,
+  contextLength: number,
+  generation: JsonObject,
+): Record<(typeof MODEL_FILES)[number], Buffer> {
+  const stored = tokenizer.toJSON();
+  const tokenizerFiles = stored.kind === 'hf' ? { tokenizer: stored.tokenizer, config: stored.config } : hfFilesOfDacpTokenizer(stored.kind === 'bpe' ? stored.merges : [], contextLength);
   return {
     'config.json': json(config),
     'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
@@ -87,12 +104,6 @@ export function gpt2FolderFiles(model: GPT, tokenizer: Tokenizer): Record<(typeo
     'tokenizer_config.json': json(tokenizerFiles.config),
     'generation_config.json': json(generation),
   };
-}
-
-function tokenizerFilesOf(tokenizer: Tokenizer, contextLength: number): { tokenizer: JsonObject; config: JsonObject } {
-  const stored = tokenizer.toJSON();
-  if (stored.kind === 'hf') return { tokenizer: stored.tokenizer, config: stored.config };
-  return hfFilesOfDacpTokenizer(stored.kind === 'bpe' ? stored.merges : [], contextLength);
 }
 
 const json = (value: unknown) => Buffer.from(`${JSON.stringify(value, null, 2)}\n`, 'utf8');
@@ -427,8 +438,10 @@ function llamaWeights(config: JsonObject): FamilyReader {
 
 /** A Llama-family model as a folder: its source config.json back, the weights in transformers' names and layout. */
 export function llamaFolderFiles(model: Llama, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
-  const c = model.config;
-  const weights = model.weights();
+  return llamaFiles(model.config, model.weights(), tokenizer);
+}
+
+function llamaFiles(c: LlamaConfig, weights: Record<string, Float32Array>, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
   const specs = new Map(llamaParameterSpecs(c).map(({ name, shape }) => [name, shape]));
   const tensors: Record<string, SafetensorsTensor> = {};
   for (const [dacpName, hfName, linear] of llamaNames(c)) {
@@ -459,19 +472,24 @@ export function llamaFolderFiles(model: Llama, tokenizer: Tokenizer): Record<(ty
     tie_word_embeddings: c.tiedEmbeddings,
     torch_dtype: 'float32',
   };
-  const stored = tokenizer.toJSON();
-  const tokenizerFiles = stored.kind === 'hf' ? { tokenizer: stored.tokenizer, config: stored.config } : hfFilesOfDacpTokenizer(stored.kind === 'bpe' ? stored.merges : [], c.contextLength);
   const generation = { bos_token_id: source.bos_token_id, eos_token_id: source.eos_token_id ?? tokenizer.eosId, pad_token_id: source.pad_token_id ?? tokenizer.padId };
-  return {
-    'config.json': json(config),
-    'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
-    'tokenizer.json': json(tokenizerFiles.tokenizer),
-    'tokenizer_config.json': json(tokenizerFiles.config),
-    'generation_config.json': json(generation),
-  };
+  return folderOf(config, tensors, tokenizer, c.contextLength, generation);
 }
 
 /** The files of a model folder for either family. */
 export function modelFolderFiles(model: CausalLM, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
   return model instanceof Llama ? llamaFolderFiles(model, tokenizer) : gpt2FolderFiles(model, tokenizer);
+}
+
+/**
+ * The folder of a dacp model file, straight from its tensors: no TensorFlow.js model is built, so
+ * the registry can convert on a worker that trains nothing.
+ */
+export function folderFilesOfModelFile(file: Buffer): Record<(typeof MODEL_FILES)[number], Buffer> {
+  const { tensors, metadata } = decodeSafetensors(file);
+  const { config, tokenizer } = readReserved(metadata, MODEL_FORMAT, tensors, 'model file');
+  const weights: Record<string, Float32Array> = {};
+  for (const [name, tensor] of Object.entries(tensors)) weights[name] = tensor.data as Float32Array;
+  const parsed = parseAnyModelConfig(config);
+  return isLlamaConfig(parsed) ? llamaFiles(parsed, weights, tokenizer) : gpt2Files(parsed, weights, tokenizer);
 }

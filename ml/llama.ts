@@ -1,8 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import { causalMask, crossEntropy, embeddingLookup, matMul, sizeOf, transpose2d, type ParameterSpec } from './model';
-import { deriveSeed, mulberry32, normalArray } from './random';
-import { isFloat32Array } from './typedArrays';
+import { causalMask, countOf, embeddingLookup, initialValues, maskedLoss, matMul, transpose2d, valuesOf, weightsOf, type ParameterSpec } from './model';
 
 /**
  * The Llama family (Llama, Qwen2, SmolLM, Mistral), small enough to read in one sitting:
@@ -161,35 +159,13 @@ export class Llama {
   /** Deterministic: the same (config, seed) gives the same weights on every backend. */
   static create(config: LlamaConfig, seed: number): Llama {
     const checked = parseLlamaConfig(config);
-    const values = new Map<string, Float32Array>();
-    for (const spec of llamaParameterSpecs(checked)) {
-      const size = sizeOf(spec.shape);
-      values.set(
-        spec.name,
-        spec.init.kind === 'normal' ? normalArray(mulberry32(deriveSeed(seed, spec.name)), size, spec.init.std)
-          : new Float32Array(size).fill(spec.init.kind === 'ones' ? 1 : 0),
-      );
-    }
-    return new Llama(checked, values);
+    return new Llama(checked, initialValues(llamaParameterSpecs(checked), seed));
   }
 
   /** Rebuilds a model from weights(); rejects missing, unexpected or mis-shaped tensors. */
   static fromWeights(config: LlamaConfig, weights: Record<string, Float32Array>): Llama {
     const checked = parseLlamaConfig(config);
-    const specs = llamaParameterSpecs(checked);
-    const problems: string[] = [];
-    const values = new Map<string, Float32Array>();
-    for (const spec of specs) {
-      const data = weights[spec.name];
-      if (data === undefined) problems.push(`missing "${spec.name}"`);
-      else if (!isFloat32Array(data)) problems.push(`"${spec.name}" is not a Float32Array`);
-      else if (data.length !== sizeOf(spec.shape)) problems.push(`"${spec.name}" has ${data.length} values, expected [${spec.shape.join(',')}]`);
-      else values.set(spec.name, data);
-    }
-    const known = new Set(specs.map((s) => s.name));
-    for (const name of Object.keys(weights)) if (!known.has(name)) problems.push(`unexpected "${name}"`);
-    if (problems.length > 0) throw new Error(`weights do not match the llama config: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ` (+${problems.length - 5} more)` : ''}`);
-    return new Llama(checked, values);
+    return new Llama(checked, valuesOf(llamaParameterSpecs(checked), weights, 'the llama config'));
   }
 
   /** ids [B,T] int32 with T ≤ contextLength → logits [B,T,V]. The caller disposes the result. */
@@ -215,26 +191,15 @@ export class Llama {
 
   /** Mean cross-entropy over positions where mask == 1 (all positions without a mask). */
   loss(inputs: tf.Tensor2D, targets: tf.Tensor2D, mask?: tf.Tensor2D): tf.Scalar {
-    return tf.tidy(() => {
-      const [B, T] = inputs.shape;
-      const logits = this.logits(inputs).reshape([B * T, this.config.vocabSize]) as tf.Tensor2D;
-      const nll = crossEntropy(logits, targets.reshape([B * T]) as tf.Tensor1D).reshape([B, T]);
-      if (mask === undefined) return nll.mean() as tf.Scalar;
-      const weights = mask.toFloat();
-      return nll.mul(weights).sum().div(weights.sum().maximum(1)) as tf.Scalar;
-    });
+    return maskedLoss(() => this.logits(inputs), targets, mask);
   }
 
   weights(): Record<string, Float32Array> {
-    const out: Record<string, Float32Array> = {};
-    for (const [name, variable] of this.variables) out[name] = Float32Array.from(variable.dataSync() as Float32Array);
-    return out;
+    return weightsOf(this.variables);
   }
 
   parameterCount(): number {
-    let count = 0;
-    for (const variable of this.variables.values()) count += variable.size;
-    return count;
+    return countOf(this.variables);
   }
 
   dispose(): void {

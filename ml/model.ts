@@ -101,38 +101,13 @@ export class GPT {
   /** Deterministic: the same (config, seed) gives the same weights on every backend. */
   static create(config: ModelConfig, seed: number): GPT {
     const checked = parseModelConfig(config);
-    const values = new Map<string, Float32Array>();
-    for (const spec of parameterSpecs(checked)) {
-      const size = sizeOf(spec.shape);
-      values.set(
-        spec.name,
-        spec.init.kind === 'normal' ? normalArray(mulberry32(deriveSeed(seed, spec.name)), size, spec.init.std)
-          : new Float32Array(size).fill(spec.init.kind === 'ones' ? 1 : 0),
-      );
-    }
-    return new GPT(checked, values);
+    return new GPT(checked, initialValues(parameterSpecs(checked), seed));
   }
 
   /** Rebuilds a model from weights(); rejects missing, unexpected or mis-shaped tensors. */
   static fromWeights(config: ModelConfig, weights: Record<string, Float32Array>): GPT {
     const checked = parseModelConfig(config);
-    const specs = parameterSpecs(checked);
-    const problems: string[] = [];
-    const values = new Map<string, Float32Array>();
-    for (const spec of specs) {
-      const data = weights[spec.name];
-      if (data === undefined) problems.push(`missing "${spec.name}"`);
-      else if (!isFloat32Array(data)) problems.push(`"${spec.name}" is not a Float32Array`);
-      else if (data.length !== sizeOf(spec.shape)) {
-        problems.push(`"${spec.name}" has ${data.length} values, expected [${spec.shape.join(',')}] = ${sizeOf(spec.shape)}`);
-      } else values.set(spec.name, data);
-    }
-    const known = new Set(specs.map((spec) => spec.name));
-    for (const name of Object.keys(weights)) if (!known.has(name)) problems.push(`unexpected "${name}"`);
-    if (problems.length > 0) {
-      throw new Error(`weights do not match the model config ${JSON.stringify(checked)}: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ` (+${problems.length - 5} more)` : ''}`);
-    }
-    return new GPT(checked, values);
+    return new GPT(checked, valuesOf(parameterSpecs(checked), weights, `the model config ${JSON.stringify(checked)}`));
   }
 
   /** ids [B,T] int32 with T ≤ contextLength → logits [B,T,V]. The caller disposes the result. */
@@ -158,26 +133,15 @@ export class GPT {
 
   /** Mean cross-entropy over positions where mask == 1 (all positions without a mask). */
   loss(inputs: tf.Tensor2D, targets: tf.Tensor2D, mask?: tf.Tensor2D): tf.Scalar {
-    return tf.tidy(() => {
-      const [B, T] = inputs.shape;
-      const logits = this.logits(inputs).reshape([B * T, this.config.vocabSize]) as tf.Tensor2D; // [B*T,V]
-      const nll = crossEntropy(logits, targets.reshape([B * T]) as tf.Tensor1D).reshape([B, T]); // [B,T]
-      if (mask === undefined) return nll.mean() as tf.Scalar;
-      const weights = mask.toFloat();
-      return nll.mul(weights).sum().div(weights.sum().maximum(1)) as tf.Scalar;
-    });
+    return maskedLoss(() => this.logits(inputs), targets, mask);
   }
 
   weights(): Record<string, Float32Array> {
-    const out: Record<string, Float32Array> = {};
-    for (const [name, variable] of this.variables) out[name] = Float32Array.from(variable.dataSync() as Float32Array);
-    return out;
+    return weightsOf(this.variables);
   }
 
   parameterCount(): number {
-    let count = 0;
-    for (const variable of this.variables.values()) count += variable.size;
-    return count;
+    return countOf(this.variables);
   }
 
   dispose(): void {
@@ -230,6 +194,68 @@ export class GPT {
 }
 
 let nextModelId = 0;
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the model families (llama.ts too)
+
+/** Fresh weights for `specs`, each tensor from its own seeded stream. */
+export function initialValues(specs: ParameterSpec[], seed: number): Map<string, Float32Array> {
+  const values = new Map<string, Float32Array>();
+  for (const spec of specs) {
+    const size = sizeOf(spec.shape);
+    values.set(
+      spec.name,
+      spec.init.kind === 'normal' ? normalArray(mulberry32(deriveSeed(seed, spec.name)), size, spec.init.std)
+        : new Float32Array(size).fill(spec.init.kind === 'ones' ? 1 : 0),
+    );
+  }
+  return values;
+}
+
+/** `weights` checked against `specs`: every problem (missing, unexpected, mis-sized) named, five at most. */
+export function valuesOf(specs: ParameterSpec[], weights: Record<string, Float32Array>, what: string): Map<string, Float32Array> {
+  const problems: string[] = [];
+  const values = new Map<string, Float32Array>();
+  for (const spec of specs) {
+    const data = weights[spec.name];
+    if (data === undefined) problems.push(`missing "${spec.name}"`);
+    else if (!isFloat32Array(data)) problems.push(`"${spec.name}" is not a Float32Array`);
+    else if (data.length !== sizeOf(spec.shape)) {
+      problems.push(`"${spec.name}" has ${data.length} values, expected [${spec.shape.join(',')}] = ${sizeOf(spec.shape)}`);
+    } else values.set(spec.name, data);
+  }
+  const known = new Set(specs.map((spec) => spec.name));
+  for (const name of Object.keys(weights)) if (!known.has(name)) problems.push(`unexpected "${name}"`);
+  if (problems.length > 0) {
+    throw new Error(`weights do not match ${what}: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? ` (+${problems.length - 5} more)` : ''}`);
+  }
+  return values;
+}
+
+/** Mean cross-entropy of `logits()` [B,T,V] over positions where mask == 1 (all positions without a mask). */
+export function maskedLoss(logits3d: () => tf.Tensor3D, targets: tf.Tensor2D, mask?: tf.Tensor2D): tf.Scalar {
+  return tf.tidy(() => {
+    const all = logits3d();
+    const [B, T, V] = all.shape;
+    const logits = all.reshape([B * T, V]) as tf.Tensor2D; // [B*T,V]
+    const nll = crossEntropy(logits, targets.reshape([B * T]) as tf.Tensor1D).reshape([B, T]); // [B,T]
+    if (mask === undefined) return nll.mean() as tf.Scalar;
+    const weights = mask.toFloat();
+    return nll.mul(weights).sum().div(weights.sum().maximum(1)) as tf.Scalar;
+  });
+}
+
+export function weightsOf(variables: ReadonlyMap<string, tf.Variable>): Record<string, Float32Array> {
+  const out: Record<string, Float32Array> = {};
+  for (const [name, variable] of variables) out[name] = Float32Array.from(variable.dataSync() as Float32Array);
+  return out;
+}
+
+export function countOf(variables: ReadonlyMap<string, tf.Variable>): number {
+  let count = 0;
+  for (const variable of variables.values()) count += variable.size;
+  return count;
+}
 
 /**
  * table [V,C], ids [B,T] → [B,T,C]. tf.gather's gradient needs UnsortedSegmentSum, which the

@@ -127,6 +127,10 @@ withTransformers('dacp models import / export with a model made by transformers'
     const imported = dacp('models', 'import', 'tiny-llama', '--from', path.join(fixtures, 'llama-bf16'), '--json');
     expect(imported.stderr).toBe('');
     expect(JSON.parse(imported.stdout)).toMatchObject({ versionId: 'tiny-llama:v1', family: 'llama', dtype: 'BF16' });
+    // Kept in the registry as given: bfloat16 weights, streamed in file by file.
+    const bf16 = path.join(h.home, 'exported-llama-bf16');
+    expect(dacp('models', 'export', 'tiny-llama:v1', '--out', bf16).code).toBe(0);
+    expect(readFileSync(path.join(bf16, 'model.safetensors')).equals(readFileSync(path.join(fixtures, 'llama-bf16', 'model.safetensors')))).toBe(true);
     const spec = parseRunSpec(tinySpec({ name: 'tiny-llama-telecom', baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false }, deploy: { alias: 'llama-prod' } }));
     const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: 'imported-llama', initiator: 'engineer' });
     await eventually<RunStatus>(async () => {
@@ -211,6 +215,16 @@ withTransformers('dacp models import / export with a model made by transformers'
     expect(typeof generated.text).toBe('string');
     // Exporting over files is refused; nothing there is touched.
     expect(dacp('models', 'export', 'production', '--out', out)).toMatchObject({ code: 2, stderr: expect.stringMatching(/--out .* is not empty/) });
+    // An imported version is kept as the folder the user gave, file by file: it exports byte for byte.
+    const original = path.join(h.home, 'exported-original');
+    const plain = JSON.parse(dacp('models', 'export', 'tiny-gpt2:v1', '--out', original, '--json').stdout) as { files: Record<string, string> };
+    for (const name of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
+      expect(readFileSync(path.join(original, name)).equals(readFileSync(path.join(fixtures, 'gpt2', name)))).toBe(true);
+      expect(plain.files[name]).toMatch(/^[0-9a-f]{64}$/);
+    }
+    // Every version has its folder in the registry: a manifest of per-file sha256.
+    const folders = await h.db.pool.query(`SELECT version_id, folder FROM model_versions WHERE name LIKE 'tiny-gpt2%' ORDER BY version_id`);
+    for (const row of folders.rows) expect(row.folder).toMatchObject({ uri: expect.stringMatching(/^artifact:model-folders\//), sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
     // Importing the same folder again with --alias points the alias back at that version.
     const again = dacp('models', 'import', 'tiny-gpt2', '--from', path.join(fixtures, 'gpt2'), '--alias', 'production');
     expect(again.stdout).toMatch(/^already imported as tiny-gpt2:v1 .*; production → tiny-gpt2:v1 \(was tiny-gpt2-telecom:v1\)$/m);
