@@ -19,6 +19,8 @@ printed or warned goes to stderr. MODE is one of:
   describe  {}                                  -> {"model_type": str, "architectures": [str], "parameters": int,
                                                     "dtype": str}
             dtype is the weights' dtype as stored (config "dtype"/"torch_dtype"), e.g. "float32", "bfloat16"
+  batch     (DIR is "-") {"calls": [{"dir": DIR, "mode": MODE, "request": {...}}, ...]} -> {"answers": [...]}
+            several calls in one process
 Errors: one line on stderr ("hf-check: ...") and exit code 2. Needs the venv from scripts/setup-python.sh.
 """
 import json
@@ -176,16 +178,36 @@ def run(directory, mode, request):
     return {"text": text, "ids": ids, "promptIds": prompt_ids}
 
 
-def main():
-    if len(sys.argv) != 3:
-        fail(f"usage: hf-check.py DIR MODE < request.json (MODE: {', '.join(MODES)})")
-    directory, mode = sys.argv[1], sys.argv[2]
+def check_folder(directory, mode):
     if mode not in MODES:
         fail(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if not os.path.isdir(directory):
         fail(f"{directory} is not a folder")
     if not os.path.isfile(os.path.join(directory, "config.json")):
         fail(f"{directory} has no config.json; is it a Hugging Face model folder?")
+
+
+def run_all(directory, mode, request):
+    """One call, or (`hf-check.py - batch`) a list of them in one process: importing torch and
+    transformers is most of a call's time."""
+    if mode != "batch":
+        return run(directory, mode, request)
+    calls = request.get("calls")
+    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        fail('"calls" must be a list of {"dir", "mode", "request"}')
+    answers = []
+    for call in calls:
+        check_folder(call.get("dir"), call.get("mode"))
+        answers.append(run(call["dir"], call["mode"], call.get("request") or {}))
+    return {"answers": answers}
+
+
+def main():
+    if len(sys.argv) != 3:
+        fail(f"usage: hf-check.py DIR MODE < request.json (MODE: {', '.join(MODES)}), or hf-check.py - batch")
+    directory, mode = sys.argv[1], sys.argv[2]
+    if mode != "batch":
+        check_folder(directory, mode)
     try:
         request = json.loads(sys.stdin.read() or "null")
     except json.JSONDecodeError as error:
@@ -199,7 +221,7 @@ def main():
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        answer = run(directory, mode, request)
+        answer = run_all(directory, mode, request)
     except ImportError as error:
         fail(f"{error}; run `bash scripts/setup-python.sh` and use the python it prints")
     except SystemExit:

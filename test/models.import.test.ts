@@ -57,26 +57,50 @@ withTransformers('dacp models import / export with a model made by transformers'
   }
 
   function hfCheck(folder: string, mode: string, input: unknown): Record<string, unknown> {
-    const run = spawnSync(python, [path.join(root, 'scripts', 'hf-check.py'), folder, mode], { env, input: JSON.stringify(input), encoding: 'utf8' });
+    const run = spawnSync(python, [path.join(root, 'scripts', 'hf-check.py'), folder, mode], { env, input: JSON.stringify(input), encoding: 'utf8', maxBuffer: 256 * 2 ** 20 });
     if (run.status !== 0) throw new Error(`hf-check.py ${mode}: ${run.stderr}`);
     return JSON.parse(run.stdout) as Record<string, unknown>;
   }
 
-  test.each(['gpt2', 'llama', 'llama-bf16', 'qwen2', 'smollm', 'mistral'])(
+  const FAMILY = ['gpt2', 'llama', 'llama-bf16', 'qwen2', 'smollm', 'mistral'] as const;
+  /** Long enough to pass the window of rotary scaling (16) in smollm; within mistral's sliding window (32). */
+  const sequenceOf = (tokenizer: { encode(text: string): number[] }) => MULTILINGUAL.flatMap((text) => tokenizer.encode(text)).slice(0, 32);
+  let transformersSays: Promise<Record<string, { ids?: number[][]; logits: number[][] }>> | undefined;
+  /** What transformers answers for every fixture, asked in one process (importing torch is most of a call). */
+  function askTransformers() {
+    transformersSays ??= (async () => {
+      const calls: { dir: string; mode: string; request: unknown }[] = [];
+      for (const name of FAMILY) {
+        const dir = path.join(fixtures, name);
+        const { tokenizer, model } = await readHfFolder(dir);
+        model.dispose();
+        // The Llama-family fixtures share one tokenizer: asking transformers once for it is enough.
+        if (name === 'gpt2' || name === 'llama') calls.push({ dir, mode: 'tokenize', request: { texts: MULTILINGUAL } });
+        calls.push({ dir, mode: 'logits', request: { ids: sequenceOf(tokenizer) } });
+      }
+      const { answers } = hfCheck('-', 'batch', { calls }) as { answers: Record<string, unknown>[] };
+      const out: Record<string, { ids?: number[][]; logits: number[][] }> = {};
+      calls.forEach((call, i) => {
+        const name = path.basename(call.dir);
+        out[name] = { ...out[name], ...(answers[i] as object) } as { ids?: number[][]; logits: number[][] };
+      });
+      return out;
+    })();
+    return transformersSays;
+  }
+
+  test.each(FAMILY)(
     '%s: read with its own tokenizer.json (ids as transformers\' tokenizer gives) and computing transformers\' logits to 1e-4',
     async (name) => {
-      const folder = path.join(fixtures, name);
-      const loaded = await readHfFolder(folder);
+      const answers = await askTransformers();
+      const loaded = await readHfFolder(path.join(fixtures, name));
       try {
-        // The Llama-family fixtures share one tokenizer: asking transformers once for it is enough.
-        const ids = ['gpt2', 'llama'].includes(name)
-          ? (hfCheck(folder, 'tokenize', { texts: MULTILINGUAL }) as { ids: number[][] }).ids
-          : MULTILINGUAL.map((text) => loaded.tokenizer.encode(text));
+        const ids = answers[name]?.ids ?? answers.llama?.ids;
         expect(MULTILINGUAL.map((text) => loaded.tokenizer.encode(text))).toEqual(ids);
-        // Long enough to pass the window of rotary scaling (16) in smollm; within mistral's sliding window (32).
-        const sequence = ids.flat().slice(0, 32);
-        const { logits } = hfCheck(folder, 'logits', { ids: sequence }) as { logits: number[][] };
+        const sequence = sequenceOf(loaded.tokenizer);
+        const logits = answers[name]?.logits as number[][];
         const ours = tf.tidy(() => loaded.model.logits(tf.tensor2d([sequence], undefined, 'int32')).arraySync()[0] as number[][]);
+        expect(ours).toHaveLength(32);
         const worst = Math.max(...ours.flatMap((row, t) => row.map((v, j) => Math.abs(v - (logits[t]?.[j] ?? Number.NaN)))));
         expect(worst).toBeLessThan(1e-4);
         expect(loaded.family).toBe(name === 'gpt2' ? 'gpt2' : 'llama');
