@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../ml/backend';
 import { generateDemoCorpus } from '../ml/demoCorpus';
-import { gpt2FolderFiles, modelFolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
+import { gpt2FolderFiles, llamaConfigOf, MAX_LLAMA_WINDOW, modelFolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
 import { Llama, type LlamaConfig } from '../ml/llama';
 import { GPT } from '../ml/model';
 import { Trainer } from '../ml/train';
@@ -210,6 +210,16 @@ describe('a dacp Llama as a Hugging Face folder', () => {
     await expect(withConfig({ num_key_value_heads: 4 })).rejects.toThrow(/^tensor model\.layers\.0\.self_attn\.k_proj\.weight has shape \[8, 16\] but config\.json \(hidden_size 16, 4 heads, 4 key\/value heads, .*\) needs \[16, 16\]$/);
     await expect(withConfig({ num_key_value_heads: 3 })).rejects.toThrow(/num_attention_heads 4 is not a multiple of num_key_value_heads 3/);
     await expect(withConfig({ rope_scaling: { rope_type: 'linear', factor: 2 } })).resolves.toBeUndefined();
+  });
+
+  test('the window dacp trains a Llama on is its own maximum, capped at 1,024 tokens or its sliding window', () => {
+    const base = { model_type: 'llama', vocab_size: 100, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1, num_attention_heads: 4 };
+    expect(llamaConfigOf({ ...base, max_position_embeddings: 512 }).contextLength).toBe(512);
+    expect(llamaConfigOf({ ...base, max_position_embeddings: 131_072 }).contextLength).toBe(MAX_LLAMA_WINDOW);
+    expect(MAX_LLAMA_WINDOW).toBe(1024);
+    expect(llamaConfigOf({ ...base, model_type: 'mistral', max_position_embeddings: 4096, sliding_window: 256 }).contextLength).toBe(256);
+    // Qwen2 uses its sliding window only when use_sliding_window is set.
+    expect(llamaConfigOf({ ...base, model_type: 'qwen2', max_position_embeddings: 512, sliding_window: 64 }).contextLength).toBe(512);
   });
 
   test('trains: the loss falls on a repeated text, with grouped-query heads and biases', () => {
