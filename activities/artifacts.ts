@@ -4,6 +4,8 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ApplicationFailure } from '@temporalio/common';
+import type { DecodeOptions, Decoded, SafetensorsTensor } from '../ml/safetensors';
+import { readSafetensorsFile, SafetensorsHashMismatch, writeSafetensorsFile } from '../ml/safetensorsFile';
 import type { ArtifactRef } from '../schemas/pipeline';
 
 const URI_PATTERN = /^artifact:([a-z-]+)\/([0-9a-f]{64})\.([a-z0-9.]+)$/;
@@ -106,6 +108,63 @@ export class ArtifactStore {
     await fs.rename(temp, dest);
   }
 
+  /**
+   * Store tensors as a safetensors artifact, written tensor by tensor to a temporary file that is
+   * then renamed into place: a model or checkpoint of several GB is never one Buffer.
+   */
+  async putSafetensors(kind: string, tensors: Record<string, SafetensorsTensor>, metadata?: Record<string, string>): Promise<ArtifactRef> {
+    const staging = path.join(this.root, kind);
+    const temp = path.join(staging, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    let sha256: string;
+    let bytes: number;
+    try {
+      await fs.mkdir(staging, { recursive: true });
+      ({ sha256, bytes } = await writeSafetensorsFile(temp, tensors, metadata));
+    } catch (err) {
+      await fs.rm(temp, { force: true }).catch(() => undefined);
+      if ((err as NodeJS.ErrnoException).code === undefined) throw err; // a bad tensor, not the disk
+      throw writeFailure(`artifact:${kind}/(streamed).safetensors`, temp, err);
+    }
+    const uri = `artifact:${kind}/${sha256}.safetensors`;
+    const target = this.pathOf(uri);
+    if (await this.isIntact(target, sha256)) {
+      await fs.rm(temp, { force: true });
+      return { uri, sha256, bytes };
+    }
+    try {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await fs.rename(temp, target);
+    } catch (err) {
+      await fs.rm(temp, { force: true }).catch(() => undefined);
+      throw writeFailure(uri, target, err);
+    }
+    await syncDirectory(path.dirname(target));
+    return { uri, sha256, bytes };
+  }
+
+  /** Read a safetensors artifact tensor by tensor, checking on the way that it is exactly what `ref` names. */
+  async getSafetensors(ref: { uri: string; sha256: string }, o: DecodeOptions = {}): Promise<Decoded> {
+    try {
+      return await readSafetensorsFile(this.pathOf(ref.uri), { ...o, sha256: ref.sha256 });
+    } catch (err) {
+      if (err instanceof SafetensorsHashMismatch) {
+        throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is corrupted: sha256 ${err.actual} instead of ${ref.sha256}`, 'ArtifactCorrupted');
+      }
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') {
+        throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is missing from ${this.root} (${code}); was DACP_HOME changed?`, 'ArtifactMissing');
+      }
+      if (code === undefined) {
+        // The read stopped at bytes it could not parse: damaged, unless the whole file is what `ref` names.
+        const actual = await hashFile(this.pathOf(ref.uri));
+        if (actual !== ref.sha256) {
+          throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is corrupted: sha256 ${actual} instead of ${ref.sha256}`, 'ArtifactCorrupted');
+        }
+      }
+      throw err;
+    }
+  }
+
   async putJson(kind: string, value: unknown): Promise<ArtifactRef> {
     return this.put(kind, Buffer.from(JSON.stringify(value, null, 2) + '\n'), 'json');
   }
@@ -139,6 +198,11 @@ export class ArtifactStore {
   /** Delete an artifact's file (pruned checkpoints); missing files are fine. */
   async remove(ref: { uri: string }): Promise<void> {
     await fs.rm(this.pathOf(ref.uri), { force: true });
+  }
+
+  /** The artifact's size in bytes, from the file system (verify() checks its content). */
+  async sizeOf(ref: { uri: string }): Promise<number> {
+    return (await fs.stat(this.pathOf(ref.uri))).size;
   }
 
   /** True when the artifact exists and hashes to what it should. */

@@ -46,7 +46,7 @@ export async function trainBuiltin(
 ): Promise<EngineOutcome> {
   const backend = await initBackend(deps.tfBackend);
   const resume = await session.begin(backend.name);
-  const trainer = resume ? Trainer.fromCheckpoint(await deps.store.get(resume)) : await o.start();
+  const trainer = resume ? Trainer.fromCheckpointTensors(await deps.store.getSafetensors(resume)) : await o.start();
   try {
     const batches = await o.batches(trainer);
     session.heartbeat(trainer.step);
@@ -66,7 +66,8 @@ export async function trainBuiltin(
       });
       if (outcome.stoppedEarly) throw session.stopError(trainer.step);
     }
-    const model = await deps.store.put('models', trainer.exportModel(o.modelMeta), 'safetensors');
+    const exported = trainer.exportModelTensors(o.modelMeta);
+    const model = await deps.store.putSafetensors('models', exported.tensors, exported.metadata);
     return { model, finalStep: trainer.step, finalLoss: session.lastLoss ?? trainer.lastLoss ?? Number.NaN, backend: backend.name };
   } finally {
     trainer.dispose();

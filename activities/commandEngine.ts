@@ -1,7 +1,8 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import { deserializeModel } from '../ml/modelFile';
+import { modelFromFileTensors } from '../ml/modelFile';
+import { readSafetensorsFile } from '../ml/safetensorsFile';
 import type { AnyModelConfig } from '../ml/families';
 import type { TokenizerJson } from '../ml/tokenizer';
 import { divergenceAdvice, TrainingDivergedError, type TrainSettings } from '../ml/train';
@@ -13,6 +14,8 @@ import {
   TrainerStopped,
   writeSftFile,
   writeTokenFile,
+  type HfTrainerJob,
+  type TrainerDoneEvent,
   type TrainerJob,
   type TrainerLmData,
   type TrainerSftData,
@@ -70,50 +73,13 @@ export async function trainWithCommand(
     checkpointEvery: number;
   },
 ): Promise<EngineOutcome> {
-  const { runId, stage, round } = session.job;
   const resume = await session.begin(`command:${path.basename(o.engine.command[0])}`);
   const prepared = await o.prepare();
-  const logsDir = deps.logsDir ?? path.join(deps.store.root, '..', 'logs');
-  const workDir = path.join(logsDir, runId, 'work', `${stage}-${round}-attempt-${session.attempt}`);
-  await fs.rm(workDir, { recursive: true, force: true });
-  await fs.mkdir(path.join(workDir, 'checkpoints'), { recursive: true });
-
-  let data: TrainerJob['data'];
-  if (prepared.data.kind === 'lm') {
-    await writeTokenFile(path.join(workDir, 'replay.i32'), prepared.data.replay);
-    const lm = { kind: 'lm' as const, replay: path.join(workDir, 'replay.i32'), replayRatio: prepared.data.replayRatio };
-    if (prepared.data.domainParts) {
-      const domainParts: NonNullable<TrainerLmData['domainParts']> = [];
-      for (const [i, part] of prepared.data.domainParts.entries()) {
-        const tokens = path.join(workDir, `domain-${i}.i32`);
-        await writeTokenFile(tokens, part.tokens);
-        domainParts.push({ name: part.name, tokens, weight: part.weight });
-      }
-      data = { ...lm, domainParts };
-    } else {
-      await writeTokenFile(path.join(workDir, 'domain.i32'), prepared.data.domain);
-      data = { ...lm, domain: path.join(workDir, 'domain.i32') };
-    }
-  } else {
-    await writeSftFile(path.join(workDir, 'sft.jsonl'), prepared.data.examples);
-    const sft: TrainerSftData & Partial<TrainerSftReplay> = {
-      kind: 'sft',
-      examples: path.join(workDir, 'sft.jsonl'),
-      padId: prepared.data.padId,
-      eosId: prepared.data.eosId,
-    };
-    if (prepared.data.replayRatio > 0) {
-      sft.replay = path.join(workDir, 'replay.i32');
-      sft.replayRatio = prepared.data.replayRatio;
-      await writeTokenFile(sft.replay, prepared.data.replay);
-    }
-    data = sft;
-  }
-  const initModel = o.initModel ? deps.store.pathOf(o.initModel.uri) : null;
+  const { workDir, logsDir, data } = await writeJobData(deps, session, prepared.data);
   const job: TrainerJob = {
     protocol: 'dacp-trainer/1',
-    stage,
-    initModel,
+    stage: session.job.stage,
+    initModel: o.initModel ? deps.store.pathOf(o.initModel.uri) : null,
     modelConfig: prepared.modelConfig,
     tokenizer: prepared.tokenizer,
     data,
@@ -123,40 +89,115 @@ export async function trainWithCommand(
     resumeFrom: resume ? deps.store.pathOf(resume.uri) : null,
     outputModel: path.join(workDir, 'model.safetensors'),
   };
+  return runTrainerAttempt(session, {
+    command: resolveCommand(o.engine.command, o.baseDir),
+    env: namedEnvironment(o.engine.env),
+    killGraceSeconds: o.engine.killGraceSeconds,
+    job,
+    workDir,
+    logsDir,
+    settings: o.settings,
+    backend: `command:${path.basename(o.engine.command[0])}`,
+    accept: async (done) => {
+      // The trainer's model must be a valid dacp model (format, config, tokenizer, tensor digest); read and stored streamed.
+      try {
+        modelFromFileTensors(await readSafetensorsFile(done.model)).model.dispose();
+      } catch (err) {
+        throw ApplicationFailure.nonRetryable(`the trainer wrote an invalid model ${done.model}: ${(err as Error).message}`, 'TrainerProtocolError');
+      }
+      return deps.store.putFile('models', done.model, 'safetensors');
+    },
+  });
+}
 
+/** The attempt's scratch folder, with the stage's data written as the protocol's files. */
+export async function writeJobData(
+  deps: ActivityDeps,
+  session: TrainingSession,
+  training: TrainingData,
+): Promise<{ workDir: string; logsDir: string; data: TrainerJob['data'] }> {
+  const { runId, stage, round } = session.job;
+  const logsDir = deps.logsDir ?? path.join(deps.store.root, '..', 'logs');
+  const workDir = path.join(logsDir, runId, 'work', `${stage}-${round}-attempt-${session.attempt}`);
+  await fs.rm(workDir, { recursive: true, force: true });
+  await fs.mkdir(path.join(workDir, 'checkpoints'), { recursive: true });
+
+  if (training.kind === 'lm') {
+    await writeTokenFile(path.join(workDir, 'replay.i32'), training.replay);
+    const lm = { kind: 'lm' as const, replay: path.join(workDir, 'replay.i32'), replayRatio: training.replayRatio };
+    if (training.domainParts) {
+      const domainParts: NonNullable<TrainerLmData['domainParts']> = [];
+      for (const [i, part] of training.domainParts.entries()) {
+        const tokens = path.join(workDir, `domain-${i}.i32`);
+        await writeTokenFile(tokens, part.tokens);
+        domainParts.push({ name: part.name, tokens, weight: part.weight });
+      }
+      return { workDir, logsDir, data: { ...lm, domainParts } };
+    }
+    await writeTokenFile(path.join(workDir, 'domain.i32'), training.domain);
+    return { workDir, logsDir, data: { ...lm, domain: path.join(workDir, 'domain.i32') } };
+  }
+  await writeSftFile(path.join(workDir, 'sft.jsonl'), training.examples);
+  const sft: TrainerSftData & Partial<TrainerSftReplay> = {
+    kind: 'sft',
+    examples: path.join(workDir, 'sft.jsonl'),
+    padId: training.padId,
+    eosId: training.eosId,
+  };
+  if (training.replayRatio > 0) {
+    sft.replay = path.join(workDir, 'replay.i32');
+    sft.replayRatio = training.replayRatio;
+    await writeTokenFile(sft.replay, training.replay);
+  }
+  return { workDir, logsDir, data: sft };
+}
+
+/**
+ * One attempt of a trainer process: its checkpoints stored as they are announced, cancellation and
+ * worker shutdown passed on as SIGTERM (then SIGKILL), and every way it can end mapped to a failure
+ * type. `accept` checks and stores the trained model.
+ */
+export async function runTrainerAttempt(
+  session: TrainingSession,
+  o: {
+    command: string[];
+    env: Record<string, string>;
+    killGraceSeconds: number;
+    job: TrainerJob | HfTrainerJob;
+    workDir: string;
+    logsDir: string;
+    settings: TrainSettings;
+    backend: string;
+    accept: (done: TrainerDoneEvent) => Promise<ArtifactRef>;
+  },
+): Promise<EngineOutcome> {
+  const { runId, stage, round } = session.job;
   // Cancellation and worker shutdown both ask the trainer to checkpoint and stop (SIGTERM, then SIGKILL).
   const abort = new AbortController();
   const poll = setInterval(() => session.stopRequested() && abort.abort(), 250);
   const heartbeatTimer = setInterval(() => session.heartbeat(), 1_000);
-  const stderrFile = path.join(logsDir, runId, `${stage}-${round}-attempt-${session.attempt}.stderr.log`);
+  const stderrFile = path.join(o.logsDir, runId, `${stage}-${round}-attempt-${session.attempt}.stderr.log`);
   try {
     const { done } = await runExternalTrainer({
-      command: resolveCommand(o.engine.command, o.baseDir),
-      job,
-      workDir,
-      env: namedEnvironment(o.engine.env),
+      command: o.command,
+      job: o.job,
+      workDir: o.workDir,
+      env: o.env,
       stderrFile,
       signal: abort.signal,
-      killGraceMs: o.engine.killGraceSeconds * 1000,
+      killGraceMs: o.killGraceSeconds * 1000,
       onProgress: (e) => {
         // Thrown from here, the error stops the trainer at once; the failure below names the step.
         if (!Number.isFinite(e.loss)) throw new TrainingDivergedError(e.step, e.loss, null, o.settings);
         return session.progress(e.step, e.loss, { tokens: e.tokens });
       },
       onCheckpoint: async (e) => {
-        await session.checkpointSaved(e.step, session.lastLoss, await fs.readFile(e.path), path.extname(e.path).slice(1) || 'ckpt');
+        await session.checkpointSaved(e.step, session.lastLoss, { file: e.path }, path.extname(e.path).slice(1) || 'ckpt');
       },
     });
     if (!Number.isFinite(done.loss)) throw new TrainingDivergedError(done.step, done.loss, null, o.settings);
-    const bytes = await fs.readFile(done.model);
-    // The trainer's model must be a valid dacp model (format, config, tokenizer, tensor digest).
-    try {
-      deserializeModel(bytes).model.dispose();
-    } catch (err) {
-      throw ApplicationFailure.nonRetryable(`the trainer wrote an invalid model ${done.model}: ${(err as Error).message}`, 'TrainerProtocolError');
-    }
-    const model = await deps.store.put('models', bytes, 'safetensors');
-    return { model, finalStep: done.step, finalLoss: done.loss, backend: `command:${path.basename(o.engine.command[0])}` };
+    const model = await o.accept(done);
+    return { model, finalStep: done.step, finalLoss: done.loss, backend: o.backend };
   } catch (err) {
     if (abort.signal.aborted) throw session.stopError(session.step);
     if (err instanceof TrainingDivergedError) throw divergedFailure(session.job, { step: err.step, loss: err.loss, message: err.message });
@@ -189,7 +230,7 @@ export async function trainWithCommand(
  * The variables a spec names (`engine.env`), with their values from this worker's environment.
  * The values are secrets: they are read here, on the worker, and go nowhere but the trainer.
  */
-function namedEnvironment(names: string[]): Record<string, string> {
+export function namedEnvironment(names: string[]): Record<string, string> {
   const missing = names.filter((name) => process.env[name] === undefined);
   if (missing.length) {
     throw ApplicationFailure.nonRetryable(

@@ -3,7 +3,7 @@ import { insertEvaluation } from '../db/records';
 import { initBackend } from '../ml/backend';
 import { instructionScore, perplexity, type EvalProgress } from '../ml/evaluate';
 import type { CausalLM } from '../ml/families';
-import { deserializeModel } from '../ml/modelFile';
+import { modelFromFileTensors } from '../ml/modelFile';
 import { choiceAccuracy, type ChoiceItem } from '../ml/choices';
 import type { Tokenizer } from '../ml/tokenizer';
 import { tradeoffSvg, tradeoffTable } from '../reports/tradeoff';
@@ -57,7 +57,7 @@ function gainBySource(before: ModelScores, after: ModelScores): Record<string, n
 /** forgetting and instruction-score evaluations; they run on `dacp-control`. */
 export function evaluationActivities(deps: ActivityDeps) {
   const { store, pool } = deps;
-  const load = async (ref: ArtifactRef) => deserializeModel(await store.get(ref));
+  const load = async (ref: ArtifactRef) => modelFromFileTensors(await store.getSafetensors(ref));
 
   /** Multiple-choice sets as collect stored them. */
   const loadChoices = async (ref: ArtifactRef | undefined): Promise<ChoiceItem[] | undefined> =>

@@ -2,7 +2,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import { log } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import path from 'node:path';
-import { folderFilesOfModelFile } from '../ml/hfFolder';
+import { folderFilesOfModelFile, type FolderFiles } from '../ml/hfFolder';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { ArtifactStore } from './artifacts';
 
@@ -38,16 +38,18 @@ export async function storeFolderFromDisk(store: ArtifactStore, dir: string, nam
  * export then says why.
  */
 export async function storeModelAsFolder(store: ArtifactStore, model: { uri: string; sha256: string }): Promise<ArtifactRef | undefined> {
-  let generated: Record<string, Buffer>;
+  let generated: FolderFiles;
   try {
-    generated = folderFilesOfModelFile(await store.get(model));
+    generated = folderFilesOfModelFile(await store.getSafetensors(model));
   } catch (error) {
     if (error instanceof ApplicationFailure) throw error; // a missing or corrupted artifact
     log.warn('model registered without a Hugging Face folder', { model: model.uri, reason: error instanceof Error ? error.message : String(error) });
     return undefined;
   }
   const files: Record<string, ArtifactRef> = {};
-  for (const [name, data] of Object.entries(generated)) files[name] = await store.put('model-files', data, extensionOf(name));
+  for (const [name, data] of Object.entries(generated)) {
+    files[name] = Buffer.isBuffer(data) ? await store.put('model-files', data, extensionOf(name)) : await store.putSafetensors('model-files', data.tensors, data.metadata);
+  }
   return store.putJson('model-folders', { format: FOLDER_FORMAT, files } satisfies FolderManifest);
 }
 

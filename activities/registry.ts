@@ -41,7 +41,7 @@ export function registryActivities({ pool, store }: ActivityDeps) {
           'ArtifactCorrupted',
         );
       }
-      const bytes = (await store.get(ref)).length;
+      const bytes = await store.sizeOf(ref);
       const start = { ...ref, bytes, versionId: version.versionId };
       return input.line ? { ...start, resolvedVersionId: named.versionId, line: input.line } : start;
     },

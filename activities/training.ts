@@ -1,9 +1,10 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { mixedLmBatches, sftBatches } from '../ml/mixing';
-import { createModel, isLlamaConfig, type AnyModelConfig, type CausalLM } from '../ml/families';
+import { createModel, isLlamaConfig, parseAnyModelConfig, type AnyModelConfig, type CausalLM } from '../ml/families';
 import type { ModelConfig } from '../ml/model';
-import { deserializeModel } from '../ml/modelFile';
-import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
+import { modelFromFileTensors, RESERVED_KEYS } from '../ml/modelFile';
+import { readSafetensorsHeader } from '../ml/safetensorsFile';
+import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from '../ml/tokenizer';
 import { Trainer, type TrainSettings } from '../ml/train';
 import type { DomainMix } from '../schemas/candidates';
 import type { ArtifactRef, DatasetRef, TrainingResult } from '../schemas/pipeline';
@@ -11,6 +12,7 @@ import type { RunSpec, TrainingSettings } from '../schemas/runSpec';
 import { trainBuiltin, type EngineOutcome } from './builtinEngine';
 import type { TrainingStage } from './checkpoints';
 import { trainWithCommand, type TrainingData } from './commandEngine';
+import { trainWithHf } from './hfEngine';
 import type { ActivityDeps } from './context';
 import { readDataset, sftExamplesOf, sourceStreamsOf, tokenStreamOf, type TextDoc } from './datasets';
 import { TrainingSession } from './trainingSession';
@@ -61,12 +63,20 @@ async function startingPoint(
   heartbeat: () => void,
 ): Promise<{ model: CausalLM | null; tokenizer: Tokenizer; config: AnyModelConfig }> {
   if (job.initModel) {
-    const base = deserializeModel(await deps.store.get(job.initModel));
+    const base = modelFromFileTensors(await deps.store.getSafetensors(job.initModel));
     return { model: base.model, tokenizer: base.tokenizer, config: base.model.config };
   }
   if (!job.fresh) throw new Error(`${job.stage} training has neither a model to start from nor a fresh shape`);
   const tokenizer = await job.fresh.tokenizer(heartbeat);
   return { model: null, tokenizer, config: { vocabSize: tokenizer.vocabSize, ...job.fresh.config } };
+}
+
+/** A model file's config and tokenizer from its header alone (its weights are checked when they are read). */
+async function modelFileHeader(deps: ActivityDeps, ref: ArtifactRef | null): Promise<{ config: AnyModelConfig; tokenizer: Tokenizer }> {
+  if (ref === null) throw ApplicationFailure.nonRetryable('engine "hf" needs a base model to start from', 'EngineUnsupported');
+  const { metadata } = await readSafetensorsHeader(deps.store.pathOf(ref.uri));
+  const json = (key: string): unknown => JSON.parse(metadata[key] ?? 'null');
+  return { config: parseAnyModelConfig(json(RESERVED_KEYS.config)), tokenizer: tokenizerFromJSON(json(RESERVED_KEYS.tokenizer)) };
 }
 
 /** One training stage on the spec's engine, durable through the shared session. */
@@ -88,7 +98,21 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
   // the attempt's heartbeat going; the SDK throttles what reaches the server.
   const keepAlive = setInterval(heartbeat, Math.max(200, Math.min(5_000, job.spec.heartbeatTimeout / 4)));
   try {
-    if (job.spec.engine.kind === 'command') {
+    if (job.spec.engine.kind === 'hf') {
+      outcome = await trainWithHf(deps, session, {
+        engine: job.spec.engine,
+        initModel: job.initModel,
+        settings: job.settings,
+        checkpointEvery: job.checkpointEvery,
+        modelMeta: { runId: job.runId, stage: job.stage },
+        prepare: async () => {
+          // The trainer loads the weights itself (from a folder written from the same file): here only
+          // the config and the tokenizer are read, from the file's header, never a GB-sized model.
+          const { config, tokenizer } = await modelFileHeader(deps, job.initModel);
+          return { modelConfig: config, tokenizer: tokenizer.toJSON(), data: await job.data(tokenizer, heartbeat) };
+        },
+      });
+    } else if (job.spec.engine.kind === 'command') {
       outcome = await trainWithCommand(deps, session, {
         engine: job.spec.engine,
         baseDir: job.baseDir,
@@ -102,7 +126,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
           // Refused before any tokenizing: the protocol's model files are dacp's GPT-2 format.
           if (isLlamaConfig(start.config)) {
             throw ApplicationFailure.nonRetryable(
-              'engine "command": the trainer protocol carries dacp\'s GPT-2 model format only, and this base model is of the Llama family; train it with engine "builtin"',
+              'engine "command": the trainer protocol carries dacp\'s GPT-2 model format only, and this base model is of the Llama family; train it with engine "hf" or "builtin"',
               'EngineUnsupported',
             );
           }

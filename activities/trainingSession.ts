@@ -1,6 +1,7 @@
 import { Context, log } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { insertCheckpoint, insertMetrics, recordTransition } from '../db/records';
+import type { CheckpointTensors } from '../ml/train';
 import type { ArtifactRef } from '../schemas/pipeline';
 import { findResumePoint, pruneCheckpoints, type ResumePoint, type TrainingHeartbeat, type TrainingStage } from './checkpoints';
 import type { ActivityDeps } from './context';
@@ -103,8 +104,9 @@ export class TrainingSession {
   }
 
   /** Store a checkpoint, record it, heartbeat it, prune old ones. */
-  async checkpointSaved(step: number, loss: number | null, data: Buffer, ext: string): Promise<ArtifactRef> {
-    const ref = await this.deps.store.put('checkpoints', data, ext);
+  async checkpointSaved(step: number, loss: number | null, data: { file: string } | CheckpointTensors, ext: string): Promise<ArtifactRef> {
+    // Never one Buffer: the built-in engine's checkpoints are written tensor by tensor, a trainer's file is streamed in.
+    const ref = 'file' in data ? await this.deps.store.putFile('checkpoints', data.file, ext) : await this.deps.store.putSafetensors('checkpoints', data.tensors, data.metadata);
     await insertCheckpoint(this.deps.pool, { runId: this.job.runId, stage: this.job.stage, round: this.job.round, step, loss, ...ref });
     this.lastCheckpoint = ref;
     this.lastCheckpointStep = step;

@@ -8,6 +8,7 @@ import { approvalView, formatApprovalView } from './approval';
 import { exportAudit, verifyAudit } from './audit';
 import { connectClient, defaultTemporalPort, TemporalUnreachableError, temporalSettings } from './connection';
 import { prepareDemo, runDemo } from './demo';
+import { describeBackend, initBackend } from '../ml/backend';
 import { dacpHome } from './paths';
 import {
   cancelRun,
@@ -199,6 +200,8 @@ async function main(argv: string[]): Promise<number> {
       try {
         const workers = await startWorkers([queue], db);
         console.log(`worker: dacp-${queue} polling ${temporalSettings().address}`);
+        // The gpu worker trains: say which TensorFlow.js backend it will use, and why faster ones were passed over.
+        if (queue === 'gpu') console.log(`worker: ${describeBackend(await initBackend())}`);
         await Promise.race([workers.done, untilStopped().then(() => workers.shutdown())]);
         await workers.done;
       } finally {

@@ -7,9 +7,9 @@ import { copyFolderOut, storeFolderFromDisk } from '../activities/modelFolders';
 import { withTransaction } from '../db/pool';
 import { findModelVersion, importModelVersion, listModelVersions, moveAlias } from '../db/records';
 import { initBackend } from '../ml/backend';
-import { folderFilesOfModelFile, readHfFolder, sha256Of, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
+import { folderFilesOfModelFile, readHfFolder, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
 import { familyOfConfig, parameterCountOf, parseAnyModelConfig } from '../ml/families';
-import { RESERVED_KEYS, serializeModel } from '../ml/modelFile';
+import { modelFileTensors, RESERVED_KEYS } from '../ml/modelFile';
 import { InputError } from '../schemas/runSpec';
 
 /**
@@ -52,14 +52,15 @@ export async function importModel(ctx: RegistryContext, o: { name: string; from:
     throw error;
   }
   const { model, tokenizer, family, dtype, parameters, files } = loaded;
-  let data: Buffer;
+  let data: ReturnType<typeof modelFileTensors>;
   try {
-    data = serializeModel(model, tokenizer);
+    data = modelFileTensors(model, tokenizer);
   } finally {
     model.dispose();
   }
   const store = new ArtifactStore(ctx.artifactsDir);
-  const ref = await store.put('models', data, 'safetensors');
+  // Written tensor by tensor: a model of several GB is never one Buffer.
+  const ref = await store.putSafetensors('models', data.tensors, data.metadata);
   // The folder itself, as the user gave it (weights in their own dtype), streamed file by file.
   const folder = await storeFolderFromDisk(store, from, Object.keys(files));
   const lineage = { kind: 'imported', family, dtype, parameters, files };
@@ -95,10 +96,8 @@ export async function exportModel(ctx: RegistryContext, o: { ref: string; out: s
     const files = await copyFolderOut(store, version.folder, out);
     expected = Object.fromEntries(Object.entries(files).map(([name, ref]) => [name, ref.sha256]));
   } else {
-    // Registered before folders: converted from the single-file model (get() verifies its sha256).
-    const files = folderFilesOfModelFile(await store.get({ uri: version.uri, sha256: version.sha256 }));
-    await writeFolder(out, files);
-    expected = Object.fromEntries(Object.entries(files).map(([name, bytes]) => [name, sha256Of(bytes)]));
+    // Registered before folders: converted from the single-file model (read tensor by tensor, its sha256 verified).
+    expected = await writeFolder(out, folderFilesOfModelFile(await store.getSafetensors({ uri: version.uri, sha256: version.sha256 })));
   }
   const written: Record<string, string> = {};
   for (const [name, sha256] of Object.entries(expected)) {

@@ -15,6 +15,14 @@ export interface BackendChoice {
   name: string;
   /** The package that provides it. */
   source: string;
+  /** Auto-detection only: each backend tried before this one, with why it could not be used. */
+  skipped?: string[];
+}
+
+/** One line for logs: the backend, its package, and why each faster one was passed over. */
+export function describeBackend(choice: BackendChoice): string {
+  const skipped = choice.skipped?.length ? `; not used: ${choice.skipped.join('; ')}` : '';
+  return `TensorFlow.js backend ${choice.name} (${choice.source})${skipped}`;
 }
 
 /** Values DACP_TF_BACKEND (or the `preferred` argument) may take. */
@@ -95,7 +103,7 @@ async function autoSelect(): Promise<BackendChoice> {
     ...PORTABLE_ORDER.map((name) => (name === 'wasm' ? tryWasm : tryCpu)),
   ]) {
     const result = await attempt();
-    if (typeof result !== 'string') return result;
+    if (typeof result !== 'string') return reasons.length > 0 ? { ...result, skipped: reasons } : result;
     reasons.push(result);
   }
   throw new Error(`no TensorFlow.js backend could start: ${reasons.join('; ')}`);
@@ -113,7 +121,10 @@ async function tryNative(packages: string[]): Attempt {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       require(pkg);
     } catch (error) {
-      reasons.push(`${pkg} not loadable (${firstLine(error)})`);
+      const code = (error as { code?: string }).code;
+      // Not installed is the usual case (tfjs-node-gpu on a host without CUDA); anything else is a
+      // package that is there but cannot load (a missing libcuda, a build for another Node).
+      reasons.push(code === 'MODULE_NOT_FOUND' && firstLine(error).includes(`'${pkg}'`) ? `${pkg} is not installed` : `${pkg} cannot load: ${firstLine(error)}`);
       continue;
     }
     // A native package built against another tfjs-core registers into that copy, not ours.

@@ -62,6 +62,30 @@ export interface TrainerJob {
   outputModel: string;
 }
 
+/** Version 2, spoken by the Hugging Face engine (trainers/hf/): model folders in and out. */
+export const HF_TRAINER_PROTOCOL = 'dacp-trainer/2';
+
+export interface HfTrainerJob {
+  protocol: typeof HF_TRAINER_PROTOCOL;
+  stage: 'dacp' | 'instruct';
+  /** A Hugging Face model folder (config.json, model.safetensors, tokenizer files). */
+  initModelDir: string;
+  /** Tokens per training row (the model's window, capped as the built-in engine caps it). */
+  contextLength: number;
+  data: TrainerLmData | TrainerSftData;
+  settings: TrainerSettings;
+  checkpointEvery: number;
+  checkpointDir: string;
+  resumeFrom: string | null;
+  /** Where the trained model goes, as a plain model folder (LoRA merged in). */
+  outputModelDir: string;
+  hf: {
+    lora: { r: number; alpha: number; dropout: number; targetModules: string[] } | null;
+    gradientCheckpointing: boolean;
+    precision: 'auto' | 'fp32' | 'bf16';
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Events
 
@@ -274,7 +298,7 @@ async function sha256OfFile(file: string): Promise<string> {
 export interface ExternalTrainerOptions {
   /** argv; `--job <workDir>/job.json` is appended. */
   command: string[];
-  job: TrainerJob;
+  job: TrainerJob | HfTrainerJob;
   /** Scratch folder for this attempt: job.json goes here; the trainer's working directory. */
   workDir: string;
   /** Added to the worker's environment. */

@@ -5,7 +5,8 @@ import { isLlamaConfig, modelFromWeights, parseAnyModelConfig, type AnyModelConf
 import { MODEL_FORMAT, readReserved } from './modelFile';
 import { Llama, llamaParameterSpecs, parseLlamaConfig, type LlamaConfig } from './llama';
 import { GPT, parameterSpecs, type ModelConfig } from './model';
-import { decodeSafetensors, encodeSafetensors, type SafetensorsTensor } from './safetensors';
+import { encodeSafetensors, type SafetensorsTensor } from './safetensors';
+import { readSafetensorsFile, writeSafetensorsFile } from './safetensorsFile';
 import { hfFilesOfDacpTokenizer, HfTokenizer, type JsonObject } from './hfTokenizer';
 import type { Tokenizer } from './tokenizer';
 
@@ -44,12 +45,26 @@ function gpt2Names(config: ModelConfig): [dacp: string, hf: string][] {
   return names;
 }
 
-/** The files of a model folder, as bytes, for a dacp GPT and its tokenizer. */
-export function gpt2FolderFiles(model: GPT, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+/** Tensors and metadata of a safetensors file not yet written: written tensor by tensor, never as one Buffer. */
+export interface TensorFile {
+  tensors: Record<string, SafetensorsTensor>;
+  metadata: Record<string, string>;
+}
+
+/** A model folder's files: the weights as tensors, the rest as bytes. */
+export type FolderFiles = Record<Exclude<(typeof MODEL_FILES)[number], 'model.safetensors'>, Buffer> & { 'model.safetensors': TensorFile };
+
+/** One file's bytes (the weights encoded whole: for small models and tests). */
+export function folderFileBytes(file: Buffer | TensorFile): Buffer {
+  return Buffer.isBuffer(file) ? file : encodeSafetensors(file.tensors, file.metadata);
+}
+
+/** The files of a model folder for a dacp GPT and its tokenizer. */
+export function gpt2FolderFiles(model: GPT, tokenizer: Tokenizer): FolderFiles {
   return gpt2Files(model.config, model.weights(), tokenizer);
 }
 
-function gpt2Files(modelConfig: ModelConfig, weights: Record<string, Float32Array>, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+function gpt2Files(modelConfig: ModelConfig, weights: Record<string, Float32Array>, tokenizer: Tokenizer): FolderFiles {
   const { vocabSize, contextLength, dModel, nLayers, nHeads } = modelConfig;
   const shapes = new Map(parameterSpecs(modelConfig).map(({ name, shape }) => [name, shape]));
   const tensors: Record<string, SafetensorsTensor> = {};
@@ -94,12 +109,12 @@ function folderOf(
   tokenizer: Tokenizer,
   contextLength: number,
   generation: JsonObject,
-): Record<(typeof MODEL_FILES)[number], Buffer> {
+): FolderFiles {
   const stored = tokenizer.toJSON();
   const tokenizerFiles = stored.kind === 'hf' ? { tokenizer: stored.tokenizer, config: stored.config } : hfFilesOfDacpTokenizer(stored.kind === 'bpe' ? stored.merges : [], contextLength);
   return {
     'config.json': json(config),
-    'model.safetensors': encodeSafetensors(tensors, { format: 'pt' }),
+    'model.safetensors': { tensors, metadata: { format: 'pt' } },
     'tokenizer.json': json(tokenizerFiles.tokenizer),
     'tokenizer_config.json': json(tokenizerFiles.config),
     'generation_config.json': json(generation),
@@ -108,14 +123,21 @@ function folderOf(
 
 const json = (value: unknown) => Buffer.from(`${JSON.stringify(value, null, 2)}\n`, 'utf8');
 
-/** Writes the files into `dir` (created; files already there are replaced). */
-export async function writeFolder(dir: string, files: Record<string, Buffer>): Promise<void> {
+/** Writes the files into `dir` (created; files already there are replaced), weights tensor by tensor; returns each file's sha256. */
+export async function writeFolder(dir: string, files: Record<string, Buffer | TensorFile>): Promise<Record<string, string>> {
   await fs.mkdir(dir, { recursive: true });
+  const written: Record<string, string> = {};
   for (const [name, data] of Object.entries(files)) {
     const temp = path.join(dir, `.${name}.tmp-${process.pid}`);
-    await fs.writeFile(temp, data);
+    if (Buffer.isBuffer(data)) {
+      await fs.writeFile(temp, data);
+      written[name] = sha256Of(data);
+    } else {
+      written[name] = (await writeSafetensorsFile(temp, data.tensors, data.metadata)).sha256;
+    }
     await fs.rename(temp, path.join(dir, name));
   }
+  return written;
 }
 
 export const sha256Of = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -196,9 +218,9 @@ async function readTensors(dir: string, files: Record<string, string>): Promise<
   const tensors: Record<string, SafetensorsTensor> = {};
   const dtypes = new Set<string>();
   for (const name of shardNames) {
-    const data = await fs.readFile(path.join(dir, name));
-    files[name] = sha256Of(data);
-    const decoded = decodeSafetensors(data, { widenHalf: true });
+    // Shard by shard and tensor by tensor: a shard of several GB is never one Buffer.
+    const decoded = await readSafetensorsFile(path.join(dir, name), { widenHalf: true });
+    files[name] = decoded.sha256;
     Object.assign(tensors, decoded.tensors);
     for (const dtype of Object.values(decoded.storedDtypes)) dtypes.add(dtype);
   }
@@ -437,11 +459,11 @@ function llamaWeights(config: JsonObject): FamilyReader {
 }
 
 /** A Llama-family model as a folder: its source config.json back, the weights in transformers' names and layout. */
-export function llamaFolderFiles(model: Llama, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+export function llamaFolderFiles(model: Llama, tokenizer: Tokenizer): FolderFiles {
   return llamaFiles(model.config, model.weights(), tokenizer);
 }
 
-function llamaFiles(c: LlamaConfig, weights: Record<string, Float32Array>, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+function llamaFiles(c: LlamaConfig, weights: Record<string, Float32Array>, tokenizer: Tokenizer): FolderFiles {
   const specs = new Map(llamaParameterSpecs(c).map(({ name, shape }) => [name, shape]));
   const tensors: Record<string, SafetensorsTensor> = {};
   for (const [dacpName, hfName, linear] of llamaNames(c)) {
@@ -477,7 +499,7 @@ function llamaFiles(c: LlamaConfig, weights: Record<string, Float32Array>, token
 }
 
 /** The files of a model folder for either family. */
-export function modelFolderFiles(model: CausalLM, tokenizer: Tokenizer): Record<(typeof MODEL_FILES)[number], Buffer> {
+export function modelFolderFiles(model: CausalLM, tokenizer: Tokenizer): FolderFiles {
   return model instanceof Llama ? llamaFolderFiles(model, tokenizer) : gpt2FolderFiles(model, tokenizer);
 }
 
@@ -485,8 +507,7 @@ export function modelFolderFiles(model: CausalLM, tokenizer: Tokenizer): Record<
  * The folder of a dacp model file, straight from its tensors: no TensorFlow.js model is built, so
  * the registry can convert on a worker that trains nothing.
  */
-export function folderFilesOfModelFile(file: Buffer): Record<(typeof MODEL_FILES)[number], Buffer> {
-  const { tensors, metadata } = decodeSafetensors(file);
+export function folderFilesOfModelFile({ tensors, metadata }: TensorFile): FolderFiles {
   const { config, tokenizer } = readReserved(metadata, MODEL_FORMAT, tensors, 'model file');
   const weights: Record<string, Float32Array> = {};
   for (const [name, tensor] of Object.entries(tensors)) weights[name] = tensor.data as Float32Array;

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import { causalMask, countOf, embeddingLookup, initialValues, maskedLoss, matMul, transpose2d, valuesOf, weightsOf, type ParameterSpec } from './model';
+import { batchedMatMul, causalMask, countOf, embeddingLookup, initialValues, maskedLoss, matMul, matMulTransposed, rmsNorm, sigmoidGate, valuesOf, weightsOf, type ParameterSpec } from './model';
 
 /**
  * The Llama family (Llama, Qwen2, SmolLM, Mistral), small enough to read in one sitting:
@@ -185,7 +185,7 @@ export class Llama {
       }
       x = this.rmsNorm(x, 'norm');
       const head = this.config.tiedEmbeddings ? this.param('embed') : this.param('lmHead');
-      return matMul(x.reshape([B * T, C]), transpose2d(head)).reshape([B, T, V]) as tf.Tensor3D;
+      return matMulTransposed(x.reshape([B * T, C]) as tf.Tensor2D, head).reshape([B, T, V]) as tf.Tensor3D;
     });
   }
 
@@ -220,7 +220,7 @@ export class Llama {
 
   /** x · rsqrt(mean(x²) + ε) · weight, over the last axis. */
   private rmsNorm(x: tf.Tensor3D, weight: string): tf.Tensor3D {
-    return x.mul(x.square().mean(-1, true).add(this.config.rmsNormEps).rsqrt()).mul(this.param(weight));
+    return rmsNorm(x, this.param(weight), this.config.rmsNormEps);
   }
 
   private attention(p: string, x: tf.Tensor3D, mask: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor3D {
@@ -239,8 +239,8 @@ export class Llama {
       k = repeat(k);
       v = repeat(v);
     }
-    const scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(D)).add(mask); // [B,H,T,T]
-    const y = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]).reshape([B, T, H * D]) as tf.Tensor3D;
+    const scores = batchedMatMul(q.mul(1 / Math.sqrt(D)), k, true).add(mask); // [B,H,T,T]
+    const y = batchedMatMul(tf.softmax(scores) as tf.Tensor4D, v).transpose([0, 2, 1, 3]).reshape([B, T, H * D]) as tf.Tensor3D;
     return this.dense(y, `${p}.wo`, this.config.attentionBias === 'all' ? `${p}.bo` : undefined);
   }
 
@@ -254,7 +254,7 @@ export class Llama {
   /** SwiGLU: down(silu(gate(x)) · up(x)). */
   private mlp(p: string, x: tf.Tensor3D): tf.Tensor3D {
     const gate = this.dense(x, `${p}.wgate`);
-    const hidden = gate.mul(gate.sigmoid()).mul(this.dense(x, `${p}.wup`)) as tf.Tensor3D;
+    const hidden = sigmoidGate(gate, 1, 0).mul(this.dense(x, `${p}.wup`)) as tf.Tensor3D;
     return this.dense(hidden, `${p}.wdown`);
   }
 

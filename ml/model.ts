@@ -126,7 +126,7 @@ export class GPT {
       for (let l = 0; l < this.config.nLayers; l++) x = this.block(`h.${l}`, x, mask);
       // head: tied to the token embedding
       x = this.layerNorm('lnf', x);
-      const logits = matMul(x.reshape([B * T, C]), transpose2d(wte)); // [B*T,V]
+      const logits = matMulTransposed(x.reshape([B * T, C]) as tf.Tensor2D, wte); // [B*T,V]
       return logits.reshape([B, T, V]);
     });
   }
@@ -159,10 +159,12 @@ export class GPT {
     const H = this.config.nHeads;
     const D = C / H;
     const qkv = this.dense(x, `${prefix}.wqkv`, `${prefix}.bqkv`); // [B,T,3C]
-    const [q, k, v] = tf.split(qkv, 3, 2).map((t) => t.reshape([B, T, H, D]).transpose([0, 2, 1, 3])) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // 3 × [B,H,T,D]
-    // Batched products run wasm's plain loop, where transpose flags cost nothing, so tf.matMul's own gradient is fine here.
-    const scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(D)).add(mask); // [B,H,T,T]
-    const y = tf.matMul(tf.softmax(scores), v); // [B,H,T,D]
+    // q, k and v side by side are 3H heads: one transpose, then one split (not one of each per tensor).
+    const [q, k, v] = tf.split(qkv.reshape([B, T, 3 * H, D]).transpose([0, 2, 1, 3]), 3, 1) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]; // 3 × [B,H,T,D]
+    // Batched products run wasm's plain loop, where transpose flags cost nothing, so tf.matMul's own gradient is fine there.
+    // The scale goes on q, [B,H,T,D], rather than on the scores, [B,H,T,T].
+    const scores = batchedMatMul(q.mul(1 / Math.sqrt(D)), k, true).add(mask); // [B,H,T,T]
+    const y = batchedMatMul(tf.softmax(scores) as tf.Tensor4D, v); // [B,H,T,D]
     const merged = y.transpose([0, 2, 1, 3]).reshape([B, T, C]) as tf.Tensor3D; // [B,T,C]
     return this.dense(merged, `${prefix}.wo`, `${prefix}.bo`);
   }
@@ -181,9 +183,7 @@ export class GPT {
   }
 
   private layerNorm(prefix: string, x: tf.Tensor3D): tf.Tensor3D {
-    const { mean, variance } = tf.moments(x, -1, true);
-    const normalised = x.sub(mean).mul(variance.add(1e-5).rsqrt());
-    return normalised.mul(this.param(`${prefix}.gamma`)).add(this.param(`${prefix}.beta`));
+    return layerNorm(x, this.param(`${prefix}.gamma`), this.param(`${prefix}.beta`), 1e-5);
   }
 
   private param(name: string): tf.Variable {
@@ -293,6 +293,9 @@ export function embeddingLookup(table: tf.Tensor2D | tf.Variable, ids: tf.Tensor
  * the product (tf.fused.matMul) instead of costing a separate add.
  */
 export function matMul(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
+  // TensorFlow's own kernels take transpose flags at full speed: tfjs's gradient (products with
+  // flags, no transposes) is the fastest there.
+  if (isNative()) return nativeProduct(a, b, false, bias) as tf.Tensor2D;
   const product = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const [x, y] = args as [tf.Tensor2D, tf.Tensor2D];
@@ -309,6 +312,131 @@ export function matMul(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor): tf.Tensor2
     };
   });
   return (bias === undefined ? product(a, b) : product(a, b, bias)) as tf.Tensor2D;
+}
+
+/** a [M,K] · bᵀ for b [N,K] → [M,N]: logits through a tied or untied head stored [V,C]. */
+export function matMulTransposed(a: tf.Tensor2D, b: tf.Tensor2D | tf.Variable): tf.Tensor2D {
+  return isNative() ? (nativeProduct(a, b, true) as tf.Tensor2D) : matMul(a, transpose2d(b));
+}
+
+/** Batched products over the leading axes, a [...,M,K] · b [...,K,N] (or bᵀ for b [...,N,K]): attention's scores and mix. */
+export function batchedMatMul<T extends tf.Tensor>(a: T, b: T, transposeB = false): T {
+  return (isNative() ? nativeProduct(a, b, transposeB) : tf.matMul(a as tf.Tensor, b as tf.Tensor, false, transposeB)) as T;
+}
+
+/** One BatchMatMulV2 kernel, any rank, no reshapes around it (tf.matMul adds three). */
+function kernelProduct(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor {
+  return tf.engine().runKernel('BatchMatMul', { a, b }, { transposeA, transposeB }) as tf.Tensor;
+}
+
+/**
+ * a · b (or a · bᵀ) + bias on the native backend, each product one kernel: forward 1 (+1 for the
+ * bias), backward 2 (+1), where tf.matMul and tf.fused.matMul spend three reshapes per product
+ * and a broadcast-reduction for the bias.
+ */
+function nativeProduct(a: tf.Tensor, b: tf.Tensor, transposeB: boolean, bias?: tf.Tensor): tf.Tensor {
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const [x, y] = args as [tf.Tensor, tf.Tensor];
+    save([x, y]);
+    const product = kernelProduct(x, y, false, transposeB);
+    return {
+      value: bias === undefined ? product : product.add(args[2] as tf.Tensor),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sy] = saved as [tf.Tensor, tf.Tensor];
+        // y = x·w: dx = dy·wᵀ, dw = xᵀ·dy.   y = x·wᵀ: dx = dy·w, dw = dyᵀ·x.
+        const dx = kernelProduct(dy, sy, false, !transposeB);
+        const dw = transposeB ? kernelProduct(dy, sx, true, false) : kernelProduct(sx, dy, true, false);
+        return bias === undefined ? [dx, dw] : [dx, dw, dy.sum(0)];
+      },
+    };
+  });
+  return bias === undefined ? op(a, b) : op(a, b, bias);
+}
+
+/** The native TensorFlow backend (tfjs-node or tfjs-node-gpu), where each kernel call costs a fixed overhead and big kernels win. */
+export function isNative(): boolean {
+  return tf.getBackend() === 'tensorflow';
+}
+
+/** Sums over the rows of [M,N] → [N]: a reduction natively; ones · x on wasm, whose axis-0 sum transposes first and is ~20× slower. */
+export function columnSums(x: tf.Tensor2D): tf.Tensor1D {
+  return isNative() ? x.sum(0) : tf.matMul(tf.ones([1, x.shape[0]]), x).reshape([x.shape[1]]);
+}
+
+/**
+ * LayerNorm over the last axis, (x − mean) · rsqrt(var + ε) · γ + β, with its gradient written
+ * out (a dozen kernels instead of the thirty-odd that autodiff of the moments takes):
+ * dx = r · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), where x̂ is the normalised input, r = rsqrt(var + ε)
+ * and dx̂ = dy · γ.
+ */
+export function layerNorm(x: tf.Tensor3D, gamma: tf.Tensor, beta: tf.Tensor, eps: number): tf.Tensor3D {
+  const [B, T, C] = x.shape;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, g, b, save] = args as [tf.Tensor3D, tf.Tensor1D, tf.Tensor1D, tf.GradSaveFunc];
+    const { mean, variance } = tf.moments(input, -1, true);
+    const r = variance.add(eps).rsqrt(); // [B,T,1]
+    const normalised = input.sub(mean).mul(r); // [B,T,C]
+    save([normalised, r, g]);
+    return {
+      value: normalised.mul(g).add(b),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xhat, rs, gs] = saved as [tf.Tensor3D, tf.Tensor3D, tf.Tensor1D];
+        const dxhat = dy.mul(gs);
+        const dx = rs.mul(dxhat.sub(dxhat.mean(-1, true)).sub(xhat.mul(dxhat.mul(xhat).mean(-1, true))));
+        const rows = (t: tf.Tensor) => t.reshape([B * T, C]) as tf.Tensor2D;
+        return [dx, columnSums(rows(dy.mul(xhat))), columnSums(rows(dy))];
+      },
+    };
+  });
+  return op(x, gamma, beta) as tf.Tensor3D;
+}
+
+/**
+ * RMSNorm over the last axis, x · rsqrt(mean(x²) + ε) · w, with its gradient written out:
+ * dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)), x̂ = x · r, dx̂ = dy · w.
+ */
+export function rmsNorm(x: tf.Tensor3D, weight: tf.Tensor, eps: number): tf.Tensor3D {
+  const [B, T, C] = x.shape;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, w, save] = args as [tf.Tensor3D, tf.Tensor1D, tf.GradSaveFunc];
+    const r = input.square().mean(-1, true).add(eps).rsqrt(); // [B,T,1]
+    const normalised = input.mul(r);
+    save([normalised, r, w]);
+    return {
+      value: normalised.mul(w),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xhat, rs, ws] = saved as [tf.Tensor3D, tf.Tensor3D, tf.Tensor1D];
+        const dxhat = dy.mul(ws);
+        const dx = rs.mul(dxhat.sub(xhat.mul(dxhat.mul(xhat).mean(-1, true))));
+        return [dx, columnSums(dy.mul(xhat).reshape([B * T, C]) as tf.Tensor2D)];
+      },
+    };
+  });
+  return op(x, weight) as tf.Tensor3D;
+}
+
+/**
+ * x · sigmoid(k·x + c·x³) with its gradient written out: GELU (tanh form) with k = √(8/π),
+ * c = 0.044715·k; SiLU with k = 1, c = 0. d/dx = s + x · s(1 − s) · (k + 3c·x²).
+ */
+export function sigmoidGate(x: tf.Tensor, k: number, c: number): tf.Tensor {
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    // square·x: Pow is slow on wasm.
+    const z = c === 0 ? (k === 1 ? input : input.mul(k)) : input.add(input.square().mul(input).mul(c / k)).mul(k);
+    const s = z.sigmoid();
+    save([input, s]);
+    return {
+      value: input.mul(s),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, ss] = saved as [tf.Tensor, tf.Tensor];
+        const slope = c === 0 ? (k === 1 ? xs : xs.mul(k)) : xs.mul(xs.square().mul(3 * c).add(k));
+        return dy.mul(ss.add(slope.mul(ss).mul(tf.scalar(1).sub(ss))));
+      },
+    };
+  });
+  return op(x);
 }
 
 /**
@@ -360,6 +488,6 @@ export function causalMask(T: number): tf.Tensor2D {
  * wasm runs sigmoid vectorised and tanh ~15× slower.
  */
 function gelu(x: tf.Tensor3D): tf.Tensor3D {
-  const z = x.add(x.square().mul(x).mul(0.044715)).mul(Math.sqrt(8 / Math.PI)); // 2z; square·x: Pow is slow on wasm
-  return x.mul(z.sigmoid());
+  const k = Math.sqrt(8 / Math.PI); // 2z = k·(x + 0.044715·x³)
+  return sigmoidGate(x, k, 0.044715 * k) as tf.Tensor3D;
 }

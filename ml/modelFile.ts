@@ -13,17 +13,27 @@ export const RESERVED_KEYS = { format: 'format', config: 'dacp.config', tokenize
 /** `format` and every `dacp.*` key belong to the file format; callers use any other name. */
 export const isReservedKey = (key: string): boolean => key === RESERVED_KEYS.format || key.startsWith('dacp.');
 
-export function serializeModel(model: CausalLM, tokenizer: Tokenizer, meta: Record<string, string> = {}): Buffer {
+/** A model file's tensors and metadata, for a streamed write (ArtifactStore.putSafetensors) or one buffer. */
+export function modelFileTensors(model: CausalLM, tokenizer: Tokenizer, meta: Record<string, string> = {}): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> } {
   const weights = model.weights();
   const tensors: Record<string, SafetensorsTensor> = {};
   for (const [name, variable] of model.variables) {
     tensors[name] = { dtype: 'F32', shape: [...variable.shape], data: weights[name] as Float32Array };
   }
-  return encodeSafetensors(tensors, withReserved(meta, MODEL_FORMAT, { config: model.config, tokenizer: tokenizer.toJSON(), tensors }));
+  return { tensors, metadata: withReserved(meta, MODEL_FORMAT, { config: model.config, tokenizer: tokenizer.toJSON(), tensors }) };
+}
+
+export function serializeModel(model: CausalLM, tokenizer: Tokenizer, meta: Record<string, string> = {}): Buffer {
+  const { tensors, metadata } = modelFileTensors(model, tokenizer, meta);
+  return encodeSafetensors(tensors, metadata);
 }
 
 export function deserializeModel(buf: Buffer): { model: CausalLM; tokenizer: Tokenizer; meta: Record<string, string> } {
-  const { tensors, metadata } = decodeSafetensors(buf);
+  return modelFromFileTensors(decodeSafetensors(buf));
+}
+
+/** A model from a model file's decoded tensors and metadata (ArtifactStore.getSafetensors streams them in). */
+export function modelFromFileTensors({ tensors, metadata }: { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> }): { model: CausalLM; tokenizer: Tokenizer; meta: Record<string, string> } {
   const { config, tokenizer, meta } = readReserved(metadata, MODEL_FORMAT, tensors, 'model file');
   const weights: Record<string, Float32Array> = {};
   for (const [name, tensor] of Object.entries(tensors)) {

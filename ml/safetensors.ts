@@ -26,15 +26,19 @@ const METADATA_KEY = '__metadata__';
 /** Same cap as the reference implementation: a larger header is almost surely corruption. */
 const MAX_HEADER_BYTES = 100_000_000;
 
-function assertLittleEndianHost(): void {
+export function assertLittleEndianHost(): void {
   if (os.endianness() !== 'LE') throw new Error('safetensors: big-endian hosts are not supported');
 }
 
-export function encodeSafetensors(tensors: Record<string, SafetensorsTensor>, metadata?: Record<string, string>): Buffer {
+/** The header of a safetensors file for `tensors` (names in sorted order) and the size of its data section. */
+export function safetensorsHeader(
+  tensors: Record<string, SafetensorsTensor>,
+  metadata?: Record<string, string>,
+): { header: Buffer; names: string[]; dataBytes: number } {
   assertLittleEndianHost();
   const names = Object.keys(tensors).sort();
-  const header: Record<string, unknown> = {};
-  if (metadata !== undefined && Object.keys(metadata).length > 0) header[METADATA_KEY] = { ...metadata };
+  const entries: Record<string, unknown> = {};
+  if (metadata !== undefined && Object.keys(metadata).length > 0) entries[METADATA_KEY] = { ...metadata };
   let offset = 0;
   for (const name of names) {
     if (name === METADATA_KEY) throw new Error(`safetensors: "${METADATA_KEY}" is reserved and cannot name a tensor`);
@@ -46,20 +50,32 @@ export function encodeSafetensors(tensors: Record<string, SafetensorsTensor>, me
       throw new Error(`safetensors: tensor "${name}" has ${tensor.data.length} values but shape [${tensor.shape.join(',')}] needs ${expected}`);
     }
     const bytes = expected * BYTES_PER_ELEMENT[tensor.dtype];
-    header[name] = { dtype: tensor.dtype, shape: tensor.shape, data_offsets: [offset, offset + bytes] };
+    entries[name] = { dtype: tensor.dtype, shape: tensor.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
-  let json = JSON.stringify(header);
+  let json = JSON.stringify(entries);
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const out = Buffer.alloc(8 + headerBytes.length + offset);
-  out.writeBigUInt64LE(BigInt(headerBytes.length), 0);
-  headerBytes.copy(out, 8);
-  let cursor = 8 + headerBytes.length;
+  const body = Buffer.from(json, 'utf8');
+  const header = Buffer.alloc(8 + body.length);
+  header.writeBigUInt64LE(BigInt(body.length), 0);
+  body.copy(header, 8);
+  return { header, names, dataBytes: offset };
+}
+
+/** The bytes of one tensor's data, as the file holds them (little-endian). */
+export function tensorBytes(tensor: SafetensorsTensor): Uint8Array {
+  return new Uint8Array(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength);
+}
+
+export function encodeSafetensors(tensors: Record<string, SafetensorsTensor>, metadata?: Record<string, string>): Buffer {
+  const { header, names, dataBytes } = safetensorsHeader(tensors, metadata);
+  const out = Buffer.alloc(header.length + dataBytes);
+  header.copy(out, 0);
+  let cursor = header.length;
   for (const name of names) {
-    const { data } = tensors[name] as SafetensorsTensor;
-    Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(out, cursor);
-    cursor += data.byteLength;
+    const bytes = tensorBytes(tensors[name] as SafetensorsTensor);
+    out.set(bytes, cursor);
+    cursor += bytes.length;
   }
   return out;
 }
@@ -104,21 +120,46 @@ export interface DecodeOptions {
   widenHalf?: boolean;
 }
 
-export function decodeSafetensors(
-  buf: Buffer,
-  o: DecodeOptions = {},
-): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string>; storedDtypes: Record<string, string> } {
-  assertLittleEndianHost();
-  const corrupt = (why: string): Error => new Error(`not a valid safetensors buffer (${buf.length} bytes): ${why}`);
-  if (buf.length < 8) throw corrupt('shorter than the 8-byte header length');
-  const headerLength = buf.readBigUInt64LE(0);
-  if (headerLength > BigInt(MAX_HEADER_BYTES)) throw corrupt(`header length ${headerLength} is implausibly large`);
-  if (BigInt(8) + headerLength > BigInt(buf.length)) throw corrupt(`header says ${headerLength} bytes but only ${buf.length - 8} follow (truncated?)`);
-  const headerEnd = 8 + Number(headerLength);
+export interface Decoded {
+  tensors: Record<string, SafetensorsTensor>;
+  metadata: Record<string, string>;
+  storedDtypes: Record<string, string>;
+}
 
+/** One tensor's place in the data section, checked against the header. */
+export interface TensorSpan {
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+  /** Non-null when the tensor is read widened from a half-precision dtype. */
+  half: HalfDtype | null;
+}
+
+/** Length of the JSON header from the first 8 bytes, checked against the file's size. */
+export function headerLengthOf(first8: Buffer, totalBytes: number, corrupt: (why: string) => Error): number {
+  if (totalBytes < 8) throw corrupt('shorter than the 8-byte header length');
+  const headerLength = first8.readBigUInt64LE(0);
+  if (headerLength > BigInt(MAX_HEADER_BYTES)) throw corrupt(`header length ${headerLength} is implausibly large`);
+  if (BigInt(8) + headerLength > BigInt(totalBytes)) throw corrupt(`header says ${headerLength} bytes but only ${totalBytes - 8} follow (truncated?)`);
+  return Number(headerLength);
+}
+
+/**
+ * The header's tensors, in data order, and its metadata, checked: known dtypes, sizes that match
+ * shapes, and spans that tile the data section exactly (like the reference implementation, so
+ * trailing garbage or a truncated final tensor is detected rather than silently ignored).
+ */
+export function parseSafetensorsHeader(
+  json: Buffer,
+  dataLength: number,
+  o: DecodeOptions,
+  corrupt: (why: string) => Error,
+): { spans: TensorSpan[]; metadata: Record<string, string> } {
   let header: unknown;
   try {
-    header = JSON.parse(buf.subarray(8, headerEnd).toString('utf8'));
+    header = JSON.parse(json.toString('utf8'));
   } catch (error) {
     throw corrupt(`header is not JSON (${error instanceof Error ? error.message : String(error)})`);
   }
@@ -132,10 +173,7 @@ export function decodeSafetensors(
     metadata = parsed.data;
   }
 
-  const dataLength = buf.length - headerEnd;
-  const spans: { name: string; begin: number; end: number }[] = [];
-  const tensors: Record<string, SafetensorsTensor> = {};
-  const storedDtypes: Record<string, string> = {};
+  const spans: TensorSpan[] = [];
   for (const [name, raw] of Object.entries(entries)) {
     if (name === METADATA_KEY) continue;
     const parsed = entrySchema.safeParse(raw);
@@ -145,20 +183,12 @@ export function decodeSafetensors(
     if (dtype !== 'F32' && dtype !== 'I32' && !half) {
       throw corrupt(`tensor "${name}" has unsupported dtype ${dtype} (supported: F32, I32${o.widenHalf ? ', F16, BF16' : ''})`);
     }
-    const typed = half ? 'F32' : (dtype as SafetensorsDtype);
-    const width = half ? HALF_DTYPES[half] : BYTES_PER_ELEMENT[typed];
+    const width = half ? HALF_DTYPES[half] : BYTES_PER_ELEMENT[dtype as SafetensorsDtype];
     if (end < begin || end > dataLength) throw corrupt(`tensor "${name}" spans bytes ${begin}..${end} but the data section has ${dataLength} (truncated?)`);
     const count = elementCount(shape, name);
     if (end - begin !== count * width) throw corrupt(`tensor "${name}" has ${end - begin} bytes, shape [${shape.join(',')}] needs ${count * width}`);
-    // Copy out: the data may sit at an offset a Float32Array view cannot start at.
-    const bytes = new Uint8Array(end - begin);
-    bytes.set(buf.subarray(headerEnd + begin, headerEnd + end));
-    storedDtypes[name] = dtype;
-    tensors[name] = { dtype: typed, shape, data: half ? widen(bytes, half) : typed === 'F32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer) };
-    spans.push({ name, begin, end });
+    spans.push({ name, dtype, shape, begin, end, half });
   }
-  // Like the reference implementation: tensors tile the data section exactly, so trailing garbage
-  // or a truncated final tensor is detected rather than silently ignored.
   spans.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let expectedBegin = 0;
   for (const span of spans) {
@@ -166,6 +196,29 @@ export function decodeSafetensors(
     expectedBegin = span.end;
   }
   if (expectedBegin !== dataLength) throw corrupt(`data section has ${dataLength} bytes but tensors cover ${expectedBegin}`);
+  return { spans, metadata };
+}
+
+/** A tensor from its own copy of the bytes (aligned for a typed-array view), widened when half. */
+export function tensorOf(span: TensorSpan, bytes: Uint8Array): SafetensorsTensor {
+  if (span.half) return { dtype: 'F32', shape: span.shape, data: widen(bytes, span.half) };
+  return { dtype: span.dtype as SafetensorsDtype, shape: span.shape, data: span.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) : new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) };
+}
+
+export function decodeSafetensors(buf: Buffer, o: DecodeOptions = {}): Decoded {
+  assertLittleEndianHost();
+  const corrupt = (why: string): Error => new Error(`not a valid safetensors buffer (${buf.length} bytes): ${why}`);
+  const headerEnd = 8 + headerLengthOf(buf.subarray(0, 8), buf.length, corrupt);
+  const { spans, metadata } = parseSafetensorsHeader(buf.subarray(8, headerEnd), buf.length - headerEnd, o, corrupt);
+  const tensors: Record<string, SafetensorsTensor> = {};
+  const storedDtypes: Record<string, string> = {};
+  for (const span of spans) {
+    // Copy out: the data may sit at an offset a Float32Array view cannot start at.
+    const bytes = new Uint8Array(span.end - span.begin);
+    bytes.set(buf.subarray(headerEnd + span.begin, headerEnd + span.end));
+    tensors[span.name] = tensorOf(span, bytes);
+    storedDtypes[span.name] = span.dtype;
+  }
   return { tensors, metadata, storedDtypes };
 }
 

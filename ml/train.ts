@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { Batch, BatchSource } from './mixing';
 import { modelFromWeights, parseAnyModelConfig, specsOf, type CausalLM } from './families';
-import { readReserved, serializeModel, withReserved } from './modelFile';
+import { modelFileTensors, readReserved, serializeModel, withReserved } from './modelFile';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor } from './safetensors';
 import type { Tokenizer } from './tokenizer';
 import { isFloat32Array } from './typedArrays';
@@ -16,6 +16,12 @@ import { isFloat32Array } from './typedArrays';
  */
 
 export const CHECKPOINT_FORMAT = 'dacp-checkpoint/1';
+
+/** A checkpoint or model file before it is written: its tensors and safetensors metadata. */
+export interface CheckpointTensors {
+  tensors: Record<string, SafetensorsTensor>;
+  metadata: Record<string, string>;
+}
 
 /** GPT-2/3 style AdamW constants; fixed so a checkpoint never disagrees with the code about them. */
 const ADAM = { beta1: 0.9, beta2: 0.95, epsilon: 1e-8 } as const;
@@ -54,7 +60,18 @@ export function parseTrainSettings(json: unknown): TrainSettings {
   return parsed.data;
 }
 
-interface Moments { m: tf.Variable; v: tf.Variable; decay: boolean }
+/**
+ * AdamW's state over every parameter at once: the moments as two flat vectors in the model's
+ * variable order, so an update is a dozen kernels however many tensors the model has (one set per
+ * tensor took ~13 kernels each). `decayMask` is 1 where weight decay applies (matrices), else 0.
+ */
+interface FlatState {
+  m: tf.Variable;
+  v: tf.Variable;
+  decayMask: tf.Tensor1D;
+  /** Offset and size of each parameter in the flat vectors, in model.variables order. */
+  layout: { name: string; offset: number; size: number; shape: number[] }[];
+}
 
 /** What to change in the spec when training diverged: the two settings that tame it, with their values. */
 export function divergenceAdvice(settings: { learningRate: number; gradClip: number }): string {
@@ -93,7 +110,7 @@ export class Trainer {
     readonly tokenizer: Tokenizer,
     readonly settings: TrainSettings,
     private currentStep: number,
-    private readonly moments: Map<string, Moments>,
+    private readonly state: FlatState,
     /** Loss of the most recent step (NaN before the first); survives checkpoints. */
     private latestLoss: number,
     /** Caller metadata of the checkpoint this trainer was restored from ({} when fresh). */
@@ -107,13 +124,17 @@ export class Trainer {
     }
     const zeros = new Map<string, { m: Float32Array; v: Float32Array }>();
     for (const [name, variable] of model.variables) zeros.set(name, { m: new Float32Array(variable.size), v: new Float32Array(variable.size) });
-    return new Trainer(model, tokenizer, checked, 0, makeMoments(model, zeros), Number.NaN, {});
+    return new Trainer(model, tokenizer, checked, 0, flatState(model, zeros), Number.NaN, {});
   }
 
   /** Restores everything checkpoint() wrote; rejects foreign, corrupted or inconsistent buffers. */
   static fromCheckpoint(buf: Buffer): Trainer {
+    return Trainer.fromCheckpointTensors(decodeSafetensors(buf));
+  }
+
+  /** fromCheckpoint from decoded tensors (ArtifactStore.getSafetensors streams them in). */
+  static fromCheckpointTensors({ tensors, metadata }: { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> }): Trainer {
     const fail = (why: string): Error => new Error(`invalid training checkpoint: ${why}`);
-    const { tensors, metadata } = decodeSafetensors(buf);
     const { config, tokenizer, meta } = readReserved(metadata, CHECKPOINT_FORMAT, tensors, 'training checkpoint');
     const settings = parseTrainSettings(parseJson(metadata['dacp.settings'], 'dacp.settings'));
     const step = Number(metadata['dacp.step']);
@@ -139,7 +160,7 @@ export class Trainer {
     if (Object.keys(tensors).length !== expected) throw fail(`holds ${Object.keys(tensors).length} tensors, expected ${expected}`);
     if (modelConfig.vocabSize !== tokenizer.vocabSize) throw fail(`model vocabSize ${modelConfig.vocabSize} does not match the tokenizer's ${tokenizer.vocabSize}`);
     const model = modelFromWeights(modelConfig, weights);
-    return new Trainer(model, tokenizer, settings, step, makeMoments(model, state), lastLoss, meta);
+    return new Trainer(model, tokenizer, settings, step, flatState(model, state), lastLoss, meta);
   }
 
   get step(): number {
@@ -163,26 +184,26 @@ export class Trainer {
   trainStep(batch: Batch): { loss: number; lr: number; gradNorm: number } {
     this.checkBatch(batch);
     const lr = this.learningRateAt(this.currentStep);
-    const names = [...this.model.variables.keys()];
-    const { loss, gradNorm, grads } = tf.tidy(() => {
+    const variables = [...this.model.variables.values()];
+    const { figures, grads } = tf.tidy(() => {
       const inputs = tf.tensor2d(batch.inputs, undefined, 'int32');
       const targets = tf.tensor2d(batch.targets, undefined, 'int32');
       const mask = tf.tensor2d(batch.mask, undefined, 'float32');
-      const result = tf.variableGrads(() => this.model.loss(inputs, targets, mask), [...this.model.variables.values()]);
-      const byName = names.map((name) => result.grads[this.variableName(name)] as tf.Tensor);
-      const norm = tf.addN(byName.map((g) => g.square().sum())).sqrt();
-      return { loss: result.value, gradNorm: norm, grads: byName };
+      const result = tf.variableGrads(() => this.model.loss(inputs, targets, mask), variables);
+      const flat = tf.concat(variables.map((variable) => flatten(result.grads[variable.name] as tf.Tensor)));
+      const norm = flat.square().sum().sqrt();
+      return { figures: tf.stack([result.value, norm]), grads: flat };
     });
-    const [lossValue, normValue] = [loss.dataSync()[0] as number, gradNorm.dataSync()[0] as number];
-    loss.dispose();
-    gradNorm.dispose();
+    // The one host round trip of a step: loss and gradient norm together.
+    const [lossValue, normValue] = figures.dataSync() as Float32Array as unknown as [number, number];
+    figures.dispose();
     if (!Number.isFinite(lossValue) || !Number.isFinite(normValue)) {
-      tf.dispose(grads);
+      grads.dispose();
       throw new TrainingDivergedError(this.currentStep + 1, lossValue, normValue, this.settings);
     }
     const clipScale = this.settings.gradClip > 0 && normValue > this.settings.gradClip ? this.settings.gradClip / (normValue + 1e-6) : 1;
-    this.applyAdamW(names, grads, lr, clipScale);
-    tf.dispose(grads);
+    this.applyAdamW(variables, grads, lr, clipScale);
+    grads.dispose();
     this.currentStep++;
     this.latestLoss = lossValue;
     return { loss: lossValue, lr, gradNorm: normValue };
@@ -190,15 +211,22 @@ export class Trainer {
 
   /** One safetensors buffer: weights (model.*), AdamW moments (adam.m.*, adam.v.*), step, settings, config, tokenizer. */
   checkpoint(meta: Record<string, string> = {}): Buffer {
+    const { tensors, metadata } = this.checkpointTensors(meta);
+    return encodeSafetensors(tensors, metadata);
+  }
+
+  /** What checkpoint() writes, as tensors and metadata for a streamed write. */
+  checkpointTensors(meta: Record<string, string> = {}): CheckpointTensors {
     const tensors: Record<string, SafetensorsTensor> = {};
-    for (const [name, variable] of this.model.variables) {
-      const shape = [...variable.shape];
-      const { m, v } = this.moments.get(name) as Moments;
+    const m = this.state.m.dataSync() as Float32Array;
+    const v = this.state.v.dataSync() as Float32Array;
+    for (const { name, offset, size, shape } of this.state.layout) {
+      const variable = this.model.variables.get(name) as tf.Variable;
       tensors[`model.${name}`] = { dtype: 'F32', shape, data: variable.dataSync() as Float32Array };
-      tensors[`adam.m.${name}`] = { dtype: 'F32', shape, data: m.dataSync() as Float32Array };
-      tensors[`adam.v.${name}`] = { dtype: 'F32', shape, data: v.dataSync() as Float32Array };
+      tensors[`adam.m.${name}`] = { dtype: 'F32', shape, data: m.subarray(offset, offset + size) };
+      tensors[`adam.v.${name}`] = { dtype: 'F32', shape, data: v.subarray(offset, offset + size) };
     }
-    return encodeSafetensors(tensors, withReserved(meta, CHECKPOINT_FORMAT, {
+    return { tensors, metadata: withReserved(meta, CHECKPOINT_FORMAT, {
       config: this.model.config,
       tokenizer: this.tokenizer.toJSON(),
       tensors,
@@ -208,43 +236,43 @@ export class Trainer {
         'dacp.optimizer': JSON.stringify({ kind: 'adamw', ...ADAM }),
         'dacp.lastLoss': String(this.latestLoss),
       },
-    }));
+    }) };
   }
 
   exportModel(meta: Record<string, string> = {}): Buffer {
     return serializeModel(this.model, this.tokenizer, meta);
   }
 
+  /** What exportModel() writes, as tensors and metadata for a streamed write. */
+  exportModelTensors(meta: Record<string, string> = {}): CheckpointTensors {
+    return modelFileTensors(this.model, this.tokenizer, meta);
+  }
+
   dispose(): void {
-    for (const { m, v } of this.moments.values()) tf.dispose([m, v]);
+    tf.dispose([this.state.m, this.state.v, this.state.decayMask]);
     this.model.dispose();
   }
 
-  private applyAdamW(names: string[], grads: tf.Tensor[], lr: number, clipScale: number): void {
+  /** AdamW over the flat gradient: the moments in place, then each parameter from its slice of the new flat weights. */
+  private applyAdamW(variables: tf.Variable[], grads: tf.Tensor, lr: number, clipScale: number): void {
     const t = this.currentStep + 1;
     // Bias corrections in float64 on the host: the same numbers in every process.
     const correction1 = 1 - ADAM.beta1 ** t;
     const correction2 = 1 - ADAM.beta2 ** t;
-    const decayFactor = 1 - lr * this.settings.weightDecay;
+    const { m, v, decayMask, layout } = this.state;
     tf.tidy(() => {
-      names.forEach((name, i) => {
-        const parameter = this.model.variables.get(name) as tf.Variable;
-        const { m, v, decay } = this.moments.get(name) as Moments;
-        const g = clipScale === 1 ? (grads[i] as tf.Tensor) : (grads[i] as tf.Tensor).mul(clipScale);
-        const m1 = m.mul(ADAM.beta1).add(g.mul(1 - ADAM.beta1));
-        const v1 = v.mul(ADAM.beta2).add(g.square().mul(1 - ADAM.beta2));
-        const update = m1.div(correction1).div(v1.div(correction2).sqrt().add(ADAM.epsilon));
-        // Decoupled decay (Loshchilov & Hutter): shrink the weight, not the gradient; matrices only.
-        const decayed = decay ? parameter.mul(decayFactor) : parameter;
-        m.assign(m1);
-        v.assign(v1);
-        parameter.assign(decayed.sub(update.mul(lr)));
-      });
+      const g = clipScale === 1 ? grads : grads.mul(clipScale);
+      const m1 = m.mul(ADAM.beta1).add(g.mul(1 - ADAM.beta1));
+      const v1 = v.mul(ADAM.beta2).add(g.square().mul(1 - ADAM.beta2));
+      const update = m1.div(correction1).div(v1.div(correction2).sqrt().add(ADAM.epsilon));
+      // Decoupled decay (Loshchilov & Hutter): shrink the weight, not the gradient; matrices only.
+      const weights = tf.concat(variables.map(flatten));
+      const decayed = weights.mul(decayMask.mul(-lr * this.settings.weightDecay).add(1));
+      const next = tf.split(decayed.sub(update.mul(lr)), layout.map((p) => p.size));
+      m.assign(m1);
+      v.assign(v1);
+      variables.forEach((variable, i) => variable.assign(variable.rank === 1 ? (next[i] as tf.Tensor) : (next[i] as tf.Tensor).reshape(variable.shape)));
     });
-  }
-
-  private variableName(name: string): string {
-    return (this.model.variables.get(name) as tf.Variable).name;
   }
 
   private checkBatch(batch: Batch): void {
@@ -256,19 +284,38 @@ export class Trainer {
   }
 }
 
-function makeMoments(model: CausalLM, values: Map<string, { m: Float32Array; v: Float32Array }>): Map<string, Moments> {
-  const decays = new Map(specsOf(model.config).map((spec) => [spec.name, spec.decay]));
-  const moments = new Map<string, Moments>();
-  for (const [name, variable] of model.variables) {
-    const { m, v } = values.get(name) as { m: Float32Array; v: Float32Array };
-    moments.set(name, {
-      m: tf.tidy(() => tf.variable(tf.tensor(m, variable.shape), false, `${variable.name}/adam.m`)),
-      v: tf.tidy(() => tf.variable(tf.tensor(v, variable.shape), false, `${variable.name}/adam.v`)),
-      decay: decays.get(name) ?? false,
-    });
-  }
-  return moments;
+/** A tensor as a vector; vectors as they are (a reshape is a kernel call on the native backend). */
+function flatten(t: tf.Tensor): tf.Tensor {
+  return t.rank === 1 ? t : t.reshape([-1]);
 }
+
+function flatState(model: CausalLM, values: Map<string, { m: Float32Array; v: Float32Array }>): FlatState {
+  const decays = new Map(specsOf(model.config).map((spec) => [spec.name, spec.decay]));
+  const layout: FlatState['layout'] = [];
+  let total = 0;
+  for (const [name, variable] of model.variables) {
+    layout.push({ name, offset: total, size: variable.size, shape: [...variable.shape] });
+    total += variable.size;
+  }
+  const m = new Float32Array(total);
+  const v = new Float32Array(total);
+  const decay = new Float32Array(total);
+  for (const { name, offset, size } of layout) {
+    const moments = values.get(name) as { m: Float32Array; v: Float32Array };
+    m.set(moments.m, offset);
+    v.set(moments.v, offset);
+    if (decays.get(name) === true) decay.fill(1, offset, offset + size);
+  }
+  const id = nextStateId++;
+  return {
+    m: tf.tidy(() => tf.variable(tf.tensor1d(m), false, `adam.m#${id}`)),
+    v: tf.tidy(() => tf.variable(tf.tensor1d(v), false, `adam.v#${id}`)),
+    decayMask: tf.tensor1d(decay),
+    layout,
+  };
+}
+
+let nextStateId = 0;
 
 function parseJson(text: string | undefined, key: string): unknown {
   if (text === undefined) throw new Error(`invalid training checkpoint: metadata "${key}" is missing`);
@@ -285,7 +332,7 @@ export interface RunTrainingOptions {
   /** Checkpoint after every this many steps, and always after the last. */
   checkpointEvery: number;
   onStep?: (s: { step: number; loss: number; lr: number }) => void | Promise<void>;
-  onCheckpoint: (s: { step: number; loss: number; checkpoint: Buffer }) => Promise<void>;
+  onCheckpoint: (s: { step: number; loss: number; checkpoint: CheckpointTensors }) => Promise<void>;
   /** Polled between steps; true stops the loop after checkpointing the steps taken so far. */
   shouldStop?: () => boolean;
 }
@@ -310,13 +357,13 @@ export async function runTraining(o: RunTrainingOptions): Promise<{ stoppedEarly
     const { loss, lr } = trainer.trainStep(o.batches(trainer.step));
     await o.onStep?.({ step: trainer.step, loss, lr });
     if (trainer.step % o.checkpointEvery === 0 || trainer.step === totalSteps) {
-      await o.onCheckpoint({ step: trainer.step, loss, checkpoint: trainer.checkpoint() });
+      await o.onCheckpoint({ step: trainer.step, loss, checkpoint: trainer.checkpointTensors() });
       checkpointedStep = trainer.step;
     }
     await yieldToEventLoop();
   }
   if (stoppedEarly && trainer.step > checkpointedStep) {
-    await o.onCheckpoint({ step: trainer.step, loss: trainer.lastLoss, checkpoint: trainer.checkpoint() });
+    await o.onCheckpoint({ step: trainer.step, loss: trainer.lastLoss, checkpoint: trainer.checkpointTensors() });
   }
   return { stoppedEarly, finalStep: trainer.step, lastLoss: trainer.lastLoss };
 }

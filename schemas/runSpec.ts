@@ -125,7 +125,17 @@ export const ModelShape = z
   .strict()
   .refine((m) => m.dModel % m.nHeads === 0, { message: 'dModel must be a multiple of nHeads', path: ['nHeads'] });
 
-/** Which engine trains: the built-in TensorFlow.js one, or any program speaking docs/trainer-protocol.md. */
+const secretNames = z
+  .array(z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE'), {
+    invalid_type_error:
+      'list the names of variables the trainer takes from the gpu worker\'s environment, e.g. ["HF_TOKEN"]; values are secrets and never go in a spec',
+  })
+  .default([]);
+
+/**
+ * Which engine trains: the built-in TensorFlow.js one, the Hugging Face one (transformers +
+ * PyTorch, trainers/hf/), or any program speaking docs/trainer-protocol.md.
+ */
 export const EngineSpec = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('builtin') }).strict(),
   z
@@ -138,13 +148,33 @@ export const EngineSpec = z.discriminatedUnion('kind', [
        * API token, say). Values never appear in a spec, so they never reach history, the database
        * or an audit bundle; each gpu worker that may run this engine must have them set.
        */
-      env: z
-        .array(z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE'), {
-          invalid_type_error:
-            'list the names of variables the trainer takes from the gpu worker\'s environment, e.g. ["HF_TOKEN"]; values are secrets and never go in a spec',
-        })
-        .default([]),
+      env: secretNames,
       killGraceSeconds: z.number().min(1).max(600).default(10),
+    })
+    .strict(),
+  z
+    .object({
+      kind: z.literal('hf'),
+      /** LoRA adapters (peft) instead of full fine-tuning; merged into a plain model folder on export. */
+      lora: z
+        .object({
+          r: z.number().int().min(1).max(1024),
+          /** Scale numerator; 2 × r when absent. */
+          alpha: z.number().positive().optional(),
+          dropout: z.number().min(0).max(0.9).default(0),
+          /** Module names to adapt; absent: the attention projections of the model's family. */
+          targetModules: z.array(z.string().min(1)).min(1).optional(),
+        })
+        .strict()
+        .optional(),
+      /** Recompute activations in the backward pass: less memory, about a third more time. */
+      gradientCheckpointing: z.boolean().default(false),
+      /** auto: bf16 autocast on a CUDA GPU that has it, float32 elsewhere; bf16 fails without CUDA. */
+      precision: z.enum(['auto', 'fp32', 'bf16']).default('auto'),
+      /** Processes under torchrun (DDP; gloo on CPUs, nccl on GPUs); rank 0 speaks the protocol. */
+      processes: z.number().int().min(1).max(64).default(1),
+      env: secretNames,
+      killGraceSeconds: z.number().min(1).max(600).default(30),
     })
     .strict(),
 ]);
@@ -339,6 +369,13 @@ export const RunSpec = z
       names.set(source.name, index);
     }
     if (spec.domainRatio !== undefined) checkDomainRatio(spec, ctx);
+    if (spec.engine.kind === 'hf' && spec.baseModel.bootstrapIfMissing) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['baseModel', 'bootstrapIfMissing'],
+        message: 'engine "hf" continues a model folder and cannot train a base from nothing; import one (`dacp models import NAME --from DIR --alias production`) and set this to false, or bootstrap with engine "builtin"',
+      });
+    }
     const candidates = replayRatios(spec).length * domainMixes(spec).length;
     if (candidates > MAX_CANDIDATES) {
       ctx.addIssue({

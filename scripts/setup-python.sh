@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up the project-local Python for the PyTorch reference trainer (trainers/reference/):
+# Sets up the project-local Python for the trainers (trainers/hf/, trainers/reference/):
 # a venv in .tools/venv with torch (CPU build), plus pinned transformers, tokenizers and safetensors
 # (and numpy, huggingface-hub) for the Hugging Face fixtures and checks (scripts/make-hf-fixtures.py,
 # scripts/hf-check.py). Idempotent: does nothing when torch and the pinned packages are already there.
@@ -12,13 +12,17 @@ python="${PYTHON:-python3}"
 requirement="${DACP_TORCH_REQUIREMENT:-torch==2.13.0}"
 wanted="${requirement#torch==}"
 # Exact pins, chosen to install beside torch==2.13.0 without pip touching torch: transformers 4.57.x
-# wants tokenizers <0.23 and huggingface-hub <1.0, and has no hard dependency on torch.
+# wants tokenizers <0.23 and huggingface-hub <1.0, and has no hard dependency on torch; peft 0.17.1
+# and accelerate 1.10.1 accept torch 2.13 as it is.
 hf_requirements=(
   "transformers==4.57.6"
   "tokenizers==0.22.2"
   "safetensors==0.7.0"
   "huggingface-hub==0.36.2"
   "numpy==2.3.5"
+  # The Hugging Face engine (trainers/hf/): LoRA adapters, and accelerate, which peft needs.
+  "peft==0.17.1"
+  "accelerate==1.10.1"
 )
 
 fail() { echo "setup-python: $*" >&2; exit 1; }

@@ -52,6 +52,10 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
       );
       return rows[0].step !== null && rows[0].step >= 40 ? (rows[0].step as number) : undefined;
     }, 'a dacp checkpoint at step 40', 300_000, 50);
+    // The worker said which backend it trains on, and why faster ones were passed over.
+    await first.ready;
+    expect(first.output()).toMatch(/worker: TensorFlow\.js backend (tensorflow|wasm) \(@tensorflow\/tfjs-[a-z-]+\)/);
+    if (!hasGpuPackage()) expect(first.output()).toContain('not used: @tensorflow/tfjs-node-gpu is not installed');
     first.kill('SIGKILL');
     await new Promise((resolve) => first.once('exit', resolve));
     expect(killedAt).toBeLessThan(400);
@@ -162,3 +166,12 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     await client.workflow.getHandle(runId).cancel();
   });
 });
+
+function hasGpuPackage(): boolean {
+  try {
+    require.resolve('@tensorflow/tfjs-node-gpu');
+    return true;
+  } catch {
+    return false;
+  }
+}

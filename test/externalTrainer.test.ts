@@ -192,7 +192,7 @@ describe('runExternalTrainer', () => {
     });
     const { done } = await runExternalTrainer(options);
 
-    const job = options.job;
+    const job = options.job as TrainerJob;
     const model = readFileSync(job.outputModel);
     expect(done).toEqual({ event: 'done', step: 6, loss: 0.5, model: job.outputModel, sha256: sha256(model) });
     expect(events.filter((e) => e.event === 'progress').map((e) => e.step)).toEqual([1, 2, 3, 4, 5, 6]);
@@ -360,7 +360,7 @@ describe('runExternalTrainer', () => {
     });
     await expect(runExternalTrainer(options)).rejects.toThrow('artifact store is full');
     expect(isGone(reportedPids[0] ?? 0)).toBe(true);
-    expect(existsSync(options.job.outputModel)).toBe(false);
+    expect(existsSync((options.job as TrainerJob).outputModel)).toBe(false);
   });
 
   test('a command that cannot be started fails with TrainerExitError naming it', async () => {

@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../ml/backend';
 import { generateDemoCorpus } from '../ml/demoCorpus';
-import { gpt2FolderFiles, llamaConfigOf, MAX_LLAMA_WINDOW, modelFolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
+import { folderFileBytes, gpt2FolderFiles, llamaConfigOf, MAX_LLAMA_WINDOW, modelFolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
 import { Llama, type LlamaConfig } from '../ml/llama';
 import { GPT } from '../ml/model';
 import { Trainer } from '../ml/train';
@@ -99,7 +99,7 @@ describe('a dacp model as a Hugging Face GPT-2 folder', () => {
     expect(again.tokenizer.toJSON().kind).toBe('hf');
     expect(tokenizerFromJSON(again.tokenizer.toJSON()).encode(MULTILINGUAL[0] as string)).toEqual(bpe.encode(MULTILINGUAL[0] as string));
     const files = modelFolderFiles(again.model, again.tokenizer);
-    for (const name of ['model.safetensors', 'tokenizer.json', 'config.json'] as const) expect(files[name].equals(readFileSync(path.join(folder, name)))).toBe(true);
+    for (const name of ['model.safetensors', 'tokenizer.json', 'config.json'] as const) expect(folderFileBytes(files[name]).equals(readFileSync(path.join(folder, name)))).toBe(true);
     for (const m of [model, loaded.model, again.model]) m.dispose();
   });
 

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../ml/backend';
+import { describeBackend, initBackend } from '../ml/backend';
 
 describe('initBackend', () => {
   const saved = process.env.DACP_TF_BACKEND;
@@ -19,6 +19,11 @@ describe('initBackend', () => {
     expect(['tensorflow', 'wasm']).toContain(first.name);
     expect(tf.getBackend()).toBe(first.name);
     expect(await initBackend()).toBe(first);
+    // Each faster backend passed over is named with its reason.
+    const line = describeBackend(first);
+    expect(line).toMatch(new RegExp(`^TensorFlow\\.js backend ${first.name} \\(@tensorflow/`));
+    expect(first.skipped?.[0]).toMatch(/^@tensorflow\/tfjs-node-gpu (is not installed|cannot load: .+)$/);
+    expect(line).toContain(`not used: ${first.skipped?.[0]}`);
   });
 
   test('DACP_TF_BACKEND=cpu selects the plain JavaScript backend', async () => {

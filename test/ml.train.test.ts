@@ -3,7 +3,7 @@ import { initBackend } from '../ml/backend';
 import { mixedLmBatches } from '../ml/mixing';
 import { GPT, ModelConfig } from '../ml/model';
 import { deserializeModel } from '../ml/modelFile';
-import { runTraining, Trainer, TrainingDivergedError, TrainSettings } from '../ml/train';
+import { runTraining, Trainer, TrainingDivergedError, TrainSettings, type CheckpointTensors } from '../ml/train';
 import { BpeTokenizer, ByteTokenizer } from '../ml/tokenizer';
 
 const tokenizer = new ByteTokenizer();
@@ -128,7 +128,7 @@ describe('runTraining', () => {
     const result = await runTraining({
       trainer, batches, checkpointEvery: 2,
       onStep: ({ step }) => { steps.push(step); },
-      onCheckpoint: async ({ step, checkpoint }) => { checkpoints.push(step); expect(Trainer.fromCheckpoint(checkpoint).step).toBe(step); },
+      onCheckpoint: async ({ step, checkpoint }) => { checkpoints.push(step); expect(Trainer.fromCheckpointTensors(checkpoint).step).toBe(step); },
     });
     expect(result).toEqual({ stoppedEarly: false, finalStep: 5, lastLoss: trainer.lastLoss });
     expect(steps).toEqual([1, 2, 3, 4, 5]);
@@ -138,7 +138,7 @@ describe('runTraining', () => {
 
   test('a stop request ends after the current step with a checkpoint a retry resumes from', async () => {
     const trainer = freshTrainer({ totalSteps: 6 });
-    let saved: Buffer | undefined;
+    let saved: CheckpointTensors | undefined;
     const first = await runTraining({
       trainer, batches, checkpointEvery: 10,
       shouldStop: () => trainer.step >= 3,
@@ -147,7 +147,7 @@ describe('runTraining', () => {
     expect(first).toMatchObject({ stoppedEarly: true, finalStep: 3 });
     trainer.dispose();
 
-    const resumed = Trainer.fromCheckpoint(saved as Buffer);
+    const resumed = Trainer.fromCheckpointTensors(saved as CheckpointTensors);
     const second = await runTraining({ trainer: resumed, batches, checkpointEvery: 10, onCheckpoint: async () => undefined });
     expect(second).toMatchObject({ stoppedEarly: false, finalStep: 6 });
     resumed.dispose();

@@ -197,7 +197,7 @@ withTransformers('dacp models import / export with a model made by transformers'
       const s = await runStatus(h.runs, runId);
       return s.state === 'failed' ? s : undefined;
     }, 'the run fails', 300_000, 250);
-    expect(String(failed.metrics.error)).toMatch(/engine "command": the trainer protocol carries dacp's GPT-2 model format only, and this base model is of the Llama family; train it with engine "builtin"/);
+    expect(String(failed.metrics.error)).toMatch(/engine "command": the trainer protocol carries dacp's GPT-2 model format only, and this base model is of the Llama family; train it with engine "hf" or "builtin"/);
     expect(failed.attempts.dacp).toBe(1);
   });
 

@@ -34,7 +34,12 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
-export type GpuWorkerProcess = ChildProcess & { ready: Promise<void> };
+export type GpuWorkerProcess = ChildProcess & {
+  /** Resolves once the worker polls and has said which TensorFlow.js backend it trains on. */
+  ready: Promise<void>;
+  /** What the worker printed so far. */
+  output: () => string;
+};
 
 export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harness> {
   if (!o.inProcessGpu && !existsSync(path.join(root, 'dist', 'cli', 'main.js'))) {
@@ -86,13 +91,13 @@ export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harnes
       const ready = new Promise<void>((resolve, reject) => {
         child.stdout!.on('data', (d) => {
           output += d;
-          if (output.includes('polling')) resolve();
+          if (output.includes('polling') && output.includes('TensorFlow.js backend')) resolve();
         });
         child.once('exit', (code) => reject(new Error(`gpu worker exited (${code}) before polling: ${output}`)));
       });
       ready.catch(() => undefined);
       child.stderr!.resume();
-      return Object.assign(child, { ready });
+      return Object.assign(child, { ready, output: () => output });
     },
     killSpawned,
     stopWorkers,
