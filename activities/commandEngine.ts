@@ -24,6 +24,7 @@ import type { DomainPart } from '../ml/mixing';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { EngineSpec } from '../schemas/runSpec';
 import { divergedFailure, type EngineOutcome } from './builtinEngine';
+import type { SlotPool } from '../workers/gpuSlots';
 import type { ActivityDeps } from './context';
 import type { TrainingSession } from './trainingSession';
 
@@ -98,6 +99,7 @@ export async function trainWithCommand(
     logsDir,
     settings: o.settings,
     backend: `command:${path.basename(o.engine.command[0])}`,
+    slots: deps.slots,
     accept: async (done) => {
       // The trainer's model must be a valid dacp model (format, config, tokenizer, tensor digest); read and stored streamed.
       try {
@@ -169,9 +171,13 @@ export async function runTrainerAttempt(
     settings: TrainSettings;
     backend: string;
     accept: (done: TrainerDoneEvent) => Promise<ArtifactRef>;
+    /** The gpu worker's slots: the trainer sees only its slot's devices. */
+    slots?: SlotPool;
   },
 ): Promise<EngineOutcome> {
   const { runId, stage, round } = session.job;
+  const lease = await o.slots?.acquire();
+  const devices = lease?.slot.devices ?? [];
   // Cancellation and worker shutdown both ask the trainer to checkpoint and stop (SIGTERM, then SIGKILL).
   const abort = new AbortController();
   const poll = setInterval(() => session.stopRequested() && abort.abort(), 250);
@@ -182,7 +188,8 @@ export async function runTrainerAttempt(
       command: o.command,
       job: o.job,
       workDir: o.workDir,
-      env: o.env,
+      // Each slot's trainer sees only its own GPUs.
+      env: devices.length > 0 ? { ...o.env, CUDA_VISIBLE_DEVICES: devices.join(',') } : o.env,
       stderrFile,
       signal: abort.signal,
       killGraceMs: o.killGraceSeconds * 1000,
@@ -223,6 +230,7 @@ export async function runTrainerAttempt(
   } finally {
     clearInterval(poll);
     clearInterval(heartbeatTimer);
+    lease?.release();
   }
 }
 

@@ -1,5 +1,6 @@
 import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
+import type { SlotPool } from '../workers/gpuSlots';
 import type { ArtifactStore } from './artifacts';
 
 /** What activities need from the worker that hosts them; created once per worker process. */
@@ -14,4 +15,6 @@ export interface ActivityDeps {
   logsDir?: string;
   /** True once the hosting worker is shutting down: training checkpoints and hands over. */
   workerStopping?: () => boolean;
+  /** The gpu worker's training slots: which devices a trainer process may see. */
+  slots?: SlotPool;
 }

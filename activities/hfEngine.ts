@@ -107,6 +107,7 @@ export async function trainWithHf(
     workDir,
     logsDir,
     settings: o.settings,
+    slots: deps.slots,
     backend: o.engine.processes > 1 ? `hf:torchrun×${o.engine.processes}` : 'hf',
     accept: async (done) => {
       await initBackend(deps.tfBackend);

@@ -9,6 +9,7 @@ import { exportAudit, verifyAudit } from './audit';
 import { connectClient, defaultTemporalPort, TemporalUnreachableError, temporalSettings } from './connection';
 import { prepareDemo, runDemo } from './demo';
 import { describeBackend, initBackend } from '../ml/backend';
+import { describeSlots, detectGpus, planSlots } from '../workers/gpuSlots';
 import { dacpHome } from './paths';
 import {
   cancelRun,
@@ -201,7 +202,10 @@ async function main(argv: string[]): Promise<number> {
         const workers = await startWorkers([queue], db);
         console.log(`worker: dacp-${queue} polling ${temporalSettings().address}`);
         // The gpu worker trains: say which TensorFlow.js backend it will use, and why faster ones were passed over.
-        if (queue === 'gpu') console.log(`worker: ${describeBackend(await initBackend())}`);
+        if (queue === 'gpu') {
+          console.log(`worker: ${describeSlots(planSlots(detectGpus(), process.env.DACP_GPU_SLOTS))}`);
+          console.log(`worker: ${describeBackend(await initBackend())}`);
+        }
         await Promise.race([workers.done, untilStopped().then(() => workers.shutdown())]);
         await workers.done;
       } finally {

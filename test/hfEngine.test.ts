@@ -200,28 +200,44 @@ withPython('runs on the hf engine', () => {
     }
   });
 
-  test('a trainer whose gpu worker is SIGKILLed stops on its own within seconds', async () => {
+  test('a worker with two GPUs trains two runs at once, each trainer on its own GPU; SIGKILLed, its trainers stop on their own within seconds', async () => {
     await h.killSpawned();
-    const worker = h.spawnGpuWorker();
+    // A host with two GPUs, as nvidia-smi lists them (the trainers run on the CPU: the CUDA-less torch build ignores the device ids).
+    const bin = mkdtempSync(path.join(tmpdir(), 'dacp-fake-gpus-'));
+    writeFileSync(path.join(bin, 'nvidia-smi'), '#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-0)"\necho "GPU 1: NVIDIA H200 (UUID: GPU-1)"\n', { mode: 0o755 });
+    const worker = h.spawnGpuWorker({ PATH: `${bin}${path.delimiter}${process.env.PATH}`, CUDA_VISIBLE_DEVICES: '' });
     await worker.ready;
-    const spec = parseRunSpec(tinySpec({
-      name: 'hf-orphan-model',
-      baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false },
-      engine: { kind: 'hf' },
-      dacp: { steps: 100_000, batchSize: 8, learningRate: 1e-3, checkpointEvery: 1000 },
-    } as Parameters<typeof tinySpec>[0]));
-    const runId = await startRun(h.runs, { spec, baseDir: h.home, runId: 'hf-orphan', initiator: 'engineer' });
-    // The trainer is training: it has reported progress.
-    await eventually(async () => ((await runStatus(h.runs, runId)).progress.step > 0 ? true : undefined), 'the hf trainer to report progress', 120_000, 250);
-    const trainers = trainerPids(runId);
-    expect(trainers.length).toBeGreaterThan(0);
+    expect(worker.output()).toContain('worker: 2 training slots (GPU 0, GPU 1)');
+    const runIds = ['hf-orphan-a', 'hf-orphan-b'];
+    for (const runId of runIds) {
+      const spec = parseRunSpec(tinySpec({
+        name: `${runId}-model`,
+        baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false },
+        engine: { kind: 'hf' },
+        dacp: { steps: 100_000, batchSize: 8, learningRate: 1e-3, checkpointEvery: 1000 },
+      } as Parameters<typeof tinySpec>[0]));
+      await startRun(h.runs, { spec, baseDir: h.home, runId, initiator: 'engineer' });
+    }
+    // Both train at the same time: each has a live trainer that has reported progress.
+    for (const runId of runIds) {
+      await eventually(async () => ((await runStatus(h.runs, runId)).progress.step > 0 ? true : undefined), `${runId}'s trainer to report progress`, 180_000, 250);
+    }
+    expect(runIds.map((runId) => trainerPids(runId).length > 0)).toEqual([true, true]);
+    // Each trainer saw only its slot's device.
+    const seen = runIds.map((runId) => {
+      const log = readFileSync(path.join(h.home, 'logs', runId, 'dacp-0-attempt-1.stderr.log'), 'utf8');
+      return /CUDA_VISIBLE_DEVICES=(\d+)/.exec(log)?.[1];
+    });
+    expect(seen.sort()).toEqual(['0', '1']);
+
     worker.kill('SIGKILL');
     const killedAt = Date.now();
-    await eventually(async () => (trainerPids(runId).length === 0 ? true : undefined), 'the orphaned trainer to exit', 30_000, 100);
+    await eventually(async () => (runIds.every((runId) => trainerPids(runId).length === 0) ? true : undefined), 'the orphaned trainers to exit', 30_000, 100);
     const seconds = (Date.now() - killedAt) / 1000;
-    console.log(`orphaned hf trainer exited ${seconds.toFixed(1)} s after its worker was SIGKILLed`);
+    console.log(`orphaned hf trainers exited ${seconds.toFixed(1)} s after their worker was SIGKILLed`);
     expect(seconds).toBeLessThan(10);
-    await h.client.workflow.getHandle(runId).terminate('test over');
+    for (const runId of runIds) await h.client.workflow.getHandle(runId).terminate('test over');
+    rmSync(bin, { recursive: true, force: true });
   });
 });
 

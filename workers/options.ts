@@ -5,6 +5,7 @@ import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/w
 import type { Pool } from 'pg';
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
+import { detectGpus, planSlots, SlotPool, type Slot } from './gpuSlots';
 
 export const TASK_QUEUES = { control: 'dacp-control', gpu: 'dacp-gpu' } as const;
 export type QueueName = keyof typeof TASK_QUEUES;
@@ -25,6 +26,8 @@ export interface WorkerDeps {
   tfBackend?: string;
   /** Tests pass a bundle built once per file. */
   workflowBundle?: WorkerOptions['workflowBundle'];
+  /** The gpu queue's training slots; planned from the host's GPUs (and DACP_GPU_SLOTS) when absent. */
+  slots?: Slot[];
 }
 
 /**
@@ -33,7 +36,9 @@ export interface WorkerDeps {
  */
 export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<Worker> {
   let worker: Worker | undefined;
+  const slots = queue === 'gpu' ? (deps.slots ?? planSlots(detectGpus(), process.env.DACP_GPU_SLOTS)) : [];
   const activities = createActivities({
+    ...(queue === 'gpu' ? { slots: new SlotPool(slots) } : {}),
     pool: deps.pool,
     store: new ArtifactStore(deps.artifactsDir),
     client: deps.client,
@@ -52,7 +57,8 @@ export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<
   }
   worker = await Worker.create({
     ...common,
-    maxConcurrentActivityTaskExecutions: 1,
+    // One training per slot: per GPU found, one without GPUs, or DACP_GPU_SLOTS.
+    maxConcurrentActivityTaskExecutions: slots.length,
     // Training notices the shutdown at its next step and checkpoints; the grace time covers a slow step.
     shutdownGraceTime: '60s',
     // Live progress travels in heartbeat details (never in history); send them every few seconds

@@ -26,7 +26,7 @@ export interface Harness {
   runs: RunContext;
   /** Environment for `dacp` processes that join this harness. */
   env: NodeJS.ProcessEnv;
-  spawnGpuWorker(): GpuWorkerProcess;
+  spawnGpuWorker(extraEnv?: NodeJS.ProcessEnv): GpuWorkerProcess;
   /** SIGKILL every spawned worker and wait for it to exit. */
   killSpawned(): Promise<void>;
   /** Stop the in-process workers (the server and database stay up). */
@@ -81,9 +81,9 @@ export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harnes
     runs: { client, pool: db.pool, artifactsDir: path.join(home, 'artifacts') },
     env,
     /** A gpu worker in its own process, as `dacp worker --queue gpu` runs it; `ready` once it polls. */
-    spawnGpuWorker: () => {
+    spawnGpuWorker: (extraEnv: NodeJS.ProcessEnv = {}) => {
       const child = spawn(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'worker', '--queue', 'gpu'], {
-        env: { ...process.env, ...env },
+        env: { ...process.env, ...env, ...extraEnv },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       children.push(child);

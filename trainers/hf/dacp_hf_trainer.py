@@ -325,6 +325,8 @@ def train(job: dict) -> int:
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", WORLD))))
     device, bf16 = device_and_precision(job["hf"])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    say(f"device {device}{'' if visible is None else f' (CUDA_VISIBLE_DEVICES={visible})'}, {'bf16 autocast' if bf16 else 'float32'}")
     torch.manual_seed(settings["seed"])
     random.seed(settings["seed"])
     model = build_model(job, device)

@@ -1,0 +1,70 @@
+import { spawnSync } from 'node:child_process';
+import { InputError } from '../schemas/runSpec';
+
+/**
+ * Training slots of a gpu worker: one per GPU it finds (one when it finds none), each with the
+ * devices its trainer may see (CUDA_VISIBLE_DEVICES). DACP_GPU_SLOTS overrides the count; the GPUs
+ * are then shared out evenly, so one slot on an 8-GPU host gets all eight (for `processes: 8`).
+ */
+
+export interface Slot {
+  index: number;
+  /** CUDA device ids this slot's trainer sees; empty on a host without GPUs. */
+  devices: string[];
+}
+
+
+/** The GPUs this worker may use: CUDA_VISIBLE_DEVICES when it is set, else what `nvidia-smi -L` lists. */
+export function detectGpus(env: NodeJS.ProcessEnv = process.env): string[] {
+  const visible = env.CUDA_VISIBLE_DEVICES?.trim();
+  if (visible !== undefined && visible !== '') return visible.split(',').map((d) => d.trim()).filter((d) => d !== '' && d !== '-1');
+  const listed = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8', env, timeout: 10_000 });
+  if (listed.status !== 0 || typeof listed.stdout !== 'string') return [];
+  return listed.stdout.split('\n').filter((line) => /^GPU \d+:/.test(line)).map((line) => (/^GPU (\d+):/.exec(line) as RegExpExecArray)[1] as string);
+}
+
+export function planSlots(gpus: string[], override?: string): Slot[] {
+  let count = Math.max(1, gpus.length);
+  if (override !== undefined && override.trim() !== '') {
+    const n = Number(override);
+    if (!Number.isInteger(n) || n < 1 || n > 64) throw new InputError(`DACP_GPU_SLOTS must be a whole number from 1 to 64, got "${override}"`);
+    count = n;
+  }
+  const per = gpus.length >= count ? Math.floor(gpus.length / count) : 0;
+  return Array.from({ length: count }, (_, index) => ({
+    index,
+    // More slots than GPUs: slots share them round-robin, one device each.
+    devices: per > 0 ? gpus.slice(index * per, (index + 1) * per) : gpus.length > 0 ? [gpus[index % gpus.length] as string] : [],
+  }));
+}
+
+/** Hands out slots to trainings; a training waits when every slot is busy (Temporal's limit keeps that rare). */
+export class SlotPool {
+  private readonly free: Slot[];
+  private readonly waiting: ((slot: Slot) => void)[] = [];
+
+  constructor(readonly slots: Slot[]) {
+    this.free = [...slots];
+  }
+
+  async acquire(): Promise<{ slot: Slot; release: () => void }> {
+    const slot = this.free.shift() ?? (await new Promise<Slot>((resolve) => this.waiting.push(resolve)));
+    let released = false;
+    return {
+      slot,
+      release: () => {
+        if (released) return;
+        released = true;
+        const next = this.waiting.shift();
+        if (next) next(slot);
+        else this.free.push(slot);
+      },
+    };
+  }
+}
+
+/** One line for the worker's start-up output. */
+export function describeSlots(slots: Slot[]): string {
+  const devices = slots.map((s) => (s.devices.length ? `GPU ${s.devices.join('+')}` : 'no GPU'));
+  return `${slots.length} training slot${slots.length === 1 ? '' : 's'} (${devices.join(', ')})`;
+}
