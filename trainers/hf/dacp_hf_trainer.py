@@ -319,6 +319,10 @@ def write_output(model, job: dict) -> str:
 
 def train(job: dict) -> int:
     settings = {k: job["settings"][k] for k in SETTING_KEYS}
+    if os.environ.get("DACP_DETERMINISTIC") == "1":
+        # Bit-for-bit on a GPU too (scripts/gpu-check.sh), at some cost in speed; the CPU is deterministic anyway.
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     distributed = WORLD > 1
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
