@@ -2,8 +2,8 @@ import { Context } from '@temporalio/activity';
 import { insertEvaluation } from '../db/records';
 import { initBackend } from '../ml/backend';
 import { instructionScore, perplexity, type EvalProgress } from '../ml/evaluate';
-import type { CausalLM } from '../ml/families';
-import { modelFromFileTensors } from '../ml/modelFile';
+import { modelFromFileTensors, readModelFileHeader } from '../ml/modelFile';
+import { tfScorer, type Scorer } from '../ml/scorer';
 import { choiceAccuracy, type ChoiceItem } from '../ml/choices';
 import type { Tokenizer } from '../ml/tokenizer';
 import { tradeoffSvg, tradeoffTable } from '../reports/tradeoff';
@@ -25,6 +25,7 @@ import { loadChoiceSet } from './choiceSets';
 import type { ActivityDeps } from './context';
 import { gateFigures, gateReasons, r4 } from './gates';
 import { readDataset, sourceStreamsOf, tokenStreamOf, type PairDoc } from './datasets';
+import { HfEvaluator } from './hfScorer';
 
 const MAX_INSTRUCT_PAIRS = 24;
 const SAMPLE_NEW_TOKENS = 48;
@@ -54,10 +55,61 @@ function gainBySource(before: ModelScores, after: ModelScores): Record<string, n
   return gains;
 }
 
-/** forgetting and instruction-score evaluations; they run on `dacp-control`. */
+/** A model ready to be scored, in the engine that trains it. */
+interface Loaded {
+  scorer: Scorer;
+  tokenizer: Tokenizer;
+}
+
+/**
+ * Opens models for one evaluation in the spec's engine: the built-in engine's in this process
+ * (TensorFlow.js), the hf engine's in its evaluator process (PyTorch, on the slot's GPU where
+ * there is one). `close` frees everything, whatever happened.
+ */
+async function openModels(deps: ActivityDeps, spec: RunSpec, runId: string, what: string) {
+  const open = new Map<string, () => Promise<void>>();
+  if (spec.engine.kind === 'hf') {
+    const evaluator = await HfEvaluator.start(deps, runId, what);
+    return {
+      engine: 'hf' as const,
+      load: async (name: string, ref: ArtifactRef): Promise<Loaded> => {
+        const { config, tokenizer } = await readModelFileHeader(deps.store.pathOf(ref.uri));
+        const scorer = await evaluator.load(name, ref, config.contextLength);
+        open.set(name, () => evaluator.unload(name));
+        return { scorer, tokenizer };
+      },
+      free: async (name: string) => {
+        await open.get(name)?.();
+        open.delete(name);
+      },
+      close: () => evaluator.close(),
+    };
+  }
+  await initBackend(deps.tfBackend);
+  return {
+    engine: 'builtin' as const,
+    load: async (name: string, ref: ArtifactRef): Promise<Loaded> => {
+      const { model, tokenizer } = modelFromFileTensors(await deps.store.getSafetensors(ref));
+      open.set(name, async () => model.dispose());
+      return { scorer: tfScorer(model), tokenizer };
+    },
+    free: async (name: string) => {
+      await open.get(name)?.();
+      open.delete(name);
+    },
+    close: async () => {
+      for (const dispose of open.values()) await dispose();
+      open.clear();
+    },
+  };
+}
+
+/**
+ * Forgetting and instruction-score evaluations. They run in the engine that trains the model: on
+ * `dacp-gpu` for runs started since evaluation moved there, on `dacp-control` for older ones.
+ */
 export function evaluationActivities(deps: ActivityDeps) {
   const { store, pool } = deps;
-  const load = async (ref: ArtifactRef) => modelFromFileTensors(await store.getSafetensors(ref));
 
   /** Multiple-choice sets as collect stored them. */
   const loadChoices = async (ref: ArtifactRef | undefined): Promise<ChoiceItem[] | undefined> =>
@@ -71,7 +123,7 @@ export function evaluationActivities(deps: ActivityDeps) {
   const scoreModel = async (
     ctx: Context,
     name: string,
-    loaded: { model: CausalLM; tokenizer: Tokenizer },
+    loaded: Loaded,
     sets: {
       spec: RunSpec;
       domainHeldout: DatasetRef;
@@ -87,7 +139,7 @@ export function evaluationActivities(deps: ActivityDeps) {
     const domain = await tokenStreamOf(deps, loaded.tokenizer, sets.domainHeldout, { onProgress });
     const general = await tokenStreamOf(deps, loaded.tokenizer, sets.generalHeldout, { onProgress });
     const ppl = async (set: 'general' | 'domain', tokens: number[]) =>
-      r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, set) })).perplexity);
+      r4((await perplexity(loaded.scorer, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, set) })).perplexity);
     const scores: ModelScores = { generalPerplexity: await ppl('general', general), domainPerplexity: await ppl('domain', domain) };
     if (sets.bySource?.length) {
       // Which source gained: each weighted domain source's own held-out text (the gate reads the pool's).
@@ -96,7 +148,7 @@ export function evaluationActivities(deps: ActivityDeps) {
       for (const source of sets.bySource) {
         const tokens = streams[source] as number[];
         if (tokens.length >= 2) {
-          bySource[source] = r4((await perplexity(loaded.model, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, `domain:${source}`) })).perplexity);
+          bySource[source] = r4((await perplexity(loaded.scorer, tokens, { maxWindows, onProgress: evalHeartbeat(ctx, name, `domain:${source}`) })).perplexity);
         }
       }
       scores.domainPerplexityBySource = bySource;
@@ -106,11 +158,11 @@ export function evaluationActivities(deps: ActivityDeps) {
       const items = sets.choices?.[kind];
       if (!items?.length) continue;
       // Length-normalised (lm-evaluation-harness's acc_norm): choices of different lengths compete fairly.
-      const { normalizedAccuracy } = await choiceAccuracy(loaded.model, loaded.tokenizer, items, { maxItems, onProgress: evalHeartbeat(ctx, name, `choices-${kind}`) });
+      const { normalizedAccuracy } = await choiceAccuracy(loaded.scorer, loaded.tokenizer, items, { maxItems, onProgress: evalHeartbeat(ctx, name, `choices-${kind}`) });
       scores[kind === 'domain' ? 'domainAccuracy' : 'generalAccuracy'] = r4(normalizedAccuracy);
     }
     if (sets.instructPairs?.length) {
-      const score = await instructionScore(loaded.model, loaded.tokenizer, sets.instructPairs, {
+      const score = await instructionScore(loaded.scorer, loaded.tokenizer, sets.instructPairs, {
         maxPairs: MAX_INSTRUCT_PAIRS,
         maxNewTokens: 1,
         onProgress: evalHeartbeat(ctx, name, 'instruct'),
@@ -122,23 +174,29 @@ export function evaluationActivities(deps: ActivityDeps) {
 
   const loadChoiceSets = async (refs: ChoiceSetRefs | undefined) => ({ domain: await loadChoices(refs?.domain), general: await loadChoices(refs?.general) });
 
-  /** Both models scored on the same sets (one loaded at a time), and the gate's verdict on the difference. */
+  /** Both models scored on the same sets (one loaded at a time) in the run's engine, and the gate's verdict on the difference. */
   const judge = async (
     ctx: Context,
+    runId: string,
     sets: Parameters<typeof scoreModel>[3],
     first: { name: string; ref: ArtifactRef },
     second: { name: string; ref: ArtifactRef },
     budgets: GateBudgets,
   ) => {
-    const score = async (m: { name: string; ref: ArtifactRef }) => {
-      const loaded = await load(m.ref);
-      return scoreModel(ctx, m.name, loaded, sets).finally(() => loaded.model.dispose());
-    };
-    const before = await score(first);
-    const after = await score(second);
-    const figures = gateFigures(before, after);
-    const reasons = gateReasons(figures, budgets);
-    return { before, after, gate: { ...figures, budgets, passed: reasons.length === 0, reasons } };
+    const models = await openModels(deps, sets.spec, runId, second.name);
+    try {
+      const score = async (m: { name: string; ref: ArtifactRef }) => {
+        const loaded = await models.load(m.name, m.ref);
+        return scoreModel(ctx, m.name, loaded, sets).finally(() => models.free(m.name));
+      };
+      const before = await score(first);
+      const after = await score(second);
+      const figures = gateFigures(before, after);
+      const reasons = gateReasons(figures, budgets);
+      return { before, after, evaluatedBy: models.engine, gate: { ...figures, budgets, passed: reasons.length === 0, reasons } };
+    } finally {
+      await models.close();
+    }
   };
 
   /** A gate's report: stored as an artifact (what approvers' decisions are bound to) and as an evaluation row. */
@@ -173,7 +231,6 @@ export function evaluationActivities(deps: ActivityDeps) {
       generalHeldout: DatasetRef;
       choiceSets?: ChoiceSetRefs;
     }): Promise<{ report: ForgettingReport; reportRef: ArtifactRef }> {
-      await initBackend(deps.tfBackend);
       const ctx = Context.current();
       const bySource = input.domainMix ? Object.keys(input.domainMix) : undefined;
       const sets = {
@@ -183,9 +240,10 @@ export function evaluationActivities(deps: ActivityDeps) {
         choices: await loadChoiceSets(input.choiceSets),
         ...(bySource ? { bySource } : {}),
       };
-      const { before, after, gate } = await judge(ctx, sets, { name: 'base', ref: input.baseModel }, { name: 'adapted', ref: input.adaptedModel }, gateBudgets(input.spec.forgetting));
+      const { before, after, gate, evaluatedBy } = await judge(ctx, input.runId, sets, { name: 'base', ref: input.baseModel }, { name: 'adapted', ref: input.adaptedModel }, gateBudgets(input.spec.forgetting));
       const report: ForgettingReport = {
         round: input.round,
+        evaluatedBy,
         replayRatio: input.replayRatio,
         ...(input.domainMix ? { domainMix: input.domainMix, domainGainBySource: gainBySource(before, after) } : {}),
         base: before,
@@ -212,7 +270,6 @@ export function evaluationActivities(deps: ActivityDeps) {
       instructHeldout: DatasetRef;
       choiceSets?: ChoiceSetRefs;
     }): Promise<{ report: FinalCheckReport; reportRef: ArtifactRef }> {
-      await initBackend(deps.tfBackend);
       const ctx = Context.current();
       const sets = {
         spec: input.spec,
@@ -221,8 +278,9 @@ export function evaluationActivities(deps: ActivityDeps) {
         choices: await loadChoiceSets(input.choiceSets),
         instructPairs: await readDataset<PairDoc>(store, input.instructHeldout),
       };
-      const { before, after, gate } = await judge(
+      const { before, after, gate, evaluatedBy } = await judge(
         ctx,
+        input.runId,
         sets,
         { name: input.reference.kind, ref: input.reference },
         { name: 'candidate', ref: input.candidateModel },
@@ -230,6 +288,7 @@ export function evaluationActivities(deps: ActivityDeps) {
       );
       const report: FinalCheckReport = {
         round: input.round,
+        evaluatedBy,
         instructReplayRatio: input.instructReplayRatio,
         reference: { kind: input.reference.kind, versionId: input.reference.versionId, sha256: input.reference.sha256 },
         referenceScores: before,
@@ -271,16 +330,21 @@ export function evaluationActivities(deps: ActivityDeps) {
       tunedModel: ArtifactRef;
       heldout: DatasetRef;
     }): Promise<{ reportRef: ArtifactRef; summary: InstructSummary }> {
-      await initBackend(deps.tfBackend);
       const ctx = Context.current();
       const pairs = await readDataset<PairDoc>(store, input.heldout);
-      const base = await load(input.baseModel);
-      const tuned = await load(input.tunedModel);
       const options = { maxPairs: MAX_INSTRUCT_PAIRS, maxNewTokens: SAMPLE_NEW_TOKENS };
-      const b = await instructionScore(base.model, base.tokenizer, pairs, { ...options, onProgress: evalHeartbeat(ctx, 'base', 'instruct') });
-      const t = await instructionScore(tuned.model, tuned.tokenizer, pairs, { ...options, onProgress: evalHeartbeat(ctx, 'tuned', 'instruct') });
-      base.model.dispose();
-      tuned.model.dispose();
+      const models = await openModels(deps, input.spec, input.runId, 'instruct');
+      let b: Awaited<ReturnType<typeof instructionScore>>;
+      let t: Awaited<ReturnType<typeof instructionScore>>;
+      try {
+        const base = await models.load('base', input.baseModel);
+        b = await instructionScore(base.scorer, base.tokenizer, pairs, { ...options, onProgress: evalHeartbeat(ctx, 'base', 'instruct') });
+        await models.free('base');
+        const tuned = await models.load('tuned', input.tunedModel);
+        t = await instructionScore(tuned.scorer, tuned.tokenizer, pairs, { ...options, onProgress: evalHeartbeat(ctx, 'tuned', 'instruct') });
+      } finally {
+        await models.close();
+      }
       const pick = (s: typeof b) => ({
         responsePerplexity: r4(s.responsePerplexity),
         tokenAccuracy: r4(s.tokenAccuracy),
@@ -288,7 +352,7 @@ export function evaluationActivities(deps: ActivityDeps) {
         rougeL: r4(s.rougeL),
       });
       const summary: InstructSummary = { base: pick(b), tuned: pick(t) };
-      const report: InstructReport = { kind: 'instruct', runId: input.runId, ...summary, samples: t.samples };
+      const report: InstructReport = { kind: 'instruct', runId: input.runId, evaluatedBy: models.engine, ...summary, samples: t.samples };
       const reportRef = await store.putJson('reports', report);
       await insertEvaluation(pool, {
         runId: input.runId,

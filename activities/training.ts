@@ -1,10 +1,9 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { mixedLmBatches, sftBatches } from '../ml/mixing';
-import { createModel, isLlamaConfig, parseAnyModelConfig, type AnyModelConfig, type CausalLM } from '../ml/families';
+import { createModel, isLlamaConfig, type AnyModelConfig, type CausalLM } from '../ml/families';
 import type { ModelConfig } from '../ml/model';
-import { modelFromFileTensors, RESERVED_KEYS } from '../ml/modelFile';
-import { readSafetensorsHeader } from '../ml/safetensorsFile';
-import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from '../ml/tokenizer';
+import { modelFromFileTensors, readModelFileHeader } from '../ml/modelFile';
+import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
 import { Trainer, type TrainSettings } from '../ml/train';
 import type { DomainMix } from '../schemas/candidates';
 import type { ArtifactRef, DatasetRef, TrainingResult } from '../schemas/pipeline';
@@ -74,9 +73,7 @@ async function startingPoint(
 /** A model file's config and tokenizer from its header alone (its weights are checked when they are read). */
 async function modelFileHeader(deps: ActivityDeps, ref: ArtifactRef | null): Promise<{ config: AnyModelConfig; tokenizer: Tokenizer }> {
   if (ref === null) throw ApplicationFailure.nonRetryable('engine "hf" needs a base model to start from', 'EngineUnsupported');
-  const { metadata } = await readSafetensorsHeader(deps.store.pathOf(ref.uri));
-  const json = (key: string): unknown => JSON.parse(metadata[key] ?? 'null');
-  return { config: parseAnyModelConfig(json(RESERVED_KEYS.config)), tokenizer: tokenizerFromJSON(json(RESERVED_KEYS.tokenizer)) };
+  return readModelFileHeader(deps.store.pathOf(ref.uri));
 }
 
 /** One training stage on the spec's engine, durable through the shared session. */

@@ -1,6 +1,5 @@
-import { setImmediate as yieldToEventLoop } from 'timers/promises';
-import * as tf from '@tensorflow/tfjs';
 import type { CausalLM } from './families';
+import { isScorer, tfScorer, type Row, type Scorer } from './scorer';
 import type { Tokenizer } from './tokenizer';
 
 /**
@@ -30,12 +29,6 @@ export function choicePrompt(question: string): string {
   return `Question: ${question.trim()}\nAnswer:`;
 }
 
-interface Row {
-  inputs: number[];
-  targets: number[];
-  mask: number[];
-}
-
 /**
  * context + continuation as one row of contextLength: the context loses tokens from its start
  * when the pair does not fit (the continuation is kept whole where it can be).
@@ -54,27 +47,16 @@ export function choiceRow(context: number[], continuation: number[], contextLeng
   return { inputs: sequence.slice(0, -1), targets, mask };
 }
 
-/** Summed log-likelihood of the masked targets, per row. */
-function rowLogLikelihoods(model: CausalLM, rows: Row[]): number[] {
-  return tf.tidy(() => {
-    const inputs = tf.tensor2d(rows.map((r) => r.inputs), undefined, 'int32');
-    const targets = tf.tensor2d(rows.map((r) => r.targets), undefined, 'int32');
-    const mask = tf.tensor2d(rows.map((r) => r.mask), undefined, 'float32');
-    const logProbs = tf.logSoftmax(model.logits(inputs)); // [B,T,V]
-    const picked = tf.oneHot(targets, model.config.vocabSize).toFloat().mul(logProbs).sum(-1); // [B,T]
-    return Array.from(picked.mul(mask).sum(-1).dataSync()); // [B]
-  });
-}
-
 export async function choiceAccuracy(
-  model: CausalLM,
+  model: CausalLM | Scorer,
   tokenizer: Tokenizer,
   items: ChoiceItem[],
   o: { maxItems?: number; onProgress?: (p: { done: number; total: number }) => void } = {},
 ): Promise<ChoiceScore> {
   const chosen = items.slice(0, o.maxItems ?? items.length);
   if (chosen.length === 0) throw new Error('choiceAccuracy needs at least one question');
-  const T = model.config.contextLength;
+  const scorer = isScorer(model) ? model : tfScorer(model);
+  const T = scorer.contextLength;
   const rows: Row[] = [];
   const owners: { item: number; choice: number; bytes: number }[] = [];
   chosen.forEach((item, i) => {
@@ -87,9 +69,9 @@ export async function choiceAccuracy(
   });
   const scores: number[] = [];
   for (let start = 0; start < rows.length; start += BATCH) {
-    scores.push(...rowLogLikelihoods(model, rows.slice(start, start + BATCH)));
+    // Each scorer yields to the event loop after its forward pass: heartbeats and cancellation keep flowing.
+    scores.push(...(await scorer.logLikelihoods(rows.slice(start, start + BATCH))));
     o.onProgress?.({ done: Math.min(rows.length, start + BATCH), total: rows.length });
-    await yieldToEventLoop(); // heartbeats and cancellation keep flowing during long evaluations
   }
   const best = chosen.map(() => ({ raw: -Infinity, rawChoice: -1, norm: -Infinity, normChoice: -1 }));
   owners.forEach((owner, r) => {

@@ -1,5 +1,6 @@
-import { modelFromWeights, parseAnyModelConfig, type CausalLM } from './families';
+import { modelFromWeights, parseAnyModelConfig, type AnyModelConfig, type CausalLM } from './families';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor, tensorsDigest } from './safetensors';
+import { readSafetensorsHeader } from './safetensorsFile';
 import { type Tokenizer, tokenizerFromJSON } from './tokenizer';
 import { isFloat32Array } from './typedArrays';
 
@@ -92,4 +93,16 @@ export function readReserved(
   const meta: Record<string, string> = {};
   for (const [key, value] of Object.entries(metadata)) if (!isReservedKey(key)) meta[key] = value;
   return { config, tokenizer, meta };
+}
+
+/**
+ * A model file's config and tokenizer from its header alone, without reading the weights (their
+ * digest is checked whenever they are read). For callers that hand the weights to another engine.
+ */
+export async function readModelFileHeader(file: string): Promise<{ config: AnyModelConfig; tokenizer: Tokenizer }> {
+  const { metadata } = await readSafetensorsHeader(file);
+  const found = metadata[RESERVED_KEYS.format];
+  if (found !== MODEL_FORMAT) throw new Error(`model file ${file}: metadata format is ${found === undefined ? 'missing' : `"${found}"`}, expected "${MODEL_FORMAT}"`);
+  const json = (key: string): unknown => JSON.parse(metadata[key] ?? 'null');
+  return { config: parseAnyModelConfig(json(RESERVED_KEYS.config)), tokenizer: tokenizerFromJSON(json(RESERVED_KEYS.tokenizer)) };
 }

@@ -131,8 +131,12 @@ export interface GateBudgets {
 }
 
 /** The forgetting gate after continual pretraining: the adapted model against the model it started from. */
+/** Which engine ran an evaluation: the built-in one (TensorFlow.js) or the hf one (PyTorch). Absent in reports from before. */
+export type Evaluator = 'builtin' | 'hf';
+
 export interface ForgettingReport extends GateFigures {
   round: number;
+  evaluatedBy?: Evaluator;
   replayRatio: number;
   /** The domain sources' weights this candidate trained with, where the run weighs several. */
   domainMix?: DomainMix;
@@ -148,6 +152,7 @@ export interface ForgettingReport extends GateFigures {
 /** The gate again, on what would ship: the instruction-tuned candidate against what it would replace. */
 export interface FinalCheckReport extends GateFigures {
   round: number;
+  evaluatedBy?: Evaluator;
   /** instruct.replayRatio of the tuning that made the candidate. */
   instructReplayRatio: number;
   /** `production`: the version the deploy alias points at; `base`: a first run, so the model it started from. */
@@ -202,6 +207,7 @@ export interface InstructSummary {
 export interface InstructReport extends InstructSummary {
   kind: 'instruct';
   runId: string;
+  evaluatedBy?: Evaluator;
   /** `generated` is greedy; `sampled` is drawn at temperature 0.8, top-k 20, seeded per prompt. */
   samples: { prompt: string; expected: string; generated: string; sampled: string }[];
 }

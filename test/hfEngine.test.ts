@@ -3,12 +3,24 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { ArtifactStore } from '../activities/artifacts';
+import { HfEvaluator } from '../activities/hfScorer';
 import { decide, runStatus, startRun } from '../cli/runs';
+import { initBackend } from '../ml/backend';
+import { choiceAccuracy } from '../ml/choices';
+import { instructionScore, perplexity } from '../ml/evaluate';
+import { gpt2FolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
+import { mixedLmBatches } from '../ml/mixing';
+import { GPT } from '../ml/model';
+import { modelFileTensors } from '../ml/modelFile';
+import { tfScorer } from '../ml/scorer';
+import { Trainer } from '../ml/train';
 import { runExternalTrainer, writeTokenFile, type HfTrainerJob, type TrainerEvent } from '../ml/externalTrainer';
 import type { RunStatus } from '../schemas/pipeline';
 import { parseRunSpec, RunSpec } from '../schemas/runSpec';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
+import { MULTILINGUAL } from './helpers/multilingual';
 import { eventually, GiveUp } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -22,7 +34,7 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 
 const root = path.resolve(__dirname, '..');
 const python = path.join(root, '.tools', 'venv', 'bin', 'python');
-const trainer = path.join(root, 'trainers', 'hf', 'dacp_hf_trainer.py');
+const trainerScript = path.join(root, 'trainers', 'hf', 'dacp_hf_trainer.py');
 const env = { ...process.env, TRANSFORMERS_VERBOSITY: 'error', TOKENIZERS_PARALLELISM: 'false' };
 const ready = existsSync(python) && spawnSync(python, ['-c', 'import transformers, peft'], { env }).status === 0;
 if (!ready) console.warn(`skipping the hf engine tests: ${python} cannot import transformers and peft (run \`bash scripts/setup-python.sh\`)`);
@@ -65,9 +77,9 @@ describe('the spec refuses what the hf engine does not support', () => {
 
 withPython('the hf trainer speaks dacp-trainer/2', () => {
   let dir: string;
+  const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919 + seed * 104729) % 597));
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'dacp-hf-protocol-'));
-    const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 3 + ((i * 7919 + seed * 104729) % 597));
     await writeTokenFile(path.join(dir, 'domain.i32'), ids(4000, 1));
     await writeTokenFile(path.join(dir, 'replay.i32'), ids(1500, 2));
   });
@@ -108,9 +120,30 @@ withPython('the hf trainer speaks dacp-trainer/2', () => {
 
   const lossesOf = (events: TrainerEvent[]) => new Map(events.filter((e) => e.event === 'progress').map((e) => [e.step, (e as { loss: number }).loss]));
 
+  test('it trains what the built-in engine trains: the same batches, optimizer and schedule give the same losses (Llama, and a dacp GPT-2)', async () => {
+    await initBackend();
+    const settings = { totalSteps: 6, batchSize: 8, learningRate: 3e-3, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0.01, gradClip: 1, seed: 5 };
+    const fixture = await readHfFolder(path.join(fixtures, 'gpt2'));
+    fixture.model.dispose();
+    const gpt2 = path.join(dir, 'dacp-gpt2');
+    const made = GPT.create({ vocabSize: 600, contextLength: 32, dModel: 32, nLayers: 2, nHeads: 4 }, 3);
+    await writeFolder(gpt2, gpt2FolderFiles(made, fixture.tokenizer));
+    made.dispose();
+    for (const [name, folder] of [['llama', path.join(fixtures, 'llama')], ['gpt2', gpt2]] as const) {
+      const loaded = await readHfFolder(folder);
+      const trainer = Trainer.create(loaded.model, loaded.tokenizer, settings);
+      const batches = mixedLmBatches({ domain: ids(4000, 1), replay: ids(1500, 2), replayRatio: 0.25, batchSize: 8, contextLength: 32, seed: 5 });
+      const builtin = Array.from({ length: 6 }, () => trainer.trainStep(batches(trainer.step)).loss);
+      trainer.dispose();
+      const hf = await run(`parity-${name}`, [python, trainerScript], { initModelDir: folder, checkpointEvery: 1, settings });
+      const losses = lossesOf(hf.events);
+      builtin.forEach((loss, i) => expect(Math.abs((losses.get(i + 1) as number) / loss - 1)).toBeLessThan(1e-3));
+    }
+  });
+
   test('two processes under torchrun (DDP, gloo) train what one process trains', async () => {
-    const one = await run('one', [python, trainer]);
-    const two = await run('two', [python, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', trainer]);
+    const one = await run('one', [python, trainerScript]);
+    const two = await run('two', [python, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', trainerScript]);
     expect(one.done.step).toBe(12);
     expect(two.done.step).toBe(12);
     const [a, b] = [lossesOf(one.events), lossesOf(two.events)];
@@ -122,11 +155,11 @@ withPython('the hf trainer speaks dacp-trainer/2', () => {
   });
 
   test('killed with SIGKILL after a checkpoint, it resumes from it exactly: the same model, byte for byte', async () => {
-    const whole = await run('whole', [python, trainer]);
+    const whole = await run('whole', [python, trainerScript]);
     // A second run, SIGKILLed (with its process group) once it has announced the step-4 checkpoint.
     let checkpoint: string | undefined;
     writeFileSync(path.join(dir, 'killed.json'), JSON.stringify(job('killed')));
-    const killed = spawn(python, [trainer, '--job', path.join(dir, 'killed.json')], { stdio: ['ignore', 'pipe', 'ignore'], detached: true, env: { ...env, DACP_TORCH_THREADS: '1' } });
+    const killed = spawn(python, [trainerScript, '--job', path.join(dir, 'killed.json')], { stdio: ['ignore', 'pipe', 'ignore'], detached: true, env: { ...env, DACP_TORCH_THREADS: '1' } });
     let out = '';
     killed.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
@@ -139,10 +172,47 @@ withPython('the hf trainer speaks dacp-trainer/2', () => {
     const [, signal] = await new Promise<[number | null, string | null]>((resolve) => killed.once('exit', (code, sig) => resolve([code, sig])));
     expect(signal).toBe('SIGKILL');
     expect(existsSync(path.join(dir, 'killed', 'model'))).toBe(false);
-    const resumed = await run('resumed', [python, trainer], { resumeFrom: checkpoint as string });
+    const resumed = await run('resumed', [python, trainerScript], { resumeFrom: checkpoint as string });
     expect(resumed.events.filter((e) => e.event === 'progress')[0]?.step).toBeGreaterThan(4);
     expect(resumed.done.loss).toBe(whole.done.loss);
     expect(readFileSync(path.join(resumed.done.model, 'model.safetensors')).equals(readFileSync(path.join(whole.done.model, 'model.safetensors')))).toBe(true);
+  });
+});
+
+withPython('evaluation in the hf engine', () => {
+  test('perplexity, token accuracy, task accuracy and greedy and sampled answers equal the built-in engine\'s on the same models', async () => {
+    await initBackend();
+    const dir = mkdtempSync(path.join(tmpdir(), 'dacp-hf-eval-'));
+    const store = new ArtifactStore(path.join(dir, 'artifacts'));
+    const evaluator = await HfEvaluator.start({ pool: undefined as never, store, logsDir: path.join(dir, 'logs') }, 'parity', 'parity');
+    try {
+      for (const name of ['gpt2', 'llama']) {
+        const loaded = await readHfFolder(path.join(fixtures, name));
+        const file = modelFileTensors(loaded.model, loaded.tokenizer);
+        const ref = await store.putSafetensors('models', file.tensors, file.metadata);
+        const ours = tfScorer(loaded.model);
+        const theirs = await evaluator.load(name, ref, loaded.model.config.contextLength);
+        const tokens = MULTILINGUAL.flatMap((text) => [...loaded.tokenizer.encode(text), loaded.tokenizer.eosId]);
+        const [a, b] = [await perplexity(ours, tokens), await perplexity(theirs, tokens)];
+        expect(b.tokens).toBe(a.tokens);
+        expect(Math.abs(b.perplexity / a.perplexity - 1)).toBeLessThan(1e-4);
+        const pairs = [{ prompt: 'Restart the gNB', response: 'Run the restart command twice.' }, { prompt: '안녕하세요', response: 'こんにちは 👋' }];
+        const [x, y] = [await instructionScore(ours, loaded.tokenizer, pairs, { maxNewTokens: 8 }), await instructionScore(theirs, loaded.tokenizer, pairs, { maxNewTokens: 8 })];
+        expect(y.tokenAccuracy).toBe(x.tokenAccuracy);
+        expect(Math.abs(y.responsePerplexity / x.responsePerplexity - 1)).toBeLessThan(1e-4);
+        expect(y.samples).toEqual(x.samples); // greedy and seeded sampled answers alike
+        const items = [
+          { question: 'Which layer holds the PDCP?', choices: ['radio', 'the kitchen', 'a banana'], answer: 0 },
+          { question: '2 + 2 =', choices: ['4', 'five hundred'], answer: 0 },
+        ];
+        expect(await choiceAccuracy(theirs, loaded.tokenizer, items)).toEqual(await choiceAccuracy(ours, loaded.tokenizer, items));
+        await evaluator.unload(name);
+        loaded.model.dispose();
+      }
+    } finally {
+      await evaluator.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -177,12 +247,12 @@ withPython('runs on the hf engine', () => {
     return (JSON.parse(check.stdout) as { ids: number[] }).ids;
   }
 
-  test('full fine-tuning, then LoRA under two DDP processes: both gates, deploy, and transformers loads what is exported', async () => {
+  test('full fine-tuning, then LoRA with gradient checkpointing under two DDP processes: both gates, deploy, and transformers loads what is exported', async () => {
     const worker = h.spawnGpuWorker();
     await worker.ready;
     for (const [runId, engine] of [
       ['hf-full', { kind: 'hf' }],
-      ['hf-lora-ddp', { kind: 'hf', lora: { r: 4 }, processes: 2 }],
+      ['hf-lora-ddp', { kind: 'hf', lora: { r: 4 }, processes: 2, gradientCheckpointing: true }],
     ] as const) {
       const status = await runToApproval(runId, engine);
       // Both stages trained on the hf engine, and both gates judged the result.
@@ -190,7 +260,21 @@ withPython('runs on the hf engine', () => {
       const backends = rows.map((r) => (r.details as { backend?: string }).backend);
       expect(backends.length).toBeGreaterThanOrEqual(2);
       expect(new Set(backends)).toEqual(new Set([engine.processes === 2 ? 'hf:torchrun×2' : 'hf']));
+      // What the trainer says it does, rank by rank.
+      const said = readFileSync(path.join(h.home, 'logs', runId, 'dacp-0-attempt-1.stderr.log'), 'utf8');
+      expect(said).toContain(engine.processes === 2 ? 'LoRA r=4 on q_proj, k_proj, v_proj, o_proj, gradient checkpointing, 2 process(es)' : 'float32, full fine-tuning, 1 process(es)');
       expect(status.state).toBe('awaiting_approval'); // offered for approval: both gates passed
+      // Both gates and the instruction score ran in the hf engine, on the gpu queue.
+      expect(status.metrics.forgetting).toMatchObject({ evaluatedBy: 'hf', passed: true });
+      expect(status.metrics.finalCheck).toMatchObject({ evaluatedBy: 'hf', passed: true });
+      const queues = new Map<string, string>();
+      for (const event of (await h.client.workflow.getHandle(runId).fetchHistory()).events ?? []) {
+        const scheduled = event.activityTaskScheduledEventAttributes;
+        if (scheduled?.activityType?.name) queues.set(scheduled.activityType.name, scheduled.taskQueue?.name ?? '');
+      }
+      expect(Object.fromEntries(['evaluateForgetting', 'evaluateInstruction', 'evaluateFinal', 'continualPretrain', 'recordTransition'].map((a) => [a, queues.get(a)]))).toEqual({
+        evaluateForgetting: 'dacp-gpu', evaluateInstruction: 'dacp-gpu', evaluateFinal: 'dacp-gpu', continualPretrain: 'dacp-gpu', recordTransition: 'dacp-control',
+      });
       await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
       expect(await h.client.workflow.getHandle(runId).result()).toMatchObject({ state: 'completed', versionId: `${runId}-model:v1` });
       const out = path.join(h.home, `exported-${runId}`);
@@ -198,6 +282,41 @@ withPython('runs on the hf engine', () => {
       expect(exported.stderr).toBe('');
       expect(transformersGenerates(out).length).toBeGreaterThan(0);
     }
+  });
+
+  test('a gpu worker SIGKILLed mid-training: the next one resumes the hf trainer from its checkpoint, to the uninterrupted run\'s model byte for byte', async () => {
+    await h.killSpawned();
+    const spec = (name: string) => parseRunSpec(tinySpec({
+      name,
+      baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false },
+      engine: { kind: 'hf' },
+      dacp: { steps: 40, batchSize: 8, learningRate: 3e-3, checkpointEvery: 10 },
+    } as Parameters<typeof tinySpec>[0]));
+    let worker = h.spawnGpuWorker();
+    await worker.ready;
+    const runId = await startRun(h.runs, { spec: spec('hf-resume-model'), baseDir: h.home, runId: 'hf-resume', initiator: 'engineer' });
+    const killedAt = await eventually(async () => {
+      const { rows } = await h.db.pool.query("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'", [runId]);
+      return rows[0].step !== null && rows[0].step >= 10 && rows[0].step < 40 ? (rows[0].step as number) : undefined;
+    }, 'an hf checkpoint at step 10 or later', 300_000, 50);
+    worker.kill('SIGKILL');
+    await new Promise((resolve) => worker.once('exit', resolve));
+    worker = h.spawnGpuWorker();
+    const toApproval = async (id: string) => eventually<RunStatus>(async () => {
+      const s = await runStatus(h.runs, id);
+      if (s.state === 'failed') throw new GiveUp(`run failed: ${String(s.metrics.error)}`);
+      return s.state === 'awaiting_approval' ? s : undefined;
+    }, `${id} reaches approval`, 600_000, 250);
+    const resumed = await toApproval(runId);
+    expect(resumed.attempts.dacp).toBeGreaterThanOrEqual(2);
+    expect(resumed.resumedFromStep).toBeGreaterThanOrEqual(killedAt);
+
+    const clean = await startRun(h.runs, { spec: spec('hf-clean-model'), baseDir: h.home, runId: 'hf-clean', initiator: 'engineer' });
+    expect((await toApproval(clean)).resumedFromStep).toBeNull();
+    // What the trainer wrote at the end of each run's last dacp attempt.
+    const trained = (id: string, attempt: number) => readFileSync(path.join(h.home, 'logs', id, 'work', `dacp-0-attempt-${attempt}`, 'model', 'model.safetensors'));
+    expect(trained(runId, resumed.attempts.dacp as number).equals(trained(clean, 1))).toBe(true);
+    for (const id of [runId, clean]) await h.client.workflow.getHandle(id).terminate('test over');
   });
 
   test('a worker with two GPUs trains two runs at once, each trainer on its own GPU; SIGKILLed, its trainers stop on their own within seconds', async () => {

@@ -143,14 +143,14 @@ describe('evaluation', () => {
     model.dispose();
   });
 
-  test('generation is greedy by default, seeded when sampling, and bounded by maxNewTokens', () => {
+  test('generation is greedy by default, seeded when sampling, and bounded by maxNewTokens', async () => {
     const model = GPT.create(config, 1);
-    const greedy = generate(model, tokenizer, 'abc', { maxNewTokens: 5 });
-    expect(generate(model, tokenizer, 'abc', { maxNewTokens: 5 })).toBe(greedy);
-    const sampled = generate(model, tokenizer, 'abc', { maxNewTokens: 20, temperature: 1, seed: 4 });
-    expect(generate(model, tokenizer, 'abc', { maxNewTokens: 20, temperature: 1, seed: 4 })).toBe(sampled);
+    const greedy = await generate(model, tokenizer, 'abc', { maxNewTokens: 5 });
+    expect(await generate(model, tokenizer, 'abc', { maxNewTokens: 5 })).toBe(greedy);
+    const sampled = await generate(model, tokenizer, 'abc', { maxNewTokens: 20, temperature: 1, seed: 4 });
+    expect(await generate(model, tokenizer, 'abc', { maxNewTokens: 20, temperature: 1, seed: 4 })).toBe(sampled);
     expect(tokenizer.encode(sampled).length).toBeLessThanOrEqual(20 * 3);
-    expect(generate(model, tokenizer, 'abc', { maxNewTokens: 5, temperature: 1, topK: 1, seed: 4 })).toBe(greedy);
+    expect(await generate(model, tokenizer, 'abc', { maxNewTokens: 5, temperature: 1, topK: 1, seed: 4 })).toBe(greedy);
     model.dispose();
   });
 
@@ -161,7 +161,7 @@ describe('evaluation', () => {
     const again = await instructionScore(model, tokenizer, [...pairs].reverse(), { maxNewTokens: 12 });
     expect(first.samples.map((sample) => Object.keys(sample).sort())).toEqual([0, 1].map(() => ['expected', 'generated', 'prompt', 'sampled']));
     expect(again.samples.reverse()).toEqual(first.samples);
-    expect(first.samples[0]?.generated).toBe(generate(model, tokenizer, formatInstructionPrompt('Say hi'), { maxNewTokens: 12 }));
+    expect(first.samples[0]?.generated).toBe(await generate(model, tokenizer, formatInstructionPrompt('Say hi'), { maxNewTokens: 12 }));
     expect(first.samples.some((sample) => sample.sampled !== sample.generated)).toBe(true);
     model.dispose();
   });

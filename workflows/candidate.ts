@@ -1,8 +1,9 @@
+import { patched } from '@temporalio/workflow';
 import type { ChoiceSetRefs } from '../activities/evaluation';
 import type { VersionedModel } from '../activities/registry';
 import type { DomainMix } from '../schemas/candidates';
 import type { ArtifactRef, DatasetRef, ForgettingReport, SpecSource, TrainingResult } from '../schemas/pipeline';
-import { stageActivities } from './proxies';
+import { EVALUATION_IN_ENGINE, stageActivities } from './proxies';
 
 export interface CandidateInput {
   runId: string;
@@ -41,7 +42,8 @@ export function candidateWorkflowId(runId: string, round: number): string {
  * and the parent's history holds one child per candidate rather than their activities.
  */
 export async function dacpCandidate(input: CandidateInput): Promise<CandidateOutcome> {
-  const { control, gpu } = stageActivities(input.timeouts, { waitForTrainingCancellation: true });
+  const { control, gpu, evaluation } = stageActivities(input.timeouts, { waitForTrainingCancellation: true });
+  const judge = patched(EVALUATION_IN_ENGINE) ? evaluation : control;
   const adapted = await gpu.continualPretrain({
     runId: input.runId,
     round: input.round,
@@ -54,7 +56,7 @@ export async function dacpCandidate(input: CandidateInput): Promise<CandidateOut
     domain: input.data.domainTrain,
     replay: input.data.replayTrain,
   });
-  const evaluation = await control.evaluateForgetting({
+  const report = await judge.evaluateForgetting({
     runId: input.runId,
     round: input.round,
     ...input.spec,
@@ -66,7 +68,7 @@ export async function dacpCandidate(input: CandidateInput): Promise<CandidateOut
     generalHeldout: input.data.replayHeldout,
     choiceSets: input.choiceSets,
   });
-  return { round: input.round, replayRatio: input.replayRatio, ...(input.domainMix ? { domainMix: input.domainMix } : {}), adapted, report: evaluation.report, reportRef: evaluation.reportRef };
+  return { round: input.round, replayRatio: input.replayRatio, ...(input.domainMix ? { domainMix: input.domainMix } : {}), adapted, report: report.report, reportRef: report.reportRef };
 }
 
 /**

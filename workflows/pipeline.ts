@@ -28,7 +28,7 @@ import { candidatePoints, formatDomainMix, type CandidatePoint, type DomainMix }
 import type { RunSpec } from '../schemas/runSpec';
 import { approvalGate } from './approval';
 import { candidateWorkflowId, chooseCandidate, dacpCandidate, type CandidateInput, type CandidateOutcome } from './candidate';
-import { stageActivities } from './proxies';
+import { EVALUATION_IN_ENGINE, stageActivities } from './proxies';
 import { approvalWorkflowId, statusQuery } from './messages';
 import { dacpStageKey, dacpStateKey } from './searchAttributes';
 
@@ -100,7 +100,9 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
   // The DACP recipe (docs/recipe in the README): the final check on what ships, instruction tuning
   // with replay, two registry lines, and candidates per replay ratio. Runs from before replay without.
   const recipe = patched('dacp-recipe-final-check');
-  const { control: controlActivities, gpu: gpuActivities } = stageActivities(spec, { waitForTrainingCancellation: progressOutOfHistory });
+  const { control: controlActivities, gpu: gpuActivities, evaluation } = stageActivities(spec, { waitForTrainingCancellation: progressOutOfHistory });
+  // Evaluations run in the engine that trains the model, on the gpu queue; runs from before on the control queue.
+  const evaluationActivities = patched(EVALUATION_IN_ENGINE) ? evaluation : controlActivities;
 
   let stage: Stage = 'collect';
   let state: RunState = 'running';
@@ -338,7 +340,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         };
 
         await enter('forgetting');
-        const evaluation = await controlActivities.evaluateForgetting({
+        const evaluation = await evaluationActivities.evaluateForgetting({
           runId,
           round,
           ...specArg,
@@ -387,7 +389,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         pairs: data.instructTrain,
         ...(recipe ? { round, replay: data.replayTrain, replayRatio: instructReplayRatio } : {}),
       });
-      instruct = await controlActivities.evaluateInstruction({
+      instruct = await evaluationActivities.evaluateInstruction({
         runId,
         ...(recipe ? { round } : {}),
         ...specArg,
@@ -399,7 +401,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       if (!reference) break;
 
       await enter('final_check');
-      finalCheck = await controlActivities.evaluateFinal({
+      finalCheck = await evaluationActivities.evaluateFinal({
         runId,
         round,
         ...specArg,

@@ -2,9 +2,10 @@ import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow'
 import type { DacpActivities } from '../activities';
 
 /**
- * The activity options of a run: light activities and evaluations on `dacp-control`, training on
- * `dacp-gpu`. Shared by the pipeline and its candidate children, so a candidate trains
- * exactly as the pipeline's own dacp stage does.
+ * The activity options of a run: light activities on `dacp-control`; training, and the evaluations
+ * of runs started since they moved there, on `dacp-gpu` (`evaluation`: in the engine that trains the
+ * model, on the gpu worker's slot). Shared by the pipeline and its candidate children, so a
+ * candidate trains and is judged exactly as the pipeline's own dacp stage is.
  */
 export function stageActivities(
   timeouts: { heartbeatTimeout: number; controlHeartbeatTimeout?: number },
@@ -28,5 +29,15 @@ export function stageActivities(
     cancellationType: o.waitForTrainingCancellation ? ActivityCancellationType.WAIT_CANCELLATION_COMPLETED : ActivityCancellationType.TRY_CANCEL,
     retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '15s', maximumAttempts: 20 },
   });
-  return { control, gpu };
+  const evaluation = proxyActivities<DacpActivities>({
+    taskQueue: 'dacp-gpu',
+    // Scoring a 1 B model on a GPU takes minutes; a dead evaluation is noticed by its heartbeat.
+    startToCloseTimeout: '2 days',
+    heartbeatTimeout: timeouts.heartbeatTimeout,
+    retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 30 },
+  });
+  return { control, gpu, evaluation };
 }
+
+/** Patch id: evaluations run on `dacp-gpu`, in the engine that trains; runs from before evaluate on `dacp-control`. */
+export const EVALUATION_IN_ENGINE = 'evaluation-in-engine';

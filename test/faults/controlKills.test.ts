@@ -80,7 +80,7 @@ interface KillRecord {
   killToStageDone: number;
 }
 
-describe('faults: the control worker is SIGKILLed in every stage it runs', () => {
+describe('faults: the worker is SIGKILLed in every stage outside training (control; gpu for the evaluation, which runs in the training engine)', () => {
   let server: Awaited<ReturnType<typeof startTestDevServer>>;
   let db: TestDatabase;
   let client: Client;
@@ -106,7 +106,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
 
   test('after each kill a fresh control worker finishes the run: no duplicate rows, no half-written artifact used', async () => {
     const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home, DACP_FAULT_SOURCE_URL: db.url };
-    const gpu = spawnWorker('gpu', env);
+    let gpu = spawnWorker('gpu', env);
     let control = spawnWorker('control', env);
     children.push(gpu, control);
     await Promise.all([gpu.ready, control.ready]);
@@ -130,12 +130,26 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
       return { killedAt, polling, orphan, released };
     };
 
-    const killDuring = async (stage: string, activity: string, nextStage: (s: string) => boolean) => {
+    /** Evaluations run in the training engine, on the gpu worker: the same kill, on that worker. */
+    const killGpu = async (activity: string) => {
+      const dead = gpu;
+      const killedAt = Date.now();
+      await killHard(dead);
+      gpu = spawnWorker('gpu', env);
+      children.push(gpu);
+      await gpu.ready;
+      const polling = Date.now();
+      const orphan = (await startedActivities(client, runId)).find((a) => a.type === activity && ranOnProcess(a, dead.pid!));
+      const released = orphan ? await releaseDeadAttempt(client, runId, orphan) : 'nothing was running on the dead worker';
+      return { killedAt, polling, orphan, released };
+    };
+
+    const killDuring = async (stage: string, activity: string, nextStage: (s: string) => boolean, worker: 'control' | 'gpu' = 'control') => {
       const running = await eventually(async () => {
         const started = await startedActivities(client, runId);
-        return started.find((a) => a.type === activity && ranOnProcess(a, control.pid!));
-      }, `${activity} to be running on the control worker`, 300_000, 50);
-      const { killedAt, polling, orphan, released } = await killControl(activity);
+        return started.find((a) => a.type === activity && ranOnProcess(a, (worker === 'gpu' ? gpu : control).pid!));
+      }, `${activity} to be running on the ${worker} worker`, 300_000, 50);
+      const { killedAt, polling, orphan, released } = worker === 'gpu' ? await killGpu(activity) : await killControl(activity);
       expect(orphan?.activityId).toBe(running.activityId);
       await waitForStatus(runs(), runId, (s) => nextStage(s.stage), `the run to get past ${stage}`, 300_000, 100);
       kills.push({
@@ -150,7 +164,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
 
     await killDuring('collect', 'collectSources', (s) => s !== 'collect');
     await killDuring('quality', 'qualityFilter', (s) => s !== 'quality' && s !== 'collect');
-    await killDuring('forgetting', 'evaluateForgetting', (s) => s === 'instruct' || s === 'approval' || s === 'deploy');
+    await killDuring('forgetting', 'evaluateForgetting', (s) => s === 'instruct' || s === 'approval' || s === 'deploy', 'gpu');
 
     /** Hold the model name's lock, approve, kill while deployModel waits for it, then let go. */
     async function killDeployWhileItWaitsForTheLock() {
@@ -207,7 +221,7 @@ describe('faults: the control worker is SIGKILLed in every stage it runs', () =>
 
     console.log(
       [
-        'FAULT control-worker-sigkill (one run, four kills)',
+        'FAULT control-worker-sigkill (one run, four kills; the evaluation on the gpu worker)',
         ...kills.map(
           (k) =>
             `  ${k.stage.padEnd(11)} ${k.activity.padEnd(19)} killed attempt ${k.attemptKilled ?? '-'}; released by: ${k.released}; ` +

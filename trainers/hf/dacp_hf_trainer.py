@@ -24,7 +24,6 @@ import random
 import shutil
 import signal
 import sys
-import threading
 import time
 
 # Events go to the real stdout; anything else that prints (libraries included) lands on stderr.
@@ -44,33 +43,10 @@ signal.signal(signal.SIGTERM, _request_stop)
 signal.signal(signal.SIGINT, _request_stop)
 
 
-def _watch_parent() -> None:
-    """Exit at once when the dacp worker that started us is gone (SIGKILLed, crashed, its host rebooted
-    the container): an orphaned trainer would hold the GPU memory the next attempt needs.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dacp_hf_common import start_parent_watch  # noqa: E402
 
-    DACP_PARENT_PID names the worker (under torchrun our own parent is torchrun, which may outlive
-    it); without it, a change of our parent process is the sign.
-    """
-    watched = os.environ.get("DACP_PARENT_PID", "").strip()
-    pid = int(watched) if watched.isdigit() else None
-    first_parent = os.getppid()
-    while True:
-        time.sleep(0.5)
-        if pid is not None:
-            try:
-                os.kill(pid, 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # alive, another user's
-        elif os.getppid() == first_parent:
-            continue
-        print("dacp-hf: the dacp worker that started this trainer is gone; exiting", file=sys.stderr, flush=True)
-        os._exit(3)
-
-
-threading.Thread(target=_watch_parent, name="dacp-parent-watch", daemon=True).start()
+start_parent_watch("dacp-hf")
 
 import warnings  # noqa: E402
 
@@ -330,7 +306,11 @@ def train(job: dict) -> int:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", WORLD))))
     device, bf16 = device_and_precision(job["hf"])
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    say(f"device {device}{'' if visible is None else f' (CUDA_VISIBLE_DEVICES={visible})'}, {'bf16 autocast' if bf16 else 'float32'}")
+    lora = job["hf"].get("lora")
+    method = "full fine-tuning" if lora is None else "LoRA r={} on {}".format(lora["r"], ", ".join(lora["targetModules"]))
+    checkpointing = ", gradient checkpointing" if job["hf"].get("gradientCheckpointing") else ""
+    where = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible})"
+    say(f"device {device}{where}, {'bf16 autocast' if bf16 else 'float32'}, {method}{checkpointing}, {WORLD} process(es)")
     torch.manual_seed(settings["seed"])
     random.seed(settings["seed"])
     model = build_model(job, device)
