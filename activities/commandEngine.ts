@@ -173,17 +173,27 @@ export async function runTrainerAttempt(
     accept: (done: TrainerDoneEvent) => Promise<ArtifactRef>;
     /** The gpu worker's slots: the trainer sees only its slot's devices. */
     slots?: SlotPool;
+    /** GPUs the trainer needs on a host that has them (one per process under torchrun). */
+    devicesNeeded?: number;
   },
 ): Promise<EngineOutcome> {
   const { runId, stage, round } = session.job;
-  const lease = await o.slots?.acquire();
-  const devices = lease?.slot.devices ?? [];
   // Cancellation and worker shutdown both ask the trainer to checkpoint and stop (SIGTERM, then SIGKILL).
   const abort = new AbortController();
   const poll = setInterval(() => session.stopRequested() && abort.abort(), 250);
   const heartbeatTimer = setInterval(() => session.heartbeat(), 1_000);
   const stderrFile = path.join(o.logsDir, runId, `${stage}-${round}-attempt-${session.attempt}.stderr.log`);
+  let lease: Awaited<ReturnType<SlotPool['acquire']>> | undefined;
   try {
+    lease = await o.slots?.acquire();
+    const devices = lease?.slot.devices ?? [];
+    if (devices.length > 0 && (o.devicesNeeded ?? 1) > devices.length) {
+      throw ApplicationFailure.nonRetryable(
+        `the trainer runs ${o.devicesNeeded} processes, one per GPU, but this gpu worker's training slot has ${devices.length} GPU(s) (${devices.join(', ')}); ` +
+          `start the worker with DACP_GPU_SLOTS=1 to give one slot all its GPUs, or lower engine.processes`,
+        'EngineUnsupported',
+      );
+    }
     const { done } = await runExternalTrainer({
       command: o.command,
       job: o.job,

@@ -69,7 +69,7 @@ interface Loaded {
 async function openModels(deps: ActivityDeps, spec: RunSpec, runId: string, what: string) {
   const open = new Map<string, () => Promise<void>>();
   if (spec.engine.kind === 'hf') {
-    const evaluator = await HfEvaluator.start(deps, runId, what);
+    const evaluator = await HfEvaluator.start(deps, runId, what, { precision: spec.engine.precision, signal: Context.current().cancellationSignal });
     return {
       engine: 'hf' as const,
       load: async (name: string, ref: ArtifactRef): Promise<Loaded> => {

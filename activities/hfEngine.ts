@@ -1,12 +1,11 @@
-import { existsSync } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { projectRoot } from '../cli/paths';
-import { initBackend } from '../ml/backend';
-import { isLlamaConfig, parameterCountOf, type AnyModelConfig } from '../ml/families';
-import { folderFilesOfModelFile, readHfFolder, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
+import { isLlamaConfig, parameterCountOf, specsOf, type AnyModelConfig } from '../ml/families';
+import { folderFilesOfModelFile, readHfWeights, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
 import type { HfTrainerJob } from '../ml/externalTrainer';
-import { modelFileTensors } from '../ml/modelFile';
+import { modelFileTensorsOf } from '../ml/modelFile';
 import { tokenizerFromJSON, type TokenizerJson } from '../ml/tokenizer';
 import type { TrainSettings } from '../ml/train';
 import type { ArtifactRef } from '../schemas/pipeline';
@@ -108,29 +107,32 @@ export async function trainWithHf(
     logsDir,
     settings: o.settings,
     slots: deps.slots,
+    devicesNeeded: o.engine.processes,
     backend: o.engine.processes > 1 ? `hf:torchrun×${o.engine.processes}` : 'hf',
     accept: async (done) => {
-      await initBackend(deps.tfBackend);
+      // Read as weights and stored tensor by tensor: no TensorFlow.js model is built in the worker.
       let loaded;
       try {
-        loaded = await readHfFolder(done.model);
+        loaded = await readHfWeights(done.model);
       } catch (err) {
-        const why = err instanceof UnsupportedModelError ? err.message : (err as Error).message;
-        throw ApplicationFailure.nonRetryable(`the hf trainer wrote a model folder dacp cannot read (${done.model}): ${why}`, 'TrainerProtocolError');
-      }
-      try {
-        if (loaded.model.parameterCount() !== parameterCountOf(prepared.modelConfig) || loaded.model.config.vocabSize !== prepared.modelConfig.vocabSize) {
-          throw ApplicationFailure.nonRetryable(
-            `the hf trainer wrote a model of another shape (${loaded.model.parameterCount()} parameters, vocabulary ${loaded.model.config.vocabSize}) than it was given (${done.model})`,
-            'TrainerProtocolError',
-          );
+        if (err instanceof UnsupportedModelError) {
+          throw ApplicationFailure.nonRetryable(`the hf trainer wrote a model folder dacp cannot read (${done.model}): ${err.message}`, 'TrainerProtocolError');
         }
-        // The run's own tokenizer goes with the weights, so later stages tokenize exactly as this one did.
-        const file = modelFileTensors(loaded.model, tokenizerFromJSON(prepared.tokenizer), o.modelMeta);
-        return await deps.store.putSafetensors('models', file.tensors, file.metadata);
-      } finally {
-        loaded.model.dispose();
+        throw err;
       }
+      const count = specsOf(loaded.config).reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0);
+      if (count !== parameterCountOf(prepared.modelConfig) || loaded.config.vocabSize !== prepared.modelConfig.vocabSize) {
+        throw ApplicationFailure.nonRetryable(
+          `the hf trainer wrote a model of another shape (${count} parameters, vocabulary ${loaded.config.vocabSize}) than it was given (${done.model})`,
+          'TrainerProtocolError',
+        );
+      }
+      // The run's own tokenizer goes with the weights, so later stages tokenize exactly as this one did.
+      const file = modelFileTensorsOf(loaded.config, loaded.weights, tokenizerFromJSON(prepared.tokenizer), o.modelMeta);
+      const model = await deps.store.putSafetensors('models', file.tensors, file.metadata);
+      // The trainer's folders (the base it started from, what it wrote) are copies: the store holds the model.
+      await fs.rm(workDir, { recursive: true, force: true }).catch(() => undefined);
+      return model;
     },
   });
 }

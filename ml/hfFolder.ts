@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { isLlamaConfig, modelFromWeights, parseAnyModelConfig, type AnyModelConfig, type CausalLM } from './families';
+import { isLlamaConfig, modelFromWeights, parseAnyModelConfig, specsOf, type AnyModelConfig, type CausalLM } from './families';
 import { MODEL_FORMAT, readReserved } from './modelFile';
 import { Llama, llamaParameterSpecs, parseLlamaConfig, type LlamaConfig } from './llama';
-import { GPT, parameterSpecs, type ModelConfig } from './model';
+import { GPT, parameterSpecs, valuesOf, type ModelConfig } from './model';
 import { encodeSafetensors, type SafetensorsTensor } from './safetensors';
 import { readSafetensorsFile, writeSafetensorsFile } from './safetensorsFile';
 import { hfFilesOfDacpTokenizer, HfTokenizer, type JsonObject } from './hfTokenizer';
@@ -266,6 +266,17 @@ const sameValues = (a: Float32Array, b: Float32Array) => a.length === b.length &
  * shape disagrees with config.json.
  */
 export async function readHfFolder(dir: string): Promise<LoadedFolder> {
+  const { config, weights, ...rest } = await readHfWeights(dir);
+  const model = modelFromWeights(config, weights);
+  return { model, ...rest, parameters: model.parameterCount() };
+}
+
+/**
+ * readHfFolder without building a TensorFlow.js model: dacp's config and weights (float32, dacp's
+ * names and layout) and the folder's tokenizer, checked the same way. For callers that only store
+ * the weights (the hf engine's trained folder becomes a model file without TensorFlow).
+ */
+export async function readHfWeights(dir: string): Promise<Omit<LoadedFolder, 'model' | 'parameters'> & { config: AnyModelConfig; weights: Record<string, Float32Array> }> {
   const files: Record<string, string> = {};
   const config = await readJson(dir, 'config.json', files);
   const family = familyOf(config);
@@ -285,8 +296,9 @@ export async function readHfFolder(dir: string): Promise<LoadedFolder> {
       throw new UnsupportedModelError(`the chat template cannot be rendered: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
     }
   }
-  const model = modelFromWeights(read.config, weights);
-  return { model, tokenizer, family, dtype, parameters: model.parameterCount(), files };
+  // Every parameter, named and shaped as dacp's model needs it (the builder checks again).
+  valuesOf(specsOf(read.config), weights, 'config.json');
+  return { config: read.config, weights, tokenizer, family, dtype, files };
 }
 
 /** A family's reading of a folder: dacp's config, and how its tensors become dacp's weights. */

@@ -1,4 +1,4 @@
-import { modelFromWeights, parseAnyModelConfig, type AnyModelConfig, type CausalLM } from './families';
+import { modelFromWeights, parseAnyModelConfig, specsOf, type AnyModelConfig, type CausalLM } from './families';
 import { decodeSafetensors, encodeSafetensors, SafetensorsTensor, tensorsDigest } from './safetensors';
 import { readSafetensorsHeader } from './safetensorsFile';
 import { type Tokenizer, tokenizerFromJSON } from './tokenizer';
@@ -16,12 +16,23 @@ export const isReservedKey = (key: string): boolean => key === RESERVED_KEYS.for
 
 /** A model file's tensors and metadata, for a streamed write (ArtifactStore.putSafetensors) or one buffer. */
 export function modelFileTensors(model: CausalLM, tokenizer: Tokenizer, meta: Record<string, string> = {}): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> } {
-  const weights = model.weights();
+  return modelFileTensorsOf(model.config, model.weights(), tokenizer, meta);
+}
+
+/** The same from a config and its weights, with no TensorFlow.js model built (the weights must match the config). */
+export function modelFileTensorsOf(
+  config: AnyModelConfig,
+  weights: Record<string, Float32Array>,
+  tokenizer: Tokenizer,
+  meta: Record<string, string> = {},
+): { tensors: Record<string, SafetensorsTensor>; metadata: Record<string, string> } {
   const tensors: Record<string, SafetensorsTensor> = {};
-  for (const [name, variable] of model.variables) {
-    tensors[name] = { dtype: 'F32', shape: [...variable.shape], data: weights[name] as Float32Array };
+  for (const spec of specsOf(config)) {
+    const data = weights[spec.name];
+    if (data === undefined || data.length !== spec.shape.reduce((a, b) => a * b, 1)) throw new Error(`model file: weight "${spec.name}" is missing or mis-sized`);
+    tensors[spec.name] = { dtype: 'F32', shape: [...spec.shape], data };
   }
-  return { tensors, metadata: withReserved(meta, MODEL_FORMAT, { config: model.config, tokenizer: tokenizer.toJSON(), tensors }) };
+  return { tensors, metadata: withReserved(meta, MODEL_FORMAT, { config, tokenizer: tokenizer.toJSON(), tensors }) };
 }
 
 export function serializeModel(model: CausalLM, tokenizer: Tokenizer, meta: Record<string, string> = {}): Buffer {

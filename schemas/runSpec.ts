@@ -369,6 +369,17 @@ export const RunSpec = z
       names.set(source.name, index);
     }
     if (spec.domainRatio !== undefined) checkDomainRatio(spec, ctx);
+    if (spec.engine.kind === 'hf') {
+      for (const stage of ['dacp', 'instruct'] as const) {
+        if (spec[stage].batchSize < spec.engine.processes) {
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            path: [stage, 'batchSize'],
+            message: `${spec[stage].batchSize} rows cannot be shared among engine.processes ${spec.engine.processes}: each process needs at least one row; raise batchSize or lower processes`,
+          });
+        }
+      }
+    }
     if (spec.engine.kind === 'hf' && spec.baseModel.bootstrapIfMissing) {
       ctx.addIssue({
         code: z.ZodIssueCode.custom,

@@ -10,6 +10,7 @@ describe('gpu worker training slots', () => {
     expect(planSlots(['0', '1', '2', '3'], '1')).toEqual([{ index: 0, devices: ['0', '1', '2', '3'] }]);
     expect(planSlots(['0', '1', '2', '3'], '2')).toEqual([{ index: 0, devices: ['0', '1'] }, { index: 1, devices: ['2', '3'] }]);
     expect(planSlots(['0'], '2')).toEqual([{ index: 0, devices: ['0'] }, { index: 1, devices: ['0'] }]);
+    expect(planSlots(['0', '1', '2'], '2')).toEqual([{ index: 0, devices: ['0', '1'] }, { index: 1, devices: ['2'] }]); // none left over
     expect(planSlots([], '3').map((s) => s.devices)).toEqual([[], [], []]);
     expect(() => planSlots([], 'two')).toThrow('DACP_GPU_SLOTS must be a whole number from 1 to 64, got "two"');
     expect(describeSlots(planSlots(['4', '5']))).toBe('2 training slots (GPU 4, GPU 5)');
@@ -26,6 +27,7 @@ describe('gpu worker training slots', () => {
       expect(detectGpus({ PATH })).toEqual(['0', '1']);
       expect(detectGpus({ PATH, CUDA_VISIBLE_DEVICES: '3,5' })).toEqual(['3', '5']);
       expect(detectGpus({ PATH, CUDA_VISIBLE_DEVICES: '-1' })).toEqual([]);
+      expect(detectGpus({ PATH, CUDA_VISIBLE_DEVICES: '' })).toEqual([]); // empty hides every GPU, as for CUDA
     } finally {
       rmSync(bin, { recursive: true, force: true });
     }

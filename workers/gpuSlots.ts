@@ -14,10 +14,13 @@ export interface Slot {
 }
 
 
-/** The GPUs this worker may use: CUDA_VISIBLE_DEVICES when it is set, else what `nvidia-smi -L` lists. */
+/**
+ * The GPUs this worker may use: CUDA_VISIBLE_DEVICES when it is set (empty or -1 hides them all, as
+ * for CUDA itself), else what `nvidia-smi -L` lists.
+ */
 export function detectGpus(env: NodeJS.ProcessEnv = process.env): string[] {
-  const visible = env.CUDA_VISIBLE_DEVICES?.trim();
-  if (visible !== undefined && visible !== '') return visible.split(',').map((d) => d.trim()).filter((d) => d !== '' && d !== '-1');
+  const visible = env.CUDA_VISIBLE_DEVICES;
+  if (visible !== undefined) return visible.split(',').map((d) => d.trim()).filter((d) => d !== '' && d !== '-1');
   const listed = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8', env, timeout: 10_000 });
   if (listed.status !== 0 || typeof listed.stdout !== 'string') return [];
   return listed.stdout.split('\n').filter((line) => /^GPU \d+:/.test(line)).map((line) => (/^GPU (\d+):/.exec(line) as RegExpExecArray)[1] as string);
@@ -30,12 +33,21 @@ export function planSlots(gpus: string[], override?: string): Slot[] {
     if (!Number.isInteger(n) || n < 1 || n > 64) throw new InputError(`DACP_GPU_SLOTS must be a whole number from 1 to 64, got "${override}"`);
     count = n;
   }
-  const per = gpus.length >= count ? Math.floor(gpus.length / count) : 0;
-  return Array.from({ length: count }, (_, index) => ({
-    index,
+  if (gpus.length < count) {
     // More slots than GPUs: slots share them round-robin, one device each.
-    devices: per > 0 ? gpus.slice(index * per, (index + 1) * per) : gpus.length > 0 ? [gpus[index % gpus.length] as string] : [],
-  }));
+    return Array.from({ length: count }, (_, index) => ({ index, devices: gpus.length > 0 ? [gpus[index % gpus.length] as string] : [] }));
+  }
+  // Every GPU goes to a slot: the first `extra` slots get one more than the rest.
+  const per = Math.floor(gpus.length / count);
+  const extra = gpus.length % count;
+  const slots: Slot[] = [];
+  let next = 0;
+  for (let index = 0; index < count; index++) {
+    const take = per + (index < extra ? 1 : 0);
+    slots.push({ index, devices: gpus.slice(next, next + take) });
+    next += take;
+  }
+  return slots;
 }
 
 /** Hands out slots to trainings; a training waits when every slot is busy (Temporal's limit keeps that rare). */

@@ -1,9 +1,8 @@
-import { patched } from '@temporalio/workflow';
 import type { ChoiceSetRefs } from '../activities/evaluation';
 import type { VersionedModel } from '../activities/registry';
 import type { DomainMix } from '../schemas/candidates';
 import type { ArtifactRef, DatasetRef, ForgettingReport, SpecSource, TrainingResult } from '../schemas/pipeline';
-import { EVALUATION_IN_ENGINE, stageActivities } from './proxies';
+import { stageActivities } from './proxies';
 
 export interface CandidateInput {
   runId: string;
@@ -20,6 +19,8 @@ export interface CandidateInput {
   baseModel: VersionedModel;
   data: { domainTrain: DatasetRef; replayTrain: DatasetRef; domainHeldout: DatasetRef; replayHeldout: DatasetRef };
   choiceSets?: ChoiceSetRefs;
+  /** Evaluate on `dacp-gpu`, in the training engine: the parent's decision (its `evaluation-in-engine` patch); absent for older parents. */
+  evaluateInEngine?: boolean;
 }
 
 export interface CandidateOutcome {
@@ -43,7 +44,8 @@ export function candidateWorkflowId(runId: string, round: number): string {
  */
 export async function dacpCandidate(input: CandidateInput): Promise<CandidateOutcome> {
   const { control, gpu, evaluation } = stageActivities(input.timeouts, { waitForTrainingCancellation: true });
-  const judge = patched(EVALUATION_IN_ENGINE) ? evaluation : control;
+  // The parent decides, so a candidate never evaluates elsewhere than its parent does.
+  const judge = input.evaluateInEngine ? evaluation : control;
   const adapted = await gpu.continualPretrain({
     runId: input.runId,
     round: input.round,

@@ -102,7 +102,8 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
   const recipe = patched('dacp-recipe-final-check');
   const { control: controlActivities, gpu: gpuActivities, evaluation } = stageActivities(spec, { waitForTrainingCancellation: progressOutOfHistory });
   // Evaluations run in the engine that trains the model, on the gpu queue; runs from before on the control queue.
-  const evaluationActivities = patched(EVALUATION_IN_ENGINE) ? evaluation : controlActivities;
+  const evaluateInEngine = patched(EVALUATION_IN_ENGINE);
+  const evaluationActivities = evaluateInEngine ? evaluation : controlActivities;
 
   let stage: Stage = 'collect';
   let state: RunState = 'running';
@@ -201,6 +202,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
                 baseModel: ctx.startModel,
                 data: ctx.data,
                 choiceSets: ctx.choiceSets,
+                ...(evaluateInEngine ? { evaluateInEngine: true } : {}),
               } satisfies CandidateInput,
             ],
           }),

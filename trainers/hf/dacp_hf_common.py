@@ -11,24 +11,27 @@ def start_parent_watch(name: str) -> None:
     rebooted the container): an orphan would hold the GPU memory the next attempt needs.
 
     DACP_PARENT_PID names the worker (under torchrun our own parent is torchrun, which may outlive
-    it); without it, a change of our parent process is the sign.
+    it). A change of our own parent process is a sign too: torchrun starts its workers in their own
+    sessions, so a signal to the trainer's process group does not reach them.
     """
     watched = os.environ.get("DACP_PARENT_PID", "").strip()
     pid = int(watched) if watched.isdigit() else None
     first_parent = os.getppid()
 
+    def alive(watched_pid: int) -> bool:
+        try:
+            os.kill(watched_pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # alive, another user's
+
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            if pid is not None:
-                try:
-                    os.kill(pid, 0)
-                    continue
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    continue  # alive, another user's
-            elif os.getppid() == first_parent:
+            # Our own parent gone (torchrun killed, say) ends us too, whether or not the worker lives.
+            if os.getppid() == first_parent and (pid is None or alive(pid)):
                 continue
             print(f"{name}: the dacp worker that started this process is gone; exiting", file=sys.stderr, flush=True)
             os._exit(3)

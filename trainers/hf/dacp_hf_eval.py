@@ -6,7 +6,8 @@
 dacp (activities/hfScorer.ts) tokenizes, builds the rows and combines the figures (ml/evaluate.ts,
 ml/choices.ts); this process only runs the model, on the GPU where there is one:
 
-    {"op": "load", "name": "base", "modelDir": DIR}         → {"ok": true, "device": "cuda:0", "parameters": N}
+    {"op": "load", "name": "base", "modelDir": DIR, "precision": "auto|fp32|bf16"}
+                                                            → {"ok": true, "device": "cuda:0", "parameters": N}
     {"op": "nll", "name": "base", "rows": [{inputs, targets, mask}, ...]}
                                                             → {"nll": x, "count": n, "correct": k}
     {"op": "loglik", "name": "base", "rows": [...]}          → {"values": [x, ...]}
@@ -25,7 +26,10 @@ import math
 import os
 import sys
 
-EVENTS = sys.stdout
+# Answers go to the real stdout, kept as a private copy of file descriptor 1; everything else that
+# writes there (Python's print, native libraries) lands on stderr.
+EVENTS = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 sys.stdout = sys.stderr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,14 +49,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 from dacp_data import derive_seed, mulberry32  # noqa: E402
 
 MODELS = {}
+BF16 = {}  # name → whether that model is scored under bf16 autocast (the engine's precision setting)
 
 
 def device():
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def load(request: dict) -> dict:
@@ -60,13 +61,17 @@ def load(request: dict) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(request["modelDir"], torch_dtype=torch.float32, local_files_only=True)
     model.eval().to(device())
+    precision = request.get("precision", "auto")
+    if precision == "bf16" and not torch.cuda.is_available():
+        raise ValueError("precision bf16 needs a CUDA device; use auto or fp32 on a CPU")
     MODELS[request["name"]] = model
+    BF16[request["name"]] = torch.cuda.is_available() and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()
     return {"ok": True, "device": str(device()), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def logits_of(model, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=bf16()):
-        return model(input_ids=inputs.to(device())).logits.float()
+def logits_of(name: str, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=BF16[name]):
+        return MODELS[name](input_ids=inputs.to(device())).logits.float()
 
 
 def tensors(rows: list):
@@ -78,7 +83,7 @@ def tensors(rows: list):
 
 def nll(request: dict) -> dict:
     inputs, targets, mask = tensors(request["rows"])
-    logits = logits_of(MODELS[request["name"]], inputs)
+    logits = logits_of(request["name"], inputs)
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     hits = (logits.argmax(dim=-1) == targets).float()
     return {"nll": float(-(picked * mask).sum()), "count": float(mask.sum()), "correct": float((hits * mask).sum())}
@@ -86,7 +91,7 @@ def nll(request: dict) -> dict:
 
 def loglik(request: dict) -> dict:
     inputs, targets, mask = tensors(request["rows"])
-    logits = logits_of(MODELS[request["name"]], inputs)
+    logits = logits_of(request["name"], inputs)
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return {"values": [float(v) for v in (picked * mask).sum(-1)]}
 
@@ -109,7 +114,7 @@ def sample_next(logits: list, temperature: float, top_k: int, u: float) -> int:
 
 
 def generate(request: dict) -> dict:
-    model = MODELS[request["name"]]
+    name = request["name"]
     T, eos = int(request["contextLength"]), int(request["eosId"])
     temperature = float(request.get("temperature") or 0)
     uniform = mulberry32(derive_seed(int(request.get("seed") or 0), "generate"))
@@ -117,7 +122,7 @@ def generate(request: dict) -> dict:
     generated = []
     for _ in range(int(request["maxNewTokens"])):
         context = torch.tensor([ids[-T:]], dtype=torch.int64)
-        last = logits_of(model, context)[0, -1]
+        last = logits_of(name, context)[0, -1]
         if temperature > 0:
             # float32 values, as the built-in engine reads them; the draw itself in float64.
             following = sample_next([float(x) for x in last.cpu()], temperature, int(request.get("topK") or 0), uniform())
@@ -132,6 +137,7 @@ def generate(request: dict) -> dict:
 
 def unload(request: dict) -> dict:
     MODELS.pop(request["name"], None)
+    BF16.pop(request["name"], None)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"ok": True}

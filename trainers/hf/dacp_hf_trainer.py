@@ -16,7 +16,6 @@ its death, so an orphan never holds the memory the next attempt needs.
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import os
@@ -26,8 +25,10 @@ import signal
 import sys
 import time
 
-# Events go to the real stdout; anything else that prints (libraries included) lands on stderr.
-EVENTS = sys.stdout
+# Events go to the real stdout, kept as a private copy of file descriptor 1; everything else that
+# writes there (Python's print, native libraries such as NCCL) lands on stderr.
+EVENTS = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 sys.stdout = sys.stderr
 
 STOP_REQUESTED = False
@@ -126,6 +127,8 @@ def read_job(path: str) -> dict:
     need(all(isinstance(settings[k], int) and settings[k] > 0 for k in ("totalSteps", "batchSize")),
          "settings.totalSteps and settings.batchSize must be positive integers")
     need(isinstance(job["contextLength"], int) and job["contextLength"] > 0, '"contextLength" must be a positive integer')
+    need(settings["batchSize"] >= WORLD, f"settings.batchSize {settings['batchSize']} is smaller than the {WORLD} processes; "
+         "every process needs at least one row of each batch (raise batchSize or lower engine.processes)")
     need(isinstance(job["checkpointEvery"], int) and job["checkpointEvery"] >= 1, '"checkpointEvery" must be a positive integer')
     need(isinstance(job["data"], dict) and job["data"].get("kind") in ("lm", "sft"), 'data.kind must be "lm" or "sft"')
     hf = job["hf"]
@@ -250,18 +253,15 @@ def sha256_file(path: str) -> str:
 
 
 def save_checkpoint(folder: str, state: dict):
-    """step-N.pt in folder, written to a temp file, fsynced and renamed; → (path, sha256)."""
+    """step-N.pt in folder, written to a temp file (never whole in memory), fsynced and renamed; → (path, sha256)."""
     path = os.path.abspath(os.path.join(folder, f"step-{state['step']}.pt"))
-    buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
-    data = buffer.getvalue()
     temp = f"{path}.tmp-{os.getpid()}"
     with open(temp, "wb") as f:
-        f.write(data)
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temp, path)
-    return path, hashlib.sha256(data).hexdigest()
+    return path, sha256_file(path)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -324,7 +324,10 @@ def train(job: dict) -> int:
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) != WORLD:
+            say(f"checkpoint {job['resumeFrom']} was written by {len(rngs)} process(es), this run has {WORLD}: the random state is not continued exactly")
+        restore_rng(rngs[RANK % len(rngs)])
         step, last_loss = int(state["step"]), float(state["lastLoss"])
         say(f"resumed from {job['resumeFrom']} at step {step}")
     if distributed:
@@ -344,11 +347,17 @@ def train(job: dict) -> int:
 
     def checkpoint() -> None:
         nonlocal checkpointed, last_progress
+        # Every rank's random state (they differ: each draws for its own rows), gathered to rank 0.
+        rngs = [None] * WORLD
+        if distributed:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
         if RANK == 0:
             path, digest = save_checkpoint(job["checkpointDir"], {
                 "step": step, "lastLoss": last_loss, "settings": settings, "lora": job["hf"].get("lora"),
                 "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "scheduler": scheduler.state_dict(), "rng": rngs, "world": WORLD,
             })
             emit("progress", step=step, loss=_finite(last_loss), tokens=tokens)
             emit("checkpoint", step=step, path=path, sha256=digest)
