@@ -62,7 +62,7 @@ describe('the spec refuses what the hf engine does not support', () => {
     return null;
   };
 
-  test('a base trained from nothing, an unknown setting, a precision it lacks, zero processes', () => {
+  test('a base trained from nothing, an unknown setting, a precision it lacks, zero processes, fewer rows than processes', () => {
     expect(refused({ kind: 'hf' })).toMatch(/baseModel\.bootstrapIfMissing: engine "hf" continues a model folder and cannot train a base from nothing; import one/);
     const imported = { baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false } };
     expect(refused({ kind: 'hf' }, imported)).toBeNull();
@@ -71,6 +71,7 @@ describe('the spec refuses what the hf engine does not support', () => {
     expect(refused({ kind: 'hf', precision: 'fp16' }, imported)).toMatch(/engine\.precision/);
     expect(refused({ kind: 'hf', processes: 0 }, imported)).toMatch(/engine\.processes/);
     expect(refused({ kind: 'hf', lora: { r: 0 } }, imported)).toMatch(/engine\.lora\.r/);
+    expect(refused({ kind: 'hf', processes: 16 }, imported)).toMatch(/dacp\.batchSize: 8 rows cannot be shared among engine\.processes 16: each process needs at least one row/);
     const spec = RunSpec.parse(tinySpec({ engine: { kind: 'hf' }, ...imported }));
     expect(spec.engine).toEqual({ kind: 'hf', gradientCheckpointing: false, precision: 'auto', processes: 1, env: [], killGraceSeconds: 30 });
   });
