@@ -175,6 +175,8 @@ export async function runTrainerAttempt(
     slots?: SlotPool;
     /** GPUs the trainer needs on a host that has them (one per process under torchrun). */
     devicesNeeded?: number;
+    /** Delete the trainer's checkpoint files once stored (only for trainers dacp ships, which never reread them). */
+    dropCheckpointFiles?: boolean;
   },
 ): Promise<EngineOutcome> {
   const { runId, stage, round } = session.job;
@@ -210,6 +212,9 @@ export async function runTrainerAttempt(
       },
       onCheckpoint: async (e) => {
         await session.checkpointSaved(e.step, session.lastLoss, { file: e.path }, path.extname(e.path).slice(1) || 'ckpt');
+        // The store holds it now; a trainer we own never reads its old files again, and a long run of a
+        // large model would otherwise fill the disk with them.
+        if (o.dropCheckpointFiles && path.resolve(e.path).startsWith(path.resolve(o.workDir) + path.sep)) await fs.rm(e.path, { force: true });
       },
     });
     if (!Number.isFinite(done.loss)) throw new TrainingDivergedError(done.step, done.loss, null, o.settings);

@@ -108,6 +108,7 @@ export async function trainWithHf(
     settings: o.settings,
     slots: deps.slots,
     devicesNeeded: o.engine.processes,
+    dropCheckpointFiles: true,
     backend: o.engine.processes > 1 ? `hf:torchrun×${o.engine.processes}` : 'hf',
     accept: async (done) => {
       // Read as weights and stored tensor by tensor: no TensorFlow.js model is built in the worker.

@@ -329,6 +329,10 @@ withPython('runs on the hf engine', () => {
       const { rows } = await h.db.pool.query("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'", [runId]);
       return rows[0].step !== null && rows[0].step >= 10 && rows[0].step < 40 ? (rows[0].step as number) : undefined;
     }, 'an hf checkpoint at step 10 or later', 300_000, 50);
+    // Once stored, the trainer's own checkpoint file is deleted: a long run does not fill the disk with them.
+    const stored = path.join(h.home, 'logs', runId, 'work', 'dacp-0-attempt-1', 'checkpoints', 'step-10.pt');
+    expect(existsSync(path.dirname(stored))).toBe(true);
+    await eventually(async () => (existsSync(stored) ? undefined : true), 'the stored step-10 checkpoint file to be deleted', 30_000, 50);
     worker.kill('SIGKILL');
     await new Promise((resolve) => worker.once('exit', resolve));
     worker = h.spawnGpuWorker();
