@@ -13,7 +13,6 @@ the script itself on a machine without a GPU.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TRAINER = os.path.join(ROOT, "trainers", "hf", "dacp_hf_trainer.py")
 sys.path.insert(0, os.path.join(ROOT, "trainers", "reference"))
+sys.path.insert(0, os.path.join(ROOT, "trainers", "hf"))
 from dacp_data import lm_batches  # noqa: E402
+from dacp_hf_common import sha256_file as sha256  # noqa: E402
 
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
@@ -121,14 +122,6 @@ def plain_loop(folder: str, work: str, steps: int, batch: int, context: int, bf1
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (steps - warmup) * batch * context / (time.monotonic() - started)
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main() -> int:

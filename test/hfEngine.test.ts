@@ -197,6 +197,22 @@ withPython('the hf trainer speaks dacp-trainer/2', () => {
   });
 });
 
+withPython('scripts/gpu-check.sh', () => {
+  test('--smoke runs its steps on a tiny model on the CPU: both loops train, and the SIGKILLed engine resumes exactly', () => {
+    const run = spawnSync('bash', [path.join(root, 'scripts', 'gpu-check.sh'), '--smoke'], { cwd: root, env: { ...env, DACP_TORCH_THREADS: '1' }, encoding: 'utf8' });
+    expect(run.status).toBe(0);
+    const [figures, tfjs] = run.stdout.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(figures).toMatchObject({ shape: 'tiny (smoke)', precision: 'fp32', resumeExact: true, ratioTarget: 0.9 });
+    expect(figures?.engineTokensPerSec).toBeGreaterThan(0);
+    expect(figures?.plainTokensPerSec).toBeGreaterThan(0);
+    expect(tfjs).toEqual({ tfjsNodeGpu: 'skipped: --smoke' });
+    // Without --smoke and without CUDA it refuses, saying why.
+    const refused = spawnSync('bash', [path.join(root, 'scripts', 'gpu-check.sh')], { cwd: root, env, encoding: 'utf8' });
+    expect(refused.status).toBe(2);
+    expect(refused.stderr).toContain('no CUDA device is visible');
+  });
+});
+
 withPython('evaluation in the hf engine', () => {
   test('perplexity, token accuracy, task accuracy and greedy and sampled answers equal the built-in engine\'s on the same models', async () => {
     await initBackend();

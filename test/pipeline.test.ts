@@ -46,7 +46,8 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
 
     const waiting = await awaitingApproval(runId);
     expect(waiting.stage).toBe('approval');
-    expect(waiting.metrics.forgetting).toMatchObject({ passed: true, round: 0 });
+    // The built-in engine evaluated it (on the gpu queue, where it trains).
+    expect(waiting.metrics.forgetting).toMatchObject({ passed: true, round: 0, evaluatedBy: 'builtin' });
     expect(waiting.metrics.instruct).toBeDefined();
     expect(waiting.attempts.dacp).toBe(1);
 

@@ -1,5 +1,6 @@
-"""What the Hugging Face engine's trainer and evaluator share: the watch on the dacp worker."""
+"""What the Hugging Face engine's trainer, evaluator and scripts/gpu_check.py share."""
 
+import hashlib
 import os
 import sys
 import threading
@@ -37,3 +38,12 @@ def start_parent_watch(name: str) -> None:
             os._exit(3)
 
     threading.Thread(target=watch, name="dacp-parent-watch", daemon=True).start()
+
+
+def sha256_file(path: str) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -15,7 +15,6 @@ its death, so an orphan never holds the memory the next attempt needs.
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ signal.signal(signal.SIGINT, _request_stop)
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dacp_hf_common import start_parent_watch  # noqa: E402
+from dacp_hf_common import sha256_file, start_parent_watch  # noqa: E402
 
 start_parent_watch("dacp-hf")
 
@@ -242,14 +241,6 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(folder: str, state: dict):
