@@ -19,6 +19,8 @@ fi
 
 "$python" scripts/gpu_check.py "$@"
 status=$?
+# 2: the check could not run here (no CUDA device, bad arguments); build nothing either.
+[ "$status" -eq 2 ] && exit 2
 
 if [ "${1:-}" = --smoke ]; then
   echo '{"tfjsNodeGpu": "skipped: --smoke"}'

@@ -206,8 +206,8 @@ withPython('scripts/gpu-check.sh', () => {
     expect(figures?.engineTokensPerSec).toBeGreaterThan(0);
     expect(figures?.plainTokensPerSec).toBeGreaterThan(0);
     expect(tfjs).toEqual({ tfjsNodeGpu: 'skipped: --smoke' });
-    // Without --smoke and without CUDA it refuses, saying why.
-    const refused = spawnSync('bash', [path.join(root, 'scripts', 'gpu-check.sh')], { cwd: root, env, encoding: 'utf8' });
+    // Without --smoke and without CUDA the Python part refuses, saying why (the script then builds nothing).
+    const refused = spawnSync(python, [path.join(root, 'scripts', 'gpu_check.py')], { cwd: root, env: { ...env, CUDA_VISIBLE_DEVICES: '' }, encoding: 'utf8' });
     expect(refused.status).toBe(2);
     expect(refused.stderr).toContain('no CUDA device is visible');
   });
