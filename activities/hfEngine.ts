@@ -73,7 +73,8 @@ export async function trainWithHf(
     );
   }
   const command = hfCommand(o.engine);
-  const resume = await session.begin(o.engine.processes > 1 ? `hf:torchrun×${o.engine.processes}` : 'hf');
+  const backend = o.engine.processes > 1 ? `hf:${o.engine.parallel}×${o.engine.processes}` : 'hf';
+  const resume = await session.begin(backend);
   const prepared = await o.prepare();
   const { workDir, logsDir, data } = await writeJobData(deps, session, prepared.data);
   // The base as a model folder, from the stored model file (tensor by tensor).
@@ -95,6 +96,7 @@ export async function trainWithHf(
       lora: lora ? { r: lora.r, alpha: lora.alpha ?? 2 * lora.r, dropout: lora.dropout, targetModules: lora.targetModules ?? defaultTargets(prepared.modelConfig) } : null,
       gradientCheckpointing: o.engine.gradientCheckpointing,
       precision: o.engine.precision,
+      parallel: o.engine.parallel,
     },
   };
   return runTrainerAttempt(session, {
@@ -109,7 +111,7 @@ export async function trainWithHf(
     slots: deps.slots,
     devicesNeeded: o.engine.processes,
     dropCheckpointFiles: true,
-    backend: o.engine.processes > 1 ? `hf:torchrun×${o.engine.processes}` : 'hf',
+    backend,
     accept: async (done) => {
       // Read as weights and stored tensor by tensor: no TensorFlow.js model is built in the worker.
       let loaded;

@@ -83,6 +83,8 @@ export interface HfTrainerJob {
     lora: { r: number; alpha: number; dropout: number; targetModules: string[] } | null;
     gradientCheckpointing: boolean;
     precision: 'auto' | 'fp32' | 'bf16';
+    /** With several processes: ddp (whole model each) or fsdp (sharded); absent: ddp. */
+    parallel?: 'ddp' | 'fsdp';
   };
 }
 

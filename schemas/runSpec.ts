@@ -171,8 +171,13 @@ export const EngineSpec = z.discriminatedUnion('kind', [
       gradientCheckpointing: z.boolean().default(false),
       /** auto: bf16 autocast on a CUDA GPU that has it, float32 elsewhere; bf16 fails without CUDA. */
       precision: z.enum(['auto', 'fp32', 'bf16']).default('auto'),
-      /** Processes under torchrun (DDP; gloo on CPUs, nccl on GPUs); rank 0 speaks the protocol. */
+      /** Processes under torchrun (gloo on CPUs, nccl on GPUs); rank 0 speaks the protocol. */
       processes: z.number().int().min(1).max(64).default(1),
+      /**
+       * How the processes share the work: ddp (each holds the whole model) or fsdp (each holds a
+       * shard of the weights, gradients and optimizer state: for a model that does not fit one device).
+       */
+      parallel: z.enum(['ddp', 'fsdp']).default('ddp'),
       env: secretNames,
       killGraceSeconds: z.number().min(1).max(600).default(30),
     })
@@ -379,6 +384,13 @@ export const RunSpec = z
           });
         }
       }
+    }
+    if (spec.engine.kind === 'hf' && spec.engine.parallel === 'fsdp' && spec.engine.processes < 2) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['engine', 'parallel'],
+        message: 'fsdp shards the model across processes, and engine.processes is 1; set processes to the number of GPUs to shard over (2 or more), or leave parallel at ddp',
+      });
     }
     if (spec.engine.kind === 'hf' && spec.baseModel.bootstrapIfMissing) {
       ctx.addIssue({

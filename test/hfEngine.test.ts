@@ -9,7 +9,7 @@ import { decide, runStatus, startRun } from '../cli/runs';
 import { initBackend } from '../ml/backend';
 import { choiceAccuracy } from '../ml/choices';
 import { instructionScore, perplexity } from '../ml/evaluate';
-import { gpt2FolderFiles, readHfFolder, writeFolder } from '../ml/hfFolder';
+import { gpt2FolderFiles, readHfFolder, readHfWeights, writeFolder } from '../ml/hfFolder';
 import { mixedLmBatches } from '../ml/mixing';
 import { GPT } from '../ml/model';
 import { modelFileTensors } from '../ml/modelFile';
@@ -62,7 +62,7 @@ describe('the spec refuses what the hf engine does not support', () => {
     return null;
   };
 
-  test('a base trained from nothing, an unknown setting, a precision it lacks, zero processes, fewer rows than processes', () => {
+  test('a base trained from nothing, an unknown setting, a precision it lacks, zero processes, fewer rows than processes, fsdp on one process', () => {
     expect(refused({ kind: 'hf' })).toMatch(/baseModel\.bootstrapIfMissing: engine "hf" continues a model folder and cannot train a base from nothing; import one/);
     const imported = { baseModel: { ref: 'tiny-llama:v1', bootstrapIfMissing: false } };
     expect(refused({ kind: 'hf' }, imported)).toBeNull();
@@ -73,7 +73,10 @@ describe('the spec refuses what the hf engine does not support', () => {
     expect(refused({ kind: 'hf', lora: { r: 0 } }, imported)).toMatch(/engine\.lora\.r/);
     expect(refused({ kind: 'hf', processes: 16 }, imported)).toMatch(/dacp\.batchSize: 8 rows cannot be shared among engine\.processes 16: each process needs at least one row/);
     const spec = RunSpec.parse(tinySpec({ engine: { kind: 'hf' }, ...imported }));
-    expect(spec.engine).toEqual({ kind: 'hf', gradientCheckpointing: false, precision: 'auto', processes: 1, env: [], killGraceSeconds: 30 });
+    expect(spec.engine).toEqual({ kind: 'hf', gradientCheckpointing: false, precision: 'auto', processes: 1, parallel: 'ddp', env: [], killGraceSeconds: 30 });
+    expect(refused({ kind: 'hf', parallel: 'fsdp' }, imported)).toMatch(/engine\.parallel: fsdp shards the model across processes, and engine\.processes is 1/);
+    expect(refused({ kind: 'hf', parallel: 'fsdp', processes: 2 }, imported)).toBeNull();
+    expect(refused({ kind: 'hf', parallel: 'zero3' }, imported)).toMatch(/engine\.parallel/);
   });
 });
 
@@ -156,6 +159,37 @@ withPython('the hf trainer speaks dacp-trainer/2', () => {
     expect(readdirSync(two.done.model).sort()).toEqual(expect.arrayContaining(['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']));
   });
 
+  const torchrun2 = [python, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', trainerScript];
+  const fsdp = (over: Partial<HfTrainerJob['hf']> = {}): Pick<HfTrainerJob, 'hf'> => ({
+    hf: { lora: null, gradientCheckpointing: false, precision: 'auto', parallel: 'fsdp', ...over },
+  });
+
+  test('FSDP on two processes (each holds half of the weights and optimizer state) trains what one process trains, full and LoRA', async () => {
+    const one = await run('fsdp-ref', [python, trainerScript]);
+    const two = await run('fsdp-two', torchrun2, fsdp());
+    const [a, b] = [lossesOf(one.events), lossesOf(two.events)];
+    expect([...b.keys()]).toEqual([...a.keys()]);
+    for (const [step, loss] of a) expect(Math.abs((b.get(step) as number) - loss)).toBeLessThan(1e-5);
+    const log = readFileSync(path.join(dir, 'fsdp-two.stderr.log'), 'utf8');
+    expect(log).toContain('2 process(es), FSDP');
+    // The gathered model is a plain folder with the same weights as one process wrote.
+    const [w1, w2] = await Promise.all([readHfWeights(one.done.model), readHfWeights(two.done.model)]);
+    expect(Object.keys(w2.weights).sort()).toEqual(Object.keys(w1.weights).sort());
+    const worst = Object.entries(w1.weights).reduce(
+      (max, [name, values]) => Math.max(max, ...values.map((v, i) => Math.abs(v - (w2.weights[name] as Float32Array)[i]!))),
+      0,
+    );
+    expect(worst).toBeLessThan(1e-4);
+    // LoRA under FSDP: the adapter trains on shards and is merged into the plain folder on export.
+    const lora = { r: 4, alpha: 8, dropout: 0, targetModules: ['q_proj', 'v_proj'] };
+    const loraOne = await run('fsdp-lora-ref', [python, trainerScript], { hf: { lora, gradientCheckpointing: false, precision: 'auto' } });
+    const loraTwo = await run('fsdp-lora-two', torchrun2, fsdp({ lora, gradientCheckpointing: true }));
+    const [la, lb] = [lossesOf(loraOne.events), lossesOf(loraTwo.events)];
+    for (const [step, loss] of la) expect(Math.abs((lb.get(step) as number) - loss)).toBeLessThan(1e-5);
+    expect(readdirSync(loraTwo.done.model)).not.toContain('adapter_config.json');
+    expect((await readSafetensorsHeader(path.join(loraTwo.done.model, 'model.safetensors'))).spans.some((t) => t.name.includes('lora'))).toBe(false);
+  });
+
   /** Trains `name` whole, and again SIGKILLed (its process group) after the step-4 checkpoint, then resumed from it. */
   async function killAndResume(name: string, command: string[], over: Partial<HfTrainerJob> = {}) {
     const whole = await run(`${name}-whole`, command, over);
@@ -186,6 +220,14 @@ withPython('the hf trainer speaks dacp-trainer/2', () => {
 
   test('killed with SIGKILL after a checkpoint, it resumes from it exactly: the same model, byte for byte', async () => {
     await killAndResume('one', [python, trainerScript]);
+  });
+
+  test('under FSDP too: the gathered checkpoint resumes every shard, to the same model byte for byte', async () => {
+    await killAndResume('fsdp', torchrun2, {
+      initModelDir: path.join(fixtures, 'gpt2'),
+      settings: { totalSteps: 12, batchSize: 7, learningRate: 3e-3, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0.01, gradClip: 1, seed: 5 },
+      ...fsdp(),
+    });
   });
 
   test('under torchrun too, with dropout and rows that do not divide evenly: each process resumes its own random state', async () => {
@@ -293,22 +335,22 @@ withPython('runs on the hf engine', () => {
     return (JSON.parse(check.stdout) as { ids: number[] }).ids;
   }
 
-  test('full fine-tuning, then LoRA with gradient checkpointing under two DDP processes: both gates, deploy, and transformers loads what is exported', async () => {
+  test('full fine-tuning, then LoRA with gradient checkpointing sharded over two FSDP processes: both gates, deploy, and transformers loads what is exported', async () => {
     const worker = h.spawnGpuWorker();
     await worker.ready;
     for (const [runId, engine] of [
       ['hf-full', { kind: 'hf' }],
-      ['hf-lora-ddp', { kind: 'hf', lora: { r: 4 }, processes: 2, gradientCheckpointing: true }],
+      ['hf-lora-fsdp', { kind: 'hf', lora: { r: 4 }, processes: 2, parallel: 'fsdp', gradientCheckpointing: true }],
     ] as const) {
       const status = await runToApproval(runId, engine);
       // Both stages trained on the hf engine, and both gates judged the result.
       const { rows } = await h.db.pool.query("SELECT details FROM audit_log WHERE run_id = $1 AND event = 'training_attempt' ORDER BY id", [runId]);
       const backends = rows.map((r) => (r.details as { backend?: string }).backend);
       expect(backends.length).toBeGreaterThanOrEqual(2);
-      expect(new Set(backends)).toEqual(new Set([engine.processes === 2 ? 'hf:torchrun×2' : 'hf']));
+      expect(new Set(backends)).toEqual(new Set([engine.processes === 2 ? 'hf:fsdp×2' : 'hf']));
       // What the trainer says it does, rank by rank.
       const said = readFileSync(path.join(h.home, 'logs', runId, 'dacp-0-attempt-1.stderr.log'), 'utf8');
-      expect(said).toContain(engine.processes === 2 ? 'LoRA r=4 on q_proj, k_proj, v_proj, o_proj, gradient checkpointing, 2 process(es)' : 'float32, full fine-tuning, 1 process(es)');
+      expect(said).toContain(engine.processes === 2 ? 'LoRA r=4 on q_proj, k_proj, v_proj, o_proj, gradient checkpointing, 2 process(es), FSDP' : 'float32, full fine-tuning, 1 process(es)');
       expect(status.state).toBe('awaiting_approval'); // offered for approval: both gates passed
       // Both gates and the instruction score ran in the hf engine, on the gpu queue.
       expect(status.metrics.forgetting).toMatchObject({ evaluatedBy: 'hf', passed: true });

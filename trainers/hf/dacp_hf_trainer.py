@@ -61,6 +61,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 from dacp_data import lm_batches, read_sft_examples, read_token_stream, sft_batches  # noqa: E402
 
 PROTOCOL = "dacp-trainer/2"
+# How several processes share the work: DDP (a whole model per process) or FSDP (each process holds
+# a shard of the weights, gradients and optimizer state, for models that do not fit one device).
+PARALLEL = ("ddp", "fsdp")
 STAGES = ("dacp", "instruct")
 CHECKPOINT_FORMAT = "dacp-hf-checkpoint/1"
 ADAM = {"beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8}  # ml/train.ts ADAM
@@ -133,6 +136,7 @@ def read_job(path: str) -> dict:
     hf = job["hf"]
     need(isinstance(hf, dict), '"hf" must be an object')
     need(hf.get("precision", "auto") in ("auto", "fp32", "bf16"), 'hf.precision must be "auto", "fp32" or "bf16"')
+    need(hf.get("parallel", "ddp") in PARALLEL, 'hf.parallel must be "ddp" or "fsdp"')
     lora = hf.get("lora")
     if lora is not None:
         need(isinstance(lora, dict) and isinstance(lora.get("r"), int) and lora["r"] > 0, "hf.lora.r must be a positive integer")
@@ -229,6 +233,45 @@ def load_trainable_state(model, state: dict) -> None:
         base.load_state_dict(state, strict=True)
 
 
+def shard(model):
+    """FSDP (torch's fully_shard): each decoder layer is one unit, the rest (embeddings, head) the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    layers = set(getattr(base, "_no_split_modules", None) or [])
+    if not layers:
+        raise JobError(f"hf.parallel fsdp: {type(base).__name__} names no layers to shard (_no_split_modules); use ddp")
+    for module in list(model.modules()):
+        if type(module).__name__ in layers:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gathered_state(model, lora: bool) -> dict:
+    """Under FSDP: the whole model's weights on rank 0 (every rank must call it), the adapter's only under LoRA."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = get_model_state_dict(model, options=_full_options())
+    return {k: v for k, v in state.items() if k in trainable} if lora else state
+
+
+def load_sharded_state(model, optimizer, state: dict, lora: bool) -> None:
+    """Under FSDP: every rank reads the checkpoint (one host) and keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, strict=not lora)
+    set_model_state_dict(model, state["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -265,8 +308,19 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def write_output(model, job: dict) -> str:
-    """The trained model as a plain folder: LoRA merged in, weights as safetensors, the tokenizer files copied."""
+def write_output(model, job: dict, sharded: bool):
+    """The trained model as a plain folder: LoRA merged in, weights as safetensors, the tokenizer files copied.
+
+    Under FSDP every rank takes part in gathering the weights; rank 0 loads them into a plain copy of
+    the model on the CPU and writes that. Returns the folder on rank 0, None on the others."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(model, options=_full_options())
+        if RANK != 0:
+            return None
+        model = build_model({**job, "hf": {**job["hf"], "gradientCheckpointing": False}}, torch.device("cpu"))
+        model.load_state_dict(state, strict=True)
     out = job["outputModelDir"]
     temp = f"{out}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
@@ -296,24 +350,35 @@ def train(job: dict) -> int:
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", WORLD))))
     device, bf16 = device_and_precision(job["hf"])
+    sharded = distributed and job["hf"].get("parallel", "ddp") == "fsdp"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     lora = job["hf"].get("lora")
     method = "full fine-tuning" if lora is None else "LoRA r={} on {}".format(lora["r"], ", ".join(lora["targetModules"]))
     checkpointing = ", gradient checkpointing" if job["hf"].get("gradientCheckpointing") else ""
     where = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible})"
-    say(f"device {device}{where}, {'bf16 autocast' if bf16 else 'float32'}, {method}{checkpointing}, {WORLD} process(es)")
+    parallel = f", {'FSDP' if sharded else 'DDP'}" if distributed else ""
+    say(f"device {device}{where}, {'bf16 autocast' if bf16 else 'float32'}, {method}{checkpointing}, {WORLD} process(es){parallel}")
     torch.manual_seed(settings["seed"])
     random.seed(settings["seed"])
     model = build_model(job, device)
     vocab_size = int(model.config.vocab_size)
+    lora_on = job["hf"].get("lora") is not None
+    if sharded:
+        model = shard(model)  # before the optimizer: it must hold the sharded parameters
     params, optimizer, scheduler = make_optimizer(model, settings)
     step, last_loss = 0, float("nan")
     if job.get("resumeFrom"):
         state = load_checkpoint(job["resumeFrom"])
         if state["settings"] != settings or state.get("lora") != job["hf"].get("lora"):
             raise JobError(f"checkpoint {job['resumeFrom']} was written for other settings; it cannot continue this job")
-        load_trainable_state(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if bool(state.get("sharded", False)) != sharded:
+            raise JobError(f"checkpoint {job['resumeFrom']} was written {'with' if state.get('sharded') else 'without'} FSDP; "
+                           "resume it with the same hf.parallel and processes")
+        if sharded:
+            load_sharded_state(model, optimizer, state, lora_on)
+        else:
+            load_trainable_state(model, state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) != WORLD:
@@ -321,7 +386,7 @@ def train(job: dict) -> int:
         restore_rng(rngs[RANK % len(rngs)])
         step, last_loss = int(state["step"]), float(state["lastLoss"])
         say(f"resumed from {job['resumeFrom']} at step {step}")
-    if distributed:
+    if distributed and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -344,10 +409,17 @@ def train(job: dict) -> int:
             dist.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
+        if sharded:  # collectives: every rank gathers, rank 0 receives the whole
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            model_state = gathered_state(model, lora_on)
+            optimizer_state = get_optimizer_state_dict(model, optimizer, options=_full_options())
+        elif RANK == 0:
+            model_state, optimizer_state = trainable_state(model), optimizer.state_dict()
         if RANK == 0:
             path, digest = save_checkpoint(job["checkpointDir"], {
                 "step": step, "lastLoss": last_loss, "settings": settings, "lora": job["hf"].get("lora"),
-                "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "model": model_state, "optimizer": optimizer_state, "sharded": sharded,
                 "scheduler": scheduler.state_dict(), "rng": rngs, "world": WORLD,
             })
             emit("progress", step=step, loss=_finite(last_loss), tokens=tokens)
@@ -382,7 +454,8 @@ def train(job: dict) -> int:
             dist.all_reduce(loss_sum)
         loss = float(loss_sum) / total_weight
         clip = settings["gradClip"]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise Diverged(f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm}; lower learningRate or gradClip")
         optimizer.step()
@@ -397,8 +470,8 @@ def train(job: dict) -> int:
             emit("progress", step=step, loss=_finite(last_loss), tokens=tokens)
             last_progress = time.monotonic()
 
+    out = write_output(model, job, sharded)
     if RANK == 0:
-        out = write_output(model, job)
         weights_file = os.path.join(out, "model.safetensors")
         if not os.path.exists(weights_file):
             weights_file = os.path.join(out, "model.safetensors.index.json")
