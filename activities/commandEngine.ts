@@ -1,10 +1,10 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import { modelFromFileTensors } from '../ml/modelFile';
-import { readSafetensorsFile } from '../ml/safetensorsFile';
-import type { AnyModelConfig } from '../ml/families';
-import type { TokenizerJson } from '../ml/tokenizer';
+import { createModel, parameterCountOf, specsOf, type AnyModelConfig } from '../ml/families';
+import { folderFilesOfModelFile, modelFolderFiles, readHfWeights, UnsupportedModelError, writeFolder } from '../ml/hfFolder';
+import { modelFileTensorsOf } from '../ml/modelFile';
+import { tokenizerFromJSON, type TokenizerJson } from '../ml/tokenizer';
 import { divergenceAdvice, TrainingDivergedError, type TrainSettings } from '../ml/train';
 import {
   reportedDivergence,
@@ -12,9 +12,10 @@ import {
   TrainerExitError,
   TrainerProtocolError,
   TrainerStopped,
+  sha256OfFile,
+  TRAINER_PROTOCOL,
   writeSftFile,
   writeTokenFile,
-  type HfTrainerJob,
   type TrainerDoneEvent,
   type TrainerJob,
   type TrainerLmData,
@@ -56,6 +57,9 @@ function resolveCommand(command: string[], baseDir: string): string[] {
   return command.map((arg) => (!path.isAbsolute(arg) && existsSync(path.join(baseDir, arg)) ? path.join(baseDir, arg) : arg));
 }
 
+/** What a stage gives a protocol trainer: the model's shape, its tokenizer and the data as ids. */
+export type PrepareTraining = () => Promise<{ modelConfig: AnyModelConfig; tokenizer: TokenizerJson; data: TrainingData }>;
+
 /**
  * The external-command engine: any trainer speaking docs/trainer-protocol.md. Its checkpoints are
  * copied into the content-addressed store as they are announced, so a retried attempt (on any
@@ -68,46 +72,129 @@ export async function trainWithCommand(
     engine: CommandEngine;
     baseDir: string;
     initModel: ArtifactRef | null;
-    /** The model's shape, its tokenizer and the data as ids; called once the attempt has begun (it heartbeats). */
-    prepare: () => Promise<{ modelConfig: AnyModelConfig; tokenizer: TokenizerJson; data: TrainingData }>;
+    /** Called once the attempt has begun (it heartbeats). */
+    prepare: PrepareTraining;
     settings: TrainSettings;
     checkpointEvery: number;
+    modelMeta: Record<string, string>;
   },
 ): Promise<EngineOutcome> {
-  const resume = await session.begin(`command:${path.basename(o.engine.command[0])}`);
+  return trainWithModelFolders(deps, session, {
+    command: resolveCommand(o.engine.command, o.baseDir),
+    env: namedEnvironment(o.engine.env),
+    killGraceSeconds: o.engine.killGraceSeconds,
+    backend: `command:${path.basename(o.engine.command[0])}`,
+    initModel: o.initModel,
+    prepare: o.prepare,
+    settings: o.settings,
+    checkpointEvery: o.checkpointEvery,
+    modelMeta: o.modelMeta,
+  });
+}
+
+/**
+ * One attempt of a protocol trainer (dacp-trainer/2): the start model goes in as a model folder
+ * (for bootstrap, fresh weights initialised here from the seed, as the built-in engine would), the
+ * trained model comes back as one, is checked against the shape it was given, and is stored as a
+ * dacp model file with the run's own tokenizer, tensor by tensor (no TensorFlow.js model is built).
+ */
+export async function trainWithModelFolders(
+  deps: ActivityDeps,
+  session: TrainingSession,
+  o: {
+    command: string[];
+    env: Record<string, string>;
+    killGraceSeconds: number;
+    backend: string;
+    initModel: ArtifactRef | null;
+    prepare: PrepareTraining;
+    settings: TrainSettings;
+    checkpointEvery: number;
+    /** Metadata of the stored model (run id, stage), as the built-in engine writes it. */
+    modelMeta: Record<string, string>;
+    /** The hf engine's settings for the model being trained. */
+    hf?: (modelConfig: AnyModelConfig) => TrainerJob['hf'];
+    devicesNeeded?: number;
+    dropCheckpointFiles?: boolean;
+  },
+): Promise<EngineOutcome> {
+  const { stage } = session.job;
+  const resume = await session.begin(o.backend);
   const prepared = await o.prepare();
   const { workDir, logsDir, data } = await writeJobData(deps, session, prepared.data);
+  const initModelDir = path.join(workDir, 'init');
+  if (o.initModel) {
+    // The base as a model folder, from the stored model file (tensor by tensor).
+    await writeFolder(initModelDir, folderFilesOfModelFile(await deps.store.getSafetensors(o.initModel)));
+  } else {
+    if (stage !== 'bootstrap') throw new Error(`${stage} training has no model to start from`);
+    const fresh = createModel(prepared.modelConfig, o.settings.seed);
+    try {
+      await writeFolder(initModelDir, modelFolderFiles(fresh, tokenizerFromJSON(prepared.tokenizer)));
+    } finally {
+      fresh.dispose();
+    }
+  }
   const job: TrainerJob = {
-    protocol: 'dacp-trainer/1',
-    stage: session.job.stage,
-    initModel: o.initModel ? deps.store.pathOf(o.initModel.uri) : null,
-    modelConfig: prepared.modelConfig,
-    tokenizer: prepared.tokenizer,
+    protocol: TRAINER_PROTOCOL,
+    stage,
+    initModelDir,
+    contextLength: prepared.modelConfig.contextLength,
     data,
     settings: o.settings,
     checkpointEvery: o.checkpointEvery,
     checkpointDir: path.join(workDir, 'checkpoints'),
     resumeFrom: resume ? deps.store.pathOf(resume.uri) : null,
-    outputModel: path.join(workDir, 'model.safetensors'),
+    outputModelDir: path.join(workDir, 'model'),
+    ...(o.hf ? { hf: o.hf(prepared.modelConfig) } : {}),
   };
+  // The job each attempt ran stays beside its stderr log; the attempt's folder goes once the model is stored.
+  const { runId, round } = session.job;
+  await fs.mkdir(path.join(logsDir, runId), { recursive: true });
+  await fs.writeFile(path.join(logsDir, runId, `${stage}-${round}-attempt-${session.attempt}.job.json`), `${JSON.stringify(job, null, 2)}\n`);
   return runTrainerAttempt(session, {
-    command: resolveCommand(o.engine.command, o.baseDir),
-    env: namedEnvironment(o.engine.env),
-    killGraceSeconds: o.engine.killGraceSeconds,
+    command: o.command,
+    // The trainer may watch this pid and exit when the worker is gone (an orphan would hold the GPU).
+    env: { ...o.env, DACP_PARENT_PID: String(process.pid) },
+    killGraceSeconds: o.killGraceSeconds,
     job,
     workDir,
     logsDir,
     settings: o.settings,
-    backend: `command:${path.basename(o.engine.command[0])}`,
     slots: deps.slots,
+    devicesNeeded: o.devicesNeeded ?? 1,
+    dropCheckpointFiles: o.dropCheckpointFiles ?? false,
+    backend: o.backend,
     accept: async (done) => {
-      // The trainer's model must be a valid dacp model (format, config, tokenizer, tensor digest); read and stored streamed.
+      let loaded;
       try {
-        modelFromFileTensors(await readSafetensorsFile(done.model)).model.dispose();
+        // The done event's sha256 is that of the weights file (or of the shards' index).
+        const single = path.join(done.model, 'model.safetensors');
+        const weightsFile = existsSync(single) ? single : path.join(done.model, 'model.safetensors.index.json');
+        const actual = await sha256OfFile(weightsFile);
+        if (actual !== done.sha256) {
+          throw ApplicationFailure.nonRetryable(`the trainer's done event says sha256 ${done.sha256}, but ${weightsFile} has ${actual}`, 'TrainerProtocolError');
+        }
+        loaded = await readHfWeights(done.model);
       } catch (err) {
-        throw ApplicationFailure.nonRetryable(`the trainer wrote an invalid model ${done.model}: ${(err as Error).message}`, 'TrainerProtocolError');
+        if (err instanceof UnsupportedModelError || (err as NodeJS.ErrnoException).code === 'ENOENT') {
+          throw ApplicationFailure.nonRetryable(`the trainer wrote a model folder dacp cannot read (${done.model}): ${(err as Error).message}`, 'TrainerProtocolError');
+        }
+        throw err;
       }
-      return deps.store.putFile('models', done.model, 'safetensors');
+      const count = specsOf(loaded.config).reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0);
+      if (count !== parameterCountOf(prepared.modelConfig) || loaded.config.vocabSize !== prepared.modelConfig.vocabSize) {
+        throw ApplicationFailure.nonRetryable(
+          `the trainer wrote a model of another shape (${count} parameters, vocabulary ${loaded.config.vocabSize}) than it was given (${done.model})`,
+          'TrainerProtocolError',
+        );
+      }
+      // The run's own tokenizer goes with the weights, so later stages tokenize exactly as this one did.
+      const file = modelFileTensorsOf(loaded.config, loaded.weights, tokenizerFromJSON(prepared.tokenizer), o.modelMeta);
+      const model = await deps.store.putSafetensors('models', file.tensors, file.metadata);
+      // The trainer's folders (the base it started from, what it wrote) are copies: the store holds the model.
+      await fs.rm(workDir, { recursive: true, force: true }).catch(() => undefined);
+      return model;
     },
   });
 }
@@ -165,7 +252,7 @@ export async function runTrainerAttempt(
     command: string[];
     env: Record<string, string>;
     killGraceSeconds: number;
-    job: TrainerJob | HfTrainerJob;
+    job: TrainerJob;
     workDir: string;
     logsDir: string;
     settings: TrainSettings;

@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { mixedLmBatches, sftBatches } from '../ml/mixing';
-import { createModel, isLlamaConfig, type AnyModelConfig, type CausalLM } from '../ml/families';
+import { createModel, type AnyModelConfig, type CausalLM } from '../ml/families';
 import type { ModelConfig } from '../ml/model';
 import { modelFromFileTensors, readModelFileHeader } from '../ml/modelFile';
 import { BpeTokenizer, ByteTokenizer, type Tokenizer } from '../ml/tokenizer';
@@ -10,7 +10,7 @@ import type { ArtifactRef, DatasetRef, TrainingResult } from '../schemas/pipelin
 import type { RunSpec, TrainingSettings } from '../schemas/runSpec';
 import { trainBuiltin, type EngineOutcome } from './builtinEngine';
 import type { TrainingStage } from './checkpoints';
-import { trainWithCommand, type TrainingData } from './commandEngine';
+import { trainWithCommand, type PrepareTraining, type TrainingData } from './commandEngine';
 import { trainWithHf } from './hfEngine';
 import type { ActivityDeps } from './context';
 import { readDataset, sftExamplesOf, sourceStreamsOf, tokenStreamOf, type TextDoc } from './datasets';
@@ -70,12 +70,6 @@ async function startingPoint(
   return { model: null, tokenizer, config: { vocabSize: tokenizer.vocabSize, ...job.fresh.config } };
 }
 
-/** A model file's config and tokenizer from its header alone (its weights are checked when they are read). */
-async function modelFileHeader(deps: ActivityDeps, ref: ArtifactRef | null): Promise<{ config: AnyModelConfig; tokenizer: Tokenizer }> {
-  if (ref === null) throw ApplicationFailure.nonRetryable('engine "hf" needs a base model to start from', 'EngineUnsupported');
-  return readModelFileHeader(deps.store.pathOf(ref.uri));
-}
-
 /** One training stage on the spec's engine, durable through the shared session. */
 async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingResult> {
   const started = Date.now();
@@ -95,41 +89,27 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
   // the attempt's heartbeat going; the SDK throttles what reaches the server.
   const keepAlive = setInterval(heartbeat, Math.max(200, Math.min(5_000, job.spec.heartbeatTimeout / 4)));
   try {
-    if (job.spec.engine.kind === 'hf') {
-      outcome = await trainWithHf(deps, session, {
-        engine: job.spec.engine,
+    if (job.spec.engine.kind === 'hf' || job.spec.engine.kind === 'command') {
+      // Protocol trainers load the weights themselves, from a folder written from the same file: here
+      // only the config and the tokenizer are read, from the file's header, never a GB-sized model.
+      // A bootstrap trains its tokenizer here and leaves the fresh weights to the engine.
+      const prepare: PrepareTraining = async () => {
+        const { config, tokenizer } = job.initModel
+          ? await readModelFileHeader(deps.store.pathOf(job.initModel.uri))
+          : await startingPoint(deps, job, heartbeat);
+        return { modelConfig: config, tokenizer: tokenizer.toJSON(), data: await job.data(tokenizer, heartbeat) };
+      };
+      const common = {
         initModel: job.initModel,
         settings: job.settings,
         checkpointEvery: job.checkpointEvery,
         modelMeta: { runId: job.runId, stage: job.stage },
-        prepare: async () => {
-          // The trainer loads the weights itself (from a folder written from the same file): here only
-          // the config and the tokenizer are read, from the file's header, never a GB-sized model.
-          const { config, tokenizer } = await modelFileHeader(deps, job.initModel);
-          return { modelConfig: config, tokenizer: tokenizer.toJSON(), data: await job.data(tokenizer, heartbeat) };
-        },
-      });
-    } else if (job.spec.engine.kind === 'command') {
-      outcome = await trainWithCommand(deps, session, {
-        engine: job.spec.engine,
-        baseDir: job.baseDir,
-        initModel: job.initModel,
-        settings: job.settings,
-        checkpointEvery: job.checkpointEvery,
-        prepare: async () => {
-          const start = await startingPoint(deps, job, heartbeat);
-          // The trainer loads the weights itself; only the config and the tokenizer are needed here.
-          start.model?.dispose();
-          // Refused before any tokenizing: the protocol's model files are dacp's GPT-2 format.
-          if (isLlamaConfig(start.config)) {
-            throw ApplicationFailure.nonRetryable(
-              'engine "command": the trainer protocol carries dacp\'s GPT-2 model format only, and this base model is of the Llama family; train it with engine "hf" or "builtin"',
-              'EngineUnsupported',
-            );
-          }
-          return { modelConfig: start.config, tokenizer: start.tokenizer.toJSON(), data: await job.data(start.tokenizer, heartbeat) };
-        },
-      });
+        prepare,
+      };
+      outcome =
+        job.spec.engine.kind === 'hf'
+          ? await trainWithHf(deps, session, { ...common, engine: job.spec.engine })
+          : await trainWithCommand(deps, session, { ...common, engine: job.spec.engine, baseDir: job.baseDir });
     } else {
       outcome = await trainBuiltin(deps, session, {
         checkpointEvery: job.checkpointEvery,

@@ -5,18 +5,16 @@ import { mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
-import type { ModelConfig } from './model';
-import type { TokenizerJson } from './tokenizer';
 import type { TrainSettings } from './train';
 
 /**
- * The external-command training engine: runs any program that speaks `dacp-trainer/1`
+ * The external-command training engine: runs any program that speaks `dacp-trainer/2`
  * (docs/trainer-protocol.md) and turns its stdout events, exit status and stderr into callbacks,
  * a result or a typed error. It knows nothing of Temporal; the training activity maps its errors
  * to failures.
  */
 
-export const TRAINER_PROTOCOL = 'dacp-trainer/1';
+export const TRAINER_PROTOCOL = 'dacp-trainer/2';
 
 // ---------------------------------------------------------------------------------------------
 // job.json
@@ -46,28 +44,14 @@ export interface TrainerSftData {
 /** The protocol's `settings` are exactly the built-in engine's training settings. */
 export type TrainerSettings = TrainSettings;
 
-/** The job file handed to the trainer: exactly the `job.json` of docs/trainer-protocol.md. */
+/**
+ * The job file handed to the trainer: exactly the `job.json` of docs/trainer-protocol.md (version 2:
+ * model folders in and out). Version 1 (dacp's own model file in and out) is retired.
+ */
 export interface TrainerJob {
   protocol: typeof TRAINER_PROTOCOL;
+  /** bootstrap: `initModelDir` holds fresh weights that dacp initialised from `settings.seed`. */
   stage: 'bootstrap' | 'dacp' | 'instruct';
-  /** Null only for `bootstrap`. */
-  initModel: string | null;
-  modelConfig: ModelConfig;
-  tokenizer: TokenizerJson;
-  data: TrainerLmData | TrainerSftData;
-  settings: TrainerSettings;
-  checkpointEvery: number;
-  checkpointDir: string;
-  resumeFrom: string | null;
-  outputModel: string;
-}
-
-/** Version 2, spoken by the Hugging Face engine (trainers/hf/): model folders in and out. */
-export const HF_TRAINER_PROTOCOL = 'dacp-trainer/2';
-
-export interface HfTrainerJob {
-  protocol: typeof HF_TRAINER_PROTOCOL;
-  stage: 'dacp' | 'instruct';
   /** A Hugging Face model folder (config.json, model.safetensors, tokenizer files). */
   initModelDir: string;
   /** Tokens per training row (the model's window, capped as the built-in engine caps it). */
@@ -79,7 +63,8 @@ export interface HfTrainerJob {
   resumeFrom: string | null;
   /** Where the trained model goes, as a plain model folder (LoRA merged in). */
   outputModelDir: string;
-  hf: {
+  /** The hf engine's own settings (trainers/hf/); absent for other trainers, and read as these defaults. */
+  hf?: {
     lora: { r: number; alpha: number; dropout: number; targetModules: string[] } | null;
     gradientCheckpointing: boolean;
     precision: 'auto' | 'fp32' | 'bf16';
@@ -237,7 +222,7 @@ export function parseTrainerLine(line: string): TrainerEvent {
 
 /**
  * The trainer's own report that training diverged, from the last lines of its stderr: a line
- * saying "training diverged at step N" (as the reference trainer writes before exiting 1). Null
+ * saying "training diverged at step N" (as the hf trainer writes before exiting 1). Null
  * when there is none: the exit then counts as an ordinary, retryable failure.
  */
 export function reportedDivergence(stderrTail: string): { step: number; line: string } | null {
@@ -288,7 +273,7 @@ export async function writeSftFile(file: string, examples: { prompt: number[]; r
   await writeFileAtomic(file, text);
 }
 
-async function sha256OfFile(file: string): Promise<string> {
+export async function sha256OfFile(file: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
   return hash.digest('hex');
@@ -300,7 +285,7 @@ async function sha256OfFile(file: string): Promise<string> {
 export interface ExternalTrainerOptions {
   /** argv; `--job <workDir>/job.json` is appended. */
   command: string[];
-  job: TrainerJob | HfTrainerJob;
+  job: TrainerJob;
   /** Scratch folder for this attempt: job.json goes here; the trainer's working directory. */
   workDir: string;
   /** Added to the worker's environment. */

@@ -142,7 +142,7 @@ export const EngineSpec = z.discriminatedUnion('kind', [
     .object({
       kind: z.literal('command'),
       /** argv of the trainer; `--job FILE` is appended. Relative paths resolve against the spec's folder. */
-      command: z.array(z.string().min(1)).min(1, 'give the trainer command, e.g. ["python3", "trainers/reference/dacp_trainer.py"]'),
+      command: z.array(z.string().min(1)).min(1, 'give the trainer command, e.g. ["python3", "my_trainer.py"]'),
       /**
        * Names of environment variables the trainer gets from the gpu worker's own environment (an
        * API token, say). Values never appear in a spec, so they never reach history, the database
@@ -390,13 +390,6 @@ export const RunSpec = z
         code: z.ZodIssueCode.custom,
         path: ['engine', 'parallel'],
         message: 'fsdp shards the model across processes, and engine.processes is 1; set processes to the number of GPUs to shard over (2 or more), or leave parallel at ddp',
-      });
-    }
-    if (spec.engine.kind === 'hf' && spec.baseModel.bootstrapIfMissing) {
-      ctx.addIssue({
-        code: z.ZodIssueCode.custom,
-        path: ['baseModel', 'bootstrapIfMissing'],
-        message: 'engine "hf" continues a model folder and cannot train a base from nothing; import one (`dacp models import NAME --from DIR --alias production`) and set this to false, or bootstrap with engine "builtin"',
       });
     }
     const candidates = replayRatios(spec).length * domainMixes(spec).length;

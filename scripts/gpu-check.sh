@@ -4,7 +4,8 @@
 #      PyTorch loop on the same model and batches (target: ≥ 0.9× its tokens/s).
 #   2. The engine is SIGKILLed after a checkpoint and resumed; the weights must equal an
 #      uninterrupted run's.
-#   3. tfjs-node-gpu is built (scripts/build-tfjs-node.sh --gpu) where node and the registries are
+#   3. With two or more GPUs, FSDP over all of them (at most 8): tokens/s.
+#   4. tfjs-node-gpu is built (scripts/build-tfjs-node.sh --gpu) where node and the registries are
 #      reachable, and says which backend it loads.
 # Prints one JSON line per part. Needs python with torch (CUDA), transformers and peft: the
 # project's .tools/venv, DACP_PYTHON, or python3. `--smoke` checks the script on a CPU.

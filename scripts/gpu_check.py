@@ -7,6 +7,8 @@
    tree: tokens/s of each and the ratio (target ≥ 0.9).
 3. The engine is SIGKILLed after a checkpoint and resumed: the final weights must equal those of an
    uninterrupted run (deterministic kernels).
+4. With two or more GPUs, FSDP over all of them (at most 8): tokens/s, and its losses against the
+   one-process run's.
 
 Prints one JSON object. `--smoke` runs a tiny shape in float32 on whatever device there is, to check
 the script itself on a machine without a GPU.
@@ -27,7 +29,6 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TRAINER = os.path.join(ROOT, "trainers", "hf", "dacp_hf_trainer.py")
-sys.path.insert(0, os.path.join(ROOT, "trainers", "reference"))
 sys.path.insert(0, os.path.join(ROOT, "trainers", "hf"))
 from dacp_data import lm_batches  # noqa: E402
 from dacp_hf_common import sha256_file as sha256  # noqa: E402
@@ -54,7 +55,7 @@ def write_tokens(path: str, n: int, vocab: int, seed: int) -> None:
     torch.randint(1, vocab, (n,), generator=g, dtype=torch.int32).numpy().tofile(path)
 
 
-def job(folder: str, work: str, name: str, steps: int, batch: int, context: int, precision: str, resume=None) -> str:
+def job(folder: str, work: str, name: str, steps: int, batch: int, context: int, precision: str, resume=None, parallel="ddp") -> str:
     spec = {
         "protocol": "dacp-trainer/2", "stage": "dacp", "initModelDir": folder, "contextLength": context,
         "data": {"kind": "lm", "domain": os.path.join(work, "domain.i32"), "replay": os.path.join(work, "replay.i32"), "replayRatio": 0.25},
@@ -62,7 +63,7 @@ def job(folder: str, work: str, name: str, steps: int, batch: int, context: int,
                      "weightDecay": 0.01, "gradClip": 1.0, "seed": 7},
         "checkpointEvery": max(1, steps // 3), "checkpointDir": os.path.join(work, name, "checkpoints"),
         "resumeFrom": resume, "outputModelDir": os.path.join(work, name, "model"),
-        "hf": {"lora": None, "gradientCheckpointing": False, "precision": precision},
+        "hf": {"lora": None, "gradientCheckpointing": False, "precision": precision, "parallel": parallel},
     }
     path = os.path.join(work, f"{name}.json")
     with open(path, "w") as f:
@@ -70,10 +71,12 @@ def job(folder: str, work: str, name: str, steps: int, batch: int, context: int,
     return path
 
 
-def run_engine(job_path: str, kill_after_checkpoint=False):
+def run_engine(job_path: str, kill_after_checkpoint=False, processes=1):
     """The trainer through the protocol: (events with arrival times, the SIGKILLed checkpoint or None)."""
     env = {**os.environ, "DACP_DETERMINISTIC": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    process = subprocess.Popen([sys.executable, TRAINER, "--job", job_path], stdout=subprocess.PIPE, stderr=sys.stderr,
+    launcher = [sys.executable] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    process = subprocess.Popen([*launcher, TRAINER, "--job", job_path], stdout=subprocess.PIPE, stderr=sys.stderr,
                                text=True, env=env, start_new_session=True)
     events = []
     for line in process.stdout:
@@ -151,6 +154,20 @@ def main() -> int:
     run_engine(job(folder, work, "resumed", steps, batch, context, precision, resume=checkpoint))
     whole = sha256(os.path.join(work, "engine", "model", "model.safetensors"))
     resumed = sha256(os.path.join(work, "resumed", "model", "model.safetensors"))
+
+    # FSDP over every GPU (two CPU processes under --smoke): speed, and losses against one process.
+    gpus = torch.cuda.device_count() if cuda else 0
+    fsdp = f"skipped: {gpus} GPU" if cuda and gpus < 2 else None
+    if fsdp is None:
+        processes = min(gpus, 8) if cuda else 2
+        sharded, _ = run_engine(job(folder, work, "fsdp", steps, batch * max(1, processes // 2), context, precision, parallel="fsdp"),
+                                processes=processes)
+        losses = {e["step"]: e["loss"] for _, e in events if e["event"] == "progress"}
+        fsdp = {"processes": processes, "batch": batch * max(1, processes // 2),
+                "tokensPerSec": round(engine_tokens_per_second(sharded, batch * max(1, processes // 2), context, warmup))}
+        if not cuda:  # the same batch as the one-process run: the losses must agree
+            fsdp["maxLossDiff"] = max(abs(e["loss"] - losses[e["step"]]) for _, e in sharded
+                                      if e["event"] == "progress" and e["step"] in losses)
     shutil.rmtree(work, ignore_errors=True)
 
     print(json.dumps({
@@ -162,6 +179,7 @@ def main() -> int:
         "engineTokensPerSec": round(engine), "plainTokensPerSec": round(plain), "ratio": round(engine / plain, 3),
         "ratioTarget": 0.9,
         "resumeExact": whole == resumed,
+        "fsdp": fsdp,
     }))
     return 0 if whole == resumed else 1
 

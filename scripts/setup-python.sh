@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up the project-local Python for the trainers (trainers/hf/, trainers/reference/):
+# Sets up the project-local Python for the Hugging Face engine (trainers/hf/):
 # a venv in .tools/venv with torch (CPU build), plus pinned transformers, tokenizers and safetensors
 # (and numpy, huggingface-hub) for the Hugging Face fixtures and checks (scripts/make-hf-fixtures.py,
 # scripts/hf-check.py). Idempotent: does nothing when torch and the pinned packages are already there.
@@ -50,7 +50,7 @@ EOF
 if ! has_torch; then
   command -v "$python" >/dev/null 2>&1 || fail "$python not found; install Python ≥ 3.10 or set PYTHON=/path/to/python3"
   "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
-    || fail "$("$python" --version 2>&1) is too old; the reference trainer needs Python ≥ 3.10"
+    || fail "$("$python" --version 2>&1) is too old; the hf engine needs Python ≥ 3.10"
   if [ ! -x "$venv/bin/python" ]; then
     mkdir -p "$root/.tools"
     "$python" -m venv "$venv" >&2 || fail "could not create $venv ('$python -m venv' failed; on Debian: apt-get install python3-venv)"

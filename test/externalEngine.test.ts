@@ -15,9 +15,10 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 
 const root = path.resolve(__dirname, '..');
 const python = path.join(root, '.tools', 'venv', 'bin', 'python');
-const trainer = path.join(root, 'trainers', 'reference', 'dacp_trainer.py');
+// Any program that speaks the protocol; here the hf engine's trainer, started as a plain command.
+const trainer = path.join(root, 'trainers', 'hf', 'dacp_hf_trainer.py');
 
-describe('external-command engine: the PyTorch reference trainer runs the training stages', () => {
+describe('external-command engine: a protocol trainer started by its command runs every training stage', () => {
   let h: Harness;
   let client: Client;
   let db: TestDatabase;
@@ -38,7 +39,7 @@ describe('external-command engine: the PyTorch reference trainer runs the traini
 
   const gpuWorker = () => h.spawnGpuWorker();
 
-  test('a run trains with the reference trainer, survives a killed worker through resumeFrom, and deploys', async () => {
+  test('a run bootstraps, pretrains and instructs with the command\'s trainer, survives a killed worker through resumeFrom, and deploys', async () => {
     const first = gpuWorker();
     const spec = parseRunSpec(
       tinySpec({
@@ -54,7 +55,7 @@ describe('external-command engine: the PyTorch reference trainer runs the traini
       if (s.state === 'failed') throw new GiveUp(String(s.metrics.error));
       const { rows } = await db.pool.query("SELECT max(step)::int AS step FROM checkpoints WHERE run_id = $1 AND stage = 'dacp'", [runId]);
       return rows[0].step !== null && rows[0].step >= 40 ? (rows[0].step as number) : undefined;
-    }, 'a dacp checkpoint from the reference trainer', 300_000, 50);
+    }, 'a dacp checkpoint from the command\'s trainer', 300_000, 50);
     first.kill('SIGKILL');
     await new Promise((resolve) => first.once('exit', resolve));
 
@@ -67,7 +68,7 @@ describe('external-command engine: the PyTorch reference trainer runs the traini
     expect(waiting.resumedFromStep).toBeGreaterThanOrEqual(killedAt);
     expect(waiting.attempts.dacp).toBeGreaterThanOrEqual(2);
     expect((waiting.metrics.dacp as { backend: string }).backend).toBe('command:python');
-    // The forgetting gate evaluated the PyTorch-trained model with the built-in engine: the format moves between engines.
+    // The forgetting gate evaluated the PyTorch-trained model with the built-in engine: models move between engines.
     expect(waiting.metrics.forgetting).toMatchObject({ round: 0 });
 
     await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });

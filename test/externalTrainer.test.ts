@@ -60,17 +60,16 @@ async function waitFor(condition: () => boolean, timeoutMs: number, what: () => 
 
 function jobIn(dir: string, over: Partial<TrainerJob> = {}): TrainerJob {
   return {
-    protocol: 'dacp-trainer/1',
+    protocol: 'dacp-trainer/2',
     stage: 'dacp',
-    initModel: path.join(dir, 'base.safetensors'),
-    modelConfig: { vocabSize: 258, contextLength: 64, dModel: 64, nLayers: 2, nHeads: 4 },
-    tokenizer: { kind: 'bytes', version: 1 },
+    initModelDir: path.join(dir, 'base'),
+    contextLength: 64,
     data: { kind: 'lm', domain: path.join(dir, 'domain.i32'), replay: path.join(dir, 'replay.i32'), replayRatio: 0.25 },
     settings: { totalSteps: 6, batchSize: 16, learningRate: 0.001, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0.01, gradClip: 1, seed: 1234 },
     checkpointEvery: 2,
     checkpointDir: path.join(dir, 'work', 'checkpoints'),
     resumeFrom: null,
-    outputModel: path.join(dir, 'work', 'model.safetensors'),
+    outputModelDir: path.join(dir, 'work', 'model'),
     ...over,
   };
 }
@@ -193,8 +192,8 @@ describe('runExternalTrainer', () => {
     const { done } = await runExternalTrainer(options);
 
     const job = options.job as TrainerJob;
-    const model = readFileSync(job.outputModel);
-    expect(done).toEqual({ event: 'done', step: 6, loss: 0.5, model: job.outputModel, sha256: sha256(model) });
+    const model = readFileSync(path.join(job.outputModelDir, 'model.safetensors'));
+    expect(done).toEqual({ event: 'done', step: 6, loss: 0.5, model: job.outputModelDir, sha256: sha256(model) });
     expect(events.filter((e) => e.event === 'progress').map((e) => e.step)).toEqual([1, 2, 3, 4, 5, 6]);
     const checkpoints = events.filter((e): e is Extract<TrainerEvent, { event: 'checkpoint' }> => e.event === 'checkpoint');
     expect(checkpoints.map((e) => e.step)).toEqual([2, 4, 6]);
@@ -360,7 +359,7 @@ describe('runExternalTrainer', () => {
     });
     await expect(runExternalTrainer(options)).rejects.toThrow('artifact store is full');
     expect(isGone(reportedPids[0] ?? 0)).toBe(true);
-    expect(existsSync((options.job as TrainerJob).outputModel)).toBe(false);
+    expect(existsSync((options.job as TrainerJob).outputModelDir)).toBe(false);
   });
 
   test('a command that cannot be started fails with TrainerExitError naming it', async () => {

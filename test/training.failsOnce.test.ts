@@ -14,7 +14,7 @@ import { startTrainingBench, type TrainingBench } from './helpers/trainingBench'
 
 const root = path.resolve(__dirname, '..');
 const python = path.join(root, '.tools', 'venv', 'bin', 'python');
-const referenceTrainer = path.join(root, 'trainers', 'reference', 'dacp_trainer.py');
+const pythonTrainer = path.join(root, 'trainers', 'hf', 'dacp_hf_trainer.py');
 
 const text = (i: number) => `Document ${i} says the cat sat on the mat and the dog sat on the log. `.repeat(4);
 
@@ -73,10 +73,10 @@ describe('a diverged loss fails the training activity once, naming the stage and
     expect(rows[0].step ?? 0).toBeLessThan(step);
   });
 
-  test('the command engine: the reference trainer reports divergence and the attempt fails the same way', async () => {
+  test('the command engine: a PyTorch trainer reports divergence and the attempt fails the same way', async () => {
     if (!existsSync(python)) throw new Error('no .tools/venv: run `bash scripts/setup-python.sh` (CI does)');
     process.env.DACP_TORCH_THREADS = '1';
-    const { attempt } = await divergingRun(bench.spec({ engine: { kind: 'command', command: [python, referenceTrainer] } }).engine);
+    const { attempt } = await divergingRun(bench.spec({ engine: { kind: 'command', command: [python, pythonTrainer] } }).engine);
     const { step } = expectDiverged(attempt.error);
     expect(step).toBeLessThanOrEqual(40);
     expect((attempt.error as Error).message).toMatch(/the trainer reports/);

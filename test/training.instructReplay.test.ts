@@ -19,7 +19,6 @@ import { startTrainingBench, type TrainingBench } from './helpers/trainingBench'
 
 const root = path.resolve(__dirname, '..');
 const python = path.join(root, '.tools', 'venv', 'bin', 'python');
-const referenceTrainer = path.join(root, 'trainers', 'reference', 'dacp_trainer.py');
 const tokenizer = new ByteTokenizer();
 const corpus = generateDemoCorpus({ seed: 5, domainDocs: 10, generalDocs: 60, instructionPairs: 40 });
 // Held-out general text: never trained on, by either stage.
@@ -32,7 +31,7 @@ let pairs: DatasetRef;
 
 beforeAll(async () => {
   bench = await startTrainingBench();
-  process.env.DACP_TORCH_THREADS = '1'; // the reference trainer shares the host's few cores
+  process.env.DACP_TORCH_THREADS = '1'; // the hf trainer shares the host's few cores
   replay = await bench.dataset('replay', corpus.general.slice(0, 45));
   pairs = await bench.pairs(corpus.instructions);
   // A base that has learnt general text, so instruction tuning has something to forget.
@@ -81,10 +80,10 @@ async function generalPerplexity(model: ArtifactRef): Promise<number> {
 const engines: [string, () => RunSpec['engine']][] = [
   ['the built-in engine', () => ({ kind: 'builtin' })],
   [
-    'the reference trainer',
+    'the hf engine',
     () => {
       if (!existsSync(python)) throw new Error('no .tools/venv: run `bash scripts/setup-python.sh` (CI does)');
-      return bench.spec({ engine: { kind: 'command', command: [python, referenceTrainer] } }).engine;
+      return bench.spec({ engine: { kind: 'hf' } }).engine;
     },
   ],
 ];
@@ -113,17 +112,30 @@ describe('instructionTune with replayRatio mixes general text into SFT', () => {
     expect(await weightsOf(await tune(engine, { replay, replayRatio: 0.5 }))).not.toBe(pure);
   }, 120_000);
 
-  test('the reference trainer gets the replay file and ratio in its job only when the ratio is above 0', async () => {
-    const engine = engines[1]?.[1]() as RunSpec['engine'];
+  test('a protocol trainer gets the replay file and ratio in its job only when the ratio is above 0 (the job is kept beside the attempt\'s log)', async () => {
+    if (!existsSync(python)) throw new Error('no .tools/venv: run `bash scripts/setup-python.sh` (CI does)');
+    // The command engine runs the hf trainer behind a wrapper that first copies the attempt's folder
+    // (job and data files) aside: dacp deletes that folder once the model is stored.
+    const copies = await fs.mkdtemp(path.join(bench.deps.logsDir as string, 'job-copies-'));
+    const trainer = path.join(root, 'trainers', 'hf', 'dacp_hf_trainer.py');
+    const wrapper = `d=$(mktemp -d ${copies}/job-XXXXXX) && cp -r "$(dirname "$2")"/. "$d" && exec ${python} ${trainer} "$@"`;
+    const engine = bench.spec({ engine: { kind: 'command', command: ['sh', '-c', wrapper, 'sh'] } }).engine;
     const jobOf = async (over: Partial<InstructionTuneInput>): Promise<Record<string, unknown>> => {
+      for (const old of await fs.readdir(copies)) await fs.rm(path.join(copies, old), { recursive: true });
       const runId = await bench.newRun('instruct-job');
       const attempt = await bench.attempt(() =>
         bench.activities.instructionTune({ runId, spec: instructSpec(engine), baseDir: root, model: pretrained, pairs, ...over }),
       );
       if (attempt.result === undefined) throw attempt.error;
-      const work = path.join(bench.deps.logsDir as string, runId, 'work', 'instruct-0-attempt-1');
-      const job = JSON.parse(await fs.readFile(path.join(work, 'job.json'), 'utf8')) as { data: Record<string, unknown> };
-      return job.data;
+      // The job is also kept beside the attempt's stderr log.
+      const kept = JSON.parse(await fs.readFile(path.join(bench.deps.logsDir as string, runId, 'instruct-0-attempt-1.job.json'), 'utf8')) as { data: Record<string, unknown> };
+      const [copy] = await fs.readdir(copies);
+      const job = JSON.parse(await fs.readFile(path.join(copies, copy as string, 'job.json'), 'utf8')) as { data: Record<string, unknown> };
+      expect(kept).toEqual(job);
+      const data = { ...job.data };
+      // Paths inside the (deleted) attempt folder point at the copy.
+      for (const key of ['examples', 'replay']) if (typeof data[key] === 'string') data[key] = path.join(copies, copy as string, path.basename(data[key] as string));
+      return data;
     };
     const pure = await jobOf({ replay, replayRatio: 0 });
     expect(Object.keys(pure).sort()).toEqual(['eosId', 'examples', 'kind', 'padId']);

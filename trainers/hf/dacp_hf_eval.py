@@ -45,7 +45,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 from dacp_data import derive_seed, mulberry32  # noqa: E402
 
 MODELS = {}

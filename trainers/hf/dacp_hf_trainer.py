@@ -56,15 +56,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 from dacp_data import lm_batches, read_sft_examples, read_token_stream, sft_batches  # noqa: E402
 
 PROTOCOL = "dacp-trainer/2"
 # How several processes share the work: DDP (a whole model per process) or FSDP (each process holds
 # a shard of the weights, gradients and optimizer state, for models that do not fit one device).
 PARALLEL = ("ddp", "fsdp")
-STAGES = ("dacp", "instruct")
+STAGES = ("bootstrap", "dacp", "instruct")
+# A job without "hf" (any other trainer's job) gets these: full fine-tuning in float32 or bf16 autocast.
+HF_DEFAULTS = {"lora": None, "gradientCheckpointing": False, "precision": "auto", "parallel": "ddp"}
 CHECKPOINT_FORMAT = "dacp-hf-checkpoint/1"
 ADAM = {"beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8}  # ml/train.ts ADAM
 PROGRESS_SECONDS = 2.0
@@ -120,9 +120,8 @@ def read_job(path: str) -> dict:
 
     need(isinstance(job, dict), "is not a JSON object")
     need(job.get("protocol") == PROTOCOL, f'"protocol" must be "{PROTOCOL}", got {job.get("protocol")!r}')
-    need(job.get("stage") in STAGES, f'"stage" must be one of {", ".join(STAGES)}, got {job.get("stage")!r} '
-         "(this engine starts from a model folder; bootstrap a model with the built-in engine)")
-    for key in ("initModelDir", "contextLength", "data", "settings", "checkpointEvery", "checkpointDir", "outputModelDir", "hf"):
+    need(job.get("stage") in STAGES, f'"stage" must be one of {", ".join(STAGES)}, got {job.get("stage")!r}')
+    for key in ("initModelDir", "contextLength", "data", "settings", "checkpointEvery", "checkpointDir", "outputModelDir"):
         need(key in job, f'"{key}" is missing')
     settings = job["settings"]
     need(isinstance(settings, dict) and all(k in settings for k in SETTING_KEYS), f'"settings" needs {", ".join(SETTING_KEYS)}')
@@ -133,7 +132,7 @@ def read_job(path: str) -> dict:
          "every process needs at least one row of each batch (raise batchSize or lower engine.processes)")
     need(isinstance(job["checkpointEvery"], int) and job["checkpointEvery"] >= 1, '"checkpointEvery" must be a positive integer')
     need(isinstance(job["data"], dict) and job["data"].get("kind") in ("lm", "sft"), 'data.kind must be "lm" or "sft"')
-    hf = job["hf"]
+    hf = job.setdefault("hf", dict(HF_DEFAULTS))
     need(isinstance(hf, dict), '"hf" must be an object')
     need(hf.get("precision", "auto") in ("auto", "fp32", "bf16"), 'hf.precision must be "auto", "fp32" or "bf16"')
     need(hf.get("parallel", "ddp") in PARALLEL, 'hf.parallel must be "ddp" or "fsdp"')
@@ -142,10 +141,18 @@ def read_job(path: str) -> dict:
         need(isinstance(lora, dict) and isinstance(lora.get("r"), int) and lora["r"] > 0, "hf.lora.r must be a positive integer")
         need(isinstance(lora.get("targetModules"), list) and all(isinstance(m, str) for m in lora["targetModules"]),
              "hf.lora.targetModules must be a list of module names")
+    if job["data"]["kind"] == "lm" and "domainParts" in job["data"]:
+        parts = job["data"]["domainParts"]
+        need(isinstance(parts, list) and len(parts) > 0 and all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("tokens"), str)
+            and isinstance(p.get("weight"), (int, float)) and not isinstance(p.get("weight"), bool) and p["weight"] >= 0
+            for p in parts), 'data.domainParts must be a list of {"name", "tokens": file, "weight" ≥ 0}')
     if job["data"]["kind"] == "sft":
         ratio = job["data"].get("replayRatio", 0)
         need(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio < 1,
              f"data.replayRatio must be a number in [0, 1), got {ratio!r}")
+        need(ratio == 0 or isinstance(job["data"].get("replay"), str),
+             f"data.replayRatio is {ratio} but data.replay names no token file; give one or set replayRatio to 0")
     return job
 
 
