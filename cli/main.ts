@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { Command, CommanderError } from 'commander';
 import type { Client } from '@temporalio/client';
 import type { PipelineResult } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
@@ -25,55 +25,17 @@ import {
   waitForResult,
 } from './runs';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
-import { exportModel, formatModels, importModel, listModels } from './models';
+import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
 import { formatStatus, type RunContext } from './status';
 
-const USAGE = `dacp — durable domain-adaptive continual pretraining on Temporal
-
-  dacp demo [--prepare DIR] [--base DIR]
-                                       the whole lifecycle on generated demo data (embedded engine + DB);
-                                       --base adapts your own Hugging Face model folder (GPT-2 or Llama family)
-  dacp dev                             dev server + both workers, foreground
-  dacp server                          dev server (+ embedded Postgres without DATABASE_URL), foreground
-  dacp worker --queue control|gpu      one worker, foreground
-  dacp migrate                         apply database migrations
-  dacp run start --spec FILE [--id ID] [--as PRINCIPAL] [--wait] [--json]
-  dacp run status ID [--json]
-  dacp run list [--json]
-  dacp run cancel ID
-  dacp approval show ID [--json]       what approvers vote on: hashes, reports, samples, votes, time left
-  dacp approve ID --as PRINCIPAL [--comment TEXT]
-  dacp reject ID --as PRINCIPAL --reason TEXT [--comment TEXT]
-  dacp audit export ID [--out FILE]
-  dacp audit verify FILE
-  dacp models list [--json]            registered versions, newest first
-  dacp models import NAME --from DIR [--alias ALIAS] [--json]
-                                       register a local Hugging Face model folder (GPT-2 or Llama family)
-  dacp models export VERSION|ALIAS --out DIR [--json]
-                                       write a registered model out as a Hugging Face folder
-
+const ENVIRONMENT = `
 State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
-server on 127.0.0.1:DACP_TEMPORAL_PORT, 7233). Database: DATABASE_URL (default: embedded PostgreSQL).`;
-
-type Flags = Record<string, string | boolean | undefined>;
-
-function parse(args: string[], options: Record<string, { type: 'string' | 'boolean' }>): { flags: Flags; positionals: string[] } {
-  try {
-    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
-    return { flags: values as Flags, positionals };
-  } catch (err) {
-    throw new InputError(`${(err as Error).message.split('\n')[0]}; see \`dacp --help\``);
-  }
-}
+server on 127.0.0.1:DACP_TEMPORAL_PORT, 7233). Database: DATABASE_URL (default: embedded PostgreSQL).
+`;
 
 function need(value: string | boolean | undefined, what: string): string {
   if (typeof value !== 'string' || value.length === 0) throw new InputError(`missing ${what}; see \`dacp --help\``);
   return value;
-}
-
-function onePositional(positionals: string[], what: string): string {
-  if (positionals.length !== 1) throw new InputError(`expected exactly one ${what}, got ${positionals.length}; see \`dacp --help\``);
-  return positionals[0];
 }
 
 async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
@@ -162,40 +124,46 @@ async function serve(withWorkers: boolean): Promise<void> {
   console.log('stopped');
 }
 
-async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  switch (command) {
-    case undefined:
-    case '-h':
-    case '--help':
-    case 'help':
-      console.log(USAGE);
-      return 0;
+/** The exit code an action settles on (0 unless it says otherwise). */
+let exitCode = 0;
 
-    case 'demo': {
-      const { flags } = parse(rest, { prepare: { type: 'string' }, base: { type: 'string' } });
-      if (flags.prepare !== undefined) {
-        const spec = prepareDemo(path.resolve(need(flags.prepare, '--prepare DIR')));
+/** A command's options as commander parsed them. */
+type Options = Record<string, string | boolean | undefined>;
+
+function program(): Command {
+  const dacp = new Command('dacp')
+    .description('durable domain-adaptive continual pretraining on Temporal')
+    .addHelpText('after', ENVIRONMENT)
+    .exitOverride()
+    .configureOutput({
+      // One line, "dacp: …", as every other refusal reads.
+      outputError: (text, write) =>
+        write(`dacp: ${text.replace(/^error: /, '').trim().replace(/\s*\n\s*/g, ' ').replace(/\.$/, '')}; see \`dacp --help\`\n`),
+    });
+  dacp.configureHelp({ sortSubcommands: false });
+
+  dacp
+    .command('demo')
+    .description('the whole lifecycle on generated demo data (embedded engine + DB)')
+    .option('--prepare <dir>', 'only write the demo data and spec to DIR')
+    .option('--base <dir>', 'adapt your own Hugging Face model folder (GPT-2 or Llama family)')
+    .action(async (o: Options) => {
+      if (o.prepare !== undefined) {
+        const spec = prepareDemo(path.resolve(need(o.prepare, '--prepare DIR')));
         console.log(`demo data and spec written: ${spec}`);
-        return 0;
+        return;
       }
-      const result = await runDemo(console.log, flags.base !== undefined ? { base: path.resolve(need(flags.base, '--base DIR')) } : {});
-      return result.state === 'completed' ? 0 : 1;
-    }
-
-    case 'server':
-      parse(rest, {});
-      await serve(false);
-      return 0;
-
-    case 'dev':
-      parse(rest, {});
-      await serve(true);
-      return 0;
-
-    case 'worker': {
-      const { flags } = parse(rest, { queue: { type: 'string' } });
-      const queue = need(flags.queue, '--queue control|gpu');
+      const result = await runDemo(console.log, o.base !== undefined ? { base: path.resolve(need(o.base, '--base DIR')) } : {});
+      exitCode = result.state === 'completed' ? 0 : 1;
+    });
+  dacp.command('dev').description('dev server + both workers, foreground').action(() => serve(true));
+  dacp.command('server').description('dev server (+ embedded Postgres without DATABASE_URL), foreground').action(() => serve(false));
+  dacp
+    .command('worker')
+    .description('one worker, foreground')
+    .requiredOption('--queue <queue>', 'control or gpu')
+    .action(async (o: Options) => {
+      const queue = need(o.queue, '--queue control|gpu');
       if (queue !== 'control' && queue !== 'gpu') throw new InputError(`--queue must be control or gpu, not "${queue}"`);
       const db = await openDatabase();
       try {
@@ -211,137 +179,111 @@ async function main(argv: string[]): Promise<number> {
       } finally {
         await db.close();
       }
-      return 0;
-    }
-
-    case 'migrate': {
-      parse(rest, {});
+    });
+  dacp
+    .command('migrate')
+    .description('apply database migrations')
+    .action(async () => {
       const db = await openDatabase();
       await db.close();
       console.log('migrations applied');
-      return 0;
-    }
+    });
 
-    case 'run':
-      return runCommand(rest);
+  runCommands(dacp.command('run').description('start, watch, list and cancel runs'));
 
-    case 'approval': {
-      const [sub, ...args] = rest;
-      if (sub !== 'show') throw new InputError('usage: dacp approval show ID [--json]');
-      const { flags, positionals } = parse(args, { json: { type: 'boolean' } });
-      const runId = checkRunId(onePositional(positionals, 'run id'));
+  dacp
+    .command('approval')
+    .description('the approval gate')
+    .command('show')
+    .description('what approvers vote on: hashes, reports, samples, votes, time left')
+    .argument('<id>', 'run id')
+    .option('--json', 'as JSON')
+    .action(async (id: string, o: Options) => {
+      const runId = checkRunId(id);
       const view = await withClient((client) => approvalView(client, runId, { artifactsDir: artifactsDir() }));
-      print(Boolean(flags.json), view, () => formatApprovalView(view));
-      return 0;
-    }
-
-    case 'approve':
-    case 'reject': {
-      const { flags, positionals } = parse(rest, { as: { type: 'string' }, comment: { type: 'string' }, reason: { type: 'string' } });
-      const runId = checkRunId(onePositional(positionals, 'run id'));
-      const principal = need(flags.as, '--as PRINCIPAL');
-      const reason = command === 'reject' ? need(flags.reason, '--reason TEXT') : undefined;
-      const outcome = await withClient((client) =>
-        decide(client, { runId, principal, decision: command, comment: flags.comment as string | undefined, reason }),
-      );
+      print(Boolean(o.json), view, () => formatApprovalView(view));
+    });
+  for (const decision of ['approve', 'reject'] as const) {
+    const command = dacp
+      .command(decision)
+      .description(decision === 'approve' ? 'vote for a run waiting at its gate' : 'vote against a run waiting at its gate')
+      .argument('<id>', 'run id')
+      .option('--as <principal>', 'who votes')
+      .option('--comment <text>', 'a comment kept with the vote');
+    if (decision === 'reject') command.option('--reason <text>', 'why (required)');
+    command.action(async (id: string, o: Options) => {
+      const runId = checkRunId(id);
+      const principal = need(o.as, '--as PRINCIPAL');
+      const reason = decision === 'reject' ? need(o.reason, '--reason TEXT') : undefined;
+      const outcome = await withClient((client) => decide(client, { runId, principal, decision, comment: o.comment as string | undefined, reason }));
       console.log(
-        command === 'approve'
+        decision === 'approve'
           ? `approved run ${runId} as ${principal}${outcome.quorum ? ` (${outcome.approvals} of ${outcome.quorum})` : ''}`
           : `rejected run ${runId} as ${principal}`,
       );
-      return 0;
-    }
+    });
+  }
 
-    case 'audit': {
-      const [sub, ...args] = rest;
-      if (sub === 'export') {
-        const { flags, positionals } = parse(args, { out: { type: 'string' } });
-        const runId = checkRunId(onePositional(positionals, 'run id'));
-        const db = await openDatabase();
-        try {
-          const bundle = await withClient((client) => exportAudit(client, db.pool, runId));
-          const text = JSON.stringify(bundle, null, 2) + '\n';
-          if (typeof flags.out === 'string') {
-            writeFileSync(flags.out, text);
-            console.log(`audit bundle for ${runId} written to ${flags.out} (sha256 ${bundle.sha256})`);
-          } else {
-            process.stdout.write(text);
-          }
-        } finally {
-          await db.close();
-        }
-        return 0;
-      }
-      if (sub === 'verify') {
-        const { positionals } = parse(args, {});
-        const file = onePositional(positionals, 'bundle file');
-        let bundle: unknown;
-        try {
-          bundle = JSON.parse(readFileSync(file, 'utf8'));
-        } catch (err) {
-          throw new InputError(`cannot read audit bundle ${file}: ${(err as Error).message.split('\n')[0]}`);
-        }
-        const verdict = verifyAudit(bundle);
-        console.log(verdict.ok ? `audit bundle ${file}: verified` : `audit bundle ${file}: NOT verified — ${verdict.problems.join('; ')}`);
-        return verdict.ok ? 0 : 1;
-      }
-      throw new InputError('usage: dacp audit export ID [--out FILE] | dacp audit verify FILE');
-    }
-
-    case 'models': {
-      const [sub, ...args] = rest;
-      const usage = 'usage: dacp models list [--json] | dacp models import NAME --from DIR [--alias ALIAS] | dacp models export VERSION|ALIAS --out DIR';
-      if (!['list', 'import', 'export'].includes(sub ?? '')) throw new InputError(usage);
-      const options = { json: { type: 'boolean' }, from: { type: 'string' }, alias: { type: 'string' }, out: { type: 'string' } } as const;
-      const { flags, positionals } = parse(args, sub === 'list' ? { json: options.json } : sub === 'import' ? { json: options.json, from: options.from, alias: options.alias } : { json: options.json, out: options.out });
-      const home = dacpHome();
-      const db = await openDatabase(home);
-      const ctx = { pool: db.pool, artifactsDir: artifactsDir(home) };
+  const audit = dacp.command('audit').description("a run's audit bundle");
+  audit
+    .command('export')
+    .description("write a run's audit bundle (stdout, or --out FILE)")
+    .argument('<id>', 'run id')
+    .option('--out <file>', 'write to FILE')
+    .action(async (id: string, o: Options) => {
+      const runId = checkRunId(id);
+      const db = await openDatabase();
       try {
-        if (sub === 'list') {
-          const models = await listModels(ctx);
-          print(Boolean(flags.json), models, () => formatModels(models));
-        } else if (sub === 'import') {
-          const name = onePositional(positionals, 'model name');
-          const result = await importModel(ctx, { name, from: need(flags.from, '--from DIR'), ...(typeof flags.alias === 'string' ? { alias: flags.alias } : {}) });
-          print(Boolean(flags.json), result, () =>
-            `${result.existed ? 'already imported as' : 'imported'} ${result.versionId} (${result.family}, ${result.parameters} parameters, stored ${result.dtype})${result.alias ? `; ${result.alias} → ${result.versionId} (was ${result.previousVersionId ?? 'unset'})` : ''}`,
-          );
+        const bundle = await withClient((client) => exportAudit(client, db.pool, runId));
+        const text = JSON.stringify(bundle, null, 2) + '\n';
+        if (typeof o.out === 'string') {
+          writeFileSync(o.out, text);
+          console.log(`audit bundle for ${runId} written to ${o.out} (sha256 ${bundle.sha256})`);
         } else {
-          const ref = onePositional(positionals, 'model version or alias');
-          const result = await exportModel(ctx, { ref, out: need(flags.out, '--out DIR') });
-          print(Boolean(flags.json), result, () => [`exported ${result.versionId} to ${result.out}, verified:`, ...Object.entries(result.files).map(([f, sha]) => `  ${f.padEnd(24)} sha256 ${sha}`)].join('\n'));
+          process.stdout.write(text);
         }
       } finally {
         await db.close();
       }
-      return 0;
-    }
+    });
+  audit
+    .command('verify')
+    .description('check an audit bundle offline')
+    .argument('<file>', 'bundle file')
+    .action((file: string) => {
+      let bundle: unknown;
+      try {
+        bundle = JSON.parse(readFileSync(file, 'utf8'));
+      } catch (err) {
+        throw new InputError(`cannot read audit bundle ${file}: ${(err as Error).message.split('\n')[0]}`);
+      }
+      const verdict = verifyAudit(bundle);
+      console.log(verdict.ok ? `audit bundle ${file}: verified` : `audit bundle ${file}: NOT verified — ${verdict.problems.join('; ')}`);
+      exitCode = verdict.ok ? 0 : 1;
+    });
 
-    default:
-      throw new InputError(`unknown command "${command}"; see \`dacp --help\``);
-  }
+  modelCommands(dacp.command('models').description('the model registry: versions, lineage, aliases'));
+  return dacp;
 }
 
-async function runCommand(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
-  switch (sub) {
-    case 'start': {
-      const { flags } = parse(rest, {
-        spec: { type: 'string' },
-        id: { type: 'string' },
-        as: { type: 'string' },
-        wait: { type: 'boolean' },
-        json: { type: 'boolean' },
-      });
-      const { spec, baseDir } = loadSpecFile(need(flags.spec, '--spec FILE'));
+function runCommands(run: Command): void {
+  run
+    .command('start')
+    .description('start a run of a spec')
+    .option('--spec <file>', 'the run spec (JSON)')
+    .option('--id <id>', 'the run id (default: generated)')
+    .option('--as <principal>', 'who starts it')
+    .option('--wait', 'wait for the outcome')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const { spec, baseDir } = loadSpecFile(need(o.spec, '--spec FILE'));
       await preflightSources(spec, baseDir);
-      const initiator = typeof flags.as === 'string' ? flags.as : defaultPrincipal();
+      const initiator = typeof o.as === 'string' ? o.as : defaultPrincipal();
       checkQuorumReachable(spec, initiator);
-      return withRuns(async (ctx) => {
-        const runId = await startRun(ctx, { spec, baseDir, runId: flags.id as string | undefined, initiator });
-        if (!flags.wait) {
-          print(Boolean(flags.json), { runId }, () => runId);
+      exitCode = await withRuns(async (ctx) => {
+        const runId = await startRun(ctx, { spec, baseDir, runId: o.id as string | undefined, initiator });
+        if (!o.wait) {
+          print(Boolean(o.json), { runId }, () => runId);
           return 0;
         }
         let result: PipelineResult | undefined;
@@ -351,35 +293,145 @@ async function runCommand(argv: string[]): Promise<number> {
           // The run failed or was cancelled: its status says how.
         }
         const status = await runStatus(ctx, runId);
-        print(Boolean(flags.json), status, () => `${runId} ${status.state}${result?.versionId ? ` — deployed ${result.versionId}` : ''}`);
+        print(Boolean(o.json), status, () => `${runId} ${status.state}${result?.versionId ? ` — deployed ${result.versionId}` : ''}`);
         return status.state === 'completed' ? 0 : 1;
       });
-    }
-    case 'status': {
-      const { flags, positionals } = parse(rest, { json: { type: 'boolean' } });
-      const runId = checkRunId(onePositional(positionals, 'run id'));
-      const status = await statusWithoutServer(runId);
-      print(Boolean(flags.json), status, () => formatStatus(status));
-      return 0;
-    }
-    case 'list': {
-      const { flags } = parse(rest, { json: { type: 'boolean' } });
+    });
+  run
+    .command('status')
+    .description("a run's stage, progress, figures and gates")
+    .argument('<id>', 'run id')
+    .option('--json', 'as JSON')
+    .action(async (id: string, o: Options) => {
+      const status = await statusWithoutServer(checkRunId(id));
+      print(Boolean(o.json), status, () => formatStatus(status));
+    });
+  run
+    .command('list')
+    .description('runs, newest first')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
       const runs = await withClient((client) => listRuns(client));
-      print(Boolean(flags.json), runs, () =>
+      print(Boolean(o.json), runs, () =>
         runs.length === 0 ? 'no runs yet' : runs.map((r) => `${r.runId.padEnd(40)} ${(r.state ?? r.status).padEnd(18)} ${r.stage ?? ''}`).join('\n'),
       );
-      return 0;
-    }
-    case 'cancel': {
-      const { positionals } = parse(rest, {});
-      const runId = checkRunId(onePositional(positionals, 'run id'));
+    });
+  run
+    .command('cancel')
+    .description('cancel a run (training stops at its next checkpoint)')
+    .argument('<id>', 'run id')
+    .action(async (id: string) => {
+      const runId = checkRunId(id);
       await withRuns((ctx) => cancelRun(ctx, runId));
       console.log(`cancellation requested for run ${runId}`);
-      return 0;
-    }
-    default:
-      throw new InputError('usage: dacp run start|status|list|cancel …; see `dacp --help`');
+    });
+}
+
+/** The home's registry (database and artifacts), for the models commands. */
+async function withRegistry<T>(fn: (ctx: { pool: import('pg').Pool; artifactsDir: string }) => Promise<T>): Promise<T> {
+  const home = dacpHome();
+  const db = await openDatabase(home);
+  try {
+    return await fn({ pool: db.pool, artifactsDir: artifactsDir(home) });
+  } finally {
+    await db.close();
   }
+}
+
+function modelCommands(models: Command): void {
+  models
+    .command('list')
+    .description('registered versions, newest first')
+    .option('--json', 'as JSON')
+    .action((o: Options) =>
+      withRegistry(async (ctx) => {
+        const list = await listModels(ctx);
+        print(Boolean(o.json), list, () => formatModels(list));
+      }),
+    );
+  models
+    .command('show')
+    .description('one version: lineage back to the first base, datasets, evaluations, approvals, deploy history')
+    .argument('<version>', 'a version id or an alias')
+    .option('--json', 'as JSON')
+    .action((ref: string, o: Options) =>
+      withRegistry(async (ctx) => {
+        const shown = await showModel(ctx, ref);
+        print(Boolean(o.json), shown, () => formatModel(shown));
+      }),
+    );
+  models
+    .command('import')
+    .description('register a local Hugging Face model folder (GPT-2 or Llama family)')
+    .argument('<name>', 'the registry name')
+    .option('--from <dir>', 'the model folder')
+    .option('--alias <alias>', 'point this alias at it')
+    .option('--json', 'as JSON')
+    .action((name: string, o: Options) =>
+      withRegistry(async (ctx) => {
+        const result = await importModel(ctx, { name, from: need(o.from, '--from DIR'), ...(typeof o.alias === 'string' ? { alias: o.alias } : {}) });
+        print(Boolean(o.json), result, () =>
+          `${result.existed ? 'already imported as' : 'imported'} ${result.versionId} (${result.family}, ${result.parameters} parameters, stored ${result.dtype})${result.alias ? `; ${result.alias} → ${result.versionId} (was ${result.previousVersionId ?? 'unset'})` : ''}`,
+        );
+      }),
+    );
+  models
+    .command('export')
+    .description('write a registered model out as a Hugging Face folder')
+    .argument('<version>', 'a version id or an alias')
+    .option('--out <dir>', 'the folder to write')
+    .option('--json', 'as JSON')
+    .action((ref: string, o: Options) =>
+      withRegistry(async (ctx) => {
+        const result = await exportModel(ctx, { ref, out: need(o.out, '--out DIR') });
+        print(Boolean(o.json), result, () => [`exported ${result.versionId} to ${result.out}, verified:`, ...Object.entries(result.files).map(([f, sha]) => `  ${f.padEnd(24)} sha256 ${sha}`)].join('\n'));
+      }),
+    );
+  models
+    .command('promote')
+    .description('point an alias (production by default) at a version, atomically and audited')
+    .argument('<version>', 'a version id')
+    .option('--alias <alias>', 'the alias to move', 'production')
+    .option('--as <principal>', 'who moves it')
+    .option('--note <text>', 'why, kept in the history')
+    .option('--json', 'as JSON')
+    .action((versionId: string, o: Options) =>
+      withRegistry(async (ctx) => {
+        const moved = await promoteModel(ctx, { versionId, alias: o.alias as string, actor: need(o.as, '--as PRINCIPAL'), note: o.note as string | undefined });
+        print(Boolean(o.json), moved, () => formatAliasMove(moved));
+      }),
+    );
+  models
+    .command('rollback')
+    .description('point an alias back at the version it served before its last move')
+    .option('--alias <alias>', 'the alias to move', 'production')
+    .option('--as <principal>', 'who moves it')
+    .option('--note <text>', 'why, kept in the history')
+    .option('--json', 'as JSON')
+    .action((o: Options) =>
+      withRegistry(async (ctx) => {
+        const moved = await rollbackAlias(ctx, { alias: o.alias as string, actor: need(o.as, '--as PRINCIPAL'), note: o.note as string | undefined });
+        print(Boolean(o.json), moved, () => formatAliasMove(moved));
+      }),
+    );
+}
+
+async function main(argv: string[]): Promise<number> {
+  const dacp = program();
+  if (argv.length === 0) {
+    dacp.outputHelp();
+    return 0;
+  }
+  try {
+    await dacp.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are not errors; anything else commander refused was already printed.
+      return err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version' ? 0 : 2;
+    }
+    throw err;
+  }
+  return exitCode;
 }
 
 main(process.argv.slice(2)).then(

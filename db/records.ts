@@ -366,7 +366,16 @@ export class AliasMovedError extends Error {
  */
 export async function moveAlias(
   client: PoolClient,
-  d: { runId: string; alias: string; versionId: string; expectedTarget?: string | null },
+  d: {
+    runId: string;
+    alias: string;
+    versionId: string;
+    expectedTarget?: string | null;
+    /** What moved it (a run's deploy by default), who, and why: the alias's history. */
+    kind?: AliasMoveKind;
+    actor?: string;
+    note?: string;
+  },
 ): Promise<{ deploymentId: number; previousVersionId: string | null }> {
   const done = await client.query(
     `SELECT id, previous_version_id FROM deployments WHERE run_id = $1 AND alias = $2`,
@@ -386,10 +395,46 @@ export async function moveAlias(
     [d.alias, d.versionId],
   );
   const inserted = await client.query(
-    `INSERT INTO deployments (run_id, alias, version_id, previous_version_id) VALUES ($1, $2, $3, $4) RETURNING id`,
-    [d.runId, d.alias, d.versionId, previousVersionId],
+    `INSERT INTO deployments (run_id, alias, version_id, previous_version_id, kind, actor, note) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+    [d.runId, d.alias, d.versionId, previousVersionId, d.kind ?? 'deploy', d.actor ?? null, d.note ?? null],
   );
   return { deploymentId: Number(inserted.rows[0].id), previousVersionId };
+}
+
+export type AliasMoveKind = 'deploy' | 'import' | 'promote' | 'rollback';
+
+export interface AliasMove {
+  id: number;
+  alias: string;
+  versionId: string;
+  previousVersionId: string | null;
+  kind: AliasMoveKind;
+  runId: string;
+  actor: string | null;
+  note: string | null;
+  at: string;
+}
+
+function toAliasMove(r: Record<string, unknown>): AliasMove {
+  return {
+    id: Number(r.id),
+    alias: r.alias as string,
+    versionId: r.version_id as string,
+    previousVersionId: (r.previous_version_id as string | null) ?? null,
+    kind: r.kind as AliasMoveKind,
+    runId: r.run_id as string,
+    actor: (r.actor as string | null) ?? null,
+    note: (r.note as string | null) ?? null,
+    at: (r.created_at as Date).toISOString(),
+  };
+}
+
+/** Every move of an alias, oldest first (or every move to or from a version, with `versionId`). */
+export async function aliasHistory(db: Queryable, o: { alias?: string; versionId?: string }): Promise<AliasMove[]> {
+  const { rows } = o.alias !== undefined
+    ? await db.query('SELECT * FROM deployments WHERE alias = $1 ORDER BY id', [o.alias])
+    : await db.query('SELECT * FROM deployments WHERE version_id = $1 OR previous_version_id = $1 ORDER BY id', [o.versionId]);
+  return rows.map(toAliasMove);
 }
 
 /** Every database row that belongs to a run, for the audit bundle. */

@@ -9,6 +9,7 @@ import { sftExamplesOf, writeDataset } from '../activities/datasets';
 import { initBackend } from '../ml/backend';
 import { encodeInstructionPrompt, formatInstructionPrompt } from '../ml/mixing';
 import { readHfFolder } from '../ml/hfFolder';
+import type { ShownModel } from '../cli/models';
 import { decide, runStatus, startRun } from '../cli/runs';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
@@ -258,6 +259,55 @@ withTransformers('dacp models import / export with a model made by transformers'
     expect(again.stdout).toMatch(/^already imported as tiny-gpt2:v1 .*; production → tiny-gpt2:v1 \(was tiny-gpt2-telecom:v1\)$/m);
     const after = JSON.parse(dacp('models', 'list', '--json').stdout) as { versionId: string; aliases: string[] }[];
     expect(after.find((m) => m.aliases.includes('production'))?.versionId).toBe('tiny-gpt2:v1');
+  });
+
+  test('models show: lineage back to the first base, datasets, gates, approvals and alias history; promote and rollback move the alias, audited', async () => {
+    // The state the test above left: tiny-gpt2:v1 imported, adapted and tuned by run imported-gpt2,
+    // deployed to production, then production pointed back at tiny-gpt2:v1 by an import.
+    const shown = JSON.parse(dacp('models', 'show', 'tiny-gpt2-telecom:v1', '--json').stdout) as ShownModel;
+    expect(shown.lineage.map((l) => [l.versionId, l.kind])).toEqual([
+      ['tiny-gpt2-telecom:v1', 'tuned'], ['tiny-gpt2-telecom-adapted:v1', 'adapted'], ['tiny-gpt2:v1', 'imported'],
+    ]);
+    expect(shown.linked.adapted).toBe('tiny-gpt2-telecom-adapted:v1');
+    expect(shown.datasets.map((d) => d.role).sort()).toEqual(expect.arrayContaining(['domain', 'instruct', 'replay']));
+    for (const d of shown.datasets) expect(d.sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(shown.evaluations.forgetting).toMatchObject({ passed: true });
+    expect(shown.evaluations.finalCheck).toMatchObject({ passed: true });
+    expect(shown.approvals).toEqual([expect.objectContaining({ principal: 'approver-1', decision: 'approve' })]);
+    expect(shown.deployHistory.map((d) => [d.kind, d.previousVersionId, d.versionId])).toEqual([
+      ['deploy', 'tiny-gpt2:v1', 'tiny-gpt2-telecom:v1'], ['import', 'tiny-gpt2-telecom:v1', 'tiny-gpt2:v1'],
+    ]);
+    const text = dacp('models', 'show', 'tiny-gpt2-telecom:v1').stdout;
+    expect(text).toContain('lineage: tiny-gpt2-telecom:v1 (tuned) ← tiny-gpt2-telecom-adapted:v1 (adapted) ← tiny-gpt2:v1 (imported)');
+    expect(JSON.parse(dacp('models', 'show', 'tiny-gpt2-telecom-adapted:v1', '--json').stdout).linked.tuned).toEqual(['tiny-gpt2-telecom:v1']);
+    // An alias reads as its version.
+    expect(JSON.parse(dacp('models', 'show', 'production', '--json').stdout).versionId).toBe('tiny-gpt2:v1');
+
+    // Promote by name, with who and why; the alias's history records it.
+    const promoted = dacp('models', 'promote', 'tiny-gpt2-telecom:v1', '--as', 'ops-lead', '--note', 'back to the tuned model', '--json');
+    expect(promoted.stderr).toBe('');
+    expect(JSON.parse(promoted.stdout)).toMatchObject({ moved: true, alias: 'production', versionId: 'tiny-gpt2-telecom:v1', previousVersionId: 'tiny-gpt2:v1' });
+    expect(dacp('models', 'promote', 'tiny-gpt2-telecom:v1', '--as', 'ops-lead').stdout).toMatch(/production already points at tiny-gpt2-telecom:v1; nothing moved/);
+    // Rollback pops the history: the version production served before, then the one before that.
+    const back = dacp('models', 'rollback', '--as', 'ops-lead', '--note', 'regression seen by users');
+    expect(back.stdout).toMatch(/rollback production: tiny-gpt2-telecom:v1 → tiny-gpt2:v1 by ops-lead — regression seen by users/);
+    expect(dacp('models', 'rollback', '--as', 'ops-lead').stdout).toMatch(/rollback production: tiny-gpt2:v1 → tiny-gpt2-telecom:v1 by ops-lead/);
+    expect(dacp('models', 'rollback', '--as', 'ops-lead').stdout).toMatch(/rollback production: tiny-gpt2-telecom:v1 → tiny-gpt2:v1 by ops-lead/);
+    const exhausted = dacp('models', 'rollback', '--as', 'ops-lead');
+    expect(exhausted).toMatchObject({ code: 2, stderr: 'dacp: production (tiny-gpt2:v1) has no earlier version to roll back to; promote one by name with `dacp models promote VERSION --alias production`' });
+    // Refused, moving nothing: an unknown version, an alias given as a version, an unknown alias, no principal.
+    expect(dacp('models', 'promote', 'tiny-gpt2:v9', '--as', 'ops-lead')).toMatchObject({ code: 2, stderr: 'dacp: no model version "tiny-gpt2:v9"; see `dacp models list`' });
+    expect(dacp('models', 'promote', 'production', '--as', 'ops-lead').stderr).toMatch(/"production" is an alias \(of tiny-gpt2:v1\); promote names a version id/);
+    expect(dacp('models', 'rollback', '--alias', 'staging', '--as', 'ops-lead')).toMatchObject({ code: 2, stderr: 'dacp: no alias "staging"; nothing to roll back' });
+    expect(dacp('models', 'promote', 'tiny-gpt2:v1').stderr).toMatch(/missing --as PRINCIPAL/);
+    expect(dacp('models', 'show', 'nothing:v1')).toMatchObject({ code: 2, stderr: 'dacp: no model version or alias "nothing:v1"; see `dacp models list`' });
+    const moves = await h.db.pool.query(`SELECT kind, actor, note, version_id FROM deployments WHERE alias = 'production' AND kind IN ('promote', 'rollback') ORDER BY id`);
+    expect(moves.rows.map((r) => [r.kind, r.actor, r.version_id])).toEqual([
+      ['promote', 'ops-lead', 'tiny-gpt2-telecom:v1'], ['rollback', 'ops-lead', 'tiny-gpt2:v1'], ['rollback', 'ops-lead', 'tiny-gpt2-telecom:v1'], ['rollback', 'ops-lead', 'tiny-gpt2:v1'],
+    ]);
+    // The history is append-only.
+    await expect(h.db.pool.query(`UPDATE deployments SET actor = 'someone-else'`)).rejects.toThrow(/append-only history/);
+    await expect(h.db.pool.query(`DELETE FROM deployments`)).rejects.toThrow(/append-only history/);
   });
 
   test('`dacp demo --base DIR` runs the demo lifecycle on the user\'s folder, from import to deploy', async () => {

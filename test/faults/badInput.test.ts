@@ -171,7 +171,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
       await expectRefused(['approve', baselineId, '--as', 'approver-1', '--comment', 'y'.repeat(10_000)], [/comment: keep the comment under 2000 characters/]);
       await expectRefused(['reject', baselineId, '--as', 'approver-1'], [/^dacp: missing --reason TEXT; see `dacp --help`$/]);
       await expectRefused(['approve', baselineId], [/^dacp: missing --as PRINCIPAL/]);
-      await expectRefused(['approve', baselineId, 'another-run', '--as', 'approver-1'], [/expected exactly one run id, got 2/]);
+      await expectRefused(['approve', baselineId, 'another-run', '--as', 'approver-1'], [/too many arguments for 'approve'\. Expected 1 argument but got 2; see `dacp --help`/]);
       await expectNoDecision();
     });
 
