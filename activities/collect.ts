@@ -7,10 +7,21 @@ import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
 import { readChoiceSet, storeChoiceSet, type ChoiceSetName, type ChoiceSetRef } from './choiceSets';
 import { writeDataset, type DatasetDoc } from './datasets';
-import { readSource, type SourceDoc } from './sources';
+import { createHash } from 'node:crypto';
+import { usesWatermark, type SourceSpec } from '../schemas/runSpec';
+import { readSource, readSourceSince, type SourceDoc, type Watermark } from './sources';
+
+/** Which watermark a scheduled run read a source past, and the one it leaves if it succeeds. */
+export interface WatermarkUse {
+  /** Null on a schedule's first run of this source: everything was read. */
+  used: string | null;
+  next: string;
+  /** Files left out because their content is unchanged since the watermark. */
+  skippedFiles?: number;
+}
 
 export interface CollectSummary {
-  sources: { index: number; kind: string; role: DatasetRole; docs: number; name?: string }[];
+  sources: { index: number; kind: string; role: DatasetRole; docs: number; name?: string; watermark?: WatermarkUse }[];
   docs: Record<DatasetRole, number>;
   bytes: Record<DatasetRole, number>;
   /** Questions per multiple-choice set the spec names (`evaluation.choices`). */
@@ -36,7 +47,7 @@ function toDatasetDoc(doc: SourceDoc, source: string | undefined): DatasetDoc {
 /** collect: read every source, group documents by role, and store them as content-addressed shards. */
 export function collectActivities({ pool, store }: ActivityDeps) {
   return {
-    async collectSources(input: { runId: string; spec: RunSpec; baseDir: string }): Promise<{
+    async collectSources(input: { runId: string; spec: RunSpec; baseDir: string; scheduleId?: string }): Promise<{
       datasets: DatasetRef[];
       /** The spec's multiple-choice sets, validated and stored as JSON arrays of {question, choices, answer: index}. */
       choiceSets: CollectedChoiceSets;
@@ -53,8 +64,24 @@ export function collectActivities({ pool, store }: ActivityDeps) {
       for (const [index, source] of spec.sources.entries()) {
         Context.current().heartbeat({ source: index });
         let docs: SourceDoc[];
+        let watermark: WatermarkUse | undefined;
         try {
-          docs = await readSource(source, { baseDir, allowedRoots });
+          if (input.scheduleId !== undefined && usesWatermark(source)) {
+            // A scheduled run reads what is new since the schedule's last successful run.
+            const key = watermarkKey(index, source);
+            const last = await pool.query('SELECT value, run_id FROM schedule_watermarks WHERE schedule_id = $1 AND source_key = $2', [input.scheduleId, key]);
+            const used = (last.rows[0]?.value as Watermark | undefined) ?? null;
+            const read = await readSourceSince(source, { baseDir, allowedRoots }, used);
+            docs = read.docs;
+            await pool.query(
+              `INSERT INTO run_watermarks (run_id, schedule_id, source_key, kind, used, used_run_id, next) VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (run_id, source_key) DO UPDATE SET used = EXCLUDED.used, used_run_id = EXCLUDED.used_run_id, next = EXCLUDED.next`,
+              [input.runId, input.scheduleId, key, source.kind, used === null ? null : JSON.stringify(used), (last.rows[0]?.run_id as string | undefined) ?? null, JSON.stringify(read.next)],
+            );
+            watermark = { used: used === null ? null : describeWatermark(used), next: describeWatermark(read.next), ...(source.kind === 'files' ? { skippedFiles: read.skippedFiles } : {}) };
+          } else {
+            docs = await readSource(source, { baseDir, allowedRoots });
+          }
         } catch (err) {
           if (err instanceof ApplicationFailure) {
             throw ApplicationFailure.create({
@@ -79,7 +106,17 @@ export function collectActivities({ pool, store }: ActivityDeps) {
           }
           byRole[source.role].push(entry);
         }
-        summary.sources.push({ index, kind: source.kind, role: source.role, docs: docs.length, ...(source.name !== undefined ? { name: source.name } : {}) });
+        summary.sources.push({
+          index, kind: source.kind, role: source.role, docs: docs.length,
+          ...(source.name !== undefined ? { name: source.name } : {}),
+          ...(watermark ? { watermark } : {}),
+        });
+      }
+      if (input.scheduleId !== undefined && byRole.domain.length === 0 && summary.sources.some((s) => s.role === 'domain' && s.watermark)) {
+        throw ApplicationFailure.nonRetryable(
+          `no new domain documents since the last successful run of schedule ${input.scheduleId} (${summary.sources.filter((s) => s.watermark).map((s) => `sources[${s.index}]: ${s.watermark?.used ?? 'first read'}`).join('; ')}); nothing to adapt to, so this update stops here`,
+          'NothingNew',
+        );
       }
       const datasets: DatasetRef[] = [];
       for (const role of ['domain', 'replay', 'instruct'] as const) {
@@ -101,4 +138,14 @@ export function collectActivities({ pool, store }: ActivityDeps) {
       return { datasets, choiceSets, summary };
     },
   };
+}
+
+/** A source's watermark key: its place in the spec and a digest of what it reads, so an edited source starts afresh. */
+export function watermarkKey(index: number, source: SourceSpec): string {
+  const what = source.kind === 'files' ? { paths: source.paths } : { query: source.query, column: source.watermarkColumn };
+  return `sources[${index}]:${createHash('sha256').update(JSON.stringify({ kind: source.kind, role: source.role, ...what })).digest('hex').slice(0, 16)}`;
+}
+
+function describeWatermark(w: Watermark): string {
+  return w.kind === 'files' ? `${Object.keys(w.files).length} files by sha256` : `${w.column} > ${w.max ?? '(none)'}`;
 }

@@ -18,6 +18,7 @@ export function recordActivities({ pool }: ActivityDeps) {
       executionId?: string;
       spec: RunSpec;
       initiator: string;
+      scheduleId?: string;
     }): Promise<{ aliasAtStart: string | null }> {
       const registered = await records.insertRun(pool, {
         ...input,

@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { PoolClient } from 'pg';
 import { withTransaction } from '../db/pool';
-import { AliasMovedError, createModelVersion, findModelVersion, moveAlias, recordTransition } from '../db/records';
+import { advanceWatermarks, AliasMovedError, createModelVersion, findModelVersion, moveAlias, recordTransition } from '../db/records';
 import type { ArtifactRef, DatasetRef, DeployResult, FinalCheckReport, ForgettingReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
@@ -142,6 +142,9 @@ export function registryActivities({ pool, store }: ActivityDeps) {
         result = await withTransaction(pool, async (client) => {
           const versions = await register(client);
           const moved = await moveAlias(client, { runId: input.runId, alias, versionId: versions.versionId, expectedTarget: input.aliasAtStart });
+          // A scheduled run's success advances its schedule's watermarks, in the same transaction as
+          // the deploy: a failed, rejected or cancelled run never moves them.
+          await advanceWatermarks(client, input.runId);
           return { ...versions, alias, ...moved };
         });
       } catch (err) {

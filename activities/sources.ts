@@ -5,6 +5,7 @@
  * The caller prefixes messages with the source's index. Messages name files, lines, columns and
  * fields but never quote document text: they land in workflow history, logs and the run record.
  */
+import { createHash } from 'node:crypto';
 import { promises as fs, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
@@ -13,7 +14,7 @@ import { Client, type QueryConfig, type QueryResult } from 'pg';
 export type SourceRole = 'domain' | 'replay' | 'instruct';
 export type Source =
   | { kind: 'files'; role: SourceRole; paths: string[]; format?: 'auto' | 'text' | 'jsonl'; textField?: string; promptField?: string; responseField?: string }
-  | { kind: 'postgres'; role: SourceRole; query: string; textColumn?: string; promptColumn?: string; responseColumn?: string; connectionEnv?: string };
+  | { kind: 'postgres'; role: SourceRole; query: string; textColumn?: string; promptColumn?: string; responseColumn?: string; connectionEnv?: string; watermarkColumn?: string };
 export type SourceDoc = { text: string; origin: string } | { prompt: string; response: string; origin: string };
 
 export interface ReadSourceOptions {
@@ -26,6 +27,40 @@ export interface ReadSourceOptions {
 }
 
 export const defaultMaxFileBytes = 256 * 1024 * 1024;
+
+/**
+ * How far a schedule has read a source. Files: the sha256 of every file seen, by its path as the
+ * spec shows it (a file is new or changed when its hash is not there). Postgres: the greatest value
+ * of the watermark column read, as text.
+ */
+export type Watermark = { kind: 'files'; files: Record<string, string> } | { kind: 'postgres'; column: string; max: string | null };
+
+export interface ReadSince {
+  docs: SourceDoc[];
+  /** The watermark after this read: what the next run starts from once this one has succeeded. */
+  next: Watermark;
+  /** Files unchanged since the watermark, or rows at or below it, left out. (Rows are not counted.) */
+  skippedFiles: number;
+}
+
+/**
+ * Read only what is new since `used` (null: the first read, everything). Files are kept whole when
+ * their content hash is new; rows when their watermark column exceeds the last maximum.
+ */
+export async function readSourceSince(source: Source, o: ReadSourceOptions, used: Watermark | null): Promise<ReadSince> {
+  if (source.kind === 'files') {
+    const known = used?.kind === 'files' ? used.files : {};
+    const seen: Record<string, string> = {};
+    const docs = await readFileSource(source, o, { known, seen });
+    const skippedFiles = Object.entries(seen).filter(([file, sha]) => known[file] === sha).length;
+    return { docs, next: { kind: 'files', files: { ...known, ...seen } }, skippedFiles };
+  }
+  const column = source.watermarkColumn;
+  if (column === undefined) throw new Error('a watermarked Postgres source needs watermarkColumn');
+  const since = used?.kind === 'postgres' && used.column === column ? used.max : null;
+  const { docs, max } = await readPostgresRows(source, { column, since });
+  return { docs, next: { kind: 'postgres', column, max: max ?? since }, skippedFiles: 0 };
+}
 
 export type SourceFailureType =
   | 'SourceNotFound' | 'SourceUnreadable' | 'SourceInvalid' | 'SourceTooLarge'
@@ -43,7 +78,12 @@ export async function readSource(source: Source, o: ReadSourceOptions): Promise<
 
 type FileSource = Extract<Source, { kind: 'files' }>;
 
-async function readFileSource(source: FileSource, o: ReadSourceOptions): Promise<SourceDoc[]> {
+async function readFileSource(
+  source: FileSource,
+  o: ReadSourceOptions,
+  /** With a watermark: files whose sha256 is in `known` under their path are skipped; every file's hash goes into `seen`. */
+  since?: { known: Record<string, string>; seen: Record<string, string> },
+): Promise<SourceDoc[]> {
   const roots = o.allowedRoots ? await Promise.all(o.allowedRoots.map((r) => realOrResolved(path.resolve(o.baseDir, r)))) : undefined;
   const files = new Set<string>();
   for (const entry of source.paths) {
@@ -53,7 +93,8 @@ async function readFileSource(source: FileSource, o: ReadSourceOptions): Promise
   for (const file of [...files].sort()) {
     const shown = displayPath(file, o.baseDir);
     if (roots) await ensureInsideRoots(file, shown, roots);
-    const text = await readUtf8(file, shown, o.maxFileBytes ?? defaultMaxFileBytes);
+    const text = await readUtf8(file, shown, o.maxFileBytes ?? defaultMaxFileBytes, since ? (sha) => (since.seen[shown] = sha) : undefined);
+    if (since && since.known[shown] === since.seen[shown]) continue;
     const format = formatOf(source.format ?? 'auto', file, shown);
     if (format === 'text') {
       if (source.role === 'instruct') {
@@ -205,7 +246,7 @@ function formatOf(format: 'auto' | 'text' | 'jsonl', file: string, shown: string
   return fail('SourceInvalid', `${shown}: cannot tell the format from the extension "${ext}"; use .txt, .md or .jsonl, or set format to "text" or "jsonl"`);
 }
 
-async function readUtf8(file: string, shown: string, maxBytes: number): Promise<string> {
+async function readUtf8(file: string, shown: string, maxBytes: number, onSha256?: (sha: string) => void): Promise<string> {
   let bytes: Buffer;
   try {
     const stat = await fs.stat(file);
@@ -216,6 +257,7 @@ async function readUtf8(file: string, shown: string, maxBytes: number): Promise<
     if (err instanceof ApplicationFailure) throw err;
     fail('SourceUnreadable', `${shown}: cannot read (${errorCode(err) ?? describe(err)}); check that it exists and is readable`);
   }
+  onSha256?.(createHash('sha256').update(bytes).digest('hex'));
   if (bytes.includes(0)) fail('SourceInvalid', `${shown} looks binary (contains NUL bytes); give text, Markdown or JSON lines`);
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
@@ -282,6 +324,15 @@ const transientNetworkCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT'
 export const sourceApplicationName = 'dacp-source';
 
 async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> {
+  return (await readPostgresRows(source)).docs;
+}
+
+/**
+ * The query's rows, or with `watermark` only those whose column exceeds `since` (all of them when
+ * it is null), and the greatest value of the column among them, as text. Both statements run in one
+ * read-only, repeatable-read transaction, so the maximum belongs to exactly the rows read.
+ */
+async function readPostgresRows(source: PostgresSource, watermark?: { column: string; since: string | null }): Promise<{ docs: SourceDoc[]; max: string | null }> {
   const envName = source.connectionEnv ?? 'DATABASE_URL';
   const url = process.env[envName];
   if (!url) fail('SourceEnvMissing', `environment variable ${envName} is not set; set it to the connection URL of the database to read, or set connectionEnv`);
@@ -299,11 +350,23 @@ async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> 
   }
 
   let result: QueryResult<Record<string, unknown>>;
+  let max: string | null = null;
   try {
-    await client.query('BEGIN READ ONLY');
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     // The extended protocol runs exactly one statement, so `…; COMMIT; DELETE …` cannot leave the read-only transaction.
-    const query: QueryConfig & { queryMode: 'extended' } = { text: source.query, queryMode: 'extended' };
-    result = await client.query<Record<string, unknown>>(query);
+    if (watermark) {
+      const column = `"${watermark.column}"`;
+      const where = watermark.since === null ? '' : ` WHERE ${column} > $1`;
+      const params = watermark.since === null ? [] : [watermark.since];
+      const inner = source.query.replace(/;\s*$/, '');
+      const rowsQuery: QueryConfig & { queryMode: 'extended' } = { text: `SELECT * FROM (${inner}) AS dacp_source${where} ORDER BY ${column}`, values: params, queryMode: 'extended' };
+      result = await client.query<Record<string, unknown>>(rowsQuery);
+      const maxQuery: QueryConfig & { queryMode: 'extended' } = { text: `SELECT max(${column})::text AS max FROM (${inner}) AS dacp_source${where}`, values: params, queryMode: 'extended' };
+      max = ((await client.query<{ max: string | null }>(maxQuery)).rows[0]?.max ?? null);
+    } else {
+      const query: QueryConfig & { queryMode: 'extended' } = { text: source.query, queryMode: 'extended' };
+      result = await client.query<Record<string, unknown>>(query);
+    }
   } catch (err) {
     fail('SourceQueryFailed', `query failed: ${scrub(queryProblem(err))}; fix the query (it runs in a read-only transaction and must be a single SELECT)`);
   } finally {
@@ -323,13 +386,14 @@ async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> 
     }
     return value;
   };
-  return result.rows.map((row, i): SourceDoc => {
+  const docs = result.rows.map((row, i): SourceDoc => {
     const origin = `postgres:${envName}#${i + 1}`;
     if (source.role === 'instruct') {
       return { prompt: column(row, i, source.promptColumn ?? 'prompt', 'promptColumn'), response: column(row, i, source.responseColumn ?? 'response', 'responseColumn'), origin };
     }
     return { text: column(row, i, source.textColumn ?? 'text', 'textColumn'), origin };
   });
+  return { docs, max };
 }
 
 /**

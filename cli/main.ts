@@ -26,6 +26,7 @@ import {
 } from './runs';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
+import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listSchedules, pauseSchedule, triggerSchedule } from './schedules';
 import { formatStatus, type RunContext } from './status';
 
 const ENVIRONMENT = `
@@ -263,7 +264,87 @@ function program(): Command {
     });
 
   modelCommands(dacp.command('models').description('the model registry: versions, lineage, aliases'));
+  scheduleCommands(dacp.command('schedule').description('recurring runs (Temporal Schedules)'));
   return dacp;
+}
+
+function scheduleCommands(schedule: Command): void {
+  const withSchedules = <T>(fn: (ctx: RunContext) => Promise<T>) => withRuns(fn);
+  schedule
+    .command('create')
+    .description('run a spec on a schedule: --every 7d, or --cron "0 3 * * 1"')
+    .option('--spec <file>', 'the run spec (JSON)')
+    .option('--every <duration>', 'an interval: 30m, 24h, 7d …')
+    .option('--cron <expr>', 'a cron expression (UTC)')
+    .option('--id <name>', 'the schedule id (default: the spec\'s name); each run is named <id>-<time>')
+    .option('--as <principal>', 'who its runs are started as')
+    .option('--overlap <policy>', 'when a firing finds the last run still going: skip, buffer-one, buffer-all, cancel-other, terminate-other, allow-all', 'skip')
+    .option('--catchup-window <duration>', 'firings missed while Temporal was down are made up within this window', '1d')
+    .option('--pause-on-failure', 'pause the schedule when a run fails')
+    .option('--note <text>', 'a note shown with the schedule')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const { spec, baseDir } = loadSpecFile(need(o.spec, '--spec FILE'));
+      await preflightSources(spec, baseDir);
+      const initiator = typeof o.as === 'string' ? o.as : defaultPrincipal();
+      checkQuorumReachable(spec, initiator);
+      const created = await withSchedules((ctx) =>
+        createSchedule(ctx, {
+          spec, baseDir, initiator,
+          id: o.id as string | undefined, every: o.every as string | undefined, cron: o.cron as string | undefined,
+          overlap: o.overlap as string, catchupWindow: o.catchupWindow as string, pauseOnFailure: Boolean(o.pauseOnFailure),
+          note: o.note as string | undefined,
+        }),
+      );
+      print(Boolean(o.json), created, () => `schedule ${created.scheduleId} created; next runs: ${created.nextRuns.slice(0, 3).join(', ') || '–'}`);
+    });
+  schedule
+    .command('list')
+    .description('schedules, with their next firings and latest runs')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const list = await withSchedules((ctx) => listSchedules(ctx));
+      print(Boolean(o.json), list, () => (list.length ? list.map(formatSchedule).join('\n') : 'no schedules yet'));
+    });
+  schedule
+    .command('describe')
+    .description('one schedule: timing, policies, next firings, recent runs and their outcomes')
+    .argument('<id>', 'schedule id')
+    .option('--json', 'as JSON')
+    .action(async (id: string, o: Options) => {
+      const shown = await withSchedules((ctx) => describeSchedule(ctx, id));
+      print(Boolean(o.json), shown, () => formatSchedule(shown));
+    });
+  for (const pause of [true, false]) {
+    schedule
+      .command(pause ? 'pause' : 'unpause')
+      .description(pause ? 'stop firing (runs already going go on)' : 'fire again')
+      .argument('<id>', 'schedule id')
+      .option('--note <text>', 'why (shown with the schedule)')
+      .option('--as <principal>', 'who')
+      .action(async (id: string, o: Options) => {
+        const who = typeof o.as === 'string' ? o.as : defaultPrincipal();
+        const note = `${pause ? 'paused' : 'unpaused'} by ${who}${typeof o.note === 'string' ? `: ${o.note}` : ''}`;
+        await withSchedules((ctx) => pauseSchedule(ctx, id, { pause, note }));
+        console.log(`schedule ${id} ${note}`);
+      });
+  }
+  schedule
+    .command('trigger')
+    .description('fire once now (the run is named by the schedule and the time)')
+    .argument('<id>', 'schedule id')
+    .action(async (id: string) => {
+      await withSchedules((ctx) => triggerSchedule(ctx, id));
+      console.log(`schedule ${id} fired; see \`dacp run list\``);
+    });
+  schedule
+    .command('delete')
+    .description('delete a schedule (its runs and their records stay)')
+    .argument('<id>', 'schedule id')
+    .action(async (id: string) => {
+      await withSchedules((ctx) => deleteSchedule(ctx, id));
+      console.log(`schedule ${id} deleted`);
+    });
 }
 
 function runCommands(run: Command): void {
@@ -311,9 +392,13 @@ function runCommands(run: Command): void {
     .description('runs, newest first')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const runs = await withClient((client) => listRuns(client));
+      const runs = await withRuns((ctx) => listRuns(ctx));
       print(Boolean(o.json), runs, () =>
-        runs.length === 0 ? 'no runs yet' : runs.map((r) => `${r.runId.padEnd(40)} ${(r.state ?? r.status).padEnd(18)} ${r.stage ?? ''}`).join('\n'),
+        runs.length === 0
+          ? 'no runs yet'
+          : runs
+              .map((r) => `${r.runId.padEnd(44)} ${(r.state ?? r.status).padEnd(18)} ${(r.stage ?? '').padEnd(12)} ${r.startedAt}  ${r.initiator ?? '?'}${r.scheduleId ? `  (schedule ${r.scheduleId})` : ''}`)
+              .join('\n'),
       );
     });
   run

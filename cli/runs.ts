@@ -17,15 +17,17 @@ import { InputError, parseRunSpec, type RunSpec } from '../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId, approveUpdate, rejectUpdate } from '../workflows/messages';
 import { runStatus, type RunContext } from './status';
 import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
+import { scheduledByKey } from './schedules';
 import { TASK_QUEUES } from '../workers/options';
 
-const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+/** ':' for the runs a schedule starts, which Temporal names `<schedule>-<RFC 3339 time>`. */
+const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/;
 
 /** The ids of a run's child workflows: a run id must not look like one. */
 const CHILD_SUFFIX = /-(approval|candidate-\d+)$/;
 
 export function checkRunId(id: string): string {
-  if (!RUN_ID.test(id)) throw new InputError(`run id "${id}" is invalid: use 1–100 letters, digits, ".", "_" or "-"`);
+  if (!RUN_ID.test(id)) throw new InputError(`run id "${id}" is invalid: use 1–100 letters, digits, ".", "_", ":" or "-"`);
   if (CHILD_SUFFIX.test(id)) throw new InputError(`run id "${id}" ends like a run's approval gate or candidate (-approval, -candidate-N); choose another --id`);
   return id;
 }
@@ -141,6 +143,8 @@ export async function startRun(
       workflowId: runId,
       workflowIdReusePolicy: 'REJECT_DUPLICATE',
       args: [input],
+      // For `run list` before the run's first activity has recorded it in the database.
+      memo: { initiator: o.initiator },
       typedSearchAttributes: [
         { key: dacpStageKey, value: 'collect' },
         { key: dacpStateKey, value: 'running' },
@@ -159,27 +163,41 @@ export async function waitForResult(client: Client, runId: string): Promise<Pipe
 
 export interface RunListing {
   runId: string;
-  status: string;
-  stage: string | null;
+  /** dacp's state (running, awaiting_approval, completed, …), from the DacpState search attribute. */
   state: string | null;
-  startTime: string;
-  closeTime: string | null;
+  stage: string | null;
+  startedAt: string;
+  /** Who started it: `--as` of `run start`, or of `schedule create` for a scheduled run. */
+  initiator: string | null;
+  /** The schedule that started it (Temporal's TemporalScheduledById); null for a manual run. */
+  scheduleId: string | null;
+  /** Temporal's status of the workflow (Running, Completed, Failed, …). */
+  status: string;
+  closedAt: string | null;
 }
 
-export async function listRuns(client: Client, limit = 100): Promise<RunListing[]> {
+/** Runs, newest first: Temporal's list with the search attributes, and each run's initiator from the database. */
+export async function listRuns(ctx: Pick<RunContext, 'client' | 'pool'>, limit = 100): Promise<RunListing[]> {
   const runs: RunListing[] = [];
-  for await (const wf of client.workflow.list({ query: `WorkflowType = 'dacpPipeline'` })) {
+  for await (const wf of ctx.client.workflow.list({ query: `WorkflowType = 'dacpPipeline'` })) {
     runs.push({
       runId: wf.workflowId,
-      status: wf.status.name,
-      stage: wf.typedSearchAttributes.get(dacpStageKey) ?? null,
       state: wf.typedSearchAttributes.get(dacpStateKey) ?? null,
-      startTime: wf.startTime.toISOString(),
-      closeTime: wf.closeTime?.toISOString() ?? null,
+      stage: wf.typedSearchAttributes.get(dacpStageKey) ?? null,
+      startedAt: wf.startTime.toISOString(),
+      initiator: typeof wf.memo?.initiator === 'string' ? wf.memo.initiator : null,
+      scheduleId: wf.typedSearchAttributes.get(scheduledByKey) ?? null,
+      status: wf.status.name,
+      closedAt: wf.closeTime?.toISOString() ?? null,
     });
     if (runs.length >= limit) break;
   }
-  return runs;
+  if (runs.length) {
+    const { rows } = await ctx.pool.query('SELECT run_id, initiator FROM runs WHERE run_id = ANY($1)', [runs.map((r) => r.runId)]);
+    const initiators = new Map(rows.map((r) => [r.run_id as string, r.initiator as string]));
+    for (const run of runs) run.initiator = initiators.get(run.runId) ?? run.initiator;
+  }
+  return runs.sort((a, b) => b.startedAt.localeCompare(a.startedAt) || b.runId.localeCompare(a.runId));
 }
 
 /**

@@ -24,14 +24,15 @@ export async function insertRun(
     initiator: string;
     /** The alias this run's deploy will move (its target now is kept for the compare-and-swap). */
     deployAlias?: string;
+    scheduleId?: string;
   },
 ): Promise<{ fresh: boolean; executionId: string | null; aliasAtStart: string | null }> {
   const inserted = await db.query(
-    `INSERT INTO runs (run_id, workflow_id, execution_id, spec, spec_sha256, initiator, state, stage, deploy_alias, alias_at_start)
-     VALUES ($1, $2, $3, $4, $5, $6, 'running', 'collect', $7, (SELECT version_id FROM model_aliases WHERE alias = $7))
+    `INSERT INTO runs (run_id, workflow_id, execution_id, spec, spec_sha256, initiator, state, stage, deploy_alias, alias_at_start, schedule_id)
+     VALUES ($1, $2, $3, $4, $5, $6, 'running', 'collect', $7, (SELECT version_id FROM model_aliases WHERE alias = $7), $8)
      ON CONFLICT (run_id) DO NOTHING
      RETURNING alias_at_start`,
-    [run.runId, run.workflowId, run.executionId ?? null, JSON.stringify(run.spec), run.specSha256, run.initiator, run.deployAlias ?? 'production'],
+    [run.runId, run.workflowId, run.executionId ?? null, JSON.stringify(run.spec), run.specSha256, run.initiator, run.deployAlias ?? 'production', run.scheduleId ?? null],
   );
   if (inserted.rows.length) return { fresh: true, executionId: run.executionId ?? null, aliasAtStart: inserted.rows[0].alias_at_start };
   const { rows } = await db.query('SELECT execution_id, alias_at_start FROM runs WHERE run_id = $1', [run.runId]);
@@ -449,8 +450,25 @@ export async function runRecords(db: Queryable, runId: string): Promise<Record<s
     ['approvals', 'SELECT * FROM approvals WHERE run_id = $1 ORDER BY id'],
     ['model_versions', 'SELECT * FROM model_versions WHERE run_id = $1 ORDER BY created_at'],
     ['deployments', 'SELECT * FROM deployments WHERE run_id = $1 ORDER BY id'],
+    ['run_watermarks', 'SELECT * FROM run_watermarks WHERE run_id = $1 ORDER BY source_key'],
   ];
   const out: Record<string, unknown[]> = {};
   for (const [name, sql] of tables) out[name] = (await db.query(sql, [runId])).rows;
   return out;
+}
+
+/**
+ * Advance a schedule's watermarks to where a successful run read (run_watermarks → schedule_watermarks).
+ * Only from where the run started: if another run of the schedule advanced them meanwhile, they stay.
+ * Idempotent: a retried deploy finds them already advanced by this run.
+ */
+export async function advanceWatermarks(db: Queryable, runId: string): Promise<number> {
+  const { rowCount } = await db.query(
+    `INSERT INTO schedule_watermarks AS s (schedule_id, source_key, kind, value, run_id)
+     SELECT w.schedule_id, w.source_key, w.kind, w.next, w.run_id FROM run_watermarks w WHERE w.run_id = $1
+     ON CONFLICT (schedule_id, source_key) DO UPDATE SET value = EXCLUDED.value, run_id = EXCLUDED.run_id, updated_at = now()
+     WHERE s.run_id IS NOT DISTINCT FROM (SELECT used_run_id FROM run_watermarks WHERE run_id = $1 AND source_key = EXCLUDED.source_key)`,
+    [runId],
+  );
+  return rowCount ?? 0;
 }

@@ -79,13 +79,16 @@ export function workflowSpec(spec: RunSpec): WorkflowSpec {
 export type SpecSource = { specRef: ArtifactRef; spec?: undefined } | { spec: RunSpec; specRef?: undefined };
 
 export interface PipelineInput {
-  runId: string;
+  /** Absent for a run a schedule started: its run id is its workflow id (the schedule's id and the firing's time). */
+  runId?: string;
   spec: WorkflowSpec;
   /** The validated spec with its defaults, stored as JSON in the artifact store. Absent in runs from before. */
   specRef?: ArtifactRef;
   /** Absolute directory that relative source paths are resolved against (the spec file's folder). */
   baseDir: string;
   initiator: string;
+  /** The schedule that starts this run, for its watermarks and its supersede rule; absent for manual runs. */
+  scheduleId?: string;
 }
 
 /** What `dacp run status ID --json` prints, exactly. */

@@ -16,11 +16,19 @@ export const SourceRole = z.enum(roles);
  */
 const SourceName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'a source name is 1–32 lowercase letters, digits, ".", "_" or "-"');
 
+/**
+ * In a scheduled run, whether this source is read only past the schedule's watermark (what earlier
+ * successful runs collected). Default: yes for domain sources, no for instruct sources; replay
+ * sources are a pool, read whole every time.
+ */
+const watermark = z.boolean().optional();
+
 const fileSource = z
   .object({
     kind: z.literal('files'),
     role: SourceRole,
     name: SourceName.optional(),
+    watermark,
     paths: z.array(z.string().min(1, 'a path must not be empty')).min(1, 'list at least one file or glob'),
     format: z.enum(['auto', 'text', 'jsonl']).default('auto'),
     textField: z.string().min(1).default('text'),
@@ -35,6 +43,12 @@ const postgresSource = z
     role: SourceRole,
     name: SourceName.optional(),
     query: z.string().min(1, 'give the SELECT that returns the documents'),
+    watermark,
+    /** The column a scheduled run reads past (e.g. updated_at): rows whose value exceeds the last successful run's maximum. */
+    watermarkColumn: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'name one column of the query (letters, digits, "_"), e.g. updated_at')
+      .optional(),
     textColumn: z.string().min(1).default('text'),
     promptColumn: z.string().min(1).default('prompt'),
     responseColumn: z.string().min(1).default('response'),
@@ -373,6 +387,15 @@ export const RunSpec = z
       }
       names.set(source.name, index);
     }
+    for (const [index, source] of spec.sources.entries()) {
+      if (source.role === 'replay' && source.watermark === true) {
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['sources', index, 'watermark'],
+          message: 'a replay source is a pool of general text, read whole by every run; remove watermark (it applies to domain and instruct sources)',
+        });
+      }
+    }
     if (spec.domainRatio !== undefined) checkDomainRatio(spec, ctx);
     if (spec.engine.kind === 'hf') {
       for (const stage of ['dacp', 'instruct'] as const) {
@@ -477,4 +500,22 @@ export function parseRunSpec(input: unknown, origin = 'spec'): RunSpec {
 /** The replay ratios a spec trains candidates for (one, or a list). */
 export function replayRatios(spec: Pick<RunSpec, 'replayRatio'>): number[] {
   return Array.isArray(spec.replayRatio) ? spec.replayRatio : [spec.replayRatio];
+}
+
+/** Whether a scheduled run reads `source` only past its watermark: domain sources by default, instruct sources where asked, replay never. */
+export function usesWatermark(source: SourceSpec): boolean {
+  if (source.role === 'replay') return false;
+  return source.watermark ?? source.role === 'domain';
+}
+
+/**
+ * The sources a schedule cannot watermark as written: a Postgres domain (or watermarked instruct)
+ * source needs the column that orders its rows. Checked when a schedule is created.
+ */
+export function watermarkProblems(spec: RunSpec): string[] {
+  return spec.sources.flatMap((source, index) =>
+    source.kind === 'postgres' && usesWatermark(source) && source.watermarkColumn === undefined
+      ? [`sources[${index}].watermarkColumn: a scheduled run collects only rows that are new since the last successful run; name the column that orders them (e.g. "updated_at"), or set watermark: false to read the whole query every time`]
+      : [],
+  );
 }

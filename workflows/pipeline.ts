@@ -90,7 +90,10 @@ function failureMessage(err: unknown): string {
  * in Postgres (runs + audit_log) by an idempotent activity.
  */
 export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult> {
-  const { runId, spec } = input;
+  const { spec } = input;
+  // A run a schedule starts has no run id in its input (the input is fixed when the schedule is
+  // made): its workflow id, the schedule's id and the firing's time, is its run id.
+  const runId = input.runId ?? workflowInfo().workflowId;
   // Runs recorded before this change replay without it (docs/reliability-replay.md): training
   // progress left history, cancellation waits for training's last checkpoint, the resolved base
   // model is recorded as soon as it is known.
@@ -258,11 +261,12 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       executionId: workflowInfo().runId,
       ...specArg,
       initiator: input.initiator,
+      ...(input.scheduleId ? { scheduleId: input.scheduleId } : {}),
     });
     await record('stage_started');
 
     // collect
-    const collected = await controlActivities.collectSources({ runId, ...specArg, baseDir: input.baseDir });
+    const collected = await controlActivities.collectSources({ runId, ...specArg, baseDir: input.baseDir, ...(input.scheduleId ? { scheduleId: input.scheduleId } : {}) });
     metrics.collect = collected.summary;
 
     // quality

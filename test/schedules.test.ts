@@ -1,0 +1,185 @@
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { decide, runStatus } from '../cli/runs';
+import type { RunListing } from '../cli/runs';
+import type { ScheduleView } from '../cli/schedules';
+import type { CollectSummary } from '../activities/collect';
+import type { RunStatus } from '../schemas/pipeline';
+import { tinySpec } from './helpers/fixtures';
+import { startHarness, type Harness } from './helpers/harness';
+import { eventually, GiveUp } from './helpers/temporal';
+
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+/**
+ * Continual operation through `dacp schedule` on the dev server (the time-skipping test server has
+ * no Schedules): firings of one schedule chain runs, each continuing from the model the previous
+ * update deployed and reading only the domain files that are new since the last successful run.
+ * A rejected run leaves the watermark where it was.
+ */
+
+const root = path.resolve(__dirname, '..');
+let h: Harness;
+/** Domain files present before the first update (the corpus has a few besides d0–d79). */
+let n0: number;
+
+beforeAll(async () => {
+  h = await startHarness({ inProcessGpu: true });
+  // The corpus arrives in batches: the first update sees d0–d29, later ones the files moved in.
+  mkdirSync(path.join(h.home, 'incoming'), { recursive: true });
+  for (let i = 30; i < 80; i++) renameSync(path.join(h.home, 'data', 'domain', `d${i}.txt`), path.join(h.home, 'incoming', `d${i}.txt`));
+  n0 = readdirSync(path.join(h.home, 'data', 'domain')).length;
+  writeFileSync(path.join(h.home, 'spec.json'), JSON.stringify(tinySpec({ name: 'weekly-telecom' })));
+}, 120_000);
+
+afterAll(async () => {
+  await h?.stop();
+});
+
+function dacp(...args: string[]) {
+  const r = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), ...args], { env: { ...process.env, ...h.env }, cwd: h.home, encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr.trim() };
+}
+
+const arrive = (from: number, to: number) => {
+  for (let i = from; i < to; i++) renameSync(path.join(h.home, 'incoming', `d${i}.txt`), path.join(h.home, 'data', 'domain', `d${i}.txt`));
+};
+
+const runList = () => JSON.parse(dacp('run', 'list', '--json').stdout) as RunListing[];
+
+/** Fire the schedule and return the new run's id (a firing names the run by the schedule and the second it fired). */
+async function fire(known: Set<string>): Promise<string> {
+  // Two firings in one second would get one id; wait for the next second.
+  const second = Math.floor(Date.now() / 1000);
+  await eventually(async () => (Math.floor(Date.now() / 1000) > second ? true : undefined), 'the next second', 5_000, 50);
+  expect(dacp('schedule', 'trigger', 'weekly')).toMatchObject({ code: 0, stdout: expect.stringMatching(/schedule weekly fired/) });
+  return eventually(async () => runList().find((r) => r.scheduleId === 'weekly' && !known.has(r.runId))?.runId, 'the firing\'s run to appear', 60_000, 200);
+}
+
+async function toGate(runId: string): Promise<RunStatus> {
+  return eventually(async () => {
+    const s = await runStatus(h.runs, runId);
+    if (s.state === 'failed') throw new GiveUp(`run ${runId} failed: ${String(s.metrics.error)}`);
+    return s.state === 'awaiting_approval' ? s : undefined;
+  }, `${runId} to reach approval`, 300_000, 250);
+}
+
+async function finished(runId: string, state: string): Promise<void> {
+  await eventually(async () => ((await runStatus(h.runs, runId)).state === state ? true : undefined), `${runId} to be ${state}`, 120_000, 250);
+}
+
+const domainSource = (s: RunStatus) => (s.metrics.collect as CollectSummary).sources.find((x) => x.role === 'domain');
+
+describe('dacp schedule', () => {
+  test('refuses what it cannot schedule, naming the flag or the field', () => {
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--as', 'engineer')).toMatchObject({ code: 2, stderr: expect.stringMatching(/give exactly one of --every DURATION \(e\.g\. 7d\) or --cron EXPR/) });
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--cron', '0 3 * * 1', '--as', 'engineer').stderr).toMatch(/give exactly one of --every/);
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', 'weekly', '--as', 'engineer').stderr).toMatch(/--every "weekly": write a duration like/);
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--overlap', 'sometimes', '--as', 'engineer').stderr).toMatch(/--overlap "sometimes": use one of skip, buffer-one/);
+    writeFileSync(path.join(h.home, 'pg-spec.json'), JSON.stringify(tinySpec({
+      sources: [
+        { kind: 'postgres', role: 'domain', query: 'SELECT text FROM notes', connectionEnv: 'SOURCE_DATABASE_URL' },
+        { kind: 'files', role: 'replay', paths: ['data/general.jsonl'] },
+        { kind: 'files', role: 'instruct', paths: ['data/pairs.jsonl'] },
+      ],
+    })));
+    const pg = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'schedule', 'create', '--spec', 'pg-spec.json', '--every', '7d', '--as', 'engineer'], {
+      env: { ...process.env, ...h.env, SOURCE_DATABASE_URL: h.db.url }, cwd: h.home, encoding: 'utf8',
+    });
+    expect(pg.stderr.trim()).toMatch(/^dacp: sources\[0\]\.watermarkColumn: a scheduled run collects only rows that are new since the last successful run; name the column/);
+    expect(dacp('schedule', 'describe', 'nothing')).toMatchObject({ code: 2, stderr: 'dacp: no schedule "nothing"; see `dacp schedule list`' });
+    expect(runList()).toEqual([]);
+  });
+
+  test('three firings chain three updates: each continues from the last deploy and reads only new files; a rejected one moves no watermark', async () => {
+    const created = dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'weekly', '--as', 'engineer', '--json');
+    expect(created.stderr).toBe('');
+    expect(JSON.parse(created.stdout)).toMatchObject({ scheduleId: 'weekly', nextRuns: expect.arrayContaining([expect.stringMatching(/^\d{4}-/)]) });
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'weekly', '--as', 'engineer').stderr).toMatch(/schedule weekly already exists/);
+    const described = JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout) as ScheduleView;
+    expect(described).toMatchObject({ scheduleId: 'weekly', paused: false, every: '7d', cron: null, overlap: 'skip', catchupWindowMs: 86_400_000, pauseOnFailure: false, initiator: 'engineer', recentRuns: [] });
+
+    const known = new Set<string>();
+    // Update 1: the first read of the files.
+    const first = await fire(known);
+    known.add(first);
+    expect(first).toMatch(/^weekly-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
+    const s1 = await toGate(first);
+    expect(domainSource(s1)).toMatchObject({ docs: n0, watermark: { used: null, next: `${n0} files by sha256` } });
+    await decide(h.client, { runId: first, principal: 'approver-1', decision: 'approve' });
+    await finished(first, 'completed');
+
+    // Update 2: twenty files arrive; only they are collected, and it continues the pretrained line of update 1.
+    arrive(30, 50);
+    const second = await fire(known);
+    known.add(second);
+    const s2 = await toGate(second);
+    expect(domainSource(s2)).toMatchObject({ docs: 20, watermark: { used: `${n0} files by sha256`, next: `${n0 + 20} files by sha256`, skippedFiles: n0 } });
+    expect(s2.metrics.baseModel).toBe('weekly-telecom-adapted:v1');
+    await decide(h.client, { runId: second, principal: 'approver-1', decision: 'reject', reason: 'hold this one' });
+    await finished(second, 'rejected');
+
+    // A rejected update leaves the watermark: the next firing reads the same twenty files, and more.
+    arrive(50, 60);
+    const third = await fire(known);
+    known.add(third);
+    const s3 = await toGate(third);
+    expect(domainSource(s3)).toMatchObject({ docs: 30, watermark: { used: `${n0} files by sha256`, next: `${n0 + 30} files by sha256`, skippedFiles: n0 } });
+    expect(s3.metrics.baseModel).toBe('weekly-telecom-adapted:v1');
+    await decide(h.client, { runId: third, principal: 'approver-1', decision: 'approve' });
+    await finished(third, 'completed');
+
+    // Update 3 of the line: only what arrived since update 2's success, continuing from its model.
+    arrive(60, 70);
+    const fourth = await fire(known);
+    known.add(fourth);
+    const s4 = await toGate(fourth);
+    expect(domainSource(s4)).toMatchObject({ docs: 10, watermark: { used: `${n0 + 30} files by sha256`, next: `${n0 + 40} files by sha256`, skippedFiles: n0 + 30 } });
+    expect(s4.metrics.baseModel).toBe('weekly-telecom-adapted:v2');
+    await decide(h.client, { runId: fourth, principal: 'approver-1', decision: 'approve' });
+    await finished(fourth, 'completed');
+    const lineage = await h.db.pool.query(`SELECT version_id, parent_version_id FROM model_versions WHERE name LIKE 'weekly-telecom%' ORDER BY created_at`);
+    expect(lineage.rows.map((r) => [r.version_id, r.parent_version_id])).toEqual([
+      ['weekly-telecom-base:v1', null],
+      ['weekly-telecom-adapted:v1', 'weekly-telecom-base:v1'],
+      ['weekly-telecom:v1', 'weekly-telecom-adapted:v1'],
+      ['weekly-telecom-adapted:v2', 'weekly-telecom-adapted:v1'],
+      ['weekly-telecom:v2', 'weekly-telecom-adapted:v2'],
+      ['weekly-telecom-adapted:v3', 'weekly-telecom-adapted:v2'],
+      ['weekly-telecom:v3', 'weekly-telecom-adapted:v3'],
+    ]);
+    const watermark = await h.db.pool.query(`SELECT run_id, value FROM schedule_watermarks WHERE schedule_id = 'weekly'`);
+    expect(watermark.rows).toEqual([expect.objectContaining({ run_id: fourth })]);
+    expect(Object.keys(watermark.rows[0].value.files)).toHaveLength(n0 + 40);
+
+    // run list: newest first, scheduled runs named by their schedule, manual runs with scheduleId null.
+    const listed = runList();
+    expect(listed.map((r) => r.runId)).toEqual([fourth, third, second, first]);
+    for (const r of listed) expect(r).toMatchObject({ scheduleId: 'weekly', initiator: 'engineer', startedAt: expect.stringMatching(/^\d{4}-/), stage: expect.any(String) });
+    expect(listed.map((r) => r.state)).toEqual(['completed', 'completed', 'rejected', 'completed']);
+    const manual = dacp('run', 'start', '--spec', 'spec.json', '--id', 'manual-1', '--as', 'engineer');
+    expect(manual.code).toBe(0);
+    expect(runList()[0]).toMatchObject({ runId: 'manual-1', scheduleId: null, initiator: 'engineer' });
+    await h.client.workflow.getHandle('manual-1').terminate('test over');
+
+    // describe: the recent runs and their outcomes, newest first.
+    const after = JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout) as ScheduleView;
+    expect(after.recentRuns.map((r) => [r.runId, r.state])).toEqual([[fourth, 'completed'], [third, 'completed'], [second, 'rejected'], [first, 'completed']]);
+    expect(dacp('schedule', 'describe', 'weekly').stdout).toMatch(/^weekly {2}active {2}every 7d {2}overlap skip/);
+  }, 1_500_000);
+
+  test('pause and unpause with a note, list, delete', () => {
+    expect(dacp('schedule', 'pause', 'weekly', '--note', 'data freeze', '--as', 'ops-lead').stdout).toMatch(/schedule weekly paused by ops-lead: data freeze/);
+    expect(JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout)).toMatchObject({ paused: true, note: 'paused by ops-lead: data freeze' });
+    expect(dacp('schedule', 'list').stdout).toMatch(/^weekly {2}PAUSED/);
+    dacp('schedule', 'unpause', 'weekly', '--as', 'ops-lead');
+    expect(JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout)).toMatchObject({ paused: false, note: 'unpaused by ops-lead' });
+    expect(dacp('schedule', 'delete', 'weekly').stdout).toMatch(/schedule weekly deleted/);
+    expect(JSON.parse(dacp('schedule', 'list', '--json').stdout)).toEqual([]);
+    // Its runs and their records stay.
+    expect(runList().filter((r) => r.scheduleId === 'weekly')).toHaveLength(4);
+    expect(readdirSync(path.join(h.home, 'data', 'domain'))).toHaveLength(n0 + 40);
+  });
+});
