@@ -10,7 +10,7 @@ import type { ActivityDeps } from './context';
 import { evaluationActivities } from './evaluation';
 import { qualityActivities } from './quality';
 import { recordActivities } from './records';
-import { registryActivities } from './registry';
+import { earlierUpdatesActivities, registryActivities } from './registry';
 import { trainingActivities } from './training';
 
 export type { ActivityDeps } from './context';
@@ -115,6 +115,7 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(collectActivities(deps)),
     ...heartbeating(qualityActivities(deps)),
     ...heartbeating(registryActivities(deps)),
+    ...heartbeating(earlierUpdatesActivities(deps)),
     ...heartbeating(evaluationActivities(deps)),
     // Training heartbeats every step with its checkpoint: it needs no timer.
     ...trainingActivities(deps),

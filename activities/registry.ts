@@ -1,11 +1,15 @@
+import { createHash } from 'node:crypto';
+import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { PoolClient } from 'pg';
 import { withTransaction } from '../db/pool';
-import { advanceWatermarks, AliasMovedError, createModelVersion, findModelVersion, moveAlias, recordTransition } from '../db/records';
+import { advanceWatermarks, AliasMovedError, createModelVersion, findModelVersion, moveAlias, recordTransition, upsertDataset } from '../db/records';
 import type { ArtifactRef, DatasetRef, DeployResult, FinalCheckReport, ForgettingReport, InstructSummary } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import type { ActivityDeps } from './context';
 import { storeModelAsFolder } from './modelFolders';
+import { readDataset, writeDataset, type TextDoc } from './datasets';
+import { mulberry32 } from '../ml/random';
 
 export type VersionedModel = ArtifactRef & { versionId: string };
 
@@ -176,4 +180,69 @@ export function registryActivities({ pool, store }: ActivityDeps) {
       return result;
     },
   };
+}
+
+export interface EarlierUpdatesReplay {
+  /** The replay training set: the general text, plus the sample of earlier updates' domain documents. */
+  replayTrain: DatasetRef;
+  summary: {
+    share: number;
+    /** The versions of the base model's line whose domain data was pooled, newest first. */
+    versions: string[];
+    /** sha256 of each earlier domain training set pooled. */
+    datasets: string[];
+    pooledDocs: number;
+    sampledDocs: number;
+    generalDocs: number;
+  };
+}
+
+/**
+ * Replay that keeps earlier updates: the domain training sets of the base model's line (found by
+ * sha256 through the registry's lineage) are pooled, and a seeded sample of them joins the general
+ * replay text, `share` of the replay documents in all. A first update has nothing earlier: the
+ * general text is returned as it was.
+ */
+export function earlierUpdatesActivities({ pool, store }: ActivityDeps) {
+  return {
+    async mixEarlierUpdates(input: { runId: string; share: number; baseVersionId: string; replayTrain: DatasetRef }): Promise<EarlierUpdatesReplay> {
+      const versions: string[] = [];
+      const hashes: string[] = [];
+      for (let at = await findModelVersion(pool, input.baseVersionId); at; at = at.parentVersionId ? await findModelVersion(pool, at.parentVersionId) : null) {
+        const datasets = Array.isArray(at.lineage.datasets) ? (at.lineage.datasets as { role: string; split: string; sha256: string }[]) : [];
+        const domain = datasets.filter((d) => d.role === 'domain' && d.split === 'train').map((d) => d.sha256).filter((h) => !hashes.includes(h));
+        if (domain.length) versions.push(at.versionId);
+        hashes.push(...domain);
+        if (versions.length > 1_000) break;
+      }
+      const earlier: TextDoc[] = [];
+      for (const sha256 of hashes) {
+        const { rows } = await pool.query(`SELECT uri, sha256, docs, bytes, tokens FROM datasets WHERE sha256 = $1 AND role = 'domain' AND split = 'train' LIMIT 1`, [sha256]);
+        if (!rows.length) throw ApplicationFailure.nonRetryable(`earlier domain dataset ${sha256} is named in the registry's lineage but has no record; it cannot be replayed`, 'DatasetMissing');
+        const ref: DatasetRef = { uri: rows[0].uri, sha256, bytes: await store.sizeOf({ uri: rows[0].uri as string }), role: 'domain', split: 'train', docs: Number(rows[0].docs), dataBytes: Number(rows[0].bytes), tokens: Number(rows[0].tokens) };
+        for (const doc of await readDataset<TextDoc>(store, ref)) earlier.push({ text: doc.text });
+        Context.current().heartbeat({ pooled: earlier.length });
+      }
+      const general = await readDataset<TextDoc>(store, input.replayTrain);
+      const wanted = Math.round((general.length * input.share) / (1 - input.share));
+      // A seeded shuffle (per run), so a retried attempt samples the same documents.
+      const random = mulberry32(seedOf(input.runId));
+      const order = earlier.map((_, i) => i);
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(random() * (i + 1));
+        [order[i], order[j]] = [order[j] as number, order[i] as number];
+      }
+      const sampled = order.slice(0, Math.min(wanted, earlier.length)).sort((a, b) => a - b).map((i) => earlier[i] as TextDoc);
+      const summary = { share: input.share, versions, datasets: hashes, pooledDocs: earlier.length, sampledDocs: sampled.length, generalDocs: general.length };
+      if (sampled.length === 0) return { replayTrain: input.replayTrain, summary };
+      const replayTrain = await writeDataset(store, 'replay', 'train', [...general.map((d) => ({ text: d.text })), ...sampled]);
+      // On the run's record (stage "mix"), where an auditor finds what the update trained on.
+      await upsertDataset(pool, input.runId, 'mix', replayTrain);
+      return { replayTrain, summary };
+    },
+  };
+}
+
+function seedOf(text: string): number {
+  return createHash('sha256').update(text).digest().readUInt32LE(0);
 }

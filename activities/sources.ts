@@ -30,7 +30,7 @@ export const defaultMaxFileBytes = 256 * 1024 * 1024;
 
 /**
  * How far a schedule has read a source. Files: the sha256 of every file seen, by its path as the
- * spec shows it (a file is new or changed when its hash is not there). Postgres: the greatest value
+ * spec shows it (a file is new or changed when its content's hash is not among them). Postgres: the greatest value
  * of the watermark column read, as text.
  */
 export type Watermark = { kind: 'files'; files: Record<string, string> } | { kind: 'postgres'; column: string; max: string | null };
@@ -39,7 +39,7 @@ export interface ReadSince {
   docs: SourceDoc[];
   /** The watermark after this read: what the next run starts from once this one has succeeded. */
   next: Watermark;
-  /** Files unchanged since the watermark, or rows at or below it, left out. (Rows are not counted.) */
+  /** Files whose content was read before (unchanged, or a copy), left out. (Rows at or below a Postgres watermark are not counted.) */
   skippedFiles: number;
 }
 
@@ -51,8 +51,10 @@ export async function readSourceSince(source: Source, o: ReadSourceOptions, used
   if (source.kind === 'files') {
     const known = used?.kind === 'files' ? used.files : {};
     const seen: Record<string, string> = {};
-    const docs = await readFileSource(source, o, { known, seen });
-    const skippedFiles = Object.entries(seen).filter(([file, sha]) => known[file] === sha).length;
+    // Content already read, under this path or another (a copy of a file is not new data).
+    const knownContent = new Set(Object.values(known));
+    const docs = await readFileSource(source, o, { known: knownContent, seen });
+    const skippedFiles = Object.values(seen).filter((sha) => knownContent.has(sha)).length;
     return { docs, next: { kind: 'files', files: { ...known, ...seen } }, skippedFiles };
   }
   const column = source.watermarkColumn;
@@ -81,8 +83,8 @@ type FileSource = Extract<Source, { kind: 'files' }>;
 async function readFileSource(
   source: FileSource,
   o: ReadSourceOptions,
-  /** With a watermark: files whose sha256 is in `known` under their path are skipped; every file's hash goes into `seen`. */
-  since?: { known: Record<string, string>; seen: Record<string, string> },
+  /** With a watermark: files whose sha256 is in `known` are skipped; every file's hash goes into `seen`, by path. */
+  since?: { known: Set<string>; seen: Record<string, string> },
 ): Promise<SourceDoc[]> {
   const roots = o.allowedRoots ? await Promise.all(o.allowedRoots.map((r) => realOrResolved(path.resolve(o.baseDir, r)))) : undefined;
   const files = new Set<string>();
@@ -94,7 +96,7 @@ async function readFileSource(
     const shown = displayPath(file, o.baseDir);
     if (roots) await ensureInsideRoots(file, shown, roots);
     const text = await readUtf8(file, shown, o.maxFileBytes ?? defaultMaxFileBytes, since ? (sha) => (since.seen[shown] = sha) : undefined);
-    if (since && since.known[shown] === since.seen[shown]) continue;
+    if (since && since.known.has(since.seen[shown] as string)) continue;
     const format = formatOf(source.format ?? 'auto', file, shown);
     if (format === 'text') {
       if (source.role === 'instruct') {

@@ -108,7 +108,7 @@ export async function recordTransition(
   }
 }
 
-export async function upsertDataset(db: Queryable, runId: string, stage: 'collect' | 'quality', d: DatasetRef): Promise<void> {
+export async function upsertDataset(db: Queryable, runId: string, stage: 'collect' | 'quality' | 'mix', d: DatasetRef): Promise<void> {
   await db.query(
     `INSERT INTO datasets (run_id, stage, role, split, uri, sha256, docs, bytes, tokens)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)

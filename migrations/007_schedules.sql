@@ -29,3 +29,7 @@ CREATE TABLE schedule_watermarks (
   updated_at   timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (schedule_id, source_key)
 );
+
+-- The replay set a run trained on when it replays earlier updates' domain data ("mix").
+ALTER TABLE datasets DROP CONSTRAINT datasets_stage_check;
+ALTER TABLE datasets ADD CONSTRAINT datasets_stage_check CHECK (stage IN ('collect', 'quality', 'mix'));

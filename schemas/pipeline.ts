@@ -49,6 +49,8 @@ export interface WorkflowSpec {
   replayRatio: RunSpec['replayRatio'];
   /** Only where the spec weighs several domain sources. */
   domainRatio?: RunSpec['domainRatio'];
+  /** Only where the spec replays earlier updates' domain data. */
+  replayFromEarlierUpdates?: number;
   /** Absent in runs from before the two-line registry: they continue from the served model. */
   baseModel: Pick<RunSpec['baseModel'], 'ref' | 'bootstrapIfMissing'> & { line?: RunSpec['baseModel']['line'] };
   /** Absent in runs from before the final check. */
@@ -64,6 +66,7 @@ export function workflowSpec(spec: RunSpec): WorkflowSpec {
   return {
     name: spec.name,
     replayRatio: spec.replayRatio,
+    ...(spec.replayFromEarlierUpdates > 0 ? { replayFromEarlierUpdates: spec.replayFromEarlierUpdates } : {}),
     ...(spec.domainRatio !== undefined ? { domainRatio: spec.domainRatio } : {}),
     baseModel: { ref: spec.baseModel.ref, bootstrapIfMissing: spec.baseModel.bootstrapIfMissing, line: spec.baseModel.line },
     instruct: { replayRatio: spec.instruct.replayRatio },

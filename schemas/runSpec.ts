@@ -251,6 +251,12 @@ export const RunSpec = z
       ])
       .default(0.25),
     /**
+     * Share of the replay documents drawn from the domain data of earlier updates (the datasets that
+     * trained the base model's line, found by hash through the registry's lineage); the rest is the
+     * general text of the replay sources. 0: general text only. Keeps what earlier updates taught.
+     */
+    replayFromEarlierUpdates: z.number().min(0).max(0.9, 'keep at least 10 % general text: replayFromEarlierUpdates ≤ 0.9').default(0),
+    /**
      * Where a run mixes several domain sources: each one's share of the domain rows, by source
      * name. A list trains one candidate per mix (and per replay ratio), like a list of replay
      * ratios. Absent: the domain sources are one pool, each document as likely as any other.

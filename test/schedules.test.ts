@@ -1,12 +1,14 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { decide, runStatus } from '../cli/runs';
 import type { RunListing } from '../cli/runs';
 import type { ScheduleView } from '../cli/schedules';
 import type { CollectSummary } from '../activities/collect';
-import type { RunStatus } from '../schemas/pipeline';
+import type { DatasetRef, RunStatus } from '../schemas/pipeline';
+import { ArtifactStore } from '../activities/artifacts';
+import { readDataset } from '../activities/datasets';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
 import { eventually, GiveUp } from './helpers/temporal';
@@ -31,7 +33,8 @@ beforeAll(async () => {
   mkdirSync(path.join(h.home, 'incoming'), { recursive: true });
   for (let i = 30; i < 80; i++) renameSync(path.join(h.home, 'data', 'domain', `d${i}.txt`), path.join(h.home, 'incoming', `d${i}.txt`));
   n0 = readdirSync(path.join(h.home, 'data', 'domain')).length;
-  writeFileSync(path.join(h.home, 'spec.json'), JSON.stringify(tinySpec({ name: 'weekly-telecom' })));
+  // A third of the replay documents come from earlier updates' domain data.
+  writeFileSync(path.join(h.home, 'spec.json'), JSON.stringify(tinySpec({ name: 'weekly-telecom', replayFromEarlierUpdates: 0.3 })));
 }, 120_000);
 
 afterAll(async () => {
@@ -41,6 +44,17 @@ afterAll(async () => {
 function dacp(...args: string[]) {
   const r = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), ...args], { env: { ...process.env, ...h.env }, cwd: h.home, encoding: 'utf8' });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr.trim() };
+}
+
+/** The contents of the domain folder now: what a run that succeeds now leaves as its watermark. */
+const contents = () => readdirSync(path.join(h.home, 'data', 'domain')).map((f) => readFileSync(path.join(h.home, 'data', 'domain', f), 'utf8'));
+
+/** What a run reading past `seen` collects now: files whose content is new (a copy of a read file is not), and those it skips. */
+function expected(seen: string[]): { docs: number; skippedFiles: number } {
+  const known = new Set(seen);
+  const now = contents();
+  const docs = now.filter((c) => !known.has(c)).length;
+  return { docs, skippedFiles: now.length - docs };
 }
 
 const arrive = (from: number, to: number) => {
@@ -68,6 +82,19 @@ async function toGate(runId: string): Promise<RunStatus> {
 
 async function finished(runId: string, state: string): Promise<void> {
   await eventually(async () => ((await runStatus(h.runs, runId)).state === state ? true : undefined), `${runId} to be ${state}`, 120_000, 250);
+}
+
+/** A run's dataset documents (texts), by stage, role and optionally split. */
+async function docsOf(runId: string, stage: string, role: string, split?: string): Promise<string[]> {
+  const { rows } = await h.db.pool.query('SELECT * FROM datasets WHERE run_id = $1 AND stage = $2 AND role = $3 AND ($4::text IS NULL OR split = $4)', [runId, stage, role, split ?? null]);
+  expect(rows.length).toBeGreaterThan(0);
+  const store = new ArtifactStore(path.join(h.home, 'artifacts'));
+  const texts: string[] = [];
+  for (const r of rows) {
+    const ref: DatasetRef = { uri: r.uri, sha256: r.sha256, bytes: 0, role: r.role, split: r.split, docs: r.docs, dataBytes: Number(r.bytes), tokens: Number(r.tokens) };
+    for (const doc of await readDataset<{ text: string }>(store, ref)) texts.push(doc.text);
+  }
+  return texts;
 }
 
 const domainSource = (s: RunStatus) => (s.metrics.collect as CollectSummary).sources.find((x) => x.role === 'domain');
@@ -103,6 +130,7 @@ describe('dacp schedule', () => {
 
     const known = new Set<string>();
     // Update 1: the first read of the files.
+    const seen0 = contents();
     const first = await fire(known);
     known.add(first);
     expect(first).toMatch(/^weekly-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
@@ -113,31 +141,52 @@ describe('dacp schedule', () => {
 
     // Update 2: twenty files arrive; only they are collected, and it continues the pretrained line of update 1.
     arrive(30, 50);
+    const want2 = expected(seen0);
     const second = await fire(known);
     known.add(second);
     const s2 = await toGate(second);
-    expect(domainSource(s2)).toMatchObject({ docs: 20, watermark: { used: `${n0} files by sha256`, next: `${n0 + 20} files by sha256`, skippedFiles: n0 } });
+    expect(want2.docs).toBeGreaterThanOrEqual(15);
+    expect(domainSource(s2)).toMatchObject({ docs: want2.docs, watermark: { used: `${n0} files by sha256`, next: `${n0 + 20} files by sha256`, skippedFiles: want2.skippedFiles } });
     expect(s2.metrics.baseModel).toBe('weekly-telecom-adapted:v1');
+    // It trains on no domain document update 1 used, except those sampled into its replay.
+    const [used1, domain2, replay2] = [await docsOf(first, 'quality', 'domain'), await docsOf(second, 'quality', 'domain', 'train'), await docsOf(second, 'mix', 'replay', 'train')];
+    const earlier = new Set(used1);
+    expect(domain2.filter((d) => earlier.has(d))).toEqual([]);
+    const replayed = replay2.filter((d) => earlier.has(d));
+    const replay = s2.metrics.replay as { versions: string[]; sampledDocs: number; pooledDocs: number; generalDocs: number; share: number };
+    expect(replay).toMatchObject({ versions: ['weekly-telecom-adapted:v1'], share: 0.3 });
+    expect(replay.sampledDocs).toBe(Math.min(replay.pooledDocs, Math.round((replay.generalDocs * 0.3) / 0.7)));
+    expect(replay.sampledDocs).toBeGreaterThan(0);
+    expect(replayed).toHaveLength(replay.sampledDocs);
+    expect(replay2).toHaveLength(replay.generalDocs + replay.sampledDocs);
+    // A first update had nothing earlier to replay: its replay set is the general text alone.
+    expect(s1.metrics.replay).toMatchObject({ versions: [], sampledDocs: 0 });
     await decide(h.client, { runId: second, principal: 'approver-1', decision: 'reject', reason: 'hold this one' });
     await finished(second, 'rejected');
 
     // A rejected update leaves the watermark: the next firing reads the same twenty files, and more.
     arrive(50, 60);
+    const want3 = expected(seen0);
     const third = await fire(known);
     known.add(third);
     const s3 = await toGate(third);
-    expect(domainSource(s3)).toMatchObject({ docs: 30, watermark: { used: `${n0} files by sha256`, next: `${n0 + 30} files by sha256`, skippedFiles: n0 } });
+    expect(domainSource(s3)).toMatchObject({ docs: want3.docs, watermark: { used: `${n0} files by sha256`, next: `${n0 + 30} files by sha256`, skippedFiles: want3.skippedFiles } });
+    expect(want3.docs).toBeGreaterThan(want2.docs);
     expect(s3.metrics.baseModel).toBe('weekly-telecom-adapted:v1');
     await decide(h.client, { runId: third, principal: 'approver-1', decision: 'approve' });
     await finished(third, 'completed');
+    const seen3 = contents();
 
     // Update 3 of the line: only what arrived since update 2's success, continuing from its model.
     arrive(60, 70);
+    const want4 = expected(seen3);
     const fourth = await fire(known);
     known.add(fourth);
     const s4 = await toGate(fourth);
-    expect(domainSource(s4)).toMatchObject({ docs: 10, watermark: { used: `${n0 + 30} files by sha256`, next: `${n0 + 40} files by sha256`, skippedFiles: n0 + 30 } });
+    expect(domainSource(s4)).toMatchObject({ docs: want4.docs, watermark: { used: `${n0 + 30} files by sha256`, next: `${n0 + 40} files by sha256`, skippedFiles: want4.skippedFiles } });
     expect(s4.metrics.baseModel).toBe('weekly-telecom-adapted:v2');
+    // Replay pools the domain data of both earlier updates of the line.
+    expect(s4.metrics.replay).toMatchObject({ versions: ['weekly-telecom-adapted:v2', 'weekly-telecom-adapted:v1'] });
     await decide(h.client, { runId: fourth, principal: 'approver-1', decision: 'approve' });
     await finished(fourth, 'completed');
     const lineage = await h.db.pool.query(`SELECT version_id, parent_version_id FROM model_versions WHERE name LIKE 'weekly-telecom%' ORDER BY created_at`);

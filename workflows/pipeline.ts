@@ -304,6 +304,17 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     metrics.baseModel = base.versionId;
     if (progressOutOfHistory) await record('base_model_resolved', { versionId: base.versionId });
 
+    // Replay that keeps earlier updates: a sample of the domain data that trained the base's line
+    // joins the general text (only in runs whose spec asks for it).
+    let dacpReplay = data.replayTrain;
+    const earlierShare = spec.replayFromEarlierUpdates ?? 0;
+    if (earlierShare > 0 && patched('replay-earlier-updates')) {
+      const mixed = await controlActivities.mixEarlierUpdates({ runId, share: earlierShare, baseVersionId: startModel.versionId, replayTrain: data.replayTrain });
+      metrics.replay = { ...mixed.summary, sha256: mixed.replayTrain.sha256 };
+      dacpReplay = mixed.replayTrain;
+      await record('replay_mixed', { ...mixed.summary, sha256: mixed.replayTrain.sha256 });
+    }
+
     const choiceSets = collected.choiceSets;
     const points = candidatePoints(spec);
     let adapted: TrainingResult;
@@ -315,7 +326,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       ({ adapted, forgetting, forgettingRef, tradeoff } = await trainCandidates({
         points,
         startModel,
-        data: { domainTrain: data.domainTrain, replayTrain: data.replayTrain, domainHeldout: data.domainHeldout, replayHeldout: data.replayHeldout },
+        data: { domainTrain: data.domainTrain, replayTrain: dacpReplay, domainHeldout: data.domainHeldout, replayHeldout: data.replayHeldout },
         choiceSets,
       }));
     } else {
@@ -333,7 +344,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           ...withMix(domainMix),
           baseModel: startModel,
           domain: data.domainTrain,
-          replay: data.replayTrain,
+          replay: dacpReplay,
         });
         metrics.dacp = {
           round,
