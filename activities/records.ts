@@ -1,4 +1,6 @@
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import { approvalWorkflowId, supersedeSignal } from '../workflows/messages';
 import * as records from '../db/records';
 import type { ApprovalRequest, Decision, RunState, Stage } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
@@ -6,8 +8,37 @@ import { sha256Hex } from './artifacts';
 import type { ActivityDeps } from './context';
 
 /** Activities that write the run's own records: the run row, transitions and approval decisions. */
-export function recordActivities({ pool }: ActivityDeps) {
+export function recordActivities({ pool, client }: ActivityDeps) {
   return {
+    /**
+     * The newer run of a schedule has reached its gate: the older runs of that schedule still waiting
+     * at theirs are closed (a signal to each gate), naming it. Returns the runs it closed.
+     */
+    async supersedeEarlierRuns(input: { runId: string; scheduleId: string }): Promise<string[]> {
+      if (!client) throw new Error('supersedeEarlierRuns needs the worker\'s Temporal client');
+      const { rows } = await pool.query(
+        `SELECT run_id FROM runs
+          WHERE schedule_id = $1 AND state = 'awaiting_approval' AND run_id <> $2
+            AND created_at < (SELECT created_at FROM runs WHERE run_id = $2)
+          ORDER BY created_at`,
+        [input.scheduleId, input.runId],
+      );
+      const closed: string[] = [];
+      for (const row of rows) {
+        const older = row.run_id as string;
+        try {
+          await client.workflow.getHandle(approvalWorkflowId(older)).signal(supersedeSignal, {
+            by: input.runId,
+            reason: `superseded by ${input.runId}, a newer run of schedule ${input.scheduleId} that reached its approval gate; review that one instead`,
+          });
+          closed.push(older);
+        } catch (err) {
+          if (!(err instanceof WorkflowNotFoundError)) throw err; // its gate closed meanwhile
+        }
+      }
+      return closed;
+    },
+
     /**
      * The run's row, written once per run id. Returns where the deploy alias pointed when the run
      * started: the deploy moves it only if it still points there.

@@ -23,7 +23,7 @@ export interface ApprovalView {
    * `open` takes votes; `closing` has its outcome and is recording the last votes; the rest are
    * closed gates: their outcome, or how the gate workflow ended.
    */
-  state: 'open' | 'closing' | 'approved' | 'rejected' | 'cancelled' | 'terminated' | 'timed_out' | 'failed';
+  state: 'open' | 'closing' | 'approved' | 'rejected' | 'superseded' | 'cancelled' | 'terminated' | 'timed_out' | 'failed';
   reason: string | null;
   /** Where request and votes were read: the gate's query (a worker answered) or its history. */
   source: 'query' | 'history';

@@ -5,7 +5,7 @@ import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-w
 import type { Pool } from 'pg';
 import type { TrainingHeartbeat } from '../activities/checkpoints';
 import { gainBySourceLines, gateComparison } from './gateView';
-import { STAGES, type FinalCheckReport, type ForgettingReport, type InstructSummary, type PipelineResult, type RunState, type RunStatus, type Stage } from '../schemas/pipeline';
+import { STAGES, TERMINAL_STATES, type FinalCheckReport, type ForgettingReport, type InstructSummary, type PipelineResult, type RunState, type RunStatus, type Stage } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
 import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
 
@@ -21,7 +21,7 @@ const TRAINING_ACTIVITIES: Record<string, Stage> = {
   continualPretrain: 'dacp',
   instructionTune: 'instruct',
 };
-const TERMINAL: RunState[] = ['completed', 'rejected', 'failed', 'cancelled'];
+const TERMINAL: readonly RunState[] = TERMINAL_STATES;
 
 interface RunRow {
   stage: Stage;

@@ -1,5 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
-import type { ArtifactRef, DatasetRef, Decision, RunState, Stage } from '../schemas/pipeline';
+import { TERMINAL_STATES, type ArtifactRef, type DatasetRef, type Decision, type RunState, type Stage } from '../schemas/pipeline';
 
 /**
  * Repositories for the domain records. Every write is keyed so that a retried activity repeats it
@@ -82,7 +82,7 @@ export async function recordTransition(
     );
     const fresh = (inserted.rowCount ?? 0) > 0;
     if (fresh && t.state) {
-      const terminal = ['completed', 'rejected', 'failed', 'cancelled'].includes(t.state);
+      const terminal = (TERMINAL_STATES as readonly string[]).includes(t.state);
       await client.query(
         `UPDATE runs SET stage = $2, state = $3, updated_at = now(),
            finished_at = CASE WHEN $4 THEN now() ELSE finished_at END,

@@ -6,7 +6,9 @@ import type { RunSpec } from './runSpec';
 export const STAGES = ['collect', 'quality', 'dacp', 'forgetting', 'instruct', 'final_check', 'approval', 'deploy'] as const;
 export type Stage = (typeof STAGES)[number];
 
-export const RUN_STATES = ['running', 'awaiting_approval', 'completed', 'rejected', 'failed', 'cancelled'] as const;
+export const RUN_STATES = ['running', 'awaiting_approval', 'completed', 'rejected', 'failed', 'cancelled', 'superseded', 'rolled_back'] as const;
+/** The states a run ends in. */
+export const TERMINAL_STATES: readonly RunState[] = ['completed', 'rejected', 'failed', 'cancelled', 'superseded', 'rolled_back'];
 export type RunState = (typeof RUN_STATES)[number];
 
 /** A stored file, named by where it is and what it must hash to. Only these travel through history. */
@@ -276,9 +278,11 @@ export interface Decision {
 }
 
 export interface ApprovalOutcome {
-  outcome: 'approved' | 'rejected';
+  outcome: 'approved' | 'rejected' | 'superseded';
   reason: string;
   decisions: Decision[];
+  /** The newer run of the same schedule that closed this gate. */
+  supersededBy?: string;
 }
 
 export interface DeployResult {

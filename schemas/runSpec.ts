@@ -352,6 +352,11 @@ export const RunSpec = z
         approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver'),
         quorum: z.number().int().min(1).max(1_000).default(1),
         timeout: Duration.default('24h'),
+        /**
+         * A scheduled run still waiting here when a newer run of its schedule reaches its own gate
+         * ends `superseded`; false keeps both requests open.
+         */
+        supersede: z.boolean().default(true),
       })
       .strict()
       .refine((a) => a.quorum <= new Set(a.approvers).size, {

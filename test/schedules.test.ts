@@ -231,4 +231,46 @@ describe('dacp schedule', () => {
     expect(runList().filter((r) => r.scheduleId === 'weekly')).toHaveLength(4);
     expect(readdirSync(path.join(h.home, 'data', 'domain'))).toHaveLength(n0 + 40);
   });
+
+  test('a newer run that reaches its gate supersedes an older one still waiting there; supersede: false keeps both', async () => {
+    const known = new Set(runList().map((r) => r.runId));
+    const once = async (id: string) => {
+      const second = Math.floor(Date.now() / 1000);
+      await eventually(async () => (Math.floor(Date.now() / 1000) > second ? true : undefined), 'the next second', 5_000, 50);
+      expect(dacp('schedule', 'trigger', id).code).toBe(0);
+      const runId = await eventually(async () => runList().find((r) => r.scheduleId === id && !known.has(r.runId))?.runId, 'the run', 60_000, 200);
+      known.add(runId);
+      return runId;
+    };
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '1d', '--id', 'nightly', '--as', 'engineer').code).toBe(0);
+    const older = await once('nightly');
+    await toGate(older);
+    const newer = await once('nightly');
+    const waiting = await toGate(newer);
+    expect(waiting.metrics.supersedes).toEqual([older]);
+    await finished(older, 'superseded');
+    const status = await runStatus(h.runs, older);
+    expect(status.metrics.approval).toMatchObject({ outcome: 'superseded', supersededBy: newer, reason: expect.stringMatching(new RegExp(`^superseded by ${newer}, a newer run of schedule nightly`)) });
+    // The old request is closed, says why, and takes no votes.
+    const request = JSON.parse(dacp('approval', 'show', older, '--json').stdout) as { state: string; reason: string };
+    expect(request).toMatchObject({ state: 'superseded', reason: expect.stringContaining(newer) });
+    expect(dacp('approve', older, '--as', 'approver-1').stderr).toMatch(/not awaiting approval|superseded/);
+    const events = await h.db.pool.query(`SELECT event, details FROM audit_log WHERE run_id = $1 AND event IN ('approval_superseded', 'run_superseded') ORDER BY id`, [older]);
+    expect(events.rows.map((r) => r.event)).toEqual(['approval_superseded', 'run_superseded']);
+    expect(events.rows[0].details).toMatchObject({ supersededBy: newer });
+    await decide(h.client, { runId: newer, principal: 'approver-1', decision: 'approve' });
+    await finished(newer, 'completed');
+    dacp('schedule', 'delete', 'nightly');
+
+    // Configurable: with supersede off, both requests stay open.
+    writeFileSync(path.join(h.home, 'keep-spec.json'), JSON.stringify(tinySpec({ name: 'keep-both', approval: { approvers: ['approver-1', 'approver-2'], quorum: 1, timeout: '1h', supersede: false } })));
+    expect(dacp('schedule', 'create', '--spec', 'keep-spec.json', '--every', '1d', '--id', 'keep', '--as', 'engineer').code).toBe(0);
+    const a = await once('keep');
+    await toGate(a);
+    const b = await once('keep');
+    expect((await toGate(b)).metrics.supersedes).toBeUndefined();
+    expect((await runStatus(h.runs, a)).state).toBe('awaiting_approval');
+    for (const id of [a, b]) await h.client.workflow.getHandle(id).terminate('test over');
+    dacp('schedule', 'delete', 'keep');
+  }, 600_000);
 });

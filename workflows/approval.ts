@@ -11,7 +11,7 @@ import {
 import type { DacpActivities } from '../activities';
 import { DecisionInput, RejectionInput } from '../schemas/pipeline';
 import type { ApprovalOutcome, ApprovalRequest, Decision } from '../schemas/pipeline';
-import { approvalRequestQuery, approveUpdate, rejectUpdate } from './messages';
+import { approvalRequestQuery, approveUpdate, rejectUpdate, supersedeSignal } from './messages';
 
 const { recordDecision, recordTransition } = proxyActivities<DacpActivities>({
   taskQueue: 'dacp-control',
@@ -128,10 +128,19 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     },
   );
 
-  setHandler(approvalRequestQuery, () => ({ request, decisions, open }));
+  // A newer run of the same schedule reached its own gate: this request closes, naming it. Votes
+  // already accepted still count; one that decided before the signal wins.
+  let superseded: { by: string; reason: string } | undefined;
+  setHandler(supersedeSignal, (input) => {
+    if (!open || decided()) return;
+    superseded = input;
+    close(`superseded by run ${input.by}`);
+  });
+
+  setHandler(approvalRequestQuery, () => ({ request, decisions, open, ...(superseded ? { supersededBy: superseded.by } : {}) }));
 
   try {
-    await condition(decided, request.timeoutMs);
+    await condition(() => decided() || superseded !== undefined, request.timeoutMs);
   } catch (err) {
     if (!isCancellation(err)) throw err;
     close('the run was cancelled');
@@ -146,7 +155,9 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
 
   // From the votes, not from whether the timer fired: a vote accepted together with the timeout counts.
   let outcome: ApprovalOutcome;
-  if (rejection) {
+  if (superseded && !decided()) {
+    outcome = { outcome: 'superseded', reason: superseded.reason, decisions, supersededBy: superseded.by };
+  } else if (rejection) {
     outcome = { outcome: 'rejected', reason: `rejected by ${rejection.principal}: ${rejection.comment ?? ''}`.trim(), decisions };
   } else if (approvals() >= request.quorum) {
     outcome = { outcome: 'approved', reason: `approved by ${decisions.map((d) => d.principal).join(', ')}`, decisions };
@@ -163,7 +174,7 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     event: `approval_${outcome.outcome}`,
     stage: 'approval',
     actor: 'dacp',
-    details: { reason: outcome.reason, approvals: approvals(), quorum: request.quorum },
+    details: { reason: outcome.reason, approvals: approvals(), quorum: request.quorum, ...(outcome.supersededBy ? { supersededBy: outcome.supersededBy } : {}) },
   });
   return outcome;
 }

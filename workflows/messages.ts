@@ -1,4 +1,4 @@
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type {
   ApprovalRequest,
   Decision,
@@ -18,9 +18,11 @@ export const statusQuery = defineQuery<RunStatus>('status');
 /** Approval gate messages (on the `<runId>-approval` child workflow). */
 export const approveUpdate = defineUpdate<Decision, [DecisionInput]>('approve');
 export const rejectUpdate = defineUpdate<Decision, [RejectionInput]>('reject');
-export const approvalRequestQuery = defineQuery<{ request: ApprovalRequest; decisions: Decision[]; open: boolean }>(
+export const approvalRequestQuery = defineQuery<{ request: ApprovalRequest; decisions: Decision[]; open: boolean; supersededBy?: string }>(
   'approvalRequest',
 );
+/** A newer run of the same schedule reached its gate: this request closes, naming it. */
+export const supersedeSignal = defineSignal<[{ by: string; reason: string }]>('supersede');
 
 export function approvalWorkflowId(runId: string): string {
   return `${runId}-approval`;

@@ -474,14 +474,22 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
         },
       ],
     });
+    // A newer update supersedes the older ones of its schedule still waiting at their gates.
+    if (input.scheduleId && spec.approval.supersede !== false) {
+      const closed = await controlActivities.supersedeEarlierRuns({ runId, scheduleId: input.scheduleId });
+      if (closed.length) metrics.supersedes = closed;
+    }
     // Only now, with the gate open to votes, is the run awaiting approval.
     state = 'awaiting_approval';
     upsertSearchAttributes([{ key: dacpStateKey, value: state }]);
-    await record('approval_requested', { approvers: spec.approval.approvers, quorum: spec.approval.quorum });
+    await record('approval_requested', { approvers: spec.approval.approvers, quorum: spec.approval.quorum, ...(metrics.supersedes ? { supersedes: metrics.supersedes } : {}) });
     const approval: ApprovalOutcome = await gate.result();
-    metrics.approval = { outcome: approval.outcome, reason: approval.reason, decisions: approval.decisions.length };
-    if (approval.outcome === 'rejected') {
-      await finish('rejected', { reason: approval.reason });
+    metrics.approval = {
+      outcome: approval.outcome, reason: approval.reason, decisions: approval.decisions.length,
+      ...(approval.supersededBy ? { supersededBy: approval.supersededBy } : {}),
+    };
+    if (approval.outcome === 'rejected' || approval.outcome === 'superseded') {
+      await finish(approval.outcome, { reason: approval.reason, ...(approval.supersededBy ? { supersededBy: approval.supersededBy } : {}) });
       return { runId, state, reason: approval.reason, forgetting, instruct: instruct.summary, finalCheck: finalCheck?.report, stageSeconds };
     }
 
