@@ -11,6 +11,7 @@ import { evaluationActivities } from './evaluation';
 import { qualityActivities } from './quality';
 import { recordActivities } from './records';
 import { earlierUpdatesActivities, registryActivities } from './registry';
+import { smokeActivities } from './smoke';
 import { trainingActivities } from './training';
 
 export type { ActivityDeps } from './context';
@@ -117,6 +118,7 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(registryActivities(deps)),
     ...heartbeating(earlierUpdatesActivities(deps)),
     ...heartbeating(evaluationActivities(deps)),
+    ...heartbeating(smokeActivities(deps)),
     // Training heartbeats every step with its checkpoint: it needs no timer.
     ...trainingActivities(deps),
   });

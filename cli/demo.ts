@@ -47,7 +47,8 @@ export function demoSpec(): RunSpecInput {
     evaluation: { choices: { domain: 'data/choices-domain.jsonl', general: 'data/choices-general.jsonl' } },
     instruct: { steps: 120, batchSize: 16, learningRate: 2e-3, checkpointEvery: 40 },
     approval: { approvers: [DEMO_APPROVER], quorum: 1, timeout: '1h' },
-    deploy: { alias: 'production' },
+    // After the deploy, the served model must answer (the smoke test runs the code `dacp serve` runs).
+    deploy: { alias: 'production', smoke: { requireAnswers: true } },
   };
 }
 

@@ -28,6 +28,7 @@ import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './ru
 import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
 import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listSchedules, pauseSchedule, triggerSchedule } from './schedules';
 import { formatStatus, type RunContext } from './status';
+import { serve as serveModels } from '../serve/server';
 
 const ENVIRONMENT = `
 State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
@@ -265,6 +266,36 @@ function program(): Command {
 
   modelCommands(dacp.command('models').description('the model registry: versions, lineage, aliases'));
   scheduleCommands(dacp.command('schedule').description('recurring runs (Temporal Schedules)'));
+  dacp
+    .command('serve')
+    .description('OpenAI-style completions and chat for the production alias; follows the alias as it moves')
+    .option('--port <n>', 'port', '8000')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--alias <alias>', 'the alias to serve', 'production')
+    .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (or set DACP_API_KEY)')
+    .action(async (o: Options) => {
+      const port = Number(o.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new InputError(`--port "${o.port}": give a port number, 0–65535`);
+      const apiKey = typeof o.apiKey === 'string' ? o.apiKey : process.env.DACP_API_KEY || undefined;
+      const home = dacpHome();
+      const db = await openDatabase(home);
+      try {
+        await initBackend();
+        let served;
+        try {
+          served = await serveModels({ pool: db.pool, artifactsDir: artifactsDir(home), alias: o.alias as string, apiKey, log: (line) => console.log(`serve: ${line}`) });
+        } catch (err) {
+          throw new InputError(`cannot serve ${String(o.alias)}: ${(err as Error).message}`);
+        }
+        const address = await served.app.listen({ port, host: o.host as string });
+        console.log(`serve: listening on ${address} (OpenAI-style: /v1/completions, /v1/chat/completions, /v1/models; /health)${apiKey ? '; API key required' : ''}`);
+        await untilStopped();
+        console.log('serve: stopping …');
+        await served.close();
+      } finally {
+        await db.close();
+      }
+    });
   return dacp;
 }
 

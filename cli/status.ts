@@ -271,6 +271,12 @@ export function formatStatus(s: RunStatus): string {
   if (a?.outcome) lines.push(`  approval gate       ${a.outcome}: ${a.reason ?? ''}`.trimEnd());
   const d = m.deploy as { versionId?: string; alias?: string; previousVersionId?: string | null } | undefined;
   if (d?.versionId) lines.push(`  model version       ${d.versionId}${d.alias ? ` (alias ${d.alias}${d.previousVersionId ? `, replaced ${d.previousVersionId}` : ''})` : ''}`);
+  const smoke = m.smoke as { passed?: boolean; prompts?: number; reasons?: string[] } | undefined;
+  if (smoke?.passed !== undefined) lines.push(`  smoke test          ${smoke.passed ? `passed (${smoke.prompts} prompts, answered through dacp serve's code)` : `failed: ${(smoke.reasons ?? []).join('; ')}`}`);
+  const back = m.rollback as { rolledBack?: boolean; restoredVersionId?: string | null } | undefined;
+  if (back?.rolledBack) lines.push(`  rolled back         ${d?.alias ?? 'the alias'} → ${back.restoredVersionId ?? '(removed: nothing served before)'}`);
+  const sup = m.approval as { supersededBy?: string } | undefined;
+  if (sup?.supersededBy) lines.push(`  superseded by       ${sup.supersededBy}`);
   const seconds = m.stageSeconds as Record<string, number> | undefined;
   if (seconds && Object.keys(seconds).length && TERMINAL.includes(s.state)) {
     const ordered = STAGES.filter((stage) => seconds[stage] !== undefined);

@@ -95,6 +95,17 @@ export class HfTokenizer implements Tokenizer {
     return this.encode(text);
   }
 
+  /** A whole conversation laid out by the chat template, ending where the assistant's answer starts; undefined without a template. */
+  encodeChat(messages: { role: string; content: string }[]): number[] | undefined {
+    const source = this.chatTemplate;
+    if (source === undefined) return undefined;
+    this.template ??= new Template(source);
+    const special = Object.fromEntries(
+      ['bos_token', 'eos_token', 'pad_token', 'unk_token'].map((field) => [field, tokenContent(this.json.config[field]) ?? '']),
+    );
+    return this.encode(this.template.render({ messages, add_generation_prompt: true, ...special }));
+  }
+
   private template: Template | undefined;
 
   toJSON(): HfTokenizerJson {

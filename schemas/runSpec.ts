@@ -366,6 +366,25 @@ export const RunSpec = z
     deploy: z
       .object({
         alias: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an alias is lowercase letters, digits and "-"').default('production'),
+        /**
+         * After the deploy, the deployed version is loaded and asked a few prompts through the code
+         * `dacp serve` uses. If it cannot load, fails to generate (an error, non-finite logits), an
+         * answer lacks `expect`, or (with `requireAnswers`) every answer is empty, the alias goes
+         * back to the version it served before and the run ends `rolled_back`.
+         */
+        smoke: z
+          .object({
+            enabled: z.boolean().default(true),
+            /** Absent: the first three held-out instruction prompts. */
+            prompts: z.array(z.string().min(1)).min(1).max(16).optional(),
+            maxNewTokens: z.number().int().min(1).max(256).default(16),
+            /** Text every answer must contain (a canary the deployed model must know). */
+            expect: z.string().min(1).optional(),
+            /** Also fail when every answer is empty (the model ends its answer at once). */
+            requireAnswers: z.boolean().default(false),
+          })
+          .strict()
+          .default({}),
       })
       .strict()
       .default({}),

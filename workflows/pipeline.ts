@@ -507,6 +507,18 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       instruct: instruct.summary,
     });
     metrics.deploy = deployed;
+    // The deployed version, loaded and asked as `dacp serve` would; a failure puts the alias back.
+    if (spec.deploy.smoke?.enabled !== false && patched('post-deploy-smoke')) {
+      const smoke = await evaluationActivities.smokeTestDeployed({ runId, ...specArg, versionId: deployed.versionId, heldout: data.instructHeldout });
+      metrics.smoke = smoke;
+      if (!smoke.passed) {
+        const reason = `the smoke test of ${deployed.versionId} failed: ${smoke.reasons.join('; ')}`;
+        const back = await controlActivities.rollbackDeploy({ runId, alias: deployed.alias, versionId: deployed.versionId, previousVersionId: deployed.previousVersionId, reason });
+        metrics.rollback = back;
+        await finish('rolled_back', { reason, versionId: deployed.versionId, alias: deployed.alias, restoredVersionId: back.restoredVersionId, rolledBack: back.rolledBack });
+        return { runId, state, reason, versionId: deployed.versionId, forgetting, instruct: instruct.summary, finalCheck: finalCheck?.report, stageSeconds };
+      }
+    }
     await finish('completed', { versionId: deployed.versionId, alias: deployed.alias });
     return {
       runId,
