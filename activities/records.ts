@@ -1,6 +1,6 @@
 import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { approvalWorkflowId, supersedeSignal } from '../workflows/messages';
+import { approvalRequestQuery, approvalWorkflowId, supersedeSignal } from '../workflows/messages';
 import * as records from '../db/records';
 import type { ApprovalRequest, Decision, RunState, Stage } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
@@ -27,11 +27,21 @@ export function recordActivities({ pool, client }: ActivityDeps) {
       for (const row of rows) {
         const older = row.run_id as string;
         try {
-          await client.workflow.getHandle(approvalWorkflowId(older)).signal(supersedeSignal, {
+          const gate = client.workflow.getHandle(approvalWorkflowId(older));
+          await gate.signal(supersedeSignal, {
             by: input.runId,
             reason: `superseded by ${input.runId}, a newer run of schedule ${input.scheduleId} that reached its approval gate; review that one instead`,
           });
-          closed.push(older);
+          // Counted only if the gate took it: one whose votes had already decided keeps its outcome.
+          for (let tries = 0; tries < 50; tries++) {
+            const after = await gate.query(approvalRequestQuery).catch(() => null);
+            if (after?.supersededBy === input.runId) {
+              closed.push(older);
+              break;
+            }
+            if (after && !after.open) break; // decided by its votes before the signal
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
         } catch (err) {
           if (!(err instanceof WorkflowNotFoundError)) throw err; // its gate closed meanwhile
         }

@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { withTransaction } from '../db/pool';
-import { moveAlias } from '../db/records';
+import { moveAlias, restoreWatermarks } from '../db/records';
 import type { ArtifactRef, DatasetRef } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import { encodeChat, Generator, loadVersion, TextStream } from '../serve/engine';
@@ -24,7 +24,9 @@ export interface SmokeSummary {
 export function smokeActivities({ pool, store }: ActivityDeps) {
   return {
     async smokeTestDeployed(input: { runId: string; spec: RunSpec; versionId: string; heldout: DatasetRef }): Promise<SmokeSummary> {
-      const smoke = input.spec.deploy.smoke;
+      // Specs stored before the smoke test existed have no `deploy.smoke`: its defaults apply.
+      const stored = (input.spec.deploy as { smoke?: Partial<RunSpec['deploy']['smoke']> }).smoke ?? {};
+      const smoke: RunSpec['deploy']['smoke'] = { enabled: true, maxNewTokens: 16, requireAnswers: false, ...stored };
       const prompts = smoke.prompts ?? (await readDataset<PairDoc>(store, input.heldout)).slice(0, 3).map((p) => p.prompt);
       const reasons: string[] = [];
       const answers: string[] = [];
@@ -64,18 +66,27 @@ export function smokeActivities({ pool, store }: ActivityDeps) {
     /**
      * Put the alias back where it was before this run's deploy, if it still points at what the run
      * deployed; with nothing before, the alias is removed, so a failing model never serves. Recorded
-     * in the alias's history as a rollback by dacp, with the reason.
+     * in the alias's history as a rollback by dacp, with the reason (a removal as a row without a
+     * version). A scheduled run's watermarks go back to where the run found them: it did not succeed.
      */
     async rollbackDeploy(input: { runId: string; alias: string; versionId: string; previousVersionId: string | null; reason: string }): Promise<{ rolledBack: boolean; restoredVersionId: string | null; current: string | null }> {
       return withTransaction(pool, async (client) => {
         const key = `rollback:${input.runId}`;
+        await restoreWatermarks(client, input.runId);
         const done = await client.query('SELECT version_id FROM deployments WHERE run_id = $1 AND alias = $2', [key, input.alias]);
-        if (done.rows.length) return { rolledBack: true, restoredVersionId: done.rows[0].version_id as string, current: done.rows[0].version_id as string };
+        if (done.rows.length) {
+          const restored = (done.rows[0].version_id as string | null) ?? null;
+          return { rolledBack: true, restoredVersionId: restored, current: restored };
+        }
         const current = await client.query('SELECT version_id FROM model_aliases WHERE alias = $1 FOR UPDATE', [input.alias]);
         const now = (current.rows[0]?.version_id as string | undefined) ?? null;
         if (now !== input.versionId) return { rolledBack: false, restoredVersionId: null, current: now };
         if (input.previousVersionId === null) {
           await client.query('DELETE FROM model_aliases WHERE alias = $1', [input.alias]);
+          await client.query(
+            `INSERT INTO deployments (run_id, alias, version_id, previous_version_id, kind, actor, note) VALUES ($1, $2, NULL, $3, 'rollback', 'dacp', $4)`,
+            [key, input.alias, input.versionId, input.reason.slice(0, 500)],
+          );
           return { rolledBack: true, restoredVersionId: null, current: null };
         }
         await moveAlias(client, { runId: key, alias: input.alias, versionId: input.previousVersionId, kind: 'rollback', actor: 'dacp', note: input.reason.slice(0, 500) });

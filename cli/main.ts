@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import type { Client } from '@temporalio/client';
 import type { PipelineResult } from '../schemas/pipeline';
-import { InputError } from '../schemas/runSpec';
+import { InputError, type RunSpec } from '../schemas/runSpec';
 import { approvalView, formatApprovalView } from './approval';
 import { exportAudit, verifyAudit } from './audit';
 import { connectClient, defaultTemporalPort, TemporalUnreachableError, temporalSettings } from './connection';
@@ -299,8 +299,16 @@ function program(): Command {
   return dacp;
 }
 
+/** `--spec FILE` read, validated and its sources checked; the initiator (`--as`, else the user), who must leave a reachable quorum. */
+async function checkedSpec(o: Options): Promise<{ spec: RunSpec; baseDir: string; initiator: string }> {
+  const { spec, baseDir } = loadSpecFile(need(o.spec, '--spec FILE'));
+  await preflightSources(spec, baseDir);
+  const initiator = typeof o.as === 'string' ? o.as : defaultPrincipal();
+  checkQuorumReachable(spec, initiator);
+  return { spec, baseDir, initiator };
+}
+
 function scheduleCommands(schedule: Command): void {
-  const withSchedules = <T>(fn: (ctx: RunContext) => Promise<T>) => withRuns(fn);
   schedule
     .command('create')
     .description('run a spec on a schedule: --every 7d, or --cron "0 3 * * 1"')
@@ -315,11 +323,8 @@ function scheduleCommands(schedule: Command): void {
     .option('--note <text>', 'a note shown with the schedule')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const { spec, baseDir } = loadSpecFile(need(o.spec, '--spec FILE'));
-      await preflightSources(spec, baseDir);
-      const initiator = typeof o.as === 'string' ? o.as : defaultPrincipal();
-      checkQuorumReachable(spec, initiator);
-      const created = await withSchedules((ctx) =>
+      const { spec, baseDir, initiator } = await checkedSpec(o);
+      const created = await withRuns((ctx) =>
         createSchedule(ctx, {
           spec, baseDir, initiator,
           id: o.id as string | undefined, every: o.every as string | undefined, cron: o.cron as string | undefined,
@@ -334,7 +339,7 @@ function scheduleCommands(schedule: Command): void {
     .description('schedules, with their next firings and latest runs')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const list = await withSchedules((ctx) => listSchedules(ctx));
+      const list = await withRuns((ctx) => listSchedules(ctx));
       print(Boolean(o.json), list, () => (list.length ? list.map(formatSchedule).join('\n') : 'no schedules yet'));
     });
   schedule
@@ -343,7 +348,7 @@ function scheduleCommands(schedule: Command): void {
     .argument('<id>', 'schedule id')
     .option('--json', 'as JSON')
     .action(async (id: string, o: Options) => {
-      const shown = await withSchedules((ctx) => describeSchedule(ctx, id));
+      const shown = await withRuns((ctx) => describeSchedule(ctx, id));
       print(Boolean(o.json), shown, () => formatSchedule(shown));
     });
   for (const pause of [true, false]) {
@@ -356,7 +361,7 @@ function scheduleCommands(schedule: Command): void {
       .action(async (id: string, o: Options) => {
         const who = typeof o.as === 'string' ? o.as : defaultPrincipal();
         const note = `${pause ? 'paused' : 'unpaused'} by ${who}${typeof o.note === 'string' ? `: ${o.note}` : ''}`;
-        await withSchedules((ctx) => pauseSchedule(ctx, id, { pause, note }));
+        await withRuns((ctx) => pauseSchedule(ctx, id, { pause, note }));
         console.log(`schedule ${id} ${note}`);
       });
   }
@@ -365,7 +370,7 @@ function scheduleCommands(schedule: Command): void {
     .description('fire once now (the run is named by the schedule and the time)')
     .argument('<id>', 'schedule id')
     .action(async (id: string) => {
-      await withSchedules((ctx) => triggerSchedule(ctx, id));
+      await withRuns((ctx) => triggerSchedule(ctx, id));
       console.log(`schedule ${id} fired; see \`dacp run list\``);
     });
   schedule
@@ -373,7 +378,7 @@ function scheduleCommands(schedule: Command): void {
     .description('delete a schedule (its runs and their records stay)')
     .argument('<id>', 'schedule id')
     .action(async (id: string) => {
-      await withSchedules((ctx) => deleteSchedule(ctx, id));
+      await withRuns((ctx) => deleteSchedule(ctx, id));
       console.log(`schedule ${id} deleted`);
     });
 }
@@ -388,10 +393,7 @@ function runCommands(run: Command): void {
     .option('--wait', 'wait for the outcome')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const { spec, baseDir } = loadSpecFile(need(o.spec, '--spec FILE'));
-      await preflightSources(spec, baseDir);
-      const initiator = typeof o.as === 'string' ? o.as : defaultPrincipal();
-      checkQuorumReachable(spec, initiator);
+      const { spec, baseDir, initiator } = await checkedSpec(o);
       exitCode = await withRuns(async (ctx) => {
         const runId = await startRun(ctx, { spec, baseDir, runId: o.id as string | undefined, initiator });
         if (!o.wait) {

@@ -268,7 +268,7 @@ export function formatModel(m: ShownModel): string {
 
 function formatMoveLine(d: AliasMove): string {
   const who = d.actor ? ` by ${d.actor}` : d.kind === 'deploy' ? ` by run ${d.runId}` : '';
-  return `${d.at}  ${d.kind.padEnd(8)} ${d.alias}: ${d.previousVersionId ?? '(unset)'} → ${d.versionId}${who}${d.note ? ` — ${d.note}` : ''}`;
+  return `${d.at}  ${d.kind.padEnd(8)} ${d.alias}: ${d.previousVersionId ?? '(unset)'} → ${d.versionId ?? '(removed)'}${who}${d.note ? ` — ${d.note}` : ''}`;
 }
 
 export function formatAliasMove(m: AliasMoveResult): string {
@@ -315,7 +315,7 @@ export async function rollbackAlias(ctx: RegistryContext, o: { alias: string; ac
     const stack: string[] = [];
     for (const move of await aliasHistory(client, { alias: o.alias })) {
       if (move.kind === 'rollback') stack.pop();
-      else stack.push(move.versionId);
+      else stack.push(move.versionId as string);
     }
     const target = stack.length >= 2 ? stack[stack.length - 2] : undefined;
     if (stack[stack.length - 1] !== current.rows[0].version_id || target === undefined) {

@@ -407,7 +407,8 @@ export type AliasMoveKind = 'deploy' | 'import' | 'promote' | 'rollback';
 export interface AliasMove {
   id: number;
   alias: string;
-  versionId: string;
+  /** Null where a rollback had nothing to go back to and removed the alias. */
+  versionId: string | null;
   previousVersionId: string | null;
   kind: AliasMoveKind;
   runId: string;
@@ -420,7 +421,7 @@ function toAliasMove(r: Record<string, unknown>): AliasMove {
   return {
     id: Number(r.id),
     alias: r.alias as string,
-    versionId: r.version_id as string,
+    versionId: (r.version_id as string | null) ?? null,
     previousVersionId: (r.previous_version_id as string | null) ?? null,
     kind: r.kind as AliasMoveKind,
     runId: r.run_id as string,
@@ -471,4 +472,23 @@ export async function advanceWatermarks(db: Queryable, runId: string): Promise<n
     [runId],
   );
   return rowCount ?? 0;
+}
+
+/**
+ * Undo `advanceWatermarks` for a run that turned out not to succeed (its deploy was rolled back):
+ * each watermark it set goes back to the one it started from, or away on a schedule's first run.
+ * Watermarks another run has moved since are left alone.
+ */
+export async function restoreWatermarks(db: Queryable, runId: string): Promise<void> {
+  await db.query(
+    `UPDATE schedule_watermarks s SET value = w.used, run_id = w.used_run_id, updated_at = now()
+       FROM run_watermarks w
+      WHERE w.run_id = $1 AND s.schedule_id = w.schedule_id AND s.source_key = w.source_key AND s.run_id = $1 AND w.used IS NOT NULL`,
+    [runId],
+  );
+  await db.query(
+    `DELETE FROM schedule_watermarks s USING run_watermarks w
+      WHERE w.run_id = $1 AND s.schedule_id = w.schedule_id AND s.source_key = w.source_key AND s.run_id = $1 AND w.used IS NULL`,
+    [runId],
+  );
 }

@@ -59,7 +59,8 @@ export interface WorkflowSpec {
   instruct?: Pick<RunSpec['instruct'], 'replayRatio'>;
   forgetting: RunSpec['forgetting'];
   approval: RunSpec['approval'];
-  deploy: RunSpec['deploy'];
+  /** The alias; `smoke` is absent in runs from before the smoke test. */
+  deploy: { alias: string; smoke?: { enabled: boolean } };
   heartbeatTimeout: RunSpec['heartbeatTimeout'];
   controlHeartbeatTimeout: RunSpec['controlHeartbeatTimeout'];
 }
@@ -74,7 +75,8 @@ export function workflowSpec(spec: RunSpec): WorkflowSpec {
     instruct: { replayRatio: spec.instruct.replayRatio },
     forgetting: spec.forgetting,
     approval: spec.approval,
-    deploy: spec.deploy,
+    // Only what the workflow reads: smoke prompts and the canary are data, and stay in the stored spec.
+    deploy: { alias: spec.deploy.alias, smoke: { enabled: spec.deploy.smoke.enabled } },
     heartbeatTimeout: spec.heartbeatTimeout,
     controlHeartbeatTimeout: spec.controlHeartbeatTimeout,
   };

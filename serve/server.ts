@@ -26,8 +26,8 @@ export interface ServeOptions {
 
 export interface Served {
   app: FastifyInstance;
-  /** The version that takes new requests now. */
-  version(): string;
+  /** The version that takes new requests now; null while the alias points nowhere. */
+  version(): string | null;
   /** Forward passes, the rows they carried and the tokens generated, by the version serving now. */
   stats(): { passes: number; rows: number; tokens: number };
   /** Read the alias now and swap if it moved (the poll does this on its own). */
@@ -109,7 +109,8 @@ function stopScanner(stops: string[]) {
 
 export async function serve(o: ServeOptions): Promise<Served> {
   const log = o.log ?? (() => undefined);
-  let current = new Generator(await loadVersion(o.pool, o.artifactsDir, o.alias));
+  // Null while the alias points nowhere (a rollback removed it): requests get 503 until it returns.
+  let current: Generator | null = new Generator(await loadVersion(o.pool, o.artifactsDir, o.alias));
   log(`serving ${o.alias} → ${current.loaded.versionId} (sha256 ${current.loaded.sha256.slice(0, 16)}…)`);
   const started = Math.floor(Date.now() / 1000);
   let swapping: Promise<void> | null = null;
@@ -118,15 +119,23 @@ export async function serve(o: ServeOptions): Promise<Served> {
     if (swapping) return swapping;
     swapping = (async () => {
       const target = await findModelVersion(o.pool, o.alias);
-      if (!target || target.versionId === current.loaded.versionId) return;
+      if (!target) {
+        if (current) {
+          current.retire();
+          log(`${o.alias} points at no version any more (was ${current.loaded.versionId}): answering 503 until it does`);
+          current = null;
+        }
+        return;
+      }
+      if (target.versionId === current?.loaded.versionId) return;
       // Loaded beside the old one; swapped in one step; the old one finishes its requests, then is freed.
       const next = new Generator(await loadVersion(o.pool, o.artifactsDir, target.versionId));
       const previous = current;
       current = next;
-      previous.retire();
-      log(`${o.alias} moved: now serving ${next.loaded.versionId} (was ${previous.loaded.versionId})`);
+      previous?.retire();
+      log(`${o.alias} moved: now serving ${next.loaded.versionId} (was ${previous?.loaded.versionId ?? 'nothing'})`);
     })()
-      .catch((err: unknown) => log(`could not load the new target of ${o.alias}: ${(err as Error).message}; still serving ${current.loaded.versionId}`))
+      .catch((err: unknown) => log(`could not load the new target of ${o.alias}: ${(err as Error).message}; still serving ${current?.loaded.versionId ?? 'nothing'}`))
       .finally(() => {
         swapping = null;
       });
@@ -145,7 +154,8 @@ export async function serve(o: ServeOptions): Promise<Served> {
   app.setNotFoundHandler((request, reply) => sendError(reply, new ApiError(404, `no route ${request.method} ${request.url}`, 'invalid_request_error', null, 'not_found')));
 
   app.addHook('onRequest', async (request) => {
-    if (!keyBytes || !request.url.startsWith('/v1/')) return;
+    // By the route that matched, not the raw URL (which may be percent-encoded): all but /health.
+    if (!keyBytes || request.routeOptions.url === '/health') return;
     const header = request.headers.authorization ?? '';
     const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
     if (given.length !== keyBytes.length || !timingSafeEqual(given, keyBytes)) {
@@ -153,19 +163,31 @@ export async function serve(o: ServeOptions): Promise<Served> {
     }
   });
 
-  app.get('/health', async () => ({ status: 'ok', alias: o.alias, version: current.loaded.versionId, sha256: current.loaded.sha256, inFlight: current.inFlight }));
+  app.get('/health', async (_request, reply) =>
+    current
+      ? { status: 'ok', alias: o.alias, version: current.loaded.versionId, sha256: current.loaded.sha256, inFlight: current.inFlight }
+      : reply.code(503).send({ status: 'unavailable', alias: o.alias, version: null, sha256: null, inFlight: 0 }),
+  );
 
-  app.get('/v1/models', async () => ({
-    object: 'list',
-    data: [
-      { id: o.alias, object: 'model', created: started, owned_by: 'dacp', root: current.loaded.versionId },
-      { id: current.loaded.versionId, object: 'model', created: started, owned_by: 'dacp', root: current.loaded.versionId },
-    ],
-  }));
+  const serving = (): Generator => {
+    if (!current) throw new ApiError(503, `${o.alias} points at no model version now; deploy or promote one`, 'server_error', null, 'model_unavailable');
+    return current;
+  };
+
+  app.get('/v1/models', async () => {
+    const gen = serving();
+    return {
+      object: 'list',
+      data: [
+        { id: o.alias, object: 'model', created: started, owned_by: 'dacp', root: gen.loaded.versionId },
+        { id: gen.loaded.versionId, object: 'model', created: started, owned_by: 'dacp', root: gen.loaded.versionId },
+      ],
+    };
+  });
 
   /** The generator a request runs on: the one serving now, fixed for the whole request. */
   const admit = (model: string): Generator => {
-    const gen = current;
+    const gen = serving();
     if (model !== o.alias && model !== gen.loaded.versionId) {
       throw new ApiError(404, `model "${model}" is not served here; this server serves ${o.alias} (${gen.loaded.versionId})`, 'invalid_request_error', 'model', 'model_not_found');
     }
@@ -283,14 +305,14 @@ export async function serve(o: ServeOptions): Promise<Served> {
 
   return {
     app,
-    version: () => current.loaded.versionId,
-    stats: () => ({ ...current.stats }),
+    version: () => current?.loaded.versionId ?? null,
+    stats: () => ({ ...(current?.stats ?? { passes: 0, rows: 0, tokens: 0 }) }),
     refresh,
     close: async () => {
       clearInterval(poll);
       await swapping;
       await app.close();
-      current.retire();
+      current?.retire();
     },
   };
 }

@@ -177,6 +177,13 @@ describe('dacp serve', () => {
     // A rollback moves it back the same way.
     expect(dacp('models', 'rollback', '--as', 'ops').code).toBe(0);
     await eventually(async () => (((await (await fetch(`${url}/health`)).json()) as { version: string }).version === 'serve-a:v1' ? true : undefined), 'the swap back', 30_000, 50);
+    // An alias removed (as a rollback with nothing to go back to removes it) is served by nothing: 503, until it returns.
+    await db.pool.query(`DELETE FROM model_aliases WHERE alias = 'production'`);
+    await eventually(async () => ((await fetch(`${url}/health`)).status === 503 ? true : undefined), 'the server to stop serving', 30_000, 50);
+    await expect(client.completions.create({ model: 'production', prompt: 'x', max_tokens: 2 })).rejects.toMatchObject({ status: 503, code: 'model_unavailable' });
+    expect(dacp('models', 'promote', 'serve-a:v1', '--as', 'ops').code).toBe(0);
+    await eventually(async () => ((await fetch(`${url}/health`)).status === 200 ? true : undefined), 'the server to serve again', 30_000, 50);
+    expect((await client.completions.create({ model: 'production', prompt: 'x', max_tokens: 2 })).model).toBe('serve-a:v1');
   }, 180_000);
 });
 
@@ -184,12 +191,27 @@ test('with --api-key, /v1 needs the key (the OpenAI client sends it); /health do
   const { url } = await startServe('--api-key', 'sk-test-123');
   const denied = await fetch(`${url}/v1/models`);
   expect(denied.status).toBe(401);
+  // The route that matched decides, not how the URL was spelled.
+  for (const spelled of ['/%761/models', '/v%31/models', '/v1/%6dodels']) expect([spelled, (await fetch(`${url}${spelled}`)).status]).toEqual([spelled, 401]);
   expect(await denied.json()).toMatchObject({ error: { code: 'invalid_api_key' } });
   await expect(new OpenAI({ baseURL: `${url}/v1`, apiKey: 'wrong', maxRetries: 0 }).models.list()).rejects.toMatchObject({ status: 401 });
   const ok = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'sk-test-123', maxRetries: 0 });
   expect((await ok.completions.create({ model: 'production', prompt: 'the', max_tokens: 3 })).choices).toHaveLength(1);
   expect((await fetch(`${url}/health`)).status).toBe(200);
 }, 90_000);
+
+test('with no DATABASE_URL and no Temporal it opens the home\'s embedded registry on its own', () => {
+  const fresh = mkdtempSync(path.join(tmpdir(), 'dacp-serve-embedded-'));
+  try {
+    const alone: NodeJS.ProcessEnv = { ...env, DACP_HOME: fresh };
+    delete alone.DATABASE_URL;
+    const r = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'serve', '--port', '0'], { env: alone, cwd: fresh, encoding: 'utf8', timeout: 180_000 });
+    // It started the embedded PostgreSQL, migrated it and looked for production, which a fresh home lacks.
+    expect([r.status, r.stderr.trim()]).toEqual([2, 'dacp: cannot serve production: no model version or alias "production" in the registry; deploy or import one first']);
+  } finally {
+    rmSync(fresh, { recursive: true, force: true });
+  }
+}, 200_000);
 
 test('an alias that points nowhere is refused in one line', () => {
   const r = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'serve', '--alias', 'staging', '--port', '0'], { env, cwd: home, encoding: 'utf8', timeout: 60_000 });

@@ -1,5 +1,6 @@
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ArtifactStore } from '../activities/artifacts';
+import { smokeActivities } from '../activities/smoke';
 import { decide, runStatus, startRun } from '../cli/runs';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
@@ -81,4 +82,18 @@ test('a passing smoke test leaves the deploy; a failing one rolls the alias back
   expect(third.state).toBe('rolled_back');
   expect(await aliasTarget('staging')).toBeNull();
   expect((await runStatus(h.runs, 'smoke-3')).metrics.rollback).toEqual({ rolledBack: true, restoredVersionId: null, current: null });
+  // The removal is in the alias's history, so a later rollback never brings the failed version back.
+  const staging = await h.db.pool.query(`SELECT kind, actor, version_id, previous_version_id FROM deployments WHERE alias = 'staging' ORDER BY id`);
+  expect(staging.rows.map((r) => [r.kind, r.actor, r.previous_version_id, r.version_id])).toEqual([['deploy', null, null, 'smoke:v3'], ['rollback', 'dacp', 'smoke:v3', null]]);
+  const again = await smokeActivities({ pool: h.db.pool, store: new ArtifactStore(path.join(h.home, 'artifacts')) }).rollbackDeploy({ runId: 'smoke-3', alias: 'staging', versionId: 'smoke:v3', previousVersionId: null, reason: 'x' });
+  expect(again).toEqual({ rolledBack: true, restoredVersionId: null, current: null });
+
+  // A spec stored before the smoke test existed (no deploy.smoke) gets its defaults.
+  const heldout = (await h.db.pool.query(`SELECT * FROM datasets WHERE run_id = 'smoke-1' AND stage = 'quality' AND role = 'instruct' AND split = 'heldout'`)).rows[0];
+  const old = parseRunSpec(tinySpec({ name: 'smoke' }));
+  const result = await smokeActivities({ pool: h.db.pool, store: new ArtifactStore(path.join(h.home, 'artifacts')) }).smokeTestDeployed({
+    runId: 'smoke-1', spec: { ...old, deploy: { alias: 'production' } } as never, versionId: 'smoke:v1',
+    heldout: { uri: heldout.uri, sha256: heldout.sha256, bytes: 0, role: 'instruct', split: 'heldout', docs: heldout.docs, dataBytes: Number(heldout.bytes), tokens: Number(heldout.tokens) },
+  });
+  expect(result).toMatchObject({ passed: true, prompts: Math.min(3, Number(heldout.docs)) });
 }, 900_000);

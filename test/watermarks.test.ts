@@ -4,6 +4,7 @@ import path from 'node:path';
 import { collectActivities, type CollectSummary } from '../activities/collect';
 import { readSourceSince, type Watermark } from '../activities/sources';
 import { advanceWatermarks } from '../db/records';
+import { smokeActivities } from '../activities/smoke';
 import { parseRunSpec, watermarkProblems } from '../schemas/runSpec';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
 import { startTrainingBench, type TrainingBench } from './helpers/trainingBench';
@@ -79,6 +80,13 @@ test('a scheduled run reads the rows past the last successful run; a run that fa
   const none = await bench.attempt(() => collectActivities(bench.deps).collectSources({ runId: fourth, spec, baseDir: dir, scheduleId: 'nightly' }));
   expect(none.error).toMatchObject({ type: 'NothingNew', nonRetryable: true });
   expect((none.error as Error).message).toMatch(/^no new domain documents since the last successful run of schedule nightly \(sources\[0\]: updated_at > 2026-11-02 08:00:00\.600001\+00\)/);
+  // A run whose deploy is rolled back after the smoke test did not succeed: its watermark goes back.
+  const back = await smokeActivities(bench.deps).rollbackDeploy({ runId: third, alias: 'nowhere', versionId: 'x:v1', previousVersionId: null, reason: 'smoke test failed' });
+  expect(back.rolledBack).toBe(false); // that alias is not where this run deployed; only the watermark moved back
+  const restored = await bench.db.pool.query(`SELECT run_id, value FROM schedule_watermarks WHERE schedule_id = 'nightly'`);
+  expect(restored.rows).toEqual([{ run_id: second, value: { kind: 'postgres', column: 'updated_at', max: '2026-11-02 08:00:00.6+00' } }]);
+  const fifth = await bench.newRun('nightly');
+  expect(await collect(fifth)).toMatchObject({ docs: 1, watermark: { used: 'updated_at > 2026-11-02 08:00:00.6+00' } });
   // A manual run of the same spec reads the whole query, as always.
   const manual = await bench.newRun('manual');
   const whole = await bench.attempt(() => collectActivities(bench.deps).collectSources({ runId: manual, spec, baseDir: dir }));

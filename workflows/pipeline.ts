@@ -475,7 +475,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       ],
     });
     // A newer update supersedes the older ones of its schedule still waiting at their gates.
-    if (input.scheduleId && spec.approval.supersede !== false) {
+    if (input.scheduleId && spec.approval.supersede !== false && patched('supersede-earlier-runs')) {
       const closed = await controlActivities.supersedeEarlierRuns({ runId, scheduleId: input.scheduleId });
       if (closed.length) metrics.supersedes = closed;
     }
@@ -509,7 +509,14 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     metrics.deploy = deployed;
     // The deployed version, loaded and asked as `dacp serve` would; a failure puts the alias back.
     if (spec.deploy.smoke?.enabled !== false && patched('post-deploy-smoke')) {
-      const smoke = await evaluationActivities.smokeTestDeployed({ runId, ...specArg, versionId: deployed.versionId, heldout: data.instructHeldout });
+      let smoke: { passed: boolean; reasons: string[] };
+      try {
+        smoke = await evaluationActivities.smokeTestDeployed({ runId, ...specArg, versionId: deployed.versionId, heldout: data.instructHeldout });
+      } catch (err) {
+        if (isCancellation(err)) throw err;
+        // A smoke test that cannot run has not shown the version serves: it is rolled back too.
+        smoke = { passed: false, reasons: [`the smoke test could not run (${failureMessage(err)})`] };
+      }
       metrics.smoke = smoke;
       if (!smoke.passed) {
         const reason = `the smoke test of ${deployed.versionId} failed: ${smoke.reasons.join('; ')}`;
