@@ -22,7 +22,7 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 
 const root = path.resolve(__dirname, '..');
 const python = path.join(root, '.tools', 'venv', 'bin', 'python');
-const trainer = path.join(root, 'trainers', 'reference', 'dacp_trainer.py');
+const trainer = path.join(root, 'trainers', 'hf', 'dacp_hf_trainer.py');
 const probe = path.join(root, 'test', 'fixtures', 'env-probe.js');
 process.env.DACP_TORCH_THREADS = '1';
 
