@@ -192,6 +192,9 @@ export async function runDemo(log: (line: string) => void = console.log, o: { ba
     }
     log(`  approval gate       approved by ${DEMO_APPROVER}`);
     log(`  model version       ${result.versionId} (alias production), tuned from ${result.adaptedVersionId ?? '–'}`);
+    const smoke = (await db.pool.query(`SELECT metrics->'smoke' AS smoke FROM runs WHERE run_id = $1`, [runId])).rows[0]?.smoke as { passed: boolean; prompts: number; reasons: string[] } | null | undefined;
+    if (smoke) log(`  smoke test          ${smoke.passed ? `passed (${smoke.prompts} prompts, answered through dacp serve's code)` : `failed: ${smoke.reasons.join('; ')}`}`);
+    if (result.state !== 'completed' && result.reason) log(`  reason              ${result.reason}`);
     log(`  time per stage      ${Object.entries(result.stageSeconds).map(([s, t]) => `${s} ${t!.toFixed(1)}s`).join(', ')}`);
     log(`  total               ${((Date.now() - started) / 1000).toFixed(1)}s`);
     return result;
