@@ -12,6 +12,7 @@ import { Trainer } from '../ml/train';
 import { deserializeModel, serializeModel } from '../ml/modelFile';
 import { decodeSafetensors } from '../ml/safetensors';
 import { BpeTokenizer, ByteTokenizer, tokenizerFromJSON, type Tokenizer } from '../ml/tokenizer';
+import { encodeChat } from '../serve/engine';
 import { MULTILINGUAL } from './helpers/multilingual';
 
 /**
@@ -114,6 +115,12 @@ describe('a dacp model as a Hugging Face GPT-2 folder', () => {
     expect(loaded.files['chat_template.jinja']).toMatch(/^[0-9a-f]{64}$/);
     // The eos written by the template is the special token, not its characters.
     expect(loaded.tokenizer.encodeInstruction('Hi')).toEqual([bpe.eosId, ...bpe.encode('user: Hi'), bpe.eosId, ...bpe.encode('assistant: ')]);
+    // dacp serve's chat (and the smoke test) lay a whole conversation out with it.
+    expect(encodeChat(loaded.tokenizer, [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }])).toEqual([
+      bpe.eosId, ...bpe.encode('system: Be brief.'), bpe.eosId, bpe.eosId, ...bpe.encode('user: Hi'), bpe.eosId, ...bpe.encode('assistant: '),
+    ]);
+    // Without a template, the plain layout dacp tunes with.
+    expect(bpe.decode(encodeChat(bpe, [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }]))).toBe('### Instruction:\nBe brief.\n\nHi\n\n### Response:\n');
     // Export keeps it, inside tokenizer_config.json.
     expect(JSON.parse(modelFolderFiles(loaded.model, loaded.tokenizer)['tokenizer_config.json'].toString('utf8')).chat_template).toBe(template);
     loaded.model.dispose();

@@ -264,7 +264,9 @@ describe('dacp schedule', () => {
 
     // Configurable: with supersede off, both requests stay open.
     writeFileSync(path.join(h.home, 'keep-spec.json'), JSON.stringify(tinySpec({ name: 'keep-both', approval: { approvers: ['approver-1', 'approver-2'], quorum: 1, timeout: '1h', supersede: false } })));
-    expect(dacp('schedule', 'create', '--spec', 'keep-spec.json', '--every', '1d', '--id', 'keep', '--as', 'engineer').code).toBe(0);
+    expect(dacp('schedule', 'create', '--spec', 'keep-spec.json', '--cron', '0 3 * * 1', '--id', 'keep', '--as', 'engineer', '--overlap', 'allow-all', '--catchup-window', '2h', '--pause-on-failure').code).toBe(0);
+    // The policies as given reach Temporal's schedule.
+    expect(JSON.parse(dacp('schedule', 'describe', 'keep', '--json').stdout)).toMatchObject({ cron: '0 3 * * 1', every: null, overlap: 'allow-all', catchupWindowMs: 7_200_000, pauseOnFailure: true });
     const a = await once('keep');
     await toGate(a);
     const b = await once('keep');
