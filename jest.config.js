@@ -6,4 +6,5 @@ module.exports = {
   transform: { '^.+\\.ts$': 'ts-jest' },
   testTimeout: 600_000,
   maxWorkers: 1,
+  setupFiles: ['<rootDir>/test/helpers/setupKeys.ts'],
 };

@@ -2,8 +2,10 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { approvalRequestQuery, approvalWorkflowId, supersedeSignal } from '../workflows/messages';
 import * as records from '../db/records';
-import type { ApprovalRequest, Decision, RunState, Stage } from '../schemas/pipeline';
+import type { ApprovalRequest, Decision, PipelineInput, RunState, Stage } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
+import { activeKeys } from '../db/principals';
+import type { PublicKeyRef } from '../schemas/signing';
 import { sha256Hex } from './artifacts';
 import type { ActivityDeps } from './context';
 
@@ -60,6 +62,7 @@ export function recordActivities({ pool, client }: ActivityDeps) {
       spec: RunSpec;
       initiator: string;
       scheduleId?: string;
+      startSignature?: PipelineInput['startSignature'];
     }): Promise<{ aliasAtStart: string | null }> {
       const registered = await records.insertRun(pool, {
         ...input,
@@ -71,6 +74,18 @@ export function recordActivities({ pool, client }: ActivityDeps) {
           `run id ${input.runId} already belongs to another run; start this one under a new id`,
           'RunIdTaken',
         );
+      }
+      if (input.startSignature) {
+        // The operator's signed start, first in the run's audit chain.
+        const { statement, signature, publicKey } = input.startSignature;
+        await records.appendAuditEntry(pool, {
+          runId: input.runId,
+          key: `${input.runId}:start-signature`,
+          event: 'run_start_signed',
+          stage: 'collect',
+          actor: input.initiator,
+          details: { statement, signature, publicKey },
+        });
       }
       return { aliasAtStart: registered.aliasAtStart };
     },
@@ -86,6 +101,14 @@ export function recordActivities({ pool, client }: ActivityDeps) {
       snapshot?: { metrics: Record<string, unknown>; stageSeconds: Record<string, number | undefined> };
     }): Promise<void> {
       await records.recordTransition(pool, input);
+    },
+
+    /**
+     * The active Ed25519 keys of the listed approvers who hold the approver role and are not
+     * disabled, captured as the gate opens. Anyone else listed gets none, and cannot vote.
+     */
+    async approverKeys(input: { approvers: string[] }): Promise<Record<string, PublicKeyRef[]>> {
+      return activeKeys(pool, input.approvers, 'approver');
     },
 
     async recordDecision(input: { runId: string; decision: Decision; request: ApprovalRequest }): Promise<void> {
@@ -114,7 +137,12 @@ export function recordActivities({ pool, client }: ActivityDeps) {
         event: input.decision.decision === 'approve' ? 'approved_by' : 'rejected_by',
         stage: 'approval',
         actor: input.decision.principal,
-        details: { comment: input.decision.comment ?? null, artifacts: signed, at: input.decision.at },
+        details: {
+          comment: input.decision.comment ?? null,
+          artifacts: signed,
+          at: input.decision.at,
+          ...(input.decision.signature ? { keyId: input.decision.signature.statement.keyId, via: input.decision.signature.statement.via } : {}),
+        },
       });
     },
   };

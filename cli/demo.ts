@@ -11,6 +11,7 @@ import { dacpHome } from './paths';
 import { gateComparison } from './gateView';
 import { approvalRequest, decide, loadSpecFile, runStatus, startRun, waitForResult } from './runs';
 import { importModel } from './models';
+import { ensureIdentity } from './keys';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 
 export const DEMO_INITIATOR = 'demo-engineer';
@@ -122,7 +123,13 @@ export async function runDemo(log: (line: string) => void = console.log, o: { ba
       log(`base model: ${o.base} ${imported.existed ? 'was imported before as' : 'imported as'} ${imported.versionId} (${imported.family}, ${imported.parameters} parameters, stored ${imported.dtype})`);
       spec.baseModel = { ...spec.baseModel, ref: imported.versionId, bootstrapIfMissing: false };
     }
-    const runId = await startRun(runs, { spec, baseDir, initiator: DEMO_INITIATOR });
+    // The demo's two people: an operator who starts the run and an approver who signs it off,
+    // each with an Ed25519 key kept under the demo's home (not in the user's own key folder).
+    const keys = path.join(home, 'demo-keys');
+    await ensureIdentity(db.pool, DEMO_INITIATOR, ['operator'], keys);
+    await ensureIdentity(db.pool, DEMO_APPROVER, ['approver'], keys);
+    log(`principals: ${DEMO_INITIATOR} (operator) and ${DEMO_APPROVER} (approver), keys in ${keys}`);
+    const runId = await startRun(runs, { spec, baseDir, initiator: DEMO_INITIATOR, keyDir: keys });
     log(`run started: ${runId} (initiator ${DEMO_INITIATOR})`);
 
     let lastPhase = '';
@@ -166,7 +173,7 @@ export async function runDemo(log: (line: string) => void = console.log, o: { ba
       log(`                   sampled → ${JSON.stringify(s.sampled)}`);
     }
     log(`  approvers ${r.approvers.join(', ')}, quorum ${r.quorum}`);
-    const { decision } = await decide(workers.client, { runId, principal: DEMO_APPROVER, decision: 'approve', comment: 'demo sign-off' });
+    const { decision } = await decide(runs, { runId, principal: DEMO_APPROVER, decision: 'approve', comment: 'demo sign-off', keyDir: keys });
     log(`approved by ${decision.principal}`);
 
     const result = await waitForResult(workers.client, runId);

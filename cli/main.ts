@@ -1,11 +1,11 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import type { Client } from '@temporalio/client';
 import type { PipelineResult } from '../schemas/pipeline';
 import { InputError, type RunSpec } from '../schemas/runSpec';
 import { approvalView, formatApprovalView } from './approval';
-import { exportAudit, verifyAudit } from './audit';
+import { exportAudit, exportKey, formatVerdict, parsePublicKey, verifyAudit } from './audit';
 import { connectClient, defaultTemporalPort, TemporalUnreachableError, temporalSettings } from './connection';
 import { prepareDemo, runDemo } from './demo';
 import { describeBackend, initBackend } from '../ml/backend';
@@ -24,6 +24,8 @@ import {
   startRun,
   waitForResult,
 } from './runs';
+import { addPrincipal, checkPrincipalName, checkRole, disablePrincipal, listPrincipals, requireRole } from '../db/principals';
+import { initKey, revokeKey, rotateKey, type KeyChange } from './keys';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
 import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listSchedules, pauseSchedule, triggerSchedule } from './schedules';
@@ -217,7 +219,13 @@ function program(): Command {
       const runId = checkRunId(id);
       const principal = need(o.as, '--as PRINCIPAL');
       const reason = decision === 'reject' ? need(o.reason, '--reason TEXT') : undefined;
-      const outcome = await withClient((client) => decide(client, { runId, principal, decision, comment: o.comment as string | undefined, reason }));
+      const db = await openDatabase();
+      let outcome;
+      try {
+        outcome = await withClient((client) => decide({ client, pool: db.pool }, { runId, principal, decision, comment: o.comment as string | undefined, reason }));
+      } finally {
+        await db.close();
+      }
       console.log(
         decision === 'approve'
           ? `approved run ${runId} as ${principal}${outcome.quorum ? ` (${outcome.approvals} of ${outcome.quorum})` : ''}`
@@ -226,21 +234,24 @@ function program(): Command {
     });
   }
 
-  const audit = dacp.command('audit').description("a run's audit bundle");
+  const audit = dacp.command('audit').description("a run's audit bundle: signed, verifiable offline");
   audit
     .command('export')
-    .description("write a run's audit bundle (stdout, or --out FILE)")
+    .description("write a run's audit bundle (stdout, or --out FILE), signed with the installation's export key")
     .argument('<id>', 'run id')
     .option('--out <file>', 'write to FILE')
+    .option('--as <principal>', 'who exports (an auditor)')
     .action(async (id: string, o: Options) => {
       const runId = checkRunId(id);
-      const db = await openDatabase();
+      const home = dacpHome();
+      const db = await openDatabase(home);
       try {
-        const bundle = await withClient((client) => exportAudit(client, db.pool, runId));
+        await requireRole(db.pool, need(o.as, '--as PRINCIPAL'), 'auditor', 'export audit bundles');
+        const bundle = await withClient((client) => exportAudit(client, db.pool, runId, { home, artifactsDir: artifactsDir(home) }));
         const text = JSON.stringify(bundle, null, 2) + '\n';
         if (typeof o.out === 'string') {
           writeFileSync(o.out, text);
-          console.log(`audit bundle for ${runId} written to ${o.out} (sha256 ${bundle.sha256})`);
+          console.log(`audit bundle for ${runId} written to ${o.out}: ${Object.keys(bundle.manifest).length} parts, signed by export key ${bundle.signature.keyId}`);
         } else {
           process.stdout.write(text);
         }
@@ -249,21 +260,39 @@ function program(): Command {
       }
     });
   audit
+    .command('key')
+    .description("the installation's export public key, to publish for auditors (`audit verify --key`)")
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const home = dacpHome();
+      const db = await openDatabase(home);
+      try {
+        const key = await exportKey(db.pool, home);
+        print(Boolean(o.json), { algorithm: 'ed25519', keyId: key.keyId, publicKey: key.publicKey }, () => key.publicKey);
+      } finally {
+        await db.close();
+      }
+    });
+  audit
     .command('verify')
-    .description('check an audit bundle offline')
+    .description('check an audit bundle offline: parts, signature, hash chain, votes, histories against rows, deploy against approval')
     .argument('<file>', 'bundle file')
-    .action((file: string) => {
+    .option('--key <pub>', 'the published export public key (hex, or a file holding it): checks authenticity too')
+    .action((file: string, o: Options) => {
       let bundle: unknown;
       try {
         bundle = JSON.parse(readFileSync(file, 'utf8'));
       } catch (err) {
         throw new InputError(`cannot read audit bundle ${file}: ${(err as Error).message.split('\n')[0]}`);
       }
-      const verdict = verifyAudit(bundle);
-      console.log(verdict.ok ? `audit bundle ${file}: verified` : `audit bundle ${file}: NOT verified — ${verdict.problems.join('; ')}`);
+      let publicKey: string | undefined;
+      if (typeof o.key === 'string') publicKey = parsePublicKey(existsSync(o.key) ? readFileSync(o.key, 'utf8') : o.key);
+      const verdict = verifyAudit(bundle, { publicKey });
+      console.log(formatVerdict(file, verdict));
       exitCode = verdict.ok ? 0 : 1;
     });
 
+  identityCommands(dacp);
   modelCommands(dacp.command('models').description('the model registry: versions, lineage, aliases'));
   scheduleCommands(dacp.command('schedule').description('recurring runs (Temporal Schedules)'));
   dacp
@@ -306,6 +335,85 @@ async function checkedSpec(o: Options): Promise<{ spec: RunSpec; baseDir: string
   const initiator = typeof o.as === 'string' ? o.as : defaultPrincipal();
   checkQuorumReachable(spec, initiator);
   return { spec, baseDir, initiator };
+}
+
+function identityCommands(dacp: Command): void {
+  const principals = dacp
+    .command('principals')
+    .description("who may do what: operators start runs and schedules, approvers vote, auditors read and export (administrative: whoever reaches dacp's database)");
+  principals
+    .command('add')
+    .description('add a principal with a role, or add a role to one')
+    .argument('<name>', 'the principal')
+    .option('--role <role>', 'operator, approver or auditor; repeat for several', (value: string, all: string[]) => [...all, value], [] as string[])
+    .option('--json', 'as JSON')
+    .action(async (name: string, o: Record<string, unknown>) => {
+      const roles = o.role as string[];
+      if (!roles.length) throw new InputError('missing --role operator|approver|auditor; see `dacp principals add --help`');
+      const added = await withRegistry((ctx) => addPrincipal(ctx.pool, checkPrincipalName(name), roles.map(checkRole)));
+      print(Boolean(o.json), added, () => `${added.name}: ${added.roles.join(', ')}${added.disabledAt ? ` (disabled since ${added.disabledAt})` : ''}${added.keys.some((k) => !k.revokedAt) ? '' : `; next: \`dacp keys init --as ${added.name}\``}`);
+    });
+  principals
+    .command('list')
+    .description('principals, their roles and keys')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const list = await withRegistry((ctx) => listPrincipals(ctx.pool));
+      print(Boolean(o.json), list, () =>
+        list.length
+          ? list
+              .map((p) => {
+                const active = p.keys.filter((k) => !k.revokedAt).map((k) => k.keyId);
+                return `${p.name.padEnd(20)} ${p.roles.join(',').padEnd(26)} ${p.disabledAt ? `disabled ${p.disabledAt}` : 'enabled'}  keys: ${active.join(', ') || 'none'}${p.keys.length > active.length ? ` (+${p.keys.length - active.length} revoked)` : ''}`;
+              })
+              .join('\n')
+          : 'no principals yet; add one with `dacp principals add NAME --role operator|approver|auditor`',
+      );
+    });
+  principals
+    .command('disable')
+    .description('a disabled principal keeps its history but can no longer act or vote')
+    .argument('<name>', 'the principal')
+    .action(async (name: string) => {
+      const disabled = await withRegistry((ctx) => disablePrincipal(ctx.pool, name));
+      console.log(`${disabled.name} disabled since ${disabled.disabledAt}`);
+    });
+
+  const keys = dacp.command('keys').description('your Ed25519 signing key: private in DACP_KEYS_DIR (default ~/.config/dacp/keys, 0600), public in the database');
+  const describeChange = (c: KeyChange, verb: string) =>
+    [
+      c.keyId ? `${verb} key ${c.keyId} for ${c.principal}; private key in ${c.file} (0600), public key ${c.publicKey}` : `revoked ${c.revoked.join(', ')} of ${c.principal}`,
+      ...(c.keyId && c.revoked.length ? [`revoked ${c.revoked.join(', ')}`] : []),
+    ].join('\n');
+  keys
+    .command('init')
+    .description('create your first key and register its public half')
+    .option('--as <principal>', 'whose key')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const change = await withRegistry((ctx) => initKey(ctx.pool, need(o.as, '--as PRINCIPAL')));
+      print(Boolean(o.json), change, () => describeChange(change, 'created'));
+    });
+  keys
+    .command('rotate')
+    .description('replace your key: the new one is registered, the old ones are revoked')
+    .option('--as <principal>', 'whose key')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const change = await withRegistry((ctx) => rotateKey(ctx.pool, need(o.as, '--as PRINCIPAL')));
+      print(Boolean(o.json), change, () => describeChange(change, 'rotated to'));
+    });
+  keys
+    .command('revoke')
+    .description('revoke a key (all active ones without --key-id): it signs nothing from now on')
+    .option('--as <principal>', 'whose key')
+    .option('--key-id <id>', 'only this key')
+    .option('--reason <text>', 'why, kept with the key')
+    .option('--json', 'as JSON')
+    .action(async (o: Options) => {
+      const change = await withRegistry((ctx) => revokeKey(ctx.pool, need(o.as, '--as PRINCIPAL'), { keyId: o.keyId as string | undefined, reason: o.reason as string | undefined }));
+      print(Boolean(o.json), change, () => describeChange(change, 'revoked'));
+    });
 }
 
 function scheduleCommands(schedule: Command): void {

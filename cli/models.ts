@@ -1,3 +1,4 @@
+import { actingKey } from './keys';
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -282,7 +283,8 @@ function checkAlias(alias: string): void {
 }
 
 /** Point `alias` at an existing version, in one transaction with its history row. */
-export async function promoteModel(ctx: RegistryContext, o: { versionId: string; alias: string; actor: string; note?: string }): Promise<AliasMoveResult> {
+export async function promoteModel(ctx: RegistryContext, o: { versionId: string; alias: string; actor: string; note?: string; keyDir?: string }): Promise<AliasMoveResult> {
+  await actingKey(ctx.pool, o.actor, 'operator', 'move aliases', o.keyDir);
   checkAlias(o.alias);
   return withTransaction(ctx.pool, async (client) => {
     const version = await client.query('SELECT version_id FROM model_versions WHERE version_id = $1', [o.versionId]);
@@ -307,7 +309,8 @@ export async function promoteModel(ctx: RegistryContext, o: { versionId: string;
  * deploys, imports and promotes push a version, rollbacks pop one, so rolling back twice goes two
  * versions back rather than undoing the first rollback.
  */
-export async function rollbackAlias(ctx: RegistryContext, o: { alias: string; actor: string; note?: string }): Promise<AliasMoveResult> {
+export async function rollbackAlias(ctx: RegistryContext, o: { alias: string; actor: string; note?: string; keyDir?: string }): Promise<AliasMoveResult> {
+  await actingKey(ctx.pool, o.actor, 'operator', 'move aliases', o.keyDir);
   checkAlias(o.alias);
   return withTransaction(ctx.pool, async (client) => {
     const current = await client.query('SELECT version_id FROM model_aliases WHERE alias = $1 FOR UPDATE', [o.alias]);

@@ -1,7 +1,8 @@
 import { readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import type { Pool } from 'pg';
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
@@ -11,7 +12,9 @@ import {
 import { ApplicationFailure } from '@temporalio/common';
 import { readChoiceSet } from '../activities/choiceSets';
 import { readSource } from '../activities/sources';
-import { runExists, storeRunSpec } from '../db/records';
+import { appendAuditEntry, runExists, storeRunSpec } from '../db/records';
+import { candidateHashes, decisionStatement, type StartStatement, type VoteSignature } from '../schemas/signing';
+import { actingKey, signWith } from './keys';
 import { workflowSpec, type Decision, type PipelineInput, type PipelineResult } from '../schemas/pipeline';
 import { InputError, parseRunSpec, type RunSpec } from '../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId, approveUpdate, rejectUpdate } from '../workflows/messages';
@@ -128,15 +131,20 @@ export { runStatus, type RunContext };
  */
 export async function startRun(
   ctx: RunContext,
-  o: { spec: RunSpec; baseDir: string; runId?: string; initiator: string },
+  o: { spec: RunSpec; baseDir: string; runId?: string; initiator: string; keyDir?: string },
 ): Promise<string> {
   const runId = checkRunId(o.runId ?? `${o.spec.name}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${randomBytes(2).toString('hex')}`);
+  // Only an operator starts runs, and signs the start with its key.
+  const key = await actingKey(ctx.pool, o.initiator, 'operator', 'start runs', o.keyDir);
   const taken = () => new InputError(`run ${runId} already exists; a run id names one run for ever, so choose another --id`);
   if (await runExists(ctx.pool, runId)) throw taken();
   // In the database every worker reads, on whichever host it runs.
   const specBody = JSON.stringify(o.spec);
-  const specRef = await storeRunSpec(ctx.pool, specBody, createHash('sha256').update(specBody).digest('hex'));
-  const input: PipelineInput = { runId, spec: workflowSpec(o.spec), specRef, baseDir: o.baseDir, initiator: o.initiator };
+  const specSha256 = createHash('sha256').update(specBody).digest('hex');
+  const specRef = await storeRunSpec(ctx.pool, specBody, specSha256);
+  const statement: StartStatement = { format: 'dacp-start/1', runId, specSha256, initiator: o.initiator, signedAt: new Date().toISOString(), keyId: key.keyId };
+  const startSignature = { statement, ...signWith(key, statement) };
+  const input: PipelineInput = { runId, spec: workflowSpec(o.spec), specRef, baseDir: o.baseDir, initiator: o.initiator, startSignature };
   try {
     await ctx.client.workflow.start('dacpPipeline', {
       taskQueue: TASK_QUEUES.control,
@@ -212,11 +220,16 @@ export async function cancelRun(ctx: RunContext, runId: string): Promise<void> {
   await ctx.client.workflow.getHandle(runId).cancel();
 }
 
-/** Approve or reject through the run's approval gate; the gate's validator enforces the rules. */
+/**
+ * Approve or reject through the run's approval gate, signed with the principal's key over the
+ * gate's candidate hashes; the gate's validator verifies it and enforces the rules. A refused
+ * attempt leaves no history, so it is written to the run's audit log here: who, why, when.
+ */
 export async function decide(
-  client: Client,
-  o: { runId: string; principal: string; decision: 'approve' | 'reject'; comment?: string; reason?: string },
+  ctx: { client: Client; pool: Pool },
+  o: { runId: string; principal: string; decision: 'approve' | 'reject'; comment?: string; reason?: string; keyDir?: string },
 ): Promise<{ decision: Decision; approvals: number; quorum: number }> {
+  const { client, pool } = ctx;
   checkRunId(o.runId);
   const gate = client.workflow.getHandle(approvalWorkflowId(o.runId));
   // Only an open gate takes votes (its validator says why it refuses one). Otherwise say where the
@@ -239,14 +252,40 @@ export async function decide(
     if (!(err instanceof WorkflowNotFoundError)) throw err;
     throw await notAwaiting();
   }
+  const refused = async (reason: string) => {
+    await appendAuditEntry(pool, {
+      runId: o.runId,
+      key: `${o.runId}:refused:${randomUUID()}`,
+      event: 'vote_refused',
+      stage: 'approval',
+      actor: o.principal,
+      details: { decision: o.decision, reason, via: 'cli', osUser: os.userInfo().username },
+    }).catch(() => undefined); // a run the database does not know has nothing to append to
+    return new InputError(reason);
+  };
+  // The candidate the gate asks about, and whether it takes signed votes (every gate since signed decisions).
+  const { request } = await gate.query(approvalRequestQuery);
+  let signature: VoteSignature | undefined;
+  if (request.signing) {
+    let key;
+    try {
+      key = await actingKey(pool, o.principal, 'approver', `vote on run ${o.runId}`, o.keyDir);
+    } catch (err) {
+      if (err instanceof InputError) throw await refused(err.message);
+      throw err;
+    }
+    const unsigned = { keyId: key.keyId, signedAt: new Date().toISOString(), candidate: candidateHashes(request.artifacts), via: 'cli' as const };
+    const statement = decisionStatement({ runId: o.runId, decision: o.decision, principal: o.principal, comment: o.comment, reason: o.reason, signature: unsigned });
+    signature = { ...unsigned, signature: signWith(key, statement).signature };
+  }
   let decision: Decision;
   try {
     decision =
       o.decision === 'approve'
-        ? await gate.executeUpdate(approveUpdate, { args: [{ principal: o.principal, comment: o.comment }] })
-        : await gate.executeUpdate(rejectUpdate, { args: [{ principal: o.principal, reason: o.reason ?? '', comment: o.comment }] });
+        ? await gate.executeUpdate(approveUpdate, { args: [{ principal: o.principal, comment: o.comment, ...(signature ? { signature } : {}) }] })
+        : await gate.executeUpdate(rejectUpdate, { args: [{ principal: o.principal, reason: o.reason ?? '', comment: o.comment, ...(signature ? { signature } : {}) }] });
   } catch (err) {
-    if (err instanceof WorkflowUpdateFailedError) throw new InputError((err.cause as Error | undefined)?.message ?? err.message);
+    if (err instanceof WorkflowUpdateFailedError) throw await refused((err.cause as Error | undefined)?.message ?? err.message);
     throw err;
   }
   let approvals = 0;

@@ -1,3 +1,4 @@
+import { actingKey } from './keys';
 import { createHash } from 'node:crypto';
 import {
   ScheduleAlreadyRunning,
@@ -66,9 +67,12 @@ export async function createSchedule(
     catchupWindow?: string;
     pauseOnFailure?: boolean;
     note?: string;
+    keyDir?: string;
   },
 ): Promise<{ scheduleId: string; nextRuns: string[] }> {
   const scheduleId = checkScheduleId(o.id ?? o.spec.name);
+  // Only an operator creates schedules; its runs are started as that operator.
+  await actingKey(ctx.pool, o.initiator, 'operator', 'create schedules', o.keyDir);
   const problems = watermarkProblems(o.spec);
   if (problems.length) throw new InputError(problems[0] as string);
   if ((o.every === undefined) === (o.cron === undefined)) throw new InputError('give exactly one of --every DURATION (e.g. 7d) or --cron EXPR (e.g. "0 3 * * 1")');

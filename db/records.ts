@@ -1,4 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
+import { appendAudit } from './audit';
 import { TERMINAL_STATES, type ArtifactRef, type DatasetRef, type Decision, type RunState, type Stage } from '../schemas/pipeline';
 
 /**
@@ -57,6 +58,25 @@ export async function runExists(db: Queryable, runId: string): Promise<boolean> 
   return (rowCount ?? 0) > 0;
 }
 
+/** One audit row outside any transition (a refused attempt, say), chained like every other. */
+export async function appendAuditEntry(
+  db: Pool,
+  row: { runId: string; key: string; event: string; stage: Stage | null; actor: string; details: unknown },
+): Promise<boolean> {
+  const client = await db.connect();
+  try {
+    await client.query('BEGIN');
+    const fresh = await appendAudit(client, row);
+    await client.query('COMMIT');
+    return fresh;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
 /** Record one transition: the audit entry and the run's current stage/state move together. */
 export async function recordTransition(
   db: Pool,
@@ -75,12 +95,7 @@ export async function recordTransition(
   const client = await db.connect();
   try {
     await client.query('BEGIN');
-    const inserted = await client.query(
-      `INSERT INTO audit_log (run_id, idempotency_key, event, stage, actor, details)
-       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
-      [t.runId, t.key, t.event, t.stage, t.actor, JSON.stringify(t.details ?? {})],
-    );
-    const fresh = (inserted.rowCount ?? 0) > 0;
+    const fresh = await appendAudit(client, { runId: t.runId, key: t.key, event: t.event, stage: t.stage, actor: t.actor, details: t.details ?? {} });
     if (fresh && t.state) {
       const terminal = (TERMINAL_STATES as readonly string[]).includes(t.state);
       await client.query(
@@ -247,9 +262,9 @@ export async function insertEvaluation(
 
 export async function insertDecision(db: Queryable, runId: string, d: Decision, artifacts: unknown): Promise<boolean> {
   const res = await db.query(
-    `INSERT INTO approvals (run_id, principal, decision, comment, artifacts, decided_at)
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, principal) DO NOTHING`,
-    [runId, d.principal, d.decision, d.comment ?? null, JSON.stringify(artifacts), d.at],
+    `INSERT INTO approvals (run_id, principal, decision, comment, artifacts, decided_at, signature)
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, principal) DO NOTHING`,
+    [runId, d.principal, d.decision, d.comment ?? null, JSON.stringify(artifacts), d.at, d.signature ? JSON.stringify(d.signature) : null],
   );
   return (res.rowCount ?? 0) > 0;
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { VoteSignature, type DecisionStatement, type PublicKeyRef, type StartStatement } from './signing';
 import type { DomainMix } from './candidates';
 import type { RunSpec } from './runSpec';
 
@@ -96,6 +97,8 @@ export interface PipelineInput {
   initiator: string;
   /** The schedule that starts this run, for its watermarks and its supersede rule; absent for manual runs. */
   scheduleId?: string;
+  /** The initiator's signature over the run id and the spec's sha256 (`dacp run start --as`); absent for scheduled runs and runs from before. */
+  startSignature?: { statement: StartStatement; signature: string; publicKey: string };
 }
 
 /** What `dacp run status ID --json` prints, exactly. */
@@ -257,12 +260,19 @@ export interface ApprovalRequest {
   instruct: InstructSummary;
   finalCheck?: FinalCheckReport;
   candidates?: Omit<CandidateSummary, 'model' | 'reportRef'>[];
+  /**
+   * The approvers' active public keys when the gate opened. Present in every gate since signed
+   * decisions: each vote must then carry a signature by one of its principal's keys.
+   */
+  signing?: { keys: Record<string, PublicKeyRef[]> };
 }
 
 export const DecisionInput = z
   .object({
     principal: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -'),
     comment: z.string().max(2_000, 'keep the comment under 2000 characters').optional(),
+    /** Required by gates that opened with captured keys (every gate since signed decisions). */
+    signature: VoteSignature.optional(),
   })
   .strict();
 export type DecisionInput = z.infer<typeof DecisionInput>;
@@ -277,6 +287,14 @@ export interface Decision {
   decision: 'approve' | 'reject';
   comment?: string;
   at: string;
+  /** The signed statement and the key that verified it (gates since signed decisions). */
+  signature?: SignedDecision;
+}
+
+export interface SignedDecision {
+  statement: DecisionStatement;
+  signature: string;
+  publicKey: string;
 }
 
 export interface ApprovalOutcome {

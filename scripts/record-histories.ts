@@ -21,6 +21,7 @@ import { DefaultLogger, NativeConnection, Runtime, Worker } from '@temporalio/wo
 import pg from 'pg';
 import { freePort, startDevServer, type DevServer } from '../cli/devServer';
 import { cancelRun, decide, runStatus, startRun, type RunContext } from '../cli/runs';
+import { ensureIdentity } from '../cli/keys';
 import { migrate } from '../db/migrate';
 import { createPool } from '../db/pool';
 import { generateDemoCorpus } from '../ml/demoCorpus';
@@ -162,7 +163,7 @@ const scenarios: Scenario[] = [
     async run(world, runId) {
       await start(world, runId);
       await awaitingApproval(world, runId);
-      await decide(world.client, { runId, principal: 'approver-1', decision: 'approve', comment: 'ok' });
+      await decide(world.runs, { runId, principal: 'approver-1', decision: 'approve', comment: 'ok' });
       await expectState(world, runId, 'completed');
     },
   },
@@ -172,7 +173,7 @@ const scenarios: Scenario[] = [
     async run(world, runId) {
       await start(world, runId);
       await awaitingApproval(world, runId);
-      await decide(world.client, { runId, principal: 'approver-2', decision: 'reject', reason: 'not this week' });
+      await decide(world.runs, { runId, principal: 'approver-2', decision: 'reject', reason: 'not this week' });
       await expectState(world, runId, 'rejected');
     },
   },
@@ -203,7 +204,7 @@ const scenarios: Scenario[] = [
     async run(world, runId) {
       await start(world, runId, { replayRatio: [0, 0.5] });
       await awaitingApproval(world, runId);
-      await decide(world.client, { runId, principal: 'approver-1', decision: 'approve' });
+      await decide(world.runs, { runId, principal: 'approver-1', decision: 'approve' });
       await expectState(world, runId, 'completed');
     },
   },
@@ -217,7 +218,7 @@ const scenarios: Scenario[] = [
         domainRatio: [{ telecom: 3, legal: 1 }, { telecom: 1, legal: 3 }],
       });
       await awaitingApproval(world, runId);
-      await decide(world.client, { runId, principal: 'approver-1', decision: 'approve' });
+      await decide(world.runs, { runId, principal: 'approver-1', decision: 'approve' });
       await expectState(world, runId, 'completed');
     },
   },
@@ -241,7 +242,7 @@ const scenarios: Scenario[] = [
       await world.restartGpuWorker();
       const waiting = await awaitingApproval(world, runId);
       if (waiting.resumedFromStep === null) throw new Error(`run ${runId} did not resume from a checkpoint`);
-      await decide(world.client, { runId, principal: 'approver-1', decision: 'approve' });
+      await decide(world.runs, { runId, principal: 'approver-1', decision: 'approve' });
       await expectState(world, runId, 'completed');
     },
   },
@@ -325,6 +326,10 @@ async function main(): Promise<void> {
     url.pathname = `/${dbName}`;
     pool = createPool(url.toString());
     await migrate(pool);
+    // The scenarios' people, with keys in the scratch home (signed starts and votes, as any run has).
+    process.env.DACP_KEYS_DIR = path.join(home, 'keys');
+    await ensureIdentity(pool, 'engineer', ['operator']);
+    for (const approver of ['approver-1', 'approver-2']) await ensureIdentity(pool, approver, ['approver']);
     nativeConnection = await NativeConnection.connect({ address: server.address });
     client = new Client({ connection: await Connection.connect({ address: server.address }) });
     const deps: WorkerDeps = { connection: nativeConnection, namespace: 'default', pool, artifactsDir: path.join(home, 'artifacts'), client };

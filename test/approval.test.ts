@@ -9,7 +9,10 @@ import { ArtifactStore } from '../activities/artifacts';
 import { ensureTool, TEMPORAL_TEST_SERVER } from '../cli/temporalTools';
 import { migrate } from '../db/migrate';
 import { insertRun } from '../db/records';
-import type { ApprovalRequest } from '../schemas/pipeline';
+import { createHash } from 'node:crypto';
+import { keyIdOf } from '../db/principals';
+import type { ApprovalRequest, DecisionInput, RejectionInput } from '../schemas/pipeline';
+import { candidateHashes, decisionStatement, publicKeyOf, signStatement, verifyStatement, type CandidateHashes } from '../schemas/signing';
 import { approvalGate } from '../workflows/approval';
 import { approvalRequestQuery, approveUpdate, rejectUpdate } from '../workflows/messages';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
@@ -148,5 +151,90 @@ describe('approval gate (time-skipping test server, real Postgres)', () => {
     await handle.executeUpdate(approveUpdate, { args: [{ principal: 'bob' }] });
     await handle.result();
     await expect(handle.executeUpdate(approveUpdate, { args: [{ principal: 'carol' }] })).rejects.toThrow();
+  });
+
+  describe('signed votes (gates since signed decisions)', () => {
+    const keyOf = (seed: number) => {
+      const privateKey = createHash('sha256').update(`test key ${seed}`).digest('hex');
+      const publicKey = publicKeyOf(privateKey);
+      return { privateKey, publicKey, keyId: keyIdOf(publicKey) };
+    };
+    const bob = keyOf(1);
+    const carol = keyOf(2);
+    const alice = keyOf(3);
+    // dave is listed as an approver but held no active key when the gate opened.
+    const signing = { keys: { bob: [bob], carol: [carol], alice: [alice] } };
+
+    // The time-skipping server's clock runs ahead of the machine's once a test has skipped time.
+    let now = Date.now();
+    beforeEach(async () => {
+      now = await env.currentTimeMs();
+    });
+
+    function signed(
+      runId: string,
+      o: { principal: string; key: { privateKey: string; keyId: string }; decision?: 'approve' | 'reject'; comment?: string; reason?: string; candidate?: CandidateHashes; signedAt?: string },
+    ) {
+      const decision = o.decision ?? 'approve';
+      const unsigned = {
+        keyId: o.key.keyId,
+        signedAt: o.signedAt ?? new Date(now).toISOString(),
+        candidate: o.candidate ?? candidateHashes(request(runId).artifacts),
+        via: 'cli' as const,
+      };
+      const statement = decisionStatement({ runId, decision, principal: o.principal, comment: o.comment, reason: o.reason, signature: unsigned });
+      return {
+        principal: o.principal,
+        ...(o.comment ? { comment: o.comment } : {}),
+        ...(o.reason ? { reason: o.reason } : {}),
+        signature: { ...unsigned, signature: signStatement(statement, o.key.privateKey) },
+      };
+    }
+
+    test('two signed approvals approve, and each vote is recorded with its signed statement', async () => {
+      const { runId, handle } = await openGate({ signing });
+      await handle.executeUpdate(approveUpdate, { args: [signed(runId, { principal: 'bob', key: bob, comment: 'hashes checked' })] });
+      await handle.executeUpdate(approveUpdate, { args: [signed(runId, { principal: 'carol', key: carol })] });
+      expect((await handle.result()).outcome).toBe('approved');
+      const { rows } = await db.pool.query('SELECT principal, signature FROM approvals WHERE run_id = $1 ORDER BY principal', [runId]);
+      expect(rows.map((r) => r.principal)).toEqual(['bob', 'carol']);
+      expect(rows[0].signature).toMatchObject({ publicKey: bob.publicKey, statement: { runId, principal: 'bob', decision: 'approve', comment: 'hashes checked', keyId: bob.keyId } });
+      expect(verifyStatement(rows[0].signature.statement, rows[0].signature.signature, bob.publicKey)).toBe(true);
+    });
+
+    test('refused: no signature, a stranger, an approver without a key, another key, a bad signature, other hashes, an old signature, the initiator, a second vote', async () => {
+      const { runId, handle } = await openGate({ signing });
+      const approve = (input: unknown) => refusal(handle.executeUpdate(approveUpdate, { args: [input as DecisionInput] }));
+      expect(await approve({ principal: 'bob' })).toMatch(/must be signed/);
+      expect(await approve(signed(runId, { principal: 'mallory', key: keyOf(9) }))).toMatch(/mallory is not an approver/);
+      expect(await approve(signed(runId, { principal: 'dave', key: keyOf(4) }))).toMatch(/dave had no active key and approver role when the gate/);
+      expect(await approve(signed(runId, { principal: 'bob', key: carol }))).toMatch(new RegExp(`signed with key ${carol.keyId}, which is not one of bob's keys`));
+      const forged = signed(runId, { principal: 'bob', key: bob, comment: 'ok' });
+      expect(await approve({ ...forged, comment: 'ok, and ship it tonight' })).toMatch(/signature on bob's vote does not verify/);
+      const otherCandidate = { ...candidateHashes(request(runId).artifacts), tunedModel: '9'.repeat(64) };
+      expect(await approve(signed(runId, { principal: 'bob', key: bob, candidate: otherCandidate }))).toMatch(/bound to other artifacts .*tunedModel 999999999999 is not the gate's 333333333333/);
+      const otherRun = signed(`${runId}-elsewhere`, { principal: 'bob', key: bob });
+      expect(await approve(otherRun)).toMatch(/does not verify/);
+      expect(await approve(signed(runId, { principal: 'bob', key: bob, signedAt: new Date(now - 3_600_000).toISOString() }))).toMatch(/more than 10 minutes from the gate's clock/);
+      expect(await approve(signed(runId, { principal: 'alice', key: alice }))).toMatch(/separation of duties/);
+      // A signature made for an approval does not reject.
+      const flipped = signed(runId, { principal: 'bob', key: bob, decision: 'approve' });
+      expect(await refusal(handle.executeUpdate(rejectUpdate, { args: [{ ...flipped, reason: 'no' }] }))).toMatch(/does not verify/);
+
+      await handle.executeUpdate(approveUpdate, { args: [signed(runId, { principal: 'bob', key: bob })] });
+      expect(await approve(signed(runId, { principal: 'bob', key: bob }))).toMatch(/bob has already decided/);
+      const view = await handle.query(approvalRequestQuery);
+      expect(view.decisions.map((d) => d.principal)).toEqual(['bob']);
+      // Nothing refused reached the records.
+      expect((await db.pool.query('SELECT principal FROM approvals WHERE run_id = $1', [runId])).rows).toEqual([{ principal: 'bob' }]);
+    });
+
+    test('a signed rejection rejects, with its reason under the signature', async () => {
+      const { runId, handle } = await openGate({ signing });
+      await handle.executeUpdate(rejectUpdate, { args: [signed(runId, { principal: 'carol', key: carol, decision: 'reject', reason: 'domain gain too small' }) as RejectionInput] });
+      const outcome = await handle.result();
+      expect(outcome).toMatchObject({ outcome: 'rejected', reason: expect.stringMatching(/domain gain too small/) });
+      expect(outcome.decisions[0].signature?.statement).toMatchObject({ decision: 'reject', reason: 'domain gain too small' });
+    });
   });
 });

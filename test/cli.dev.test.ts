@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { freePort } from '../cli/devServer';
 import type { RunStatus } from '../schemas/pipeline';
@@ -63,8 +63,21 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
       return states.includes(s.state) ? s : undefined;
     }, `${runId} to be ${states.join('/')}`, timeoutMs, 500);
 
-  test('start, watch, approve, deploy, list, audit — all from the command line', async () => {
+  test('principals and keys, then start, watch, approve, deploy, list, audit — all from the command line', async () => {
+    // An administrator registers the people; each creates a key.
+    for (const [name, role] of [['engineer', 'operator'], ['approver-1', 'approver'], ['approver-2', 'approver'], ['ada', 'auditor']]) {
+      expect(dacp('principals', 'add', name, '--role', role).code).toBe(0);
+    }
+    for (const name of ['engineer', 'approver-1', 'approver-2']) expect(dacp('keys', 'init', '--as', name).code).toBe(0);
     writeFileSync(path.join(home, 'spec.json'), JSON.stringify(tinySpec()));
+
+    // Only an operator with a key starts runs.
+    const byApprover = dacp('run', 'start', '--spec', 'spec.json', '--id', 'cli-0', '--as', 'approver-1');
+    expect(byApprover.code).toBe(2);
+    expect(byApprover.stderr).toMatch(/approver-1 holds the role approver, not operator, so cannot start runs/);
+    expect(dacp('run', 'start', '--spec', 'spec.json', '--id', 'cli-0', '--as', 'stranger').stderr).toMatch(/stranger is not a registered principal/);
+    expect(dacp('run', 'start', '--spec', 'spec.json', '--id', 'cli-0', '--as', 'ada').stderr).toMatch(/ada holds the role auditor, not operator/);
+
     const started = dacp('run', 'start', '--spec', 'spec.json', '--id', 'cli-1', '--as', 'engineer', '--json');
     expect(started.stderr).toBe('');
     expect(JSON.parse(started.stdout)).toEqual({ runId: 'cli-1' });
@@ -74,7 +87,22 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
 
     const self = dacp('approve', 'cli-1', '--as', 'engineer');
     expect(self.code).toBe(2);
-    expect(self.stderr).toMatch(/engineer started run cli-1 and cannot approve or reject it/);
+    expect(self.stderr).toMatch(/engineer holds the role operator, not approver, so cannot vote on run cli-1/);
+    // A key file others can read is refused before it signs anything.
+    const keyFile = path.join(process.env.DACP_KEYS_DIR!, 'approver-2.ed25519.json');
+    chmodSync(keyFile, 0o644);
+    expect(dacp('approve', 'cli-1', '--as', 'approver-2').stderr).toMatch(/approver-2.ed25519.json has permissions 644, readable by others; `chmod 600/);
+    chmodSync(keyFile, 0o600);
+    // A revoked key signs nothing.
+    const revokedKey = JSON.parse(readFileSync(keyFile, 'utf8')) as unknown;
+    expect(dacp('keys', 'revoke', '--as', 'approver-2', '--reason', 'test').code).toBe(0);
+    writeFileSync(keyFile, JSON.stringify(revokedKey), { mode: 0o600 });
+    expect(dacp('approve', 'cli-1', '--as', 'approver-2').stderr).toMatch(/approver-2's key \w+ .* is not an active registered key/);
+    // Refused attempts leave no history, so the audit log keeps them: who, why, when.
+    const refusals = (await db.pool.query("SELECT actor, details, created_at FROM audit_log WHERE run_id = 'cli-1' AND event = 'vote_refused' ORDER BY id")).rows;
+    expect(refusals.map((r) => r.actor)).toEqual(['engineer', 'approver-2', 'approver-2']);
+    expect(refusals[0].details).toMatchObject({ decision: 'approve', reason: expect.stringMatching(/not approver/), via: 'cli' });
+
     const approved = dacp('approve', 'cli-1', '--as', 'approver-1', '--comment', 'numbers look right');
     expect(approved.code).toBe(0);
     expect(approved.stdout).toMatch(/approved run cli-1 as approver-1/);
@@ -93,11 +121,23 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
     }, 'run list to show cli-1 completed', 30_000, 500);
     expect(listed).toMatchObject({ runId: 'cli-1', state: 'completed' });
 
+    // Auditors export; the bundle is signed by the installation's export key, published with `audit key`.
     const bundleFile = path.join(home, 'audit.json');
-    expect(dacp('audit', 'export', 'cli-1', '--out', bundleFile).code).toBe(0);
-    const verified = dacp('audit', 'verify', bundleFile);
-    expect(verified.stdout).toMatch(/verified/);
+    expect(dacp('audit', 'export', 'cli-1', '--out', bundleFile, '--as', 'engineer').stderr).toMatch(/engineer holds the role operator, not auditor, so cannot export audit bundles/);
+    const exported = dacp('audit', 'export', 'cli-1', '--out', bundleFile, '--as', 'ada');
+    expect(exported.stdout).toMatch(/signed by export key [0-9a-f]{16}/);
+    const published = path.join(home, 'export-key.json');
+    writeFileSync(published, dacp('audit', 'key', '--json').stdout);
+    const integrity = dacp('audit', 'verify', bundleFile);
+    expect(integrity.stdout).toMatch(/verified; integrity only: authenticity was not checked/);
+    expect(integrity.code).toBe(0);
+    const verified = dacp('audit', 'verify', bundleFile, '--key', published);
+    expect(verified.stdout).toMatch(/verified, signed by the published export key/);
+    expect(verified.stdout).toMatch(/checked: 1 votes/);
     expect(verified.code).toBe(0);
+    const other = dacp('audit', 'verify', bundleFile, '--key', 'ab'.repeat(32));
+    expect(other.code).toBe(1);
+    expect(other.stdout).toMatch(/NOT verified[\s\S]*not by the published key given with --key/);
   });
 
   test('cancelling a run stops training, keeps its checkpoint and records the cancellation', async () => {

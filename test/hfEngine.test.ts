@@ -368,7 +368,7 @@ withPython('runs on the hf engine', () => {
       expect(Object.fromEntries(['evaluateForgetting', 'evaluateInstruction', 'evaluateFinal', 'continualPretrain', 'recordTransition'].map((a) => [a, queues.get(a)]))).toEqual({
         evaluateForgetting: 'dacp-gpu', evaluateInstruction: 'dacp-gpu', evaluateFinal: 'dacp-gpu', continualPretrain: 'dacp-gpu', recordTransition: 'dacp-control',
       });
-      await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
+      await decide(h.runs, { runId, principal: 'approver-1', decision: 'approve' });
       expect(await h.client.workflow.getHandle(runId).result()).toMatchObject({ state: 'completed', versionId: `${runId}-model:v1` });
       const out = path.join(h.home, `exported-${runId}`);
       const exported = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'models', 'export', `${runId}-prod`, '--out', out], { env: { ...process.env, ...h.env }, encoding: 'utf8' });

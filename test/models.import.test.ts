@@ -163,7 +163,7 @@ withTransformers('dacp models import / export with a model made by transformers'
       if (s.state === 'failed') throw new GiveUp(`run failed: ${String(s.metrics.error)}`);
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the run on the imported Llama reaches approval', 600_000, 250);
-    await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
+    await decide(h.runs, { runId, principal: 'approver-1', decision: 'approve' });
     expect(await h.client.workflow.getHandle(runId).result()).toMatchObject({ state: 'completed', versionId: 'tiny-llama-telecom:v1' });
     const listed = JSON.parse(dacp('models', 'list', '--json').stdout) as Record<string, unknown>[];
     expect(listed.find((m) => m.versionId === 'tiny-llama-telecom:v1')).toMatchObject({ family: 'llama', aliases: ['llama-prod'], parameters: 56_992 });
@@ -222,7 +222,7 @@ withTransformers('dacp models import / export with a model made by transformers'
       return s.state === 'awaiting_approval' ? s : undefined;
     }, 'the run on the imported model reaches approval', 600_000, 250);
     expect(waiting.metrics.baseModel).toBe('tiny-gpt2:v1');
-    await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
+    await decide(h.runs, { runId, principal: 'approver-1', decision: 'approve' });
     const result = (await h.client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result).toMatchObject({ state: 'completed', versionId: 'tiny-gpt2-telecom:v1' });
 

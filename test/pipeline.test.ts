@@ -4,7 +4,10 @@ import { DefaultLogger, Runtime } from '@temporalio/worker';
 import path from 'node:path';
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
-import { exportAudit, verifyAudit } from '../cli/audit';
+import { randomBytes } from 'node:crypto';
+import { exportAudit, manifestStatement, partHash, verifyAudit, type AuditBundle } from '../cli/audit';
+import { keyIdOf } from '../db/principals';
+import { publicKeyOf, signStatement } from '../schemas/signing';
 import { decide, runStatus, startRun } from '../cli/runs';
 import { parseRunSpec } from '../schemas/runSpec';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
@@ -52,8 +55,8 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(waiting.attempts.dacp).toBe(1);
 
     // The initiator may not approve; an approver may.
-    await expect(decide(client, { runId, principal: 'engineer', decision: 'approve' })).rejects.toThrow(/separation of duties/);
-    await decide(client, { runId, principal: 'approver-1', decision: 'approve', comment: 'ok' });
+    await expect(decide(runs(), { runId, principal: 'engineer', decision: 'approve' })).rejects.toThrow(/separation of duties/);
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'approve', comment: 'ok' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result.state).toBe('completed');
     expect(result.versionId).toBe('tiny:v1');
@@ -118,7 +121,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect(waiting.metrics.baseModel).toBe('tiny-adapted:v1');
     // … and what would ship is compared with what it would replace.
     expect(waiting.metrics.finalCheck).toMatchObject({ reference: { kind: 'production', versionId: firstVersion }, passed: true });
-    await decide(client, { runId, principal: 'approver-2', decision: 'approve' });
+    await decide(runs(), { runId, principal: 'approver-2', decision: 'approve' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result.versionId).toBe('tiny:v2');
     const { rows } = await db.pool.query('SELECT version_id, previous_version_id FROM deployments WHERE run_id = $1', [runId]);
@@ -133,7 +136,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     const spec = parseRunSpec(tinySpec({ baseModel: { ref: 'production' } }));
     const runId = await startRun(runs(), { spec, baseDir: home, runId: 'pipeline-3', initiator: 'engineer' });
     await awaitingApproval(runId);
-    await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'not this week' });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'reject', reason: 'not this week' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result).toMatchObject({ state: 'rejected', reason: expect.stringMatching(/not this week/) });
     const { rows } = await db.pool.query('SELECT state FROM runs WHERE run_id = $1', [runId]);
@@ -141,21 +144,111 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     expect((await db.pool.query('SELECT count(*)::int AS n FROM deployments WHERE run_id = $1', [runId])).rows[0].n).toBe(0);
   });
 
-  test('the audit bundle holds history and records, verifies, and detects tampering', async () => {
-    const bundle = await exportAudit(client, db.pool, 'pipeline-1');
-    expect(Object.keys(bundle.histories)).toEqual(['pipeline-1', 'pipeline-1-approval']);
-    expect(bundle.records.approvals).toHaveLength(1);
-    expect(verifyAudit(bundle)).toEqual({ ok: true, problems: [] });
-    const tampered = JSON.parse(JSON.stringify(bundle));
-    tampered.records.approvals[0].principal = 'approver-2';
-    const verdict = verifyAudit(tampered);
-    expect(verdict.ok).toBe(false);
-    expect(verdict.problems.join(' ')).toMatch(/seal mismatch/);
-    expect(verdict.problems.join(' ')).toMatch(/approval by approver-2 is in the database but not in the gate's history/);
+  const exportBundle = (runId: string) => exportAudit(client, db.pool, runId, { home, artifactsDir: path.join(home, 'artifacts') });
+  /** What someone editing a bundle would do: recompute every hash and sign again, with their own key. */
+  const resealed = (bundle: AuditBundle): AuditBundle => {
+    const manifest = Object.fromEntries(Object.entries(bundle.parts).map(([name, value]) => [name, partHash(name, value)]));
+    const privateKey = randomBytes(32).toString('hex');
+    const publicKey = publicKeyOf(privateKey);
+    const sealed = { ...bundle, manifest };
+    return { ...sealed, signature: { algorithm: 'ed25519', keyId: keyIdOf(publicKey), publicKey, signature: signStatement(manifestStatement(sealed), privateKey) } };
+  };
+  const copy = (b: AuditBundle) => JSON.parse(JSON.stringify(b)) as AuditBundle;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests edit bundles freely, as a tamperer would
+  const rows = (b: AuditBundle, table: string) => b.parts[`records:${table}`] as Record<string, any>[];
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- as above
+  const historyEvents = (b: AuditBundle, id: string) => (b.parts[`history:${id}`] as { events: Record<string, any>[] }).events;
+
+  test('the audit bundle is signed, holds histories, rows, keys and artifacts, and verifies offline', async () => {
+    const bundle = await exportBundle('pipeline-1');
+    expect(Object.keys(bundle.parts).filter((n) => n.startsWith('history:'))).toEqual(['history:pipeline-1', 'history:pipeline-1-approval']);
+    expect(rows(bundle, 'approvals')).toHaveLength(1);
+    expect(rows(bundle, 'approvals')[0].signature.statement).toMatchObject({ format: 'dacp-decision/1', runId: 'pipeline-1', principal: 'approver-1', decision: 'approve', via: 'cli' });
+    expect(rows(bundle, 'principal_keys').map((k) => k.principal).sort()).toEqual(['approver-1', 'engineer']);
+    // The dataset, checkpoint and model manifests and the reports, as their exact bytes.
+    const artifacts = Object.keys(bundle.parts).filter((n) => n.startsWith('artifact:'));
+    const named = ['datasets', 'evaluations', 'model_versions', 'checkpoints'].flatMap((table) => rows(bundle, table)).filter((r) => String(r.uri ?? r.report_uri).endsWith('.json'));
+    expect(named.length).toBeGreaterThanOrEqual(rows(bundle, 'datasets').length + rows(bundle, 'evaluations').length);
+    for (const row of named) expect(artifacts).toContain(`artifact:${row.sha256}`);
+    const verdict = verifyAudit(bundle);
+    expect(verdict).toMatchObject({ ok: true, authentic: false, problems: [] });
+    expect(verdict.checked.join('\n')).toMatch(/authenticity not checked/);
+    expect(verifyAudit(bundle, { publicKey: bundle.signature.publicKey })).toMatchObject({ ok: true, authentic: true });
+  });
+
+  test('audit verify finds each kind of tampering and says what it found', async () => {
+    const bundle = await exportBundle('pipeline-1');
+    const published = bundle.signature.publicKey;
+    const problems = (b: AuditBundle, publicKey?: string) => {
+      const v = verifyAudit(b, { publicKey });
+      expect(v.ok).toBe(false);
+      return v.problems.join('\n');
+    };
+
+    // A changed byte, hashes left alone: the manifest catches it.
+    const edited = copy(bundle);
+    rows(edited, 'runs')[0].initiator = 'mallory';
+    expect(problems(edited)).toMatch(/part records:runs was changed/);
+
+    // Re-sealed with another key: integrity holds against the key inside, but not against the published one.
+    const forged = resealed(copy(bundle));
+    expect(verifyAudit(forged).ok).toBe(true);
+    expect(problems(forged, published)).toMatch(/not by the published key given with --key/);
+
+    // The signature itself.
+    const badSignature = copy(bundle);
+    badSignature.signature.signature = badSignature.signature.signature.replace(/^./, (c) => (c === '0' ? '1' : '0'));
+    expect(problems(badSignature)).toMatch(/signature does not verify with the key inside it/);
+
+    // A vote turned around in the database (and the bundle re-sealed): its signed statement and the history disagree.
+    const vote = copy(bundle);
+    rows(vote, 'approvals')[0].decision = 'reject';
+    const voteProblems = problems(resealed(vote));
+    expect(voteProblems).toMatch(/the vote of approver-1 says reject on pipeline-1, its signed statement approve/);
+    expect(voteProblems).toMatch(/reject in the database but approve in the gate's history/);
+
+    // A vote's signature altered: it no longer verifies.
+    const forgedVote = copy(bundle);
+    rows(forgedVote, 'approvals')[0].signature.statement.comment = 'changed after signing';
+    expect(problems(resealed(forgedVote))).toMatch(/the signature on the vote of approver-1 does not verify/);
+
+    // An audit row edited: the hash chain breaks at that row.
+    const row = copy(bundle);
+    const stageRow = rows(row, 'audit_log').find((r) => r.event === 'stage_started' && r.stage === 'dacp')!;
+    stageRow.details = { forged: true };
+    expect(problems(resealed(row))).toMatch(new RegExp(`audit row ${stageRow.id} \\(stage_started\\) was changed`));
+
+    // An audit row dropped: the next one no longer links, and the history's transition is missing.
+    const dropped = copy(bundle);
+    const log = rows(dropped, 'audit_log');
+    const i = log.findIndex((r) => r.event === 'stage_started' && r.stage === 'forgetting');
+    log.splice(i, 1);
+    const droppedProblems = problems(resealed(dropped));
+    expect(droppedProblems).toMatch(/does not link to the row before it/);
+    expect(droppedProblems).toMatch(/the history records transition stage_started \(forgetting\) that the audit log lacks/);
+
+    // A history event edited: the gate's history names another voter than the database.
+    const history = copy(bundle);
+    for (const event of historyEvents(history, 'pipeline-1-approval')) {
+      const input = event.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input;
+      if (!input) continue;
+      const vote = JSON.parse(Buffer.from(input.args.payloads[0].data, 'base64').toString('utf8'));
+      vote.principal = 'approver-2';
+      input.args.payloads[0].data = Buffer.from(JSON.stringify(vote)).toString('base64');
+    }
+    const historyProblems = problems(resealed(history));
+    expect(historyProblems).toMatch(/the vote of approver-1 is in the database but not in the gate's history/);
+    expect(historyProblems).toMatch(/the gate's history holds a vote by approver-2 that the database does not/);
+
+    // A hash: the deployed version is not the model that was approved.
+    const hash = copy(bundle);
+    const version = rows(hash, 'model_versions').find((v) => v.version_id === 'tiny:v1')!;
+    version.sha256 = 'f'.repeat(64);
+    expect(problems(resealed(hash))).toMatch(/the deployed tiny:v1 has sha256 ffffffffffff…, the approved candidate/);
   });
 
   test('no secret and no document, prompt or generated text lands in the workflow histories', async () => {
-    const bundle = await exportAudit(client, db.pool, 'pipeline-1');
+    const bundle = await exportBundle('pipeline-1');
     // Every payload of both histories (inputs, results, signals, updates, search attributes), decoded.
     const payloads: string[] = [];
     const collect = (value: unknown): void => {
@@ -167,7 +260,7 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
         }
       }
     };
-    collect(bundle.histories);
+    collect(Object.entries(bundle.parts).filter(([name]) => name.startsWith('history:')).map(([, h]) => h));
     expect(payloads.length).toBeGreaterThan(50);
     const text = payloads.join('\n');
     expect(text).toContain('artifact:models/'); // what does travel: URIs and hashes

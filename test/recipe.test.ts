@@ -58,7 +58,7 @@ describe('the DACP recipe through the workflow', () => {
     expect(view.finalCheck).toEqual(final);
     expect(formatApprovalView(view)).toMatch(/the gates side by side/);
     expect(view.artifacts.finalCheckReport?.sha256).toMatch(/^[0-9a-f]{64}$/);
-    await decide(client, { runId, principal: 'approver-1', decision: 'approve' });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'approve' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result).toMatchObject({ state: 'completed', versionId: 'tiny:v1', adaptedVersionId: 'tiny-adapted:v1' });
     // Instruction tuning mixed general text in: the attempt was trained with it.
@@ -114,7 +114,7 @@ describe('the DACP recipe through the workflow', () => {
     expect(tunings).toEqual([{ round: 0, ratio: 0 }, { round: 1, ratio: 0.5 }]);
     // Bounded: one retry, then the run passes or fails; it never tunes a third time.
     expect((ended.metrics.finalCheck as FinalCheckReport).round).toBe(1);
-    if (ended.state === 'awaiting_approval') await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
+    if (ended.state === 'awaiting_approval') await decide(runs(), { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
   });
 
   test('task sets enter both gates with their own budgets', async () => {
@@ -195,7 +195,7 @@ describe('the DACP recipe through the workflow', () => {
     expect(view.tradeoff?.table).toMatch(/legal 1\.00 \/ telecom 0\.00 +0\.25/);
     expect(readFileSync(view.tradeoff!.svgFile!, 'utf8').match(/data-domain-mix="/g)).toHaveLength(2);
     expect(formatApprovalView(view)).toMatch(/gain by source +legal .*, telecom /);
-    await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
   });
 
   test('one domainRatio mix trains the single dacp stage with it', async () => {
@@ -211,7 +211,7 @@ describe('the DACP recipe through the workflow', () => {
     expect(waiting.metrics.forgetting).toMatchObject({ domainMix: { legal: 0.25, telecom: 0.75 }, domainGainBySource: { legal: expect.any(Number), telecom: expect.any(Number) } });
     const [attempt] = await q(`SELECT details FROM audit_log WHERE run_id = $1 AND event = 'training_attempt' AND details->>'trainingStage' = 'dacp'`, runId);
     expect(attempt.details).toMatchObject({ domainMix: { legal: 0.25, telecom: 0.75 } });
-    await decide(client, { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'reject', reason: 'test run' });
   });
 
   test('a list of replay ratios trains one candidate each; more replay means less forgetting and less domain gain; the best is chosen and plotted', async () => {

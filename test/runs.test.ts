@@ -71,7 +71,7 @@ describe('runs: history stays small, one id is one run, status needs no worker',
 
   const finish = async (runId: string): Promise<PipelineResult> => {
     await untilState(runId, (s) => s.state === 'awaiting_approval', 'await approval');
-    await decide(client, { runId, principal: 'approver-1', decision: 'approve' });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'approve' });
     return (await client.workflow.getHandle(runId).result()) as PipelineResult;
   };
 
@@ -130,7 +130,7 @@ describe('runs: history stays small, one id is one run, status needs no worker',
     // Meanwhile another run deploys and moves production.
     const fast = await finish(await startRun(runs(), { spec, baseDir: home, runId: 'alias-fast', initiator: 'engineer' }));
     expect(fast.state).toBe('completed');
-    await decide(client, { runId: slow, principal: 'approver-1', decision: 'approve' });
+    await decide(runs(), { runId: slow, principal: 'approver-1', decision: 'approve' });
     await expect(client.workflow.getHandle(slow).result()).rejects.toThrow();
     const status = await untilState(slow, (s) => s.state === 'failed', 'fail');
     expect(String(status.metrics.error)).toMatch(new RegExp(`pointed at ${productionAtStart}.*now at ${fast.versionId}`));
@@ -214,7 +214,7 @@ describe('runs: history stays small, one id is one run, status needs no worker',
     const texts = [
       await historyText(client, runId),
       JSON.stringify((await db.pool.query('SELECT * FROM runs WHERE run_id = $1', [runId])).rows),
-      JSON.stringify(await exportAudit(client, db.pool, runId)),
+      JSON.stringify(await exportAudit(client, db.pool, runId, { home, artifactsDir: path.join(home, 'artifacts') })),
     ];
     for (const text of texts) expect(text).not.toContain('violet comet');
   });
@@ -252,7 +252,7 @@ describe('runs: history stays small, one id is one run, status needs no worker',
         await historyText(client, runId),
         await historyText(client, `${runId}-approval`),
         JSON.stringify((await db.pool.query('SELECT * FROM runs WHERE run_id = $1', [runId])).rows),
-        JSON.stringify(await exportAudit(client, db.pool, runId)),
+        JSON.stringify(await exportAudit(client, db.pool, runId, { home, artifactsDir: path.join(home, 'artifacts') })),
       ];
       expect(texts[0]).toContain('artifact:'); // what does travel: references and hashes
       for (const text of texts) {

@@ -136,7 +136,7 @@ describe('dacp schedule', () => {
     expect(first).toMatch(/^weekly-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
     const s1 = await toGate(first);
     expect(domainSource(s1)).toMatchObject({ docs: n0, watermark: { used: null, next: `${n0} files by sha256` } });
-    await decide(h.client, { runId: first, principal: 'approver-1', decision: 'approve' });
+    await decide(h.runs, { runId: first, principal: 'approver-1', decision: 'approve' });
     await finished(first, 'completed');
 
     // Update 2: twenty files arrive; only they are collected, and it continues the pretrained line of update 1.
@@ -161,7 +161,7 @@ describe('dacp schedule', () => {
     expect(replay2).toHaveLength(replay.generalDocs + replay.sampledDocs);
     // A first update had nothing earlier to replay: its replay set is the general text alone.
     expect(s1.metrics.replay).toMatchObject({ versions: [], sampledDocs: 0 });
-    await decide(h.client, { runId: second, principal: 'approver-1', decision: 'reject', reason: 'hold this one' });
+    await decide(h.runs, { runId: second, principal: 'approver-1', decision: 'reject', reason: 'hold this one' });
     await finished(second, 'rejected');
 
     // A rejected update leaves the watermark: the next firing reads the same twenty files, and more.
@@ -173,7 +173,7 @@ describe('dacp schedule', () => {
     expect(domainSource(s3)).toMatchObject({ docs: want3.docs, watermark: { used: `${n0} files by sha256`, next: `${n0 + 30} files by sha256`, skippedFiles: want3.skippedFiles } });
     expect(want3.docs).toBeGreaterThan(want2.docs);
     expect(s3.metrics.baseModel).toBe('weekly-telecom-adapted:v1');
-    await decide(h.client, { runId: third, principal: 'approver-1', decision: 'approve' });
+    await decide(h.runs, { runId: third, principal: 'approver-1', decision: 'approve' });
     await finished(third, 'completed');
     const seen3 = contents();
 
@@ -187,7 +187,7 @@ describe('dacp schedule', () => {
     expect(s4.metrics.baseModel).toBe('weekly-telecom-adapted:v2');
     // Replay pools the domain data of both earlier updates of the line.
     expect(s4.metrics.replay).toMatchObject({ versions: ['weekly-telecom-adapted:v2', 'weekly-telecom-adapted:v1'] });
-    await decide(h.client, { runId: fourth, principal: 'approver-1', decision: 'approve' });
+    await decide(h.runs, { runId: fourth, principal: 'approver-1', decision: 'approve' });
     await finished(fourth, 'completed');
     const lineage = await h.db.pool.query(`SELECT version_id, parent_version_id FROM model_versions WHERE name LIKE 'weekly-telecom%' ORDER BY created_at`);
     expect(lineage.rows.map((r) => [r.version_id, r.parent_version_id])).toEqual([
@@ -258,7 +258,7 @@ describe('dacp schedule', () => {
     const events = await h.db.pool.query(`SELECT event, details FROM audit_log WHERE run_id = $1 AND event IN ('approval_superseded', 'run_superseded') ORDER BY id`, [older]);
     expect(events.rows.map((r) => r.event)).toEqual(['approval_superseded', 'run_superseded']);
     expect(events.rows[0].details).toMatchObject({ supersededBy: newer });
-    await decide(h.client, { runId: newer, principal: 'approver-1', decision: 'approve' });
+    await decide(h.runs, { runId: newer, principal: 'approver-1', decision: 'approve' });
     await finished(newer, 'completed');
     dacp('schedule', 'delete', 'nightly');
 

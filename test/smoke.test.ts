@@ -35,7 +35,7 @@ async function approveAndFinish(runId: string, spec: ReturnType<typeof parseRunS
     if (s.state === 'failed') throw new GiveUp(`run failed: ${String(s.metrics.error)}`);
     return s.state === 'awaiting_approval' ? s : undefined;
   }, `${runId} to reach approval`, 300_000, 250);
-  await decide(h.client, { runId, principal: 'approver-1', decision: 'approve' });
+  await decide(h.runs, { runId, principal: 'approver-1', decision: 'approve' });
   return (await h.client.workflow.getHandle(runId).result()) as PipelineResult;
 }
 

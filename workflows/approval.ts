@@ -11,6 +11,8 @@ import {
 import type { DacpActivities } from '../activities';
 import { DecisionInput, RejectionInput } from '../schemas/pipeline';
 import type { ApprovalOutcome, ApprovalRequest, Decision } from '../schemas/pipeline';
+import type { SignedDecision } from '../schemas/pipeline';
+import { candidateDifferences, candidateHashes, decisionStatement, MAX_SIGNING_SKEW_MS, verifyStatement, type VoteSignature } from '../schemas/signing';
 import { approvalRequestQuery, approveUpdate, rejectUpdate, supersedeSignal } from './messages';
 
 const { recordDecision, recordTransition } = proxyActivities<DacpActivities>({
@@ -70,6 +72,37 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     }
   };
 
+  /**
+   * Gates that opened with captured keys take signed votes only: by a key of the principal's that
+   * was active when the gate opened, over this run, this decision and this candidate's hashes,
+   * signed within MAX_SIGNING_SKEW_MS of the gate's clock. Pure code: @noble/curves, no I/O.
+   */
+  const checkSignature = (vote: { principal: string; comment?: string; reason?: string; signature?: VoteSignature }, decision: 'approve' | 'reject'): SignedDecision | undefined => {
+    if (!request.signing) return undefined;
+    const { principal, signature } = vote;
+    if (!signature) throw new Error(`votes on run ${request.runId} must be signed: vote with \`dacp ${decision} ${request.runId} --as ${principal}\` holding the key from \`dacp keys init --as ${principal}\``);
+    const keys = request.signing.keys[principal] ?? [];
+    if (keys.length === 0) {
+      throw new Error(`${principal} had no active key and approver role when the gate of run ${request.runId} opened; register with \`dacp principals add\` and \`dacp keys init\` before a gate opens`);
+    }
+    const key = keys.find((k) => k.keyId === signature.keyId);
+    if (!key) throw new Error(`the vote is signed with key ${signature.keyId}, which is not one of ${principal}'s keys captured when the gate opened (${keys.map((k) => k.keyId).join(', ')})`);
+    const differences = candidateDifferences(signature.candidate, candidateHashes(request.artifacts));
+    if (differences.length) {
+      throw new Error(`the vote is bound to other artifacts than the candidate of run ${request.runId} (${differences.join('; ')}); read \`dacp approval show ${request.runId}\` and vote again`);
+    }
+    const skew = Math.abs(Date.parse(signature.signedAt) - Date.now());
+    if (!(skew <= MAX_SIGNING_SKEW_MS)) {
+      throw new Error(`the vote was signed at ${signature.signedAt}, more than ${MAX_SIGNING_SKEW_MS / 60_000} minutes from the gate's clock (${new Date(Date.now()).toISOString()}); sign it again`);
+    }
+    const { signature: sig, ...unsigned } = signature;
+    const statement = decisionStatement({ runId: request.runId, decision, principal, comment: vote.comment, reason: vote.reason, signature: unsigned });
+    if (!verifyStatement(statement, sig, key.publicKey)) {
+      throw new Error(`the signature on ${principal}'s vote does not verify with key ${key.keyId}: the vote was altered or signed with another key`);
+    }
+    return { statement, signature: sig, publicKey: key.publicKey };
+  };
+
   const count = (decision: Decision) => {
     decisions.push(decision);
     if (decision.decision === 'reject') rejection ??= decision;
@@ -94,36 +127,44 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
 
   setHandler(
     approveUpdate,
-    (input) =>
-      decide({
+    (input) => {
+      const signature = checkSignature(input, 'approve');
+      return decide({
         principal: input.principal,
         decision: 'approve',
         comment: input.comment,
         at: new Date().toISOString(),
-      }),
+        ...(signature ? { signature } : {}),
+      });
+    },
     {
       validator: (input) => {
         const parsed = DecisionInput.safeParse(input);
         if (!parsed.success) throw new Error(`approval is malformed: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; ')}`);
         validateVoter(parsed.data.principal);
+        checkSignature(parsed.data, 'approve');
       },
     },
   );
 
   setHandler(
     rejectUpdate,
-    (input) =>
-      decide({
+    (input) => {
+      const signature = checkSignature(input, 'reject');
+      return decide({
         principal: input.principal,
         decision: 'reject',
         comment: input.reason + (input.comment ? ` — ${input.comment}` : ''),
         at: new Date().toISOString(),
-      }),
+        ...(signature ? { signature } : {}),
+      });
+    },
     {
       validator: (input) => {
         const parsed = RejectionInput.safeParse(input);
         if (!parsed.success) throw new Error(`rejection is malformed: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; ')}`);
         validateVoter(parsed.data.principal);
+        checkSignature(parsed.data, 'reject');
       },
     },
   );

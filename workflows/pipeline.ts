@@ -262,6 +262,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       ...specArg,
       initiator: input.initiator,
       ...(input.scheduleId ? { scheduleId: input.scheduleId } : {}),
+      ...(input.startSignature ? { startSignature: input.startSignature } : {}),
     });
     await record('stage_started');
 
@@ -447,6 +448,8 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
 
     // approval
     await enter('approval');
+    // The approvers' keys as they are now: votes are checked against these, whatever changes later.
+    const signing = patched('signed-decisions') ? { keys: await controlActivities.approverKeys({ approvers: spec.approval.approvers }) } : undefined;
     const gate = await startChild(approvalGate, {
       workflowId: approvalWorkflowId(runId),
       taskQueue: 'dacp-control',
@@ -471,6 +474,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           instruct: instruct.summary,
           ...(finalCheck ? { finalCheck: finalCheck.report } : {}),
           ...(tradeoff ? { candidates: tradeoff.candidates } : {}),
+          ...(signing ? { signing } : {}),
         },
       ],
     });

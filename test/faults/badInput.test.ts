@@ -176,7 +176,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
     });
 
     test('after all that, a well-formed vote counts and the baseline run completes', async () => {
-      await decide(h.client, { runId: baselineId, principal: 'approver-1', decision: 'approve', comment: 'numbers look right' });
+      await decide(h.runs, { runId: baselineId, principal: 'approver-1', decision: 'approve', comment: 'numbers look right' });
       const result = (await h.client.workflow.getHandle(baselineId).result()) as PipelineResult;
       expect(result).toMatchObject({ state: 'completed', versionId: 'tiny:v1' });
       baseline = await storedState(h, baselineId);

@@ -1,4 +1,5 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { enrolTestPrincipals } from '../helpers/identities';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import pg from 'pg';
@@ -93,6 +94,7 @@ describe('faults: the worker is SIGKILLed in every stage outside training (contr
     writeCorpus(home);
     [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
     await migrate(db.pool);
+    await enrolTestPrincipals(db.pool);
     client = new Client({ connection: await Connection.connect({ address: server.address }) });
   });
 

@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs';
+import { enrolTestPrincipals } from '../helpers/identities';
 import os from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
@@ -82,6 +83,7 @@ describe('faults: infrastructure outages', () => {
       writeTinyCorpus(home);
       db = await createTestDatabase();
       await migrate(db.pool);
+      await enrolTestPrincipals(db.pool);
     });
 
     afterAll(async () => {
@@ -164,6 +166,7 @@ describe('faults: infrastructure outages', () => {
       postgres = await startStoppablePostgres(home);
       pool = createPool(postgres.url, { connectionTimeoutMillis: 2_000 });
       await migrate(pool);
+      await enrolTestPrincipals(pool);
     });
 
     afterAll(async () => {

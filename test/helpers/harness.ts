@@ -7,6 +7,7 @@ import type { RunContext } from '../../cli/status';
 import { migrate } from '../../db/migrate';
 import { createWorker } from '../../workers/options';
 import { createTestDatabase, type TestDatabase } from './db';
+import { enrolTestPrincipals } from './identities';
 import { writeTinyCorpus } from './fixtures';
 import { bundleWorkflows, startTestDevServer, tempHome } from './temporal';
 
@@ -49,6 +50,7 @@ export async function startHarness(o: { inProcessGpu: boolean }): Promise<Harnes
   writeTinyCorpus(home);
   const [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
   await migrate(db.pool);
+  await enrolTestPrincipals(db.pool);
   const nativeConnection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection: await Connection.connect({ address: server.address }) });
   const deps = { connection: nativeConnection, namespace: 'default', pool: db.pool, artifactsDir: path.join(home, 'artifacts'), client };

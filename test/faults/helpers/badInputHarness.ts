@@ -2,6 +2,7 @@
  * One environment for the bad-input specification: a real Temporal dev server, a fresh Postgres
  * database, in-process control + gpu workers, the tiny corpus on disk, and the real `dacp` command.
  */
+import { enrolTestPrincipals } from '../../helpers/identities';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -44,6 +45,7 @@ export async function startBadInputHarness(): Promise<BadInputHarness> {
   const artifactsDir = path.join(home, 'artifacts');
   const [server, db, bundle] = await Promise.all([startTestDevServer(), createTestDatabase(), bundleWorkflows()]);
   await migrate(db.pool);
+  await enrolTestPrincipals(db.pool);
   const nativeConnection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection: await Connection.connect({ address: server.address }) });
   const deps = { connection: nativeConnection, namespace: 'default', pool: db.pool, artifactsDir, client };

@@ -1,4 +1,5 @@
 import { rmSync } from 'node:fs';
+import { enrolTestPrincipals } from '../../helpers/identities';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, type Worker } from '@temporalio/worker';
@@ -36,6 +37,7 @@ export async function startFaultHarness(): Promise<FaultHarness> {
   const probeFile = writeStepProbe(home);
   const [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
   await migrate(db.pool);
+  await enrolTestPrincipals(db.pool);
   const nativeConnection = await NativeConnection.connect({ address: server.address });
   const client = new Client({ connection: await Connection.connect({ address: server.address }) });
   const control: Worker = await createWorker('control', {
