@@ -1,4 +1,4 @@
-import path from 'node:path';
+import { sourceRoots } from '../workers/policy';
 import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import { upsertDataset } from '../db/records';
@@ -54,7 +54,8 @@ export function collectActivities({ pool, store }: ActivityDeps) {
       summary: CollectSummary;
     }> {
       const { spec, baseDir } = input;
-      const allowedRoots = spec.dataRoots?.map((root) => path.resolve(baseDir, root));
+      // The worker's data roots (DACP_DATA_ROOTS, else the spec's folder), narrowed by the spec's dataRoots.
+      const allowedRoots = sourceRoots({ baseDir, specRoots: spec.dataRoots });
       const byRole: Record<DatasetRole, DatasetDoc[]> = { domain: [], replay: [], instruct: [] };
       const summary: CollectSummary = {
         sources: [],

@@ -1,4 +1,6 @@
 import { existsSync, promises as fs } from 'node:fs';
+import { checkTrainerCommand, reservedNames } from '../workers/policy';
+import { projectRoot } from '../cli/paths';
 import path from 'node:path';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { createModel, parameterCountOf, specsOf, type AnyModelConfig } from '../ml/families';
@@ -80,7 +82,7 @@ export async function trainWithCommand(
   },
 ): Promise<EngineOutcome> {
   return trainWithModelFolders(deps, session, {
-    command: resolveCommand(o.engine.command, o.baseDir),
+    command: allowedCommand(resolveCommand(o.engine.command, o.baseDir), o.baseDir),
     env: namedEnvironment(o.engine.env),
     killGraceSeconds: o.engine.killGraceSeconds,
     backend: `command:${path.basename(o.engine.command[0])}`,
@@ -340,7 +342,17 @@ export async function runTrainerAttempt(
  * The variables a spec names (`engine.env`), with their values from this worker's environment.
  * The values are secrets: they are read here, on the worker, and go nowhere but the trainer.
  */
+/** The spec's command, if this worker's configuration allows it (workers/policy.ts). */
+function allowedCommand(argv: string[], baseDir: string): string[] {
+  checkTrainerCommand(argv, { baseDir, trainersDir: path.join(projectRoot(), 'trainers') });
+  return argv;
+}
+
 export function namedEnvironment(names: string[]): Record<string, string> {
+  const reserved = reservedNames(names);
+  if (reserved.length) {
+    throw ApplicationFailure.nonRetryable(`engine.env names ${reserved.join(', ')}: dacp's own settings are never handed to a trainer`, 'TrainerNotAllowed');
+  }
   const missing = names.filter((name) => process.env[name] === undefined);
   if (missing.length) {
     throw ApplicationFailure.nonRetryable(

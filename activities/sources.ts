@@ -5,6 +5,7 @@
  * The caller prefixes messages with the source's index. Messages name files, lines, columns and
  * fields but never quote document text: they land in workflow history, logs and the run record.
  */
+import { checkConnectionEnv } from '../workers/policy';
 import { createHash } from 'node:crypto';
 import { promises as fs, type Dirent } from 'node:fs';
 import path from 'node:path';
@@ -66,7 +67,7 @@ export async function readSourceSince(source: Source, o: ReadSourceOptions, used
 
 export type SourceFailureType =
   | 'SourceNotFound' | 'SourceUnreadable' | 'SourceInvalid' | 'SourceTooLarge'
-  | 'SourceQueryFailed' | 'SourceOutsideRoots' | 'SourceEnvMissing' | 'SourceConnectFailed';
+  | 'SourceQueryFailed' | 'SourceOutsideRoots' | 'SourceEnvMissing' | 'SourceConnectFailed' | 'SourceNotAllowed';
 
 function fail(type: SourceFailureType, message: string): never {
   throw ApplicationFailure.nonRetryable(message, type);
@@ -131,7 +132,7 @@ function isInside(file: string, root: string): boolean {
 async function ensureInsideRoots(file: string, shown: string, roots: string[]): Promise<void> {
   const real = await realOrResolved(file);
   if (!roots.some((root) => isInside(real, root))) {
-    fail('SourceOutsideRoots', `${shown} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its folder to dataRoots in the spec`);
+    fail('SourceOutsideRoots', `${shown} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them (the worker reads DACP_DATA_ROOTS, or without it the spec's folder; a spec's dataRoots only narrow that)`);
   }
 }
 
@@ -176,7 +177,7 @@ async function expandPath(entry: string, baseDir: string, roots: string[] | unde
     // Refuse before walking, so a glob cannot be used to probe directories outside the roots.
     const real = await realOrResolved(prefix);
     if (!roots.some((root) => isInside(real, root) || isInside(root, real))) {
-      fail('SourceOutsideRoots', `${entry} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them or add its folder to dataRoots in the spec`);
+      fail('SourceOutsideRoots', `${entry} is outside the allowed source roots (${roots.join(', ')}); move the data below one of them (the worker reads DACP_DATA_ROOTS, or without it the spec's folder; a spec's dataRoots only narrow that)`);
     }
   }
   const rest = segments.slice(firstGlob);
@@ -335,7 +336,9 @@ async function readPostgresSource(source: PostgresSource): Promise<SourceDoc[]> 
  * read-only, repeatable-read transaction, so the maximum belongs to exactly the rows read.
  */
 async function readPostgresRows(source: PostgresSource, watermark?: { column: string; since: string | null }): Promise<{ docs: SourceDoc[]; max: string | null }> {
-  const envName = source.connectionEnv ?? 'DATABASE_URL';
+  if (!source.connectionEnv) fail('SourceNotAllowed', "a postgres source must name its connectionEnv (e.g. SOURCE_DATABASE_URL); dacp's own database is never a source");
+  const envName = source.connectionEnv;
+  checkConnectionEnv(envName);
   const url = process.env[envName];
   if (!url) fail('SourceEnvMissing', `environment variable ${envName} is not set; set it to the connection URL of the database to read, or set connectionEnv`);
   const scrub = secretScrubber(url);
@@ -353,6 +356,12 @@ async function readPostgresRows(source: PostgresSource, watermark?: { column: st
 
   let result: QueryResult<Record<string, unknown>>;
   let max: string | null = null;
+  // Whatever the variable is called, dacp's own database (its runs, votes and audit log) is never read as data.
+  const own = await client.query(`SELECT to_regclass('dacp_schema_migrations') IS NOT NULL AS own`).catch(() => null);
+  if (own?.rows[0]?.own) {
+    await client.end().catch(() => undefined);
+    fail('SourceNotAllowed', `${envName} points at dacp's own database (it holds dacp_schema_migrations); a source reads another database`);
+  }
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     // The extended protocol runs exactly one statement, so `…; COMMIT; DELETE …` cannot leave the read-only transaction.

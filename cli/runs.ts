@@ -15,6 +15,7 @@ import { readSource } from '../activities/sources';
 import { appendAuditEntry, runExists, storeRunSpec } from '../db/records';
 import { candidateHashes, decisionStatement, type StartStatement, type VoteSignature } from '../schemas/signing';
 import { actingKey, signWith } from './keys';
+import { sourceRoots } from '../workers/policy';
 import { workflowSpec, type Decision, type PipelineInput, type PipelineResult } from '../schemas/pipeline';
 import { InputError, parseRunSpec, type RunSpec } from '../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId, approveUpdate, rejectUpdate } from '../workflows/messages';
@@ -79,7 +80,12 @@ export function loadSpecFile(file: string): { spec: RunSpec; baseDir: string } {
  * multiple-choice set the spec names must be a valid file inside the data roots.
  */
 export async function preflightSources(spec: RunSpec, baseDir: string): Promise<void> {
-  const allowedRoots = spec.dataRoots?.map((root) => path.resolve(baseDir, root));
+  let allowedRoots: string[];
+  try {
+    allowedRoots = sourceRoots({ baseDir, specRoots: spec.dataRoots });
+  } catch (err) {
+    throw new InputError(`dataRoots: ${(err as Error).message}`);
+  }
   for (const [index, source] of spec.sources.entries()) {
     if (source.kind === 'postgres') {
       if (!process.env[source.connectionEnv]) {

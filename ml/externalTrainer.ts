@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { trainerEnvironment } from '../workers/policy';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
@@ -396,7 +397,8 @@ export async function runExternalTrainer(o: ExternalTrainerOptions): Promise<{ d
   try {
     child = spawn(program, [...programArgs, '--job', jobFile], {
       cwd: workDir,
-      env: { ...process.env, ...o.env },
+      // The worker's configuration decides what else a trainer sees: never dacp's database or Temporal settings.
+      env: trainerEnvironment(o.env ?? {}),
       stdio: ['ignore', 'pipe', 'pipe'],
       // Its own process group, so SIGKILL reaches the helpers it forked (data loaders, launchers).
       detached: true,

@@ -54,9 +54,9 @@ const postgresSource = z
     responseColumn: z.string().min(1).default('response'),
     /** Name of the environment variable holding the connection URL; the URL itself is a secret. */
     connectionEnv: z
-      .string()
+      .string({ required_error: "name the environment variable that holds the source database's URL, e.g. SOURCE_DATABASE_URL (dacp's own database is never a source)" })
       .regex(/^[A-Z_][A-Z0-9_]*$/, 'name an environment variable (e.g. SOURCE_DATABASE_URL), not a URL')
-      .default('DATABASE_URL'),
+      .refine((name) => !RESERVED_ENV.test(name), { message: "that is one of dacp's own variables; a source reads another database, named by a variable of its own (e.g. SOURCE_DATABASE_URL)" }),
   })
   .strict();
 
@@ -139,11 +139,20 @@ export const ModelShape = z
   .strict()
   .refine((m) => m.dModel % m.nHeads === 0, { message: 'dModel must be a multiple of nHeads', path: ['nHeads'] });
 
+/** Variables of dacp itself (its database, Temporal, its settings): a spec never names them. */
+export const RESERVED_ENV = /^(DATABASE_URL|PG[A-Z_]*|TEMPORAL_[A-Z0-9_]*|DACP_(?!TORCH_THREADS$|DETERMINISTIC$)[A-Z0-9_]*)$/;
+
 const secretNames = z
-  .array(z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE'), {
-    invalid_type_error:
-      'list the names of variables the trainer takes from the gpu worker\'s environment, e.g. ["HF_TOKEN"]; values are secrets and never go in a spec',
-  })
+  .array(
+    z
+      .string()
+      .regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE')
+      .refine((name) => !RESERVED_ENV.test(name), { message: "that is one of dacp's own variables (its database, Temporal, its settings), never handed to a trainer" }),
+    {
+      invalid_type_error:
+        'list the names of variables the trainer takes from the gpu worker\'s environment, e.g. ["HF_TOKEN"]; values are secrets and never go in a spec',
+    },
+  )
   .default([]);
 
 /**

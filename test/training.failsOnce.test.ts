@@ -91,7 +91,10 @@ describe('a diverged loss fails the training activity once, naming the stage and
       "process.stdout.write('{\"event\": \"progress\", \"step\": 3, \"loss\": NaN, \"tokens\": 24}\\n');",
       'setInterval(() => undefined, 1000);',
     ].join('\n'));
+    // A script outside the spec's folder runs only where the worker's configuration allows it (docs/security.md).
+    process.env.DACP_TRAINER_COMMANDS = JSON.stringify([[process.execPath, script]]);
     const { attempt } = await divergingRun(bench.spec({ engine: { kind: 'command', command: [process.execPath, script] } }).engine);
+    delete process.env.DACP_TRAINER_COMMANDS;
     const { step } = expectDiverged(attempt.error);
     expect(step).toBe(3);
     expect((attempt.error as Error).message).toMatch(/loss is NaN/);

@@ -15,6 +15,7 @@ import { cancelRun, decide, preflightSources, runStatus, startRun } from '../../
 import type { Decision, PipelineResult, RunStatus } from '../../schemas/pipeline';
 import { parseRunSpec, type RunSpecInput } from '../../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId } from '../../workflows/messages';
+import { testServerUrl } from '../helpers/db';
 import { tinySpec } from '../helpers/fixtures';
 import { eventually, GiveUp } from '../helpers/temporal';
 import {
@@ -30,8 +31,9 @@ import {
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
 /** Environment variables naming the source databases (the URLs are secrets and stay out of specs). */
-const kbEnv = 'DACP_BAD_INPUT_KB_URL';
-const deadEnv = 'DACP_BAD_INPUT_DEAD_URL';
+const kbEnv = 'BAD_INPUT_KB_URL';
+const deadEnv = 'BAD_INPUT_DEAD_URL';
+const ownEnv = 'BAD_INPUT_OWN_URL';
 const baselineId = 'baseline-1';
 
 describe('bad input is refused clearly, and nothing stored is lost', () => {
@@ -40,7 +42,9 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
 
   beforeAll(async () => {
     h = await startBadInputHarness();
-    process.env[kbEnv] = h.db.url;
+    // A database of its own (the server's `postgres` database): dacp's own is never a source.
+    process.env[kbEnv] = testServerUrl;
+    process.env[ownEnv] = h.db.url;
     process.env[deadEnv] = `postgres://postgres@127.0.0.1:${await freePort()}/nothing`;
     // The run whose stored state every later case must leave untouched; first it waits at the gate.
     await startRun(h.runs, { spec: parseRunSpec(tinySpec()), baseDir: h.home, runId: baselineId, initiator: 'engineer' });
@@ -49,6 +53,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
 
   afterAll(async () => {
     delete process.env[kbEnv];
+    delete process.env[ownEnv];
     delete process.env[deadEnv];
     await h?.stop();
   });
@@ -167,7 +172,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
     });
 
     test('malformed votes through the dacp command exit 2 with one line', async () => {
-      await expectRefused(['approve', baselineId, '--as', 'not a principal!'], [/approval is malformed: principal: a principal is 1–64 letters/]);
+      await expectRefused(['approve', baselineId, '--as', 'not a principal!'], [/principal "not a principal!" is invalid: use 1–64 letters/]);
       await expectRefused(['approve', baselineId, '--as', 'approver-1', '--comment', 'y'.repeat(10_000)], [/comment: keep the comment under 2000 characters/]);
       await expectRefused(['reject', baselineId, '--as', 'approver-1'], [/^dacp: missing --reason TEXT; see `dacp --help`$/]);
       await expectRefused(['approve', baselineId], [/^dacp: missing --as PRINCIPAL/]);
@@ -311,7 +316,7 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
       await refuseSpec(
         'outside.json',
         domainFrom(['edge/outside.txt'], { dataRoots: ['data'] }),
-        /^dacp: sources\[0\]: edge\/outside\.txt is outside the allowed source roots \(.*\); .*add its folder to dataRoots in the spec$/,
+        /^dacp: sources\[0\]: edge\/outside\.txt is outside the allowed source roots \(.*\); .*a spec's dataRoots only narrow that\)$/,
       );
       symlinkSync(path.join(h.home, 'edge', 'outside.txt'), path.join(h.home, 'data', 'link-out.txt'));
       await refuseSpec(
@@ -381,11 +386,22 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
         type: 'SourceQueryFailed',
         error: /^sources\[3\] \(postgres, role domain\): query failed: relation "kb_articles" does not exist; fix the query/,
       });
-      expect(error).not.toContain(h.db.url);
+      expect(error).not.toContain(testServerUrl);
       const shown = await h.dacp('run', 'status', 'inrun-query');
       expect(shown.code).toBe(0);
       expect(shown.stdout).toMatch(/^ +error +/m);
       expect(shown.stdout).toContain(error);
+    });
+
+    test("a database source that points at dacp's own database, under any name: SourceNotAllowed", async () => {
+      const spec = tinySpec();
+      spec.sources.push({ kind: 'postgres', role: 'domain', query: 'SELECT details::text AS text FROM audit_log', connectionEnv: ownEnv });
+      const error = await expectFailedAtOnce('inrun-own-db', spec, {
+        activity: 'collectSources',
+        type: 'SourceNotAllowed',
+        error: /^sources\[3\] \(postgres, role domain\): BAD_INPUT_OWN_URL points at dacp's own database \(it holds dacp_schema_migrations\); a source reads another database$/,
+      });
+      expect(error).not.toContain(h.db.url);
     });
 
     test('a source file that turned non-UTF-8 after the preflight: SourceInvalid', async () => {

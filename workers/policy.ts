@@ -1,0 +1,163 @@
+import { readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
+import { RESERVED_ENV } from '../schemas/runSpec';
+
+/**
+ * What a worker lets a run spec do on its host, from the worker's own configuration (environment
+ * variables of the worker process), never from the spec. docs/security.md explains each rule and
+ * how to lock it down.
+ *
+ * - `DACP_TRAINER_COMMANDS`: the trainer commands a `command` engine may run, as a JSON list of
+ *   argv prefixes (or the path of a file holding it), e.g. `[["/usr/bin/python3", "/opt/t/train.py"]]`.
+ *   Unset: a program, or an interpreter's script, inside the spec's folder or dacp's `trainers/`.
+ * - `DACP_DATA_ROOTS`: the folders file sources must stay inside (path-list). Unset: the spec's
+ *   folder (and, narrower, the spec's own `dataRoots`).
+ * - `DACP_SOURCE_ENVS`: the environment variables a Postgres source may name as `connectionEnv`
+ *   (comma-separated). Unset: any that is not one of dacp's own. Never dacp's own database.
+ * - `DACP_TRAINER_ENV_PASS`: more variables of the worker's environment that trainers get
+ *   (comma-separated), besides the basic ones below and those the spec names.
+ */
+
+export { RESERVED_ENV };
+
+/** What every trainer process gets from the worker's environment: enough to run, nothing secret. */
+const BASE_TRAINER_ENV = [
+  'PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LANGUAGE', 'TZ', 'TMPDIR', 'TERM',
+  'CUDA_VISIBLE_DEVICES', 'CUDA_HOME', 'CUDA_PATH', 'LD_LIBRARY_PATH', 'NVIDIA_VISIBLE_DEVICES',
+  'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'VIRTUAL_ENV', 'PYTHONPATH', 'PYTHONHOME',
+  'HF_HOME', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'TORCH_HOME', 'XDG_CACHE_HOME',
+  'DACP_TORCH_THREADS', 'DACP_DETERMINISTIC',
+  'NCCL_DEBUG', 'NCCL_SOCKET_IFNAME', 'GLOO_SOCKET_IFNAME', 'MASTER_ADDR', 'MASTER_PORT',
+];
+const BASE_PREFIXES = ['LC_'];
+
+const INTERPRETERS = /^(python[0-9.]*|node|bash|sh|Rscript|julia|ruby|perl)$/;
+
+export interface WorkerPolicy {
+  /** Allowed argv prefixes; null: the default rule (spec folder or dacp's trainers/). */
+  trainerCommands: string[][] | null;
+  dataRoots: string[] | null;
+  sourceEnvs: string[] | null;
+  trainerEnvPass: string[];
+}
+
+function list(value: string | undefined, separator: string | RegExp): string[] | null {
+  if (value === undefined || value.trim() === '') return null;
+  return value.split(separator).map((v) => v.trim()).filter(Boolean);
+}
+
+export function workerPolicy(env: NodeJS.ProcessEnv = process.env): WorkerPolicy {
+  let trainerCommands: string[][] | null = null;
+  const raw = env.DACP_TRAINER_COMMANDS?.trim();
+  if (raw) {
+    const text = raw.startsWith('[') ? raw : readFileSync(raw, 'utf8');
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw new Error(`DACP_TRAINER_COMMANDS is not JSON: give a list of argv prefixes, e.g. [["/usr/bin/python3", "/opt/trainers/train.py"]], or the path of a file holding one`);
+    }
+    if (!Array.isArray(parsed) || !parsed.every((p) => Array.isArray(p) && p.length > 0 && p.every((a) => typeof a === 'string'))) {
+      throw new Error('DACP_TRAINER_COMMANDS must be a JSON list of non-empty lists of strings (argv prefixes)');
+    }
+    trainerCommands = parsed as string[][];
+  }
+  return {
+    trainerCommands,
+    dataRoots: list(env.DACP_DATA_ROOTS, path.delimiter)?.map((r) => path.resolve(r)) ?? null,
+    sourceEnvs: list(env.DACP_SOURCE_ENVS, ','),
+    trainerEnvPass: list(env.DACP_TRAINER_ENV_PASS, ',') ?? [],
+  };
+}
+
+const refuse = (type: string, message: string): never => {
+  throw ApplicationFailure.nonRetryable(message, type);
+};
+
+function inside(file: string, root: string): boolean {
+  const relative = path.relative(root, file);
+  return relative === '' || (!relative.startsWith('..') && !path.isAbsolute(relative));
+}
+
+function isFile(p: string): boolean {
+  try {
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuse a trainer command the worker does not allow. `argv` is the spec's command after relative
+ * paths were resolved against the spec's folder; `trainersDir` is dacp's own trainers folder.
+ */
+export function checkTrainerCommand(argv: string[], o: { baseDir: string; trainersDir: string; policy?: WorkerPolicy }): void {
+  const policy = o.policy ?? workerPolicy();
+  if (policy.trainerCommands) {
+    if (policy.trainerCommands.some((prefix) => prefix.length <= argv.length && prefix.every((a, i) => argv[i] === a))) return;
+    refuse(
+      'TrainerNotAllowed',
+      `trainer command ${JSON.stringify(argv.slice(0, 3))}${argv.length > 3 ? '…' : ''} is not in this gpu worker's DACP_TRAINER_COMMANDS; ` +
+        `the worker's administrator adds its argv prefix there (a spec cannot)`,
+    );
+  }
+  const roots = [o.baseDir, o.trainersDir].map((r) => path.resolve(r));
+  const allowed = (p: string | undefined) => p !== undefined && path.isAbsolute(p) && isFile(p) && roots.some((root) => inside(p, root));
+  const [program, script] = argv;
+  if (allowed(program)) return;
+  if (program && INTERPRETERS.test(path.basename(program)) && allowed(script)) return;
+  refuse(
+    'TrainerNotAllowed',
+    `trainer command ${JSON.stringify(argv.slice(0, 3))}${argv.length > 3 ? '…' : ''} runs nothing inside the spec's folder (${o.baseDir}) or dacp's trainers (${o.trainersDir}): ` +
+      'without DACP_TRAINER_COMMANDS a gpu worker runs only a program there, or an interpreter with a script there as its first argument; ' +
+      'see docs/security.md to allow other commands',
+  );
+}
+
+/** Refuse spec-named variables that are dacp's own (its database, Temporal, its settings). */
+export function reservedNames(names: string[]): string[] {
+  return names.filter((n) => RESERVED_ENV.test(n));
+}
+
+/**
+ * The trainer's environment: the basic variables, those the worker configuration passes, and the
+ * ones the spec names (already checked not to be dacp's own). Nothing else of the worker's.
+ */
+export function trainerEnvironment(named: Record<string, string>, o: { policy?: WorkerPolicy; env?: NodeJS.ProcessEnv } = {}): Record<string, string> {
+  const env = o.env ?? process.env;
+  const policy = o.policy ?? workerPolicy(env);
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (value === undefined || RESERVED_ENV.test(name)) continue;
+    if (BASE_TRAINER_ENV.includes(name) || BASE_PREFIXES.some((p) => name.startsWith(p)) || policy.trainerEnvPass.includes(name)) out[name] = value;
+  }
+  return { ...out, ...named };
+}
+
+/** The roots file sources must stay inside: the worker's, narrowed by the spec's own dataRoots. */
+export function sourceRoots(o: { baseDir: string; specRoots?: string[]; policy?: WorkerPolicy }): string[] {
+  const policy = o.policy ?? workerPolicy();
+  const specRoots = o.specRoots?.map((r) => path.resolve(o.baseDir, r));
+  const workerRoots = policy.dataRoots ?? [path.resolve(o.baseDir)];
+  if (!specRoots) return workerRoots;
+  const outside = specRoots.filter((r) => !workerRoots.some((w) => inside(r, w)));
+  if (outside.length) {
+    refuse(
+      'SourceOutsideRoots',
+      `dataRoots ${outside.join(', ')} lie outside the folders this worker reads (${workerRoots.join(', ')}${policy.dataRoots ? ', DACP_DATA_ROOTS' : ": the spec's folder"}); move the data or have the administrator extend DACP_DATA_ROOTS`,
+    );
+  }
+  return specRoots;
+}
+
+/** Refuse a `connectionEnv` that is dacp's own or that the worker does not allow. */
+export function checkConnectionEnv(name: string, policy: WorkerPolicy = workerPolicy()): void {
+  if (RESERVED_ENV.test(name)) {
+    refuse('SourceNotAllowed', `connectionEnv ${name} is one of dacp's own variables; a source reads another database, named by a variable of its own (e.g. SOURCE_DATABASE_URL)`);
+  }
+  if (policy.sourceEnvs && !policy.sourceEnvs.includes(name)) {
+    refuse('SourceNotAllowed', `connectionEnv ${name} is not in this worker's DACP_SOURCE_ENVS (${policy.sourceEnvs.join(', ')}); the administrator adds it there`);
+  }
+}
+
