@@ -2,7 +2,8 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { approvalRequestQuery, approvalWorkflowId, supersedeSignal } from '../workflows/messages';
 import * as records from '../db/records';
-import type { ApprovalRequest, Decision, PipelineInput, RunState, Stage } from '../schemas/pipeline';
+import type { ApprovalRequest, ArtifactRef, Decision, PipelineInput, RunState, Stage } from '../schemas/pipeline';
+import { loadRunReport, runReportHtml } from '../reports/runReport';
 import type { RunSpec } from '../schemas/runSpec';
 import { activeKeys } from '../db/principals';
 import type { PublicKeyRef } from '../schemas/signing';
@@ -10,7 +11,7 @@ import { sha256Hex } from './artifacts';
 import type { ActivityDeps } from './context';
 
 /** Activities that write the run's own records: the run row, transitions and approval decisions. */
-export function recordActivities({ pool, client }: ActivityDeps) {
+export function recordActivities({ pool, client, store }: ActivityDeps) {
   return {
     /**
      * The newer run of a schedule has reached its gate: the older runs of that schedule still waiting
@@ -109,6 +110,13 @@ export function recordActivities({ pool, client }: ActivityDeps) {
      */
     async approverKeys(input: { approvers: string[] }): Promise<Record<string, PublicKeyRef[]>> {
       return activeKeys(pool, input.approvers, 'approver');
+    },
+
+    /** The run's HTML report as it stands when its gate opens, stored for the approval request to link. */
+    async writeRunReport(input: { runId: string }): Promise<ArtifactRef> {
+      const data = await loadRunReport(pool, store.root, input.runId);
+      if (!data) throw ApplicationFailure.nonRetryable(`run ${input.runId} has no row to report on`, 'RunMissing');
+      return store.put('reports', Buffer.from(runReportHtml(data)), 'html');
     },
 
     async recordDecision(input: { runId: string; decision: Decision; request: ApprovalRequest }): Promise<void> {

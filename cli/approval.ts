@@ -43,6 +43,8 @@ export interface ApprovalView {
   /** The sample answers of the instruction report artifact; null when it cannot be read here. */
   samples: InstructReport['samples'] | null;
   samplesError: string | null;
+  /** Where the run's HTML report from when the gate opened lies on this machine (verified); null when absent here. */
+  runReportFile: string | null;
   votes: { principal: string; decision: Decision['decision']; at: string; comment: string | null }[];
   timeout: {
     timeoutMs: number;
@@ -116,6 +118,7 @@ export async function approvalView(client: Client, runId: string, o: { artifacts
     tradeoff: await tradeoffOf(o.artifactsDir, request),
     samples: samples.samples,
     samplesError: samples.error,
+    runReportFile: await localFile(o.artifactsDir, request.artifacts.runReport),
     votes: decisions.map((d) => ({ principal: d.principal, decision: d.decision, at: d.at, comment: d.comment ?? null })),
     timeout: {
       timeoutMs: request.timeoutMs,
@@ -205,6 +208,17 @@ async function readSamples(artifactsDir: string, request: ApprovalRequest): Prom
   }
 }
 
+/** The local path of a stored artifact, if it is here and intact. */
+async function localFile(artifactsDir: string, ref: { uri: string; sha256: string } | undefined): Promise<string | null> {
+  if (!ref) return null;
+  const store = new ArtifactStore(artifactsDir);
+  try {
+    return (await store.verify(ref)) ? store.pathOf(ref.uri) : null;
+  } catch {
+    return null;
+  }
+}
+
 const SAMPLES_SHOWN = 5;
 
 function duration(ms: number): string {
@@ -240,6 +254,7 @@ export function formatApprovalView(v: ApprovalView): string {
   lines.push(`  instruct report    ${a.instructReport.sha256}`);
   if (a.finalCheckReport) lines.push(`  final check report ${a.finalCheckReport.sha256}`);
   if (a.tradeoffReport) lines.push(`  trade-off report   ${a.tradeoffReport.sha256}`);
+  if (a.runReport) lines.push(`  run report (HTML)  ${a.runReport.sha256}${v.runReportFile ? `  ${v.runReportFile}` : ''}`);
   for (const d of a.datasets) lines.push(`  dataset            ${d.sha256}  ${d.role}/${d.split}, ${d.docs} docs`);
 
   if (v.finalCheck) {

@@ -31,6 +31,7 @@ import { exportModel, formatAliasMove, formatModel, formatModels, importModel, l
 import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listSchedules, pauseSchedule, triggerSchedule } from './schedules';
 import { formatStatus, type RunContext } from './status';
 import { serve as serveModels } from '../serve/server';
+import { loadRunReport, runReportHtml } from '../reports/runReport';
 
 const ENVIRONMENT = `
 State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
@@ -550,6 +551,19 @@ function runCommands(run: Command): void {
       const runId = checkRunId(id);
       await withRuns((ctx) => cancelRun(ctx, runId));
       console.log(`cancellation requested for run ${runId}`);
+    });
+  run
+    .command('report')
+    .description('one self-contained HTML file: data quality, training curves, both gates, instruction score, samples, votes, hashes')
+    .argument('<id>', 'run id')
+    .option('--out <file>', 'where to write it (default: ./<id>.report.html)')
+    .action(async (id: string, o: Options) => {
+      const runId = checkRunId(id);
+      const out = path.resolve(typeof o.out === 'string' ? o.out : `${runId}.report.html`);
+      const data = await withRegistry((ctx) => loadRunReport(ctx.pool, ctx.artifactsDir, runId));
+      if (!data) throw new InputError(`no run with id ${runId} in the database; see \`dacp run list\``);
+      writeFileSync(out, runReportHtml(data));
+      console.log(`report of run ${runId} (${data.state}) written to ${out}`);
     });
 }
 

@@ -53,7 +53,9 @@ export async function appendAudit(
   const prev = (last.rows[0]?.sha256 as string | null | undefined) ?? null;
   // Round-tripped through JSON first: the hash covers what the jsonb column gives back.
   const details = JSON.parse(JSON.stringify(row.details ?? {})) as unknown;
-  const at = new Date().toISOString();
+  // The database's clock, to the millisecond (what the hash covers): the row's time never runs ahead
+  // of other times written in the same transaction (a run's finished_at, say).
+  const at = ((await client.query(`SELECT date_trunc('milliseconds', now()) AS at`)).rows[0].at as Date).toISOString();
   const sha256 = auditRowHash({ prev, runId: row.runId, key: row.key, event: row.event, stage: row.stage, actor: row.actor, details, at });
   const inserted = await client.query(
     `INSERT INTO audit_log (run_id, idempotency_key, event, stage, actor, details, created_at, prev_sha256, sha256)

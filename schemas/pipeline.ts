@@ -255,6 +255,8 @@ export interface ApprovalRequest {
     /** Present when the spec listed several replay ratios. */
     tradeoffReport?: ArtifactRef;
     tradeoffSvg?: ArtifactRef;
+    /** The run's self-contained HTML report when the gate opened (`dacp run report`); absent in runs from before. */
+    runReport?: ArtifactRef;
   };
   forgetting: ForgettingReport;
   instruct: InstructSummary;

@@ -1,3 +1,5 @@
+/// <reference lib="dom" />
+/// <reference lib="dom.iterable" />
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
@@ -5,6 +7,9 @@ import path from 'node:path';
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
 import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { chromium as chromiumLauncher } from 'playwright-core';
 import { exportAudit, manifestStatement, partHash, verifyAudit, type AuditBundle } from '../cli/audit';
 import { keyIdOf } from '../db/principals';
 import { publicKeyOf, signStatement } from '../schemas/signing';
@@ -17,6 +22,12 @@ import { startHarness, type Harness } from './helpers/harness';
 import { eventually, GiveUp, runsFor } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
+
+/** Debian's chromium (`.ci/run` installs it); without it the browser test is skipped and says so. */
+const chromium = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p)) ?? null;
+if (!chromium) console.warn('run report browser test skipped (not run, not passed): no chromium at /usr/bin/chromium; `apt-get install chromium`');
+/** Screenshots and other files a test keeps for people to look at. */
+const testArtifacts = path.join(__dirname, '..', 'test-results');
 
 describe('the whole pipeline on the dev server with real Postgres', () => {
   let h: Harness;
@@ -245,6 +256,59 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     const version = rows(hash, 'model_versions').find((v) => v.version_id === 'tiny:v1')!;
     version.sha256 = 'f'.repeat(64);
     expect(problems(resealed(hash))).toMatch(/the deployed tiny:v1 has sha256 ffffffffffff…, the approved candidate/);
+  });
+
+  (chromium ? test : test.skip)('dacp run report writes one self-contained HTML file; headless Chromium renders its tables and plots', async () => {
+    const out = path.join(home, 'pipeline-1.report.html');
+    const written = spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'dacp.js'), 'run', 'report', 'pipeline-1', '--out', out], { env: { ...process.env, ...h.env }, encoding: 'utf8' });
+    expect(written.stderr).toBe('');
+    expect(written.stdout).toMatch(/report of run pipeline-1 \(completed\) written to/);
+    const html = readFileSync(out, 'utf8');
+    // Self-contained: nothing is fetched, nothing runs.
+    expect(html).not.toMatch(/<script|<link|src="http|href="http/);
+    const [deployed] = (await db.pool.query("SELECT sha256 FROM model_versions WHERE version_id = 'tiny:v1'")).rows;
+    expect(html).toContain(deployed.sha256);
+
+    const browser = await chromiumLauncher.launch({ executablePath: chromium!, args: ['--no-sandbox'] });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+      const requests: string[] = [];
+      page.on('request', (r) => requests.push(r.url()));
+      await page.goto(`file://${out}`);
+      expect(requests).toEqual([`file://${out}`]);
+      const rendered = await page.evaluate(() => ({
+        headings: [...document.querySelectorAll('h2')].map((h) => h.textContent),
+        curves: [...document.querySelectorAll('svg.chart polyline.series')].map((p) => ({
+          label: p.getAttribute('data-label'),
+          points: (p.getAttribute('points') ?? '').trim().split(/\s+/).length,
+          width: (p as SVGGraphicsElement).getBBox().width,
+        })),
+        charts: [...document.querySelectorAll('svg.chart')].map((c) => c.getAttribute('aria-label')),
+        bars: [...document.querySelectorAll('svg.chart rect.bar')].map((b) => (b as SVGGraphicsElement).getBBox().height),
+        votes: [...document.querySelectorAll('#approval ~ table tbody tr')].slice(0, 1).map((tr) => tr.textContent),
+      }));
+      expect(rendered.headings).toEqual(['Data quality', 'Training', 'Forgetting gate (after continual pretraining)', 'Final check (the candidate that would ship)', 'Instruction score', 'Sample answers', 'Approval', 'Hashes']);
+      expect(rendered.charts).toEqual(expect.arrayContaining(['continual pretraining: training loss', 'instruction tuning: training loss', 'perplexity: base, adapted and the candidate that would ship']));
+      // Each curve is drawn across the plot, one point per recorded step.
+      expect(rendered.curves.length).toBeGreaterThanOrEqual(2);
+      for (const curve of rendered.curves) {
+        expect(curve.points).toBeGreaterThan(5);
+        expect(curve.width).toBeGreaterThan(300);
+      }
+      expect(rendered.bars.length).toBe(6);
+      for (const height of rendered.bars) expect(height).toBeGreaterThan(0);
+      expect(rendered.votes[0]).toMatch(/approver-1approve/);
+      mkdirSync(testArtifacts, { recursive: true });
+      await page.screenshot({ path: path.join(testArtifacts, 'run-report.png'), fullPage: true });
+    } finally {
+      await browser.close();
+    }
+
+    // The approval request linked the report as it stood when the gate opened.
+    const request = (await client.workflow.getHandle('pipeline-1-approval').fetchHistory()).events![0].workflowExecutionStartedEventAttributes!.input!.payloads![0];
+    const opened = JSON.parse(Buffer.from(request.data!).toString('utf8')) as { artifacts: { runReport?: { uri: string; sha256: string } } };
+    const linked = await new ArtifactStore(path.join(home, 'artifacts')).get(opened.artifacts.runReport!);
+    expect(linked.toString('utf8')).toMatch(/^<!doctype html>[\s\S]*no votes yet/);
   });
 
   test('no secret and no document, prompt or generated text lands in the workflow histories', async () => {

@@ -7,6 +7,7 @@ import { NativeConnection, DefaultLogger, Runtime, type Worker } from '@temporal
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
 import { exportAudit } from '../cli/audit';
+import { testServerUrl } from './helpers/db';
 import { cancelRun, decide, runStatus, startRun } from '../cli/runs';
 import { formatStatus } from '../cli/status';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
@@ -223,11 +224,14 @@ describe('runs: history stays small, one id is one run, status needs no worker',
     const secret = 'planted-Secret-4f9a1c';
     const sentence = 'The quartz heron counts seven lanterns beneath the tidal observatory.';
     writeFileSync(path.join(home, 'data', 'domain', 'planted.txt'), `${sentence} ${'Radio links carry traffic between sites. '.repeat(4)}`);
-    const secretUrl = new URL(db.url);
+    // A database of its own (the server's `postgres` database, trust auth): dacp's own is never a source.
+    const secretUrl = new URL(testServerUrl);
     secretUrl.password = secret;
-    process.env.DACP_TEST_KB_URL = secretUrl.toString();
+    // The probe lives in the test fixtures, outside the spec's folder: the worker's configuration allows it.
+    process.env.DACP_TRAINER_COMMANDS = JSON.stringify([[process.execPath, probe]]);
+    process.env.TEST_KB_URL = secretUrl.toString();
     // A trainer secret: the spec names the variable, the gpu worker's environment holds the value.
-    process.env.DACP_TEST_TRAINER_TOKEN = `${secret}-token`;
+    process.env.TEST_TRAINER_TOKEN = `${secret}-token`;
     const probeFile = path.join(home, 'env-probe.json');
     try {
       const spec = parseRunSpec(
@@ -235,12 +239,12 @@ describe('runs: history stays small, one id is one run, status needs no worker',
           baseModel: { ref: 'production' },
           engine: {
             kind: 'command',
-            command: [process.execPath, probe, 'DACP_TEST_TRAINER_TOKEN', probeFile, python, trainer],
-            env: ['DACP_TEST_TRAINER_TOKEN', 'DACP_TORCH_THREADS'],
+            command: [process.execPath, probe, 'TEST_TRAINER_TOKEN', probeFile, python, trainer],
+            env: ['TEST_TRAINER_TOKEN', 'DACP_TORCH_THREADS'],
           },
           sources: [
             { kind: 'files', role: 'domain', paths: ['data/domain/*.txt'] },
-            { kind: 'postgres', role: 'domain', query: `SELECT 'Cell sites report handover counts every hour for the radio network.' AS text`, connectionEnv: 'DACP_TEST_KB_URL' },
+            { kind: 'postgres', role: 'domain', query: `SELECT 'Cell sites report handover counts every hour for the radio network.' AS text`, connectionEnv: 'TEST_KB_URL' },
             { kind: 'files', role: 'replay', paths: ['data/general.jsonl'] },
             { kind: 'files', role: 'instruct', paths: ['data/pairs.jsonl'] },
           ],
@@ -263,10 +267,11 @@ describe('runs: history stays small, one id is one run, status needs no worker',
       expect(texts[0]).not.toContain('data/domain/*.txt');
       // … and the trainer did get the value it was promised.
       const seen = JSON.parse(readFileSync(probeFile, 'utf8'));
-      expect(seen).toEqual({ name: 'DACP_TEST_TRAINER_TOKEN', present: true, sha256: createHash('sha256').update(`${secret}-token`).digest('hex') });
+      expect(seen).toEqual({ name: 'TEST_TRAINER_TOKEN', present: true, sha256: createHash('sha256').update(`${secret}-token`).digest('hex') });
     } finally {
-      delete process.env.DACP_TEST_KB_URL;
-      delete process.env.DACP_TEST_TRAINER_TOKEN;
+      delete process.env.TEST_KB_URL;
+      delete process.env.DACP_TRAINER_COMMANDS;
+      delete process.env.TEST_TRAINER_TOKEN;
     }
   });
 

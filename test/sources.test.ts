@@ -232,7 +232,7 @@ describe('files source failures', () => {
 });
 
 describe('postgres sources', () => {
-  const envName = 'DACP_TEST_SOURCES_URL';
+  const envName = 'TEST_SOURCES_URL';
   let db: TestDatabase;
 
   beforeAll(async () => {

@@ -7,6 +7,7 @@ import { advanceWatermarks } from '../db/records';
 import { smokeActivities } from '../activities/smoke';
 import { parseRunSpec, watermarkProblems } from '../schemas/runSpec';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
+import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { startTrainingBench, type TrainingBench } from './helpers/trainingBench';
 
 /**
@@ -15,17 +16,20 @@ import { startTrainingBench, type TrainingBench } from './helpers/trainingBench'
  * not succeed leaves it where it was. (Files watermarks run end to end in test/schedules.test.ts.)
  */
 
-const envName = 'DACP_TEST_WATERMARK_URL';
+const envName = 'TEST_WATERMARK_URL';
 let bench: TrainingBench;
 let dir: string;
+/** The source: a database of its own (dacp's own is never a source). */
+let source: TestDatabase;
 
 beforeAll(async () => {
   bench = await startTrainingBench();
   dir = mkdtempSync(path.join(os.tmpdir(), 'dacp-watermarks-'));
   writeTinyCorpus(dir);
-  process.env[envName] = bench.db.url;
+  source = await createTestDatabase();
+  process.env[envName] = source.url;
   // Microseconds apart: a JavaScript Date would round them together; the watermark is kept as the database's text.
-  await bench.db.pool.query(`
+  await source.pool.query(`
     CREATE TABLE tickets (id int PRIMARY KEY, body text NOT NULL, updated_at timestamptz NOT NULL);
     INSERT INTO tickets VALUES
       (1, 'Cell 17 dropped calls after the upgrade to build 4.2.', '2026-11-01 10:00:00.000001+00'),
@@ -36,6 +40,7 @@ beforeAll(async () => {
 afterAll(async () => {
   delete process.env[envName];
   await bench?.stop();
+  await source?.drop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -60,7 +65,7 @@ test('a scheduled run reads the rows past the last successful run; a run that fa
   expect(await collect(first)).toMatchObject({ docs: 3, watermark: { used: null, next: 'updated_at > 2026-11-01 10:00:00.000003+00' } });
 
   // The first run failed (no deploy advanced it): the next one reads everything again, and the rows that came since.
-  await bench.db.pool.query(`INSERT INTO tickets VALUES (4, 'Site 12 lost its backhaul link twice.', '2026-11-02 08:00:00.5+00'), (5, 'Handover failures rose in the evening peak.', '2026-11-02 08:00:00.6+00')`);
+  await source.pool.query(`INSERT INTO tickets VALUES (4, 'Site 12 lost its backhaul link twice.', '2026-11-02 08:00:00.5+00'), (5, 'Handover failures rose in the evening peak.', '2026-11-02 08:00:00.6+00')`);
   const second = await bench.newRun('nightly');
   expect(await collect(second)).toMatchObject({ docs: 5, watermark: { used: null, next: 'updated_at > 2026-11-02 08:00:00.6+00' } });
   expect(await advanceWatermarks(bench.db.pool, second)).toBe(1);
@@ -69,7 +74,7 @@ test('a scheduled run reads the rows past the last successful run; a run that fa
   expect(await advanceWatermarks(bench.db.pool, first)).toBe(0);
 
   // One microsecond past the watermark is new; the watermark itself is not.
-  await bench.db.pool.query(`INSERT INTO tickets VALUES (6, 'A firmware rollback fixed the alarms on site 3.', '2026-11-02 08:00:00.600001+00'), (7, 'Same instant as the watermark, written late.', '2026-11-02 08:00:00.6+00')`);
+  await source.pool.query(`INSERT INTO tickets VALUES (6, 'A firmware rollback fixed the alarms on site 3.', '2026-11-02 08:00:00.600001+00'), (7, 'Same instant as the watermark, written late.', '2026-11-02 08:00:00.6+00')`);
   const third = await bench.newRun('nightly');
   expect(await collect(third)).toMatchObject({ docs: 1, watermark: { used: 'updated_at > 2026-11-02 08:00:00.6+00', next: 'updated_at > 2026-11-02 08:00:00.600001+00' } });
   const recorded = await bench.db.pool.query('SELECT used, used_run_id, next FROM run_watermarks WHERE run_id = $1', [third]);

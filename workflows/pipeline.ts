@@ -450,6 +450,8 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     await enter('approval');
     // The approvers' keys as they are now: votes are checked against these, whatever changes later.
     const signing = patched('signed-decisions') ? { keys: await controlActivities.approverKeys({ approvers: spec.approval.approvers }) } : undefined;
+    // The run's HTML report as it stands now (quality, curves, both gates, samples), linked from the request.
+    const runReport = patched('approval-run-report') ? await controlActivities.writeRunReport({ runId }) : undefined;
     const gate = await startChild(approvalGate, {
       workflowId: approvalWorkflowId(runId),
       taskQueue: 'dacp-control',
@@ -469,6 +471,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
             instructReport: instruct.reportRef,
             ...(finalCheck ? { finalCheckReport: finalCheck.reportRef } : {}),
             ...(tradeoff ? { tradeoffReport: tradeoff.reportRef, tradeoffSvg: tradeoff.svg } : {}),
+            ...(runReport ? { runReport } : {}),
           },
           forgetting,
           instruct: instruct.summary,

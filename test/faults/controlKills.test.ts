@@ -9,7 +9,7 @@ import { migrate } from '../../db/migrate';
 import { generateDemoCorpus } from '../../ml/demoCorpus';
 import { parseRunSpec } from '../../schemas/runSpec';
 import { approvalWorkflowId, approveUpdate } from '../../workflows/messages';
-import { createTestDatabase, type TestDatabase } from '../helpers/db';
+import { createTestDatabase, testServerUrl, type TestDatabase } from '../helpers/db';
 import { tinySpec } from '../helpers/fixtures';
 import { eventually, startTestDevServer, tempHome, runsFor } from '../helpers/temporal';
 import {
@@ -59,7 +59,7 @@ const spec = parseRunSpec(
       {
         kind: 'postgres',
         role: 'domain',
-        connectionEnv: 'DACP_FAULT_SOURCE_URL',
+        connectionEnv: 'FAULT_SOURCE_URL',
         query: `SELECT 'Maintenance note: the backhaul link at the north tower was re-tested after the firmware upgrade.' AS text FROM pg_sleep(${collectSleepSeconds})`,
       },
       { kind: 'files', role: 'domain', paths: ['data/domain.jsonl', 'data/noise.jsonl'] },
@@ -107,7 +107,7 @@ describe('faults: the worker is SIGKILLed in every stage outside training (contr
   });
 
   test('after each kill a fresh control worker finishes the run: no duplicate rows, no half-written artifact used', async () => {
-    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home, DACP_FAULT_SOURCE_URL: db.url };
+    const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home, FAULT_SOURCE_URL: testServerUrl };
     let gpu = spawnWorker('gpu', env);
     let control = spawnWorker('control', env);
     children.push(gpu, control);
