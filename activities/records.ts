@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { approvalRequestQuery, approvalWorkflowId, supersedeSignal } from '../workflows/messages';
@@ -112,6 +113,53 @@ export function recordActivities({ pool, client, store }: ActivityDeps) {
       return activeKeys(pool, input.approvers, 'approver');
     },
 
+    /**
+     * A notice of the approval gate: written to the outbox (approval_notifications) once per key,
+     * then, when this worker has DACP_APPROVAL_WEBHOOK_URL, POSTed there signed with HMAC-SHA256
+     * (DACP_APPROVAL_WEBHOOK_SECRET) in the X-Dacp-Signature header over "<timestamp>.<body>". A
+     * webhook that stays down is recorded as failed; the gate goes on.
+     */
+    async notifyApprovers(input: {
+      runId: string;
+      key: string;
+      kind: 'requested' | 'reminder' | 'escalated' | 'timed_out';
+      to: string[];
+      at: string;
+      deadline: string;
+      approvals: number;
+      quorum: number;
+    }): Promise<{ webhook: 'delivered' | 'failed' | 'not_configured' }> {
+      const payload = {
+        event: `dacp.approval.${input.kind}`,
+        runId: input.runId,
+        to: input.to,
+        at: input.at,
+        deadline: input.deadline,
+        approvals: input.approvals,
+        quorum: input.quorum,
+        show: `dacp approval show ${input.runId}`,
+      };
+      const inserted = await pool.query(
+        `INSERT INTO approval_notifications (run_id, idempotency_key, kind, recipients, payload) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
+        [input.runId, input.key, input.kind, input.to, JSON.stringify(payload)],
+      );
+      const existing = await pool.query('SELECT webhook_status FROM approval_notifications WHERE idempotency_key = $1', [input.key]);
+      if (!inserted.rowCount && existing.rows[0]?.webhook_status) return { webhook: existing.rows[0].webhook_status };
+      const url = process.env.DACP_APPROVAL_WEBHOOK_URL;
+      if (!url) {
+        await pool.query(`UPDATE approval_notifications SET webhook_status = 'not_configured' WHERE idempotency_key = $1`, [input.key]);
+        return { webhook: 'not_configured' };
+      }
+      const result = await postSigned(url, process.env.DACP_APPROVAL_WEBHOOK_SECRET ?? '', JSON.stringify(payload));
+      await pool.query(
+        `UPDATE approval_notifications SET webhook_status = $2, webhook_attempts = $3, webhook_error = $4, delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+          WHERE idempotency_key = $1`,
+        [input.key, result.ok ? 'delivered' : 'failed', result.attempts, result.error],
+      );
+      return { webhook: result.ok ? 'delivered' : 'failed' };
+    },
+
     /** The run's HTML report as it stands when its gate opens, stored for the approval request to link. */
     async writeRunReport(input: { runId: string }): Promise<ArtifactRef> {
       const data = await loadRunReport(pool, store.root, input.runId);
@@ -154,4 +202,35 @@ export function recordActivities({ pool, client, store }: ActivityDeps) {
       });
     },
   };
+}
+
+/** HMAC-SHA256 of "<timestamp>.<body>", hex: what a receiver recomputes with the shared secret. */
+export function webhookSignature(secret: string, timestamp: string, body: string): string {
+  return createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
+}
+
+/** POST with up to three tries, ten seconds each; never throws. Errors name the status, never the secret. */
+async function postSigned(url: string, secret: string, body: string): Promise<{ ok: boolean; attempts: number; error: string | null }> {
+  let error: string | null = null;
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    try {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'x-dacp-timestamp': timestamp,
+          ...(secret ? { 'x-dacp-signature': `sha256=${webhookSignature(secret, timestamp, body)}` } : {}),
+        },
+        body,
+        signal: AbortSignal.timeout(10_000),
+      });
+      if (res.ok) return { ok: true, attempts: attempt, error: null };
+      error = `HTTP ${res.status}`;
+    } catch (err) {
+      error = (err as Error).name === 'TimeoutError' ? 'no answer within 10s' : `cannot reach the webhook (${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message})`;
+    }
+    if (attempt < 3) await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+  }
+  return { ok: false, attempts: 3, error };
 }

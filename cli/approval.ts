@@ -5,7 +5,7 @@ import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-w
 import { tsToMs } from '@temporalio/common/lib/time';
 import type { temporal } from '@temporalio/proto';
 import { ArtifactStore } from '../activities/artifacts';
-import type { ApprovalOutcome, ApprovalRequest, Decision, DecisionInput, FinalCheckReport, InstructReport, RejectionInput, TradeoffReport } from '../schemas/pipeline';
+import type { ApprovalOutcome, ApprovalRequest, Decision, DecisionInput, GateNotice, FinalCheckReport, InstructReport, RejectionInput, TradeoffReport } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId } from '../workflows/messages';
 import { dacpStageKey, dacpStateKey } from '../workflows/searchAttributes';
@@ -46,6 +46,13 @@ export interface ApprovalView {
   /** Where the run's HTML report from when the gate opened lies on this machine (verified); null when absent here. */
   runReportFile: string | null;
   votes: { principal: string; decision: Decision['decision']; at: string; comment: string | null }[];
+  /** Reminders and escalation, for gates that have them (null otherwise, or when read from history). */
+  reminders: {
+    everyMs: number | null;
+    escalation: { afterMs: number; approvers: string[]; escalated: boolean } | null;
+    notices: GateNotice[];
+    nextReminderAt: string | null;
+  } | null;
   timeout: {
     timeoutMs: number;
     openedAt: string;
@@ -60,6 +67,9 @@ interface GateReading {
   request: ApprovalRequest;
   decisions: Decision[];
   open: boolean;
+  notices?: GateNotice[];
+  escalated?: boolean;
+  nextReminderAt?: string | null;
 }
 
 /** A query that no worker answers gives up after this long; the history then answers instead. */
@@ -120,6 +130,14 @@ export async function approvalView(client: Client, runId: string, o: { artifacts
     samplesError: samples.error,
     runReportFile: await localFile(o.artifactsDir, request.artifacts.runReport),
     votes: decisions.map((d) => ({ principal: d.principal, decision: d.decision, at: d.at, comment: d.comment ?? null })),
+    reminders: request.reminders && reading.notices
+      ? {
+          everyMs: request.reminders.everyMs ?? null,
+          escalation: request.reminders.escalation ? { ...request.reminders.escalation, escalated: Boolean(reading.escalated) } : null,
+          notices: reading.notices,
+          nextReminderAt: reading.nextReminderAt ?? null,
+        }
+      : null,
     timeout: {
       timeoutMs: request.timeoutMs,
       openedAt: new Date(openedAt).toISOString(),
@@ -181,7 +199,20 @@ async function readFromHistory(client: Client, handle: WorkflowHandle, running: 
   }
   const approvals = decisions.filter((d) => d.decision === 'approve').length;
   const decided = decisions.some((d) => d.decision === 'reject') || approvals >= request.quorum;
-  return { request, decisions, open: running && !decided };
+  const open = running && !decided;
+  if (!request.reminders) return { request, decisions, open };
+  // The notices the gate sent are its notifyApprovers activities, in order.
+  const notices: GateNotice[] = [];
+  for (const event of events) {
+    const scheduled = event.activityTaskScheduledEventAttributes;
+    if (scheduled?.activityType?.name !== 'notifyApprovers') continue;
+    const input = await decode<{ kind: GateNotice['kind']; at: string; to: string[] }>(scheduled.input?.payloads);
+    notices.push({ kind: input.kind, at: input.at, to: input.to });
+  }
+  const everyMs = request.reminders.everyMs;
+  const lastReminder = [...notices].reverse().find((n) => n.kind === 'requested' || n.kind === 'reminder');
+  const nextReminderAt = open && everyMs && lastReminder && !notices.some((n) => n.kind === 'timed_out') ? new Date(Date.parse(lastReminder.at) + everyMs).toISOString() : null;
+  return { request, decisions, open, notices, escalated: notices.some((n) => n.kind === 'escalated'), nextReminderAt };
 }
 
 async function pendingDecision(
@@ -290,6 +321,14 @@ export function formatApprovalView(v: ApprovalView): string {
     if (lines[lines.length - 1] === '') lines.pop();
   }
 
+  if (v.reminders) {
+    const r = v.reminders;
+    lines.push('', 'reminders and escalation');
+    if (r.everyMs) lines.push(`  a reminder every ${duration(r.everyMs)} to approvers who have not voted${r.nextReminderAt ? `; next at ${r.nextReminderAt}` : ''}`);
+    if (r.escalation) lines.push(`  escalation to ${r.escalation.approvers.join(', ')} after ${duration(r.escalation.afterMs)}: ${r.escalation.escalated ? 'done, they may vote' : 'not yet'}`);
+    lines.push(`  at the deadline the gate rejects the run (${v.timeout.deadline})`);
+    for (const n of r.notices) lines.push(`  ${n.at}  ${n.kind.padEnd(9)} to ${n.to.join(', ') || 'nobody left'}`);
+  }
   lines.push('', 'votes');
   if (v.votes.length === 0) lines.push('  none yet');
   for (const vote of v.votes) lines.push(`  ${vote.principal}  ${vote.decision}  ${vote.at}${vote.comment ? `  ${JSON.stringify(vote.comment)}` : ''}`);

@@ -64,6 +64,14 @@ export async function runStatus(ctx: StatusContext, runId: string): Promise<RunS
   let stage: Stage = row?.stage ?? ((description?.typedSearchAttributes.get(dacpStageKey) as Stage | undefined) ?? 'collect');
   let state: RunState = row?.state ?? ((description?.typedSearchAttributes.get(dacpStateKey) as RunState | undefined) ?? 'running');
   if (row?.error && metrics.error === undefined) metrics.error = row.error;
+  // The approval gate's notices (its outbox): request, reminders, escalation, timeout.
+  const notices = await ctx.pool.query(
+    `SELECT kind, recipients, created_at, webhook_status FROM approval_notifications WHERE run_id = $1 ORDER BY id`,
+    [runId],
+  ).catch(() => ({ rows: [] as Record<string, unknown>[] }));
+  if (notices.rows.length) {
+    metrics.approvalNotices = notices.rows.map((n) => ({ kind: n.kind, to: n.recipients, at: (n.created_at as Date).toISOString(), webhook: n.webhook_status ?? null }));
+  }
 
   let progress: RunStatus['progress'] = { step: 0, totalSteps: 0, loss: null };
   if (ctx.client && description && description.status.name === 'RUNNING') {
@@ -236,6 +244,10 @@ export function formatStatus(s: RunStatus): string {
   const m = s.metrics;
   if (s.progress.totalSteps) lines.push(`  progress            step ${s.progress.step}/${s.progress.totalSteps}, loss ${s.progress.loss?.toFixed(4) ?? '–'}`);
   if (typeof m.baseModel === 'string') lines.push(`  base model          ${m.baseModel}`);
+  if (Array.isArray(m.approvalNotices)) {
+    const notices = m.approvalNotices as { kind: string; at: string }[];
+    lines.push(`  approval notices    ${notices.map((n) => `${n.kind} ${n.at}`).join(', ')}`);
+  }
   const f = m.forgetting as ForgettingReport | undefined;
   const finalCheck = m.finalCheck as FinalCheckReport | undefined;
   if (f?.base) {

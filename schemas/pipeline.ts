@@ -267,6 +267,15 @@ export interface ApprovalRequest {
    * decisions: each vote must then carry a signature by one of its principal's keys.
    */
   signing?: { keys: Record<string, PublicKeyRef[]> };
+  /** Reminders and escalation (gates since reminders); absent: the gate only waits for its timeout. */
+  reminders?: { everyMs?: number; escalation?: { afterMs: number; approvers: string[] } };
+}
+
+/** A notice the gate sent (and wrote to the outbox), as its query and `dacp approval show` list it. */
+export interface GateNotice {
+  kind: 'requested' | 'reminder' | 'escalated' | 'timed_out';
+  at: string;
+  to: string[];
 }
 
 export const DecisionInput = z

@@ -366,11 +366,29 @@ export const RunSpec = z
          * ends `superseded`; false keeps both requests open.
          */
         supersede: z.boolean().default(true),
+        /** A reminder to the approvers who have not voted, this often while the gate is open (e.g. "4h"). */
+        remindEvery: Duration.optional(),
+        /** After this long without a decision, these approvers may vote too and are notified. */
+        escalation: z
+          .object({
+            after: Duration,
+            approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver to escalate to'),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
       .refine((a) => a.quorum <= new Set(a.approvers).size, {
         message: 'quorum cannot exceed the number of distinct approvers',
         path: ['quorum'],
+      })
+      .refine((a) => a.remindEvery === undefined || a.remindEvery < a.timeout, {
+        message: 'remindEvery must be shorter than timeout, or no reminder is ever sent',
+        path: ['remindEvery'],
+      })
+      .refine((a) => a.escalation === undefined || a.escalation.after < a.timeout, {
+        message: 'escalation.after must be shorter than timeout (the gate rejects at its timeout)',
+        path: ['escalation', 'after'],
       }),
     deploy: z
       .object({

@@ -92,7 +92,9 @@ describe('dacp approval show and the quorum check at `run start`, through the re
   });
 
   test('shows the run at its gate: hashes, reports, sample answers, votes and time left; then the closed gate; then from history', async () => {
-    const spec = writeSpec('gate.json', { approval: { approvers: ['approver-1', 'approver-2'], quorum: 2, timeout: '1h' } });
+    const spec = writeSpec('gate.json', {
+      approval: { approvers: ['approver-1', 'approver-2'], quorum: 2, timeout: '1h', remindEvery: '20m', escalation: { after: '40m', approvers: ['approver-3'] } },
+    });
     const started = await dacp(['run', 'start', '--spec', spec, '--id', 'show-1', '--as', 'engineer']);
     expect(started.stderr).toBe('');
     expect(started.code).toBe(0);
@@ -132,8 +134,22 @@ describe('dacp approval show and the quorum check at `run start`, through the re
     expect(view.timeout.remainingMs).toBeLessThanOrEqual(openedAt + HOUR - before);
     expect(view.timeout.remainingMs).toBeGreaterThanOrEqual(openedAt + HOUR - after);
 
+    // Reminders and escalation: what was sent, what comes next.
+    expect(view.reminders).toMatchObject({
+      everyMs: 20 * 60_000,
+      escalation: { afterMs: 40 * 60_000, approvers: ['approver-3'], escalated: false },
+      notices: [{ kind: 'requested', to: ['approver-1', 'approver-2'] }],
+    });
+    // The gate's clock: the request went out when it opened, the first reminder is due 20 minutes later.
+    expect(Date.parse(view.reminders!.nextReminderAt!)).toBe(Date.parse(view.reminders!.notices[0]!.at) + 20 * 60_000);
+    expect(Math.abs(Date.parse(view.reminders!.notices[0]!.at) - openedAt)).toBeLessThan(5_000);
+
     const text = await dacp(['approval', 'show', 'show-1']);
     expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/reminders and escalation\n  a reminder every 20m 0s to approvers who have not voted; next at \S+\n  escalation to approver-3 after 40m 0s: not yet\n  at the deadline the gate rejects the run/);
+    expect(text.stdout).toMatch(/ requested to approver-1, approver-2/);
+    const status = await dacp(['run', 'status', 'show-1']);
+    expect(status.stdout).toMatch(/approval notices {4}requested \S+Z/);
     expect(text.stdout).toMatch(/^approval gate of run show-1: open, 1 of 2 approvals; time left \d+m \d+s \(until /);
     const a = held.request.artifacts;
     for (const sha of [a.baseModel.sha256, a.adaptedModel.sha256, a.tunedModel.sha256, a.forgettingReport.sha256, ...a.datasets.map((d) => d.sha256)]) {

@@ -10,6 +10,9 @@ import { ensureTool, TEMPORAL_TEST_SERVER } from '../cli/temporalTools';
 import { migrate } from '../db/migrate';
 import { insertRun } from '../db/records';
 import { createHash } from 'node:crypto';
+import http from 'node:http';
+import { webhookSignature } from '../activities/records';
+import { freePort } from '../cli/devServer';
 import { keyIdOf } from '../db/principals';
 import type { ApprovalRequest, DecisionInput, RejectionInput } from '../schemas/pipeline';
 import { candidateHashes, decisionStatement, publicKeyOf, signStatement, verifyStatement, type CandidateHashes } from '../schemas/signing';
@@ -17,7 +20,7 @@ import { approvalGate } from '../workflows/approval';
 import { approvalRequestQuery, approveUpdate, rejectUpdate } from '../workflows/messages';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { sampleApprovalRequest as request } from './helpers/approvalRequest';
-import { bundleWorkflows } from './helpers/temporal';
+import { bundleWorkflows, eventually } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -235,6 +238,80 @@ describe('approval gate (time-skipping test server, real Postgres)', () => {
       const outcome = await handle.result();
       expect(outcome).toMatchObject({ outcome: 'rejected', reason: expect.stringMatching(/domain gain too small/) });
       expect(outcome.decisions[0].signature?.statement).toMatchObject({ decision: 'reject', reason: 'domain gain too small' });
+    });
+  });
+
+  describe('reminders, escalation and auto-reject, through the outbox and a signed webhook', () => {
+    const HOUR = 3_600_000;
+    const secret = 'webhook-shared-secret';
+    let server: http.Server;
+    let url: string;
+    const received: { headers: http.IncomingHttpHeaders; body: string }[] = [];
+
+    beforeAll(async () => {
+      server = http.createServer((req, res) => {
+        let body = '';
+        req.on('data', (d) => (body += d));
+        req.on('end', () => {
+          received.push({ headers: req.headers, body });
+          res.writeHead(204).end();
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      url = `http://127.0.0.1:${(server.address() as { port: number }).port}/hooks/dacp`;
+    });
+    afterAll(async () => {
+      delete process.env.DACP_APPROVAL_WEBHOOK_URL;
+      delete process.env.DACP_APPROVAL_WEBHOOK_SECRET;
+      await new Promise((resolve) => server?.close(resolve));
+    });
+
+    test('the request goes out, reminders go to who has not voted, escalation lets more approvers vote', async () => {
+      process.env.DACP_APPROVAL_WEBHOOK_URL = url;
+      process.env.DACP_APPROVAL_WEBHOOK_SECRET = secret;
+      received.length = 0;
+      const { runId, handle } = await openGate({ timeoutMs: 5 * HOUR, reminders: { everyMs: HOUR, escalation: { afterMs: 2.5 * HOUR, approvers: ['erin'] } } });
+      await eventually(async () => ((await handle.query(approvalRequestQuery)).notices?.length === 1 ? true : undefined), 'the request notice', 30_000, 100);
+      expect(await refusal(handle.executeUpdate(approveUpdate, { args: [{ principal: 'erin' }] }))).toMatch(/erin may vote on run .* only after its escalation, 150 minutes after the gate opened/);
+      await handle.executeUpdate(approveUpdate, { args: [{ principal: 'bob' }] });
+
+      await env.sleep(2.75 * HOUR);
+      const view = await eventually(async () => {
+        const q = await handle.query(approvalRequestQuery);
+        return q.notices?.length === 4 ? q : undefined;
+      }, 'two reminders and the escalation', 60_000, 200);
+      expect(view.notices!.map((n) => [n.kind, n.to])).toEqual([
+        ['requested', ['bob', 'carol', 'dave']],
+        ['reminder', ['carol', 'dave']],
+        ['reminder', ['carol', 'dave']],
+        ['escalated', ['carol', 'dave', 'erin']],
+      ]);
+      expect(view.escalated).toBe(true);
+      await handle.executeUpdate(approveUpdate, { args: [{ principal: 'erin', comment: 'escalated to me' }] });
+      expect((await handle.result()).outcome).toBe('approved');
+
+      // The outbox holds every notice; each went to the webhook, signed with the shared secret.
+      const { rows } = await db.pool.query('SELECT kind, recipients, webhook_status, payload FROM approval_notifications WHERE run_id = $1 ORDER BY id', [runId]);
+      expect(rows.map((r) => [r.kind, r.webhook_status])).toEqual([['requested', 'delivered'], ['reminder', 'delivered'], ['reminder', 'delivered'], ['escalated', 'delivered']]);
+      expect(received).toHaveLength(4);
+      for (const r of received) {
+        const timestamp = String(r.headers['x-dacp-timestamp']);
+        expect(r.headers['x-dacp-signature']).toBe(`sha256=${webhookSignature(secret, timestamp, r.body)}`);
+        expect(r.headers['x-dacp-signature']).not.toBe(`sha256=${webhookSignature('another secret', timestamp, r.body)}`);
+        expect(JSON.parse(r.body)).toMatchObject({ runId, show: `dacp approval show ${runId}` });
+      }
+      expect(JSON.parse(received[3]!.body)).toMatchObject({ event: 'dacp.approval.escalated', to: ['carol', 'dave', 'erin'], approvals: 1, quorum: 2 });
+      expect(JSON.stringify(rows)).not.toContain(secret);
+    });
+
+    test('with no decision the gate rejects at its timeout and says so; a webhook that is down never holds it up', async () => {
+      process.env.DACP_APPROVAL_WEBHOOK_URL = `http://127.0.0.1:${await freePort()}/down`;
+      const { runId, handle } = await openGate({ timeoutMs: 2.5 * HOUR, reminders: { everyMs: HOUR } });
+      const outcome = await handle.result();
+      expect(outcome).toMatchObject({ outcome: 'rejected', reason: expect.stringMatching(/approval timed out after 9000s with 0 of 2 approvals/) });
+      const { rows } = await db.pool.query('SELECT kind, webhook_status, webhook_attempts, webhook_error FROM approval_notifications WHERE run_id = $1 ORDER BY id', [runId]);
+      expect(rows.map((r) => r.kind)).toEqual(['requested', 'reminder', 'reminder', 'timed_out']);
+      for (const r of rows) expect(r).toMatchObject({ webhook_status: 'failed', webhook_attempts: 3, webhook_error: expect.stringMatching(/cannot reach the webhook/) });
     });
   });
 });

@@ -3,10 +3,9 @@ import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ArtifactStore } from '../activities/artifacts';
-import { runStatus, startRun } from '../cli/runs';
+import { decide, runStatus, startRun } from '../cli/runs';
 import type { PipelineResult } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
-import { approveUpdate, approvalWorkflowId } from '../workflows/messages';
 import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
@@ -72,7 +71,7 @@ describe('crash: the gpu worker is SIGKILLed mid-training', () => {
     expect(status.resumedFromStep).toBeLessThan(400);
     expect(status.attempts.dacp).toBeGreaterThanOrEqual(2);
 
-    await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'approve' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result.state).toBe('completed');
     const { rows } = await db.pool.query(

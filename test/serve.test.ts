@@ -7,6 +7,7 @@ import { initBackend } from '../ml/backend';
 import { gpt2FolderFiles, writeFolder } from '../ml/hfFolder';
 import { GPT } from '../ml/model';
 import { BpeTokenizer } from '../ml/tokenizer';
+import { enrolTestPrincipals } from './helpers/identities';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { eventually } from './helpers/temporal';
 
@@ -55,6 +56,8 @@ beforeAll(async () => {
     model.dispose();
     expect(dacp('models', 'import', name, '--from', path.join(home, name)).code).toBe(0);
   }
+  // The operator who promotes (the imports above applied the migrations).
+  await enrolTestPrincipals(db.pool);
   expect(dacp('models', 'promote', 'serve-a:v1', '--as', 'ops').code).toBe(0);
 }, 120_000);
 

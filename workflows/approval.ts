@@ -11,7 +11,7 @@ import {
 import type { DacpActivities } from '../activities';
 import { DecisionInput, RejectionInput } from '../schemas/pipeline';
 import type { ApprovalOutcome, ApprovalRequest, Decision } from '../schemas/pipeline';
-import type { SignedDecision } from '../schemas/pipeline';
+import type { GateNotice, SignedDecision } from '../schemas/pipeline';
 import { candidateDifferences, candidateHashes, decisionStatement, MAX_SIGNING_SKEW_MS, verifyStatement, type VoteSignature } from '../schemas/signing';
 import { approvalRequestQuery, approveUpdate, rejectUpdate, supersedeSignal } from './messages';
 
@@ -20,6 +20,17 @@ const { recordDecision, recordTransition } = proxyActivities<DacpActivities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s' },
 });
+
+// A notice is written to the outbox and its webhook tried a few times inside the activity; a
+// webhook that stays down never holds the gate up.
+const { notifyApprovers } = proxyActivities<DacpActivities>({
+  taskQueue: 'dacp-control',
+  startToCloseTimeout: '2 minutes',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
+});
+
+/** Patch id: reminders, escalation and the outbox; gates from before only wait for their timeout. */
+export const GATE_REMINDERS = 'approval-reminders';
 
 /**
  * Votes count the moment they are accepted and are recorded afterwards; the deciding vote closes
@@ -50,6 +61,15 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
   // Fixed by the first vote (see VOTES_COUNT_ON_ACCEPTANCE); undefined while nobody has voted.
   let countsOnAcceptance: boolean | undefined;
 
+  // Reminders and escalation (gates since GATE_REMINDERS whose request asks for them).
+  const withReminders = request.reminders !== undefined && patched(GATE_REMINDERS);
+  const notices: GateNotice[] = [];
+  let escalated = false;
+  let nextReminderAt: number | null = null;
+  const escalationApprovers = request.reminders?.escalation?.approvers ?? [];
+  /** Who may vote now: the run's approvers, and after an escalation its escalation approvers too. */
+  const voters = () => (escalated ? [...new Set([...request.approvers, ...escalationApprovers])] : request.approvers);
+
   const approvals = () => decisions.filter((d) => d.decision === 'approve').length;
   const decided = () => rejection !== undefined || approvals() >= request.quorum;
 
@@ -64,8 +84,11 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     if (principal === request.initiator) {
       throw new Error(`${principal} started run ${request.runId} and cannot approve or reject it (separation of duties)`);
     }
-    if (!request.approvers.includes(principal)) {
-      throw new Error(`${principal} is not an approver of run ${request.runId}; approvers: ${request.approvers.join(', ')}`);
+    if (!voters().includes(principal)) {
+      if (withReminders && escalationApprovers.includes(principal)) {
+        throw new Error(`${principal} may vote on run ${request.runId} only after its escalation, ${Math.round((request.reminders?.escalation?.afterMs ?? 0) / 60_000)} minutes after the gate opened`);
+      }
+      throw new Error(`${principal} is not an approver of run ${request.runId}; approvers: ${voters().join(', ')}`);
     }
     if (voted.has(principal)) {
       throw new Error(`${principal} has already decided on run ${request.runId}; each approver votes once`);
@@ -178,10 +201,61 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     close(`superseded by run ${input.by}`);
   });
 
-  setHandler(approvalRequestQuery, () => ({ request, decisions, open, ...(superseded ? { supersededBy: superseded.by } : {}) }));
+  setHandler(approvalRequestQuery, () => ({
+    request,
+    decisions,
+    open,
+    ...(superseded ? { supersededBy: superseded.by } : {}),
+    ...(withReminders ? { notices, escalated, nextReminderAt: open && nextReminderAt !== null ? new Date(nextReminderAt).toISOString() : null } : {}),
+  }));
+
+  const openedAt = Date.now();
+  const deadline = openedAt + request.timeoutMs;
+  /** Approvers who may still vote and have not. */
+  const pending = () => voters().filter((p) => !voted.has(p) && p !== request.initiator);
+  const notify = async (kind: GateNotice['kind'], to: string[]) => {
+    const at = new Date(Date.now()).toISOString();
+    notices.push({ kind, at, to });
+    await notifyApprovers({
+      runId: request.runId,
+      key: `${workflowInfo().workflowId}:notice:${notices.length}`,
+      kind,
+      to,
+      at,
+      deadline: new Date(deadline).toISOString(),
+      approvals: approvals(),
+      quorum: request.quorum,
+    });
+  };
 
   try {
-    await condition(() => decided() || superseded !== undefined, request.timeoutMs);
+    if (!withReminders) {
+      await condition(() => decided() || superseded !== undefined, request.timeoutMs);
+    } else {
+      const everyMs = request.reminders?.everyMs;
+      const escalateAt = request.reminders?.escalation ? openedAt + request.reminders.escalation.afterMs : null;
+      await notify('requested', pending());
+      nextReminderAt = everyMs ? openedAt + everyMs : null;
+      for (;;) {
+        const wakeAt = Math.min(deadline, nextReminderAt ?? Infinity, escalateAt !== null && !escalated ? escalateAt : Infinity);
+        if (await condition(() => decided() || superseded !== undefined, Math.max(1, wakeAt - Date.now()))) break;
+        const now = Date.now();
+        if (now >= deadline) {
+          // Auto-reject: the outcome below says the gate timed out.
+          nextReminderAt = null;
+          await notify('timed_out', [...new Set([request.initiator, ...voters()])]);
+          break;
+        }
+        if (escalateAt !== null && !escalated && now >= escalateAt) {
+          escalated = true;
+          await notify('escalated', pending());
+        }
+        if (everyMs && nextReminderAt !== null && now >= nextReminderAt) {
+          await notify('reminder', pending());
+          nextReminderAt = now + everyMs;
+        }
+      }
+    }
   } catch (err) {
     if (!isCancellation(err)) throw err;
     close('the run was cancelled');

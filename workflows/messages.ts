@@ -3,6 +3,7 @@ import type {
   ApprovalRequest,
   Decision,
   DecisionInput,
+  GateNotice,
   RejectionInput,
   RunStatus,
 } from '../schemas/pipeline';
@@ -18,7 +19,16 @@ export const statusQuery = defineQuery<RunStatus>('status');
 /** Approval gate messages (on the `<runId>-approval` child workflow). */
 export const approveUpdate = defineUpdate<Decision, [DecisionInput]>('approve');
 export const rejectUpdate = defineUpdate<Decision, [RejectionInput]>('reject');
-export const approvalRequestQuery = defineQuery<{ request: ApprovalRequest; decisions: Decision[]; open: boolean; supersededBy?: string }>(
+export const approvalRequestQuery = defineQuery<{
+  request: ApprovalRequest;
+  decisions: Decision[];
+  open: boolean;
+  supersededBy?: string;
+  /** Gates since reminders: the notices sent, whether it escalated, and when it next reminds. */
+  notices?: GateNotice[];
+  escalated?: boolean;
+  nextReminderAt?: string | null;
+}>(
   'approvalRequest',
 );
 /** A newer run of the same schedule reached its gate: this request closes, naming it. */

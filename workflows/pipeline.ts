@@ -449,7 +449,13 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     // approval
     await enter('approval');
     // The approvers' keys as they are now: votes are checked against these, whatever changes later.
-    const signing = patched('signed-decisions') ? { keys: await controlActivities.approverKeys({ approvers: spec.approval.approvers }) } : undefined;
+    const escalation = spec.approval.escalation;
+    const signing = patched('signed-decisions')
+      ? { keys: await controlActivities.approverKeys({ approvers: [...spec.approval.approvers, ...(escalation?.approvers ?? [])] }) }
+      : undefined;
+    const reminders = spec.approval.remindEvery !== undefined || escalation !== undefined
+      ? { ...(spec.approval.remindEvery !== undefined ? { everyMs: spec.approval.remindEvery } : {}), ...(escalation ? { escalation: { afterMs: escalation.after, approvers: escalation.approvers } } : {}) }
+      : undefined;
     // The run's HTML report as it stands now (quality, curves, both gates, samples), linked from the request.
     const runReport = patched('approval-run-report') ? await controlActivities.writeRunReport({ runId }) : undefined;
     const gate = await startChild(approvalGate, {
@@ -478,6 +484,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
           ...(finalCheck ? { finalCheck: finalCheck.report } : {}),
           ...(tradeoff ? { candidates: tradeoff.candidates } : {}),
           ...(signing ? { signing } : {}),
+          ...(reminders ? { reminders } : {}),
         },
       ],
     });

@@ -4,11 +4,10 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import pg from 'pg';
 import { ArtifactStore } from '../../activities/artifacts';
-import { startRun } from '../../cli/runs';
+import { decide, startRun } from '../../cli/runs';
 import { migrate } from '../../db/migrate';
 import { generateDemoCorpus } from '../../ml/demoCorpus';
 import { parseRunSpec } from '../../schemas/runSpec';
-import { approvalWorkflowId, approveUpdate } from '../../workflows/messages';
 import { createTestDatabase, testServerUrl, type TestDatabase } from '../helpers/db';
 import { tinySpec } from '../helpers/fixtures';
 import { eventually, startTestDevServer, tempHome, runsFor } from '../helpers/temporal';
@@ -175,7 +174,7 @@ describe('faults: the worker is SIGKILLed in every stage outside training (contr
       try {
         await holder.query('SELECT pg_advisory_lock(hashtext($1))', [`dacp-model:${spec.name}`]);
         await waitForStatus(runs(), runId, (s) => s.state === 'awaiting_approval', 'the run to await approval', 600_000, 250);
-        await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
+        await decide(runs(), { runId, principal: 'approver-1', decision: 'approve' });
         const running = await eventually(async () => {
           const waiting = await holder.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
           if (!waiting.rowCount) return undefined;

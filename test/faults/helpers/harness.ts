@@ -4,9 +4,8 @@ import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { ArtifactStore } from '../../../activities/artifacts';
-import { runStatus, type RunContext } from '../../../cli/runs';
+import { decide, runStatus, type RunContext } from '../../../cli/runs';
 import type { DatasetManifest, PipelineResult, RunStatus } from '../../../schemas/pipeline';
-import { approvalWorkflowId, approveUpdate } from '../../../workflows/messages';
 import { eventually, GiveUp } from '../../helpers/temporal';
 
 const dacpBin = path.resolve(__dirname, '..', '..', '..', 'bin', 'dacp.js');
@@ -81,7 +80,7 @@ export function waitForStatus(
 export async function approveAndFinish(runs: RunContext, runId: string): Promise<PipelineResult> {
   const { client } = runs;
   await waitForStatus(runs, runId, (s) => s.state === 'awaiting_approval', 'the run to await approval', 600_000, 250);
-  await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
+  await decide(runs, { runId, principal: 'approver-1', decision: 'approve' });
   return (await client.workflow.getHandle(runId).result()) as PipelineResult;
 }
 
