@@ -178,6 +178,20 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'reminded-escalated-approved',
+    what: 'waits at its gate through a reminder and an escalation, then the escalation approver approves it',
+    async run(world, runId) {
+      await start(world, runId, { approval: { approvers: ['approver-1'], quorum: 1, timeout: '1h', remindEvery: '2s', escalation: { after: '3s', approvers: ['approver-2'] } } });
+      await awaitingApproval(world, runId);
+      await poll(async () => {
+        const { rows } = await world.runs.pool.query(`SELECT 1 FROM approval_notifications WHERE run_id = $1 AND kind = 'escalated'`, [runId]);
+        return rows.length ? true : undefined;
+      }, `${runId}: the escalation`);
+      await decide(world.runs, { runId, principal: 'approver-2', decision: 'approve', comment: 'escalated to me' });
+      await expectState(world, runId, 'completed');
+    },
+  },
+  {
     name: 'forgetting-retry-then-failed',
     what: 'fails the forgetting gate, retries with more replay, fails again and fails the run',
     async run(world, runId) {
