@@ -3,6 +3,7 @@ import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime, type LogLevel, type NativeConnection, type Worker } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import { resolveDatabase } from '../db/embedded';
+import { grantAppRole, roleOf } from '../db/appRole';
 import { migrate } from '../db/migrate';
 import { createPool } from '../db/pool';
 import { createWorker, type QueueName } from '../workers/options';
@@ -20,11 +21,24 @@ export interface Database {
 
 export async function openDatabase(home = dacpHome()): Promise<Database> {
   const resolved = await resolveDatabase(home);
-  const pool = createPool(resolved.url);
+  let pool: ReturnType<typeof createPool> | undefined;
   try {
-    await migrate(pool);
+    if (resolved.ownerUrl !== resolved.url) {
+      // Migrations as the tables' owner; then the work role gets exactly its rights (db/appRole.ts).
+      const owner = createPool(resolved.ownerUrl, { max: 2 });
+      try {
+        await migrate(owner);
+        await grantAppRole(owner, roleOf(resolved.url));
+      } finally {
+        await owner.end();
+      }
+      pool = createPool(resolved.url);
+    } else {
+      pool = createPool(resolved.url);
+      await migrate(pool);
+    }
   } catch (err) {
-    await pool.end();
+    await pool?.end();
     await resolved.release();
     throw err;
   }

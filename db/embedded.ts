@@ -4,6 +4,7 @@ import net from 'net';
 import path from 'path';
 import pg from 'pg';
 import { acquireFileLock, errorCode, isProcessAlive } from './lockfile';
+import { ensureLoginRole } from './appRole';
 import { createHash } from 'crypto';
 import {
   assertReachableBy,
@@ -30,7 +31,10 @@ import {
  * that logs to a file and a clean fast shutdown.
  */
 export interface ResolvedDatabase {
+  /** Where dacp's work connects: for the embedded server, the non-superuser role `dacp_app`. */
   url: string;
+  /** Where migrations run: the tables' owner (the embedded superuser, or DACP_MIGRATE_DATABASE_URL). */
+  ownerUrl: string;
   /** True when the database is the embedded server of the home (no DATABASE_URL). */
   embedded: boolean;
   /** True when this call started the embedded server; only then does release() stop it. */
@@ -75,7 +79,8 @@ export function embeddedPostgresPaths(home: string): EmbeddedPostgresPaths {
 export async function resolveDatabase(home: string): Promise<ResolvedDatabase> {
   const configured = process.env.DATABASE_URL;
   if (configured !== undefined && configured.trim() !== '') {
-    return { url: configured, embedded: false, started: false, release: async () => undefined };
+    const owner = process.env.DACP_MIGRATE_DATABASE_URL?.trim() || configured;
+    return { url: configured, ownerUrl: owner, embedded: false, started: false, release: async () => undefined };
   }
   let paths = embeddedPostgresPaths(home);
   await ensureWritableDir(paths.root);
@@ -90,7 +95,7 @@ export async function resolveDatabase(home: string): Promise<ResolvedDatabase> {
     if (running) {
       const url = await connectionUrl(paths, running.port);
       await ensureDatabase(url);
-      return { url, embedded: true, started: false, release: async () => undefined };
+      return { url: await appRoleUrl(paths, url), ownerUrl: url, embedded: true, started: false, release: async () => undefined };
     }
     if (await exists(path.join(paths.dataDir, 'PG_VERSION'))) {
       await stopUnresponsiveServer(paths, runAs);
@@ -100,7 +105,7 @@ export async function resolveDatabase(home: string): Promise<ResolvedDatabase> {
     const state = await startServer(paths, runAs);
     const url = await connectionUrl(paths, state.port);
     await ensureDatabase(url);
-    return { url, embedded: true, started: true, release: onceOnly(() => stopServer(paths, runAs, state.pid)) };
+    return { url: await appRoleUrl(paths, url), ownerUrl: url, embedded: true, started: true, release: onceOnly(() => stopServer(paths, runAs, state.pid)) };
   } finally {
     await lock.release();
   }
@@ -285,6 +290,35 @@ async function ensureDatabase(url: string): Promise<void> {
   } finally {
     await client.end().catch(() => undefined);
   }
+}
+
+/** The work role of the embedded server: dacp_app, not a superuser, its password in a 0600 file beside the superuser's. */
+export const APP_ROLE = 'dacp_app';
+
+async function appRoleUrl(paths: EmbeddedPostgresPaths, ownerUrl: string): Promise<string> {
+  const file = path.join(path.dirname(paths.passwordFile), 'app.password');
+  let password: string;
+  try {
+    password = (await fs.readFile(file, 'utf8')).trim();
+  } catch {
+    password = randomBytes(24).toString('hex');
+    await fs.writeFile(file, `${password}\n`, { mode: 0o600, flag: 'wx' }).catch(async (error: unknown) => {
+      if (errorCode(error) !== 'EEXIST') throw error;
+      password = (await fs.readFile(file, 'utf8')).trim(); // written by another process meanwhile
+    });
+  }
+  const client = new pg.Client({ connectionString: ownerUrl, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await ensureLoginRole(client, APP_ROLE, password);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+  const url = new URL(ownerUrl);
+  url.username = APP_ROLE;
+  url.password = password;
+  return url.toString();
 }
 
 async function connectionUrl(paths: EmbeddedPostgresPaths, port: number, database = databaseName): Promise<string> {

@@ -6,6 +6,7 @@ import pg from 'pg';
 import ts from 'typescript';
 import { embeddedPostgresPaths, resolveDatabase, ResolvedDatabase } from '../db/embedded';
 import { isProcessAlive } from '../db/lockfile';
+import { openDatabase } from '../cli/runtime';
 
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 const savedDatabaseUrl = process.env.DATABASE_URL;
@@ -45,6 +46,35 @@ async function queryOnce<T extends pg.QueryResultRow>(url: string, sql: string):
 async function answers(url: string): Promise<boolean> {
   return queryOnce(url, 'SELECT 1').then(() => true, () => false);
 }
+
+test("dacp works as dacp_app, a role that is no superuser and cannot edit the evidence; migrations run as the owner", async () => {
+  const home = await tempHome();
+  const db = await openDatabase(home);
+  cleanups.push(() => db.close());
+  expect(new URL(db.url).username).toBe('dacp_app');
+  const [me] = (await db.pool.query("SELECT current_user AS who, rolsuper AS superuser FROM pg_roles WHERE rolname = current_user")).rows;
+  expect(me).toEqual({ who: 'dacp_app', superuser: false });
+  // It does its work …
+  await db.pool.query(`INSERT INTO runs (run_id, workflow_id, spec, spec_sha256, initiator, state, stage) VALUES ('role-1', 'role-1', '{}', 'x', 'engineer', 'running', 'collect')`);
+  await db.pool.query(`UPDATE runs SET state = 'awaiting_approval' WHERE run_id = 'role-1'`);
+  await db.pool.query(`INSERT INTO approvals (run_id, principal, decision, artifacts, decided_at) VALUES ('role-1', 'bob', 'approve', '{}', now())`);
+  // … but has no right to change or remove the evidence, nor to switch its triggers off or migrate.
+  for (const sql of [
+    "UPDATE approvals SET decision = 'reject'",
+    'DELETE FROM approvals',
+    'TRUNCATE audit_log',
+    "UPDATE deployments SET alias = 'x'",
+    'DELETE FROM model_versions',
+    "DELETE FROM dacp_schema_migrations",
+  ]) {
+    await expect(db.pool.query(sql)).rejects.toMatchObject({ code: '42501' }); // insufficient_privilege: no right, not only a trigger
+  }
+  await expect(db.pool.query('ALTER TABLE approvals DISABLE TRIGGER ALL')).rejects.toThrow(/must be owner/);
+  await expect(db.pool.query('CREATE TABLE mine (id int)')).rejects.toThrow(/permission denied/);
+  const password = await fs.readFile(path.join(path.dirname(embeddedPostgresPaths(home).passwordFile), 'app.password'));
+  expect((await fs.stat(path.join(path.dirname(embeddedPostgresPaths(home).passwordFile), 'app.password'))).mode & 0o777).toBe(0o600);
+  expect(password.length).toBeGreaterThan(40);
+});
 
 test('with DATABASE_URL set, that server is used and release does nothing', async () => {
   process.env.DATABASE_URL = 'postgres://someone@db.example:5432/dacp';
@@ -103,11 +133,11 @@ describe('one embedded server per home', () => {
 
   test('data survives a stop and a restart', async () => {
     const first = await resolveDatabase(home);
-    await queryOnce(first.url, 'CREATE TABLE kept (id int); INSERT INTO kept VALUES (7)');
+    await queryOnce(first.ownerUrl, 'CREATE TABLE kept (id int); INSERT INTO kept VALUES (7)');
     await first.release();
     const again = await resolveTracked(home);
     expect(again.started).toBe(true);
-    expect(await queryOnce(again.url, 'SELECT id FROM kept')).toEqual([{ id: 7 }]);
+    expect(await queryOnce(again.ownerUrl, 'SELECT id FROM kept')).toEqual([{ id: 7 }]);
     await again.release();
   });
 
@@ -175,7 +205,7 @@ async function compiledResolveScript(): Promise<string> {
   const out = await fs.mkdtemp(path.join(os.tmpdir(), 'dacp-db-js-'));
   cleanups.push(() => fs.rm(out, { recursive: true, force: true }));
   const dbDir = path.resolve(__dirname, '..', 'db');
-  for (const name of ['embedded.ts', 'lockfile.ts', 'pgtools.ts']) {
+  for (const name of ['embedded.ts', 'lockfile.ts', 'pgtools.ts', 'appRole.ts']) {
     const source = await fs.readFile(path.join(dbDir, name), 'utf8');
     const { outputText } = ts.transpileModule(source, {
       compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
@@ -235,7 +265,7 @@ describe('embedded PostgreSQL from a private folder (root runs the server as pos
     let dataDirectory = '';
     try {
       expect(first.started).toBe(true);
-      const client = new pg.Client({ connectionString: first.url });
+      const client = new pg.Client({ connectionString: first.ownerUrl });
       await client.connect();
       const { rows } = await client.query('SHOW data_directory');
       await client.end();

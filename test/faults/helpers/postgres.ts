@@ -29,8 +29,8 @@ export async function startStoppablePostgres(home: string): Promise<StoppablePos
   } finally {
     if (configured !== undefined) process.env.DATABASE_URL = configured;
   }
-  const port = Number(new URL(resolved.url).port);
-  const probe = new pg.Client({ connectionString: resolved.url });
+  const port = Number(new URL(resolved.ownerUrl).port);
+  const probe = new pg.Client({ connectionString: resolved.ownerUrl });
   await probe.connect();
   const dataDir = (await probe.query<{ dir: string }>("SELECT current_setting('data_directory') AS dir")).rows[0].dir;
   await probe.end();
@@ -42,7 +42,8 @@ export async function startStoppablePostgres(home: string): Promise<StoppablePos
     await runPgTool(runAs, cwd, pgCtl, ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60']);
   };
   return {
-    url: resolved.url,
+    // The owner's URL: the test migrates and works as the owner, as with any DATABASE_URL.
+    url: resolved.ownerUrl,
     port,
     dataDir,
     stop,
