@@ -3,6 +3,8 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, st
 import path from 'node:path';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import type { Payload, PayloadCodec } from '@temporalio/common';
+import { ENCRYPTED_ENCODING } from '../workers/codec';
 import type { Pool } from 'pg';
 import { ArtifactStore } from '../activities/artifacts';
 import { chainProblems } from '../db/audit';
@@ -102,12 +104,14 @@ export async function exportAudit(client: Client, pool: Pool, runId: string, o: 
   for (const workflowId of [runId, approvalWorkflowId(runId), ...children.filter((id) => id !== approvalWorkflowId(runId))]) {
     try {
       const history = await client.workflow.getHandle(workflowId).fetchHistory();
-      // Plain JSON: 64-bit numbers as strings, enums by name, payload bytes as base64.
-      parts[`history:${workflowId}`] = JSON.parse(
+      // Plain JSON: 64-bit numbers as strings, enums by name, payload bytes as base64; payloads
+      // sealed by the payload codec are opened first, so the bundle verifies without the key.
+      const plain = JSON.parse(
         JSON.stringify(
           temporal.api.history.v1.History.toObject(temporal.api.history.v1.History.fromObject(history), { longs: String, enums: String, bytes: String }),
         ),
-      );
+      ) as unknown;
+      parts[`history:${workflowId}`] = await openSealedPayloads(plain, client.options.loadedDataConverter.payloadCodecs);
     } catch (err) {
       // fetchHistory reports a missing workflow as a bare gRPC NOT_FOUND (code 5), not WorkflowNotFoundError.
       if (err instanceof WorkflowNotFoundError || (err as { code?: number }).code === 5) {
@@ -156,6 +160,31 @@ export async function exportAudit(client: Client, pool: Pool, runId: string, o: 
     parts,
     signature: { algorithm: 'ed25519', keyId: key.keyId, publicKey: key.publicKey, signature: signStatement(manifestStatement(body), key.privateKey) },
   };
+}
+
+/**
+ * Every payload in an exported history (`{metadata: {k: base64}, data: base64}`) that a codec
+ * sealed, opened with the client's codecs; everything else as it was.
+ */
+async function openSealedPayloads(value: unknown, codecs: PayloadCodec[]): Promise<unknown> {
+  if (!codecs.length || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return Promise.all(value.map((v) => openSealedPayloads(v, codecs)));
+  const obj = value as Record<string, unknown>;
+  const metadata = obj.metadata as Record<string, string> | undefined;
+  if (metadata && typeof metadata.encoding === 'string' && Buffer.from(metadata.encoding, 'base64').toString('utf8') === ENCRYPTED_ENCODING) {
+    let payload: Payload = {
+      metadata: Object.fromEntries(Object.entries(metadata).map(([k, v]) => [k, Buffer.from(v, 'base64')])),
+      data: Buffer.from(String(obj.data ?? ''), 'base64'),
+    };
+    for (const codec of [...codecs].reverse()) [payload] = await codec.decode([payload]);
+    return {
+      metadata: Object.fromEntries(Object.entries(payload.metadata ?? {}).map(([k, v]) => [k, Buffer.from(v as Uint8Array).toString('base64')])),
+      data: Buffer.from(payload.data ?? new Uint8Array()).toString('base64'),
+    };
+  }
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj)) out[k] = await openSealedPayloads(v, codecs);
+  return out;
 }
 
 // ---- verify, offline

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { clientDataConverter } from '../workers/codec';
 import { Client, Connection, type ConnectionOptions } from '@temporalio/client';
 import { NativeConnection, type NativeConnectionOptions } from '@temporalio/worker';
 import { SEARCH_ATTRIBUTES } from '../workflows/searchAttributes';
@@ -69,7 +70,8 @@ export async function connectClient(settings = temporalSettings()): Promise<Clie
       `cannot reach Temporal at ${settings.address} (${(err as Error).message.split('\n')[0]}); start it with \`dacp server\` or set TEMPORAL_ADDRESS`,
     );
   }
-  return new Client({ connection, namespace: settings.namespace });
+  const dataConverter = clientDataConverter();
+  return new Client({ connection, namespace: settings.namespace, ...(dataConverter ? { dataConverter } : {}) });
 }
 
 export async function connectWorker(settings = temporalSettings()): Promise<NativeConnection> {

@@ -12,6 +12,7 @@ import { gateComparison } from './gateView';
 import { approvalRequest, decide, loadSpecFile, runStatus, startRun, waitForResult } from './runs';
 import { importModel } from './models';
 import { ensureIdentity } from './keys';
+import { loadRunReport, runReportHtml } from '../reports/runReport';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 
 export const DEMO_INITIATOR = 'demo-engineer';
@@ -203,6 +204,12 @@ export async function runDemo(log: (line: string) => void = console.log, o: { ba
     if (smoke) log(`  smoke test          ${smoke.passed ? `passed (${smoke.prompts} prompts, answered through dacp serve's code)` : `failed: ${smoke.reasons.join('; ')}`}`);
     if (result.state !== 'completed' && result.reason) log(`  reason              ${result.reason}`);
     log(`  time per stage      ${Object.entries(result.stageSeconds).map(([s, t]) => `${s} ${t!.toFixed(1)}s`).join(', ')}`);
+    const report = await loadRunReport(db.pool, artifactsDir(home), runId);
+    if (report) {
+      const file = path.join(home, 'demo', `${runId}.report.html`);
+      writeFileSync(file, runReportHtml(report));
+      log(`  run report          ${file} (open it in a browser; \`dacp run report ID\` writes one for any run)`);
+    }
     log(`  total               ${((Date.now() - started) / 1000).toFixed(1)}s`);
     return result;
   } finally {

@@ -32,6 +32,8 @@ import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listS
 import { formatStatus, type RunContext } from './status';
 import { serve as serveModels } from '../serve/server';
 import { loadRunReport, runReportHtml } from '../reports/runReport';
+import { codecServer } from '../serve/codecServer';
+import { AesGcmCodec, payloadKeysFromEnv } from '../workers/codec';
 
 const ENVIRONMENT = `
 State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
@@ -291,6 +293,32 @@ function program(): Command {
       const verdict = verifyAudit(bundle, { publicKey });
       console.log(formatVerdict(file, verdict));
       exitCode = verdict.ok ? 0 : 1;
+    });
+
+  dacp
+    .command('codec-server')
+    .description("decrypt payloads for the Temporal UI (its codec endpoint), for people who hold the keys (DACP_PAYLOAD_KEYS)")
+    .option('--port <n>', 'port', '8888')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--origin <url>', 'the Temporal UI address allowed by CORS; repeat for several', (v: string, all: string[]) => [...all, v], [] as string[])
+    .option('--token <token>', 'require Authorization: Bearer <token> (or set DACP_CODEC_TOKEN)')
+    .action(async (o: Record<string, unknown>) => {
+      const port = Number(o.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new InputError(`--port "${String(o.port)}": give a port number, 0–65535`);
+      let keys;
+      try {
+        keys = payloadKeysFromEnv();
+      } catch (err) {
+        throw new InputError((err as Error).message);
+      }
+      if (!keys) throw new InputError('no payload keys: set DACP_PAYLOAD_KEYS (ID:BASE64,…) or DACP_PAYLOAD_KEY_FILE; see README "Payload encryption"');
+      const origins = (o.origin as string[]).length ? (o.origin as string[]) : ['http://localhost:8233', 'http://127.0.0.1:8233'];
+      const token = typeof o.token === 'string' ? o.token : process.env.DACP_CODEC_TOKEN || undefined;
+      const app = codecServer({ codec: new AesGcmCodec(keys), origins, token });
+      const address = await app.listen({ port, host: o.host as string });
+      console.log(`codec-server: listening on ${address} (POST /decode, /encode; keys ${keys.map((k) => k.id).join(', ')}; CORS for ${origins.join(', ')}${token ? '; bearer token required' : ''})`);
+      await untilStopped();
+      await app.close();
     });
 
   identityCommands(dacp);

@@ -325,6 +325,12 @@ withTransformers('dacp models import / export with a model made by transformers'
       expect(run.stdout).toMatch(/base model +telecom-demo-base:v1/);
       expect(run.stdout).toMatch(/run telecom-demo-\S+: completed/);
       expect(run.stdout).toMatch(/model version +telecom-demo:v1 \(alias production\), tuned from telecom-demo-adapted:v1/);
+      // The demo's signed start and vote, and its run report.
+      expect(run.stdout).toMatch(/principals: demo-engineer \(operator\) and demo-approver \(approver\), keys in \S+demo-keys/);
+      const report = /run report +(\S+\.report\.html)/.exec(run.stdout)?.[1];
+      expect(readFileSync(report!, 'utf8')).toMatch(/^<!doctype html>[\s\S]*<svg[\s\S]*demo-approver/);
+      const [vote] = (await db.pool.query('SELECT principal, signature IS NOT NULL AS signed FROM approvals')).rows;
+      expect(vote).toEqual({ principal: 'demo-approver', signed: true });
       rmSync(home, { recursive: true, force: true });
     } finally {
       await db.drop();

@@ -6,6 +6,7 @@ import type { Pool } from 'pg';
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
 import { detectGpus, planSlots, SlotPool, type Slot } from './gpuSlots';
+import { workerDataConverter } from './codec';
 
 export const TASK_QUEUES = { control: 'dacp-control', gpu: 'dacp-gpu' } as const;
 export type QueueName = keyof typeof TASK_QUEUES;
@@ -45,11 +46,14 @@ export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<
     tfBackend: deps.tfBackend,
     workerStopping: () => worker !== undefined && worker.getState() !== 'RUNNING',
   });
-  const common = { connection: deps.connection, namespace: deps.namespace, taskQueue: TASK_QUEUES[queue], activities };
+  // With payload keys, everything sent to Temporal is sealed; workflow failures too, so the
+  // workflows are bundled at start with the encoding failure converter instead of the prebuilt bundle.
+  const dataConverter = workerDataConverter();
+  const common = { connection: deps.connection, namespace: deps.namespace, taskQueue: TASK_QUEUES[queue], activities, ...(dataConverter ? { dataConverter } : {}) };
   if (queue === 'control') {
     worker = await Worker.create({
       ...common,
-      ...(deps.workflowBundle ? { workflowBundle: deps.workflowBundle } : workflowSource()),
+      ...(deps.workflowBundle && !dataConverter ? { workflowBundle: deps.workflowBundle } : dataConverter ? { workflowsPath: require.resolve('../workflows') } : workflowSource()),
       maxConcurrentActivityTaskExecutions: 4,
       shutdownGraceTime: '10s',
     });
