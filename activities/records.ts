@@ -7,7 +7,7 @@ import type { ApprovalRequest, ArtifactRef, Decision, PipelineInput, RunState, S
 import { loadRunReport, runReportHtml } from '../reports/runReport';
 import type { RunSpec } from '../schemas/runSpec';
 import { activeKeys } from '../db/principals';
-import type { PublicKeyRef } from '../schemas/signing';
+import { SERVER_SIGNER, type PublicKeyRef } from '../schemas/signing';
 import { sha256Hex } from './artifacts';
 import type { ActivityDeps } from './context';
 
@@ -110,7 +110,10 @@ export function recordActivities({ pool, client, store }: ActivityDeps) {
      * disabled, captured as the gate opens. Anyone else listed gets none, and cannot vote.
      */
     async approverKeys(input: { approvers: string[] }): Promise<Record<string, PublicKeyRef[]>> {
-      return activeKeys(pool, input.approvers, 'approver');
+      const keys = activeKeys(pool, input.approvers, 'approver');
+      // The HTTP API's server keys, under a name no principal can have: votes it signs for the approvers it authenticated.
+      const server = await pool.query(`SELECT key_id, public_key FROM service_keys WHERE purpose = 'server' ORDER BY created_at, key_id`);
+      return { ...(await keys), ...(server.rows.length ? { [SERVER_SIGNER]: server.rows.map((r) => ({ keyId: r.key_id as string, publicKey: r.public_key as string })) } : {}) };
     },
 
     /**

@@ -1,6 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
-import path from 'node:path';
+import { createHash } from 'node:crypto';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import type { Payload, PayloadCodec } from '@temporalio/common';
@@ -13,7 +11,8 @@ import { runRecords } from '../db/records';
 import { canonicalJson } from '../schemas/canonical';
 import type { ApprovalRequest, SignedDecision } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
-import { candidateDifferences, candidateHashes, publicKeyOf, signStatement, verifyStatement, type DecisionStatement, type StartStatement } from '../schemas/signing';
+import { serviceKey, serviceKeyFile, type ServiceKeyFile } from './keys';
+import { candidateDifferences, candidateHashes, signStatement, verifyStatement, type DecisionStatement, type StartStatement } from '../schemas/signing';
 import { approvalWorkflowId } from '../workflows/messages';
 
 export { canonicalJson };
@@ -50,40 +49,13 @@ export function manifestStatement(b: Pick<AuditBundle, 'format' | 'runId' | 'exp
 
 // ---- the export key: dacp's own, under DACP_HOME, its public half published with `dacp audit key`
 
-interface ExportKeyFile {
-  format: 'dacp-export-key/1';
-  keyId: string;
-  publicKey: string;
-  privateKey: string;
-}
-
 export function exportKeyFile(home: string): string {
-  return path.join(home, 'keys', 'export.ed25519.json');
+  return serviceKeyFile(home, 'export');
 }
 
 /** The installation's export key, created (0600) and registered on first use. */
-export async function exportKey(pool: Pool, home: string): Promise<ExportKeyFile> {
-  const file = exportKeyFile(home);
-  let key: ExportKeyFile;
-  if (existsSync(file)) {
-    if (statSync(file).mode & 0o077) throw new InputError(`export key ${file} is readable by others; \`chmod 600 ${file}\``);
-    key = JSON.parse(readFileSync(file, 'utf8')) as ExportKeyFile;
-    if (publicKeyOf(key.privateKey) !== key.publicKey) throw new InputError(`export key ${file} is damaged: its public key does not match`);
-  } else {
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    chmodSync(path.dirname(file), 0o700);
-    const privateKey = randomBytes(32).toString('hex');
-    const publicKey = publicKeyOf(privateKey);
-    key = { format: 'dacp-export-key/1', keyId: keyIdOf(publicKey), publicKey, privateKey };
-    const fd = openSync(file, 'wx', 0o600);
-    try {
-      writeSync(fd, JSON.stringify(key, null, 2) + '\n');
-    } finally {
-      closeSync(fd);
-    }
-  }
-  await pool.query(`INSERT INTO service_keys (key_id, purpose, public_key) VALUES ($1, 'export', $2) ON CONFLICT (key_id) DO NOTHING`, [key.keyId, key.publicKey]);
-  return key;
+export async function exportKey(pool: Pool, home: string): Promise<ServiceKeyFile> {
+  return serviceKey(pool, home, 'export');
 }
 
 // ---- export
@@ -124,14 +96,17 @@ export async function exportAudit(client: Client, pool: Pool, runId: string, o: 
   // Round-trip through JSON so dates and bigints are in the form the bundle will be verified in.
   const records = JSON.parse(JSON.stringify(await runRecords(pool, runId))) as Record<string, Record<string, unknown>[]>;
   const keyIds = new Set<string>();
+  const serverKeyIds = new Set<string>();
   for (const row of records.approvals ?? []) {
     const sig = row.signature as SignedDecision | null;
-    if (sig) keyIds.add(sig.statement.keyId);
+    if (sig) (sig.statement.via === 'api' ? serverKeyIds : keyIds).add(sig.statement.keyId);
   }
   for (const row of records.audit_log ?? []) {
     if (row.event === 'run_start_signed') keyIds.add(((row.details as { statement: StartStatement }).statement).keyId);
   }
   records.principal_keys = JSON.parse(JSON.stringify(await keysById(pool, [...keyIds])));
+  // The API server's keys that signed votes for the approvers it authenticated.
+  records.service_keys = JSON.parse(JSON.stringify((await pool.query('SELECT key_id, purpose, public_key, created_at FROM service_keys WHERE key_id = ANY($1) ORDER BY key_id', [[...serverKeyIds]])).rows));
   for (const [table, rows] of Object.entries(records)) parts[`records:${table}`] = rows;
 
   // The JSON artifacts the rows name, as their exact bytes.
@@ -272,6 +247,14 @@ export function verifyAudit(bundle: unknown, o: { publicKey?: string } = {}): Au
     if (key.public_key !== publicKey || keyIdOf(publicKey) !== keyId) return `key ${keyId}'s public key differs from the registered one`;
     return null;
   };
+  const serverKeys = new Map(records('service_keys').map((k) => [k.key_id as string, k]));
+  const serverKeyProblem = (keyId: string, publicKey: string): string | null => {
+    const key = serverKeys.get(keyId);
+    if (!key || key.purpose !== 'server') return `key ${keyId} is not one of the API server's keys in the bundle`;
+    if (key.public_key !== publicKey || keyIdOf(publicKey) !== keyId) return `key ${keyId}'s public key differs from the registered one`;
+    return null;
+  };
+  const apiVotes: string[] = [];
   const started = audit.find((r) => r.event === 'run_start_signed');
   if (started) {
     const d = started.details as { statement: StartStatement; signature: string; publicKey: string };
@@ -311,7 +294,8 @@ export function verifyAudit(bundle: unknown, o: { publicKey?: string } = {}): Au
       if (request?.signing) problems.push(`the vote of ${who} carries no signature, but its gate took signed votes only`);
     } else {
       const s: DecisionStatement = signed.statement;
-      const problem = keyProblem(s.keyId, who, signed.publicKey);
+      const problem = s.via === 'api' ? serverKeyProblem(s.keyId, signed.publicKey) : keyProblem(s.keyId, who, signed.publicKey);
+      if (s.via === 'api') apiVotes.push(who);
       if (problem) problems.push(`the vote of ${who}: ${problem}`);
       else if (!verifyStatement(s, signed.signature, signed.publicKey)) problems.push(`the signature on the vote of ${who} does not verify: the vote was altered`);
       if (s.runId !== runId || s.principal !== who || s.decision !== row.decision) problems.push(`the vote of ${who} says ${String(row.decision)} on ${runId}, its signed statement ${s.decision} by ${s.principal} on ${s.runId}`);
@@ -329,7 +313,7 @@ export function verifyAudit(bundle: unknown, o: { publicKey?: string } = {}): Au
     }
   }
   for (const [who] of historyVotes) if (!approvals.some((r) => r.principal === who)) problems.push(`the gate's history holds a vote by ${who} that the database does not`);
-  checked.push(`${approvals.length} votes: signatures, keys, and the gate's history`);
+  checked.push(`${approvals.length} votes: signatures, keys, and the gate's history${apiVotes.length ? ` (signed by the API server for ${apiVotes.join(', ')}; the others by the approvers' own keys)` : ''}`);
 
   // … stages and outcomes: every transition the workflows asked to record is in the audit log, and
   // every transition in the audit log was asked for by a workflow.

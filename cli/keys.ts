@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, openSync, closeSync, writeSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, openSync, closeSync, writeSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
@@ -144,7 +144,7 @@ export async function actingKey(pool: Pool, principal: string, role: Role, actio
 }
 
 /** Sign, and check the signature against the registered public key before anything relies on it. */
-export function signWith(key: KeyFile, statement: object): { signature: string; publicKey: string } {
+export function signWith(key: Pick<KeyFile, 'privateKey' | 'publicKey'>, statement: object): { signature: string; publicKey: string } {
   const signature = signStatement(statement, key.privateKey);
   if (!verifyStatement(statement, signature, key.publicKey)) throw new Error('a signature just made does not verify; the key file is damaged');
   return { signature, publicKey: key.publicKey };
@@ -170,4 +170,68 @@ export async function ensureIdentity(pool: Pool, name: string, roles: Role[], di
   const p = await getPrincipal(pool, name);
   const change = p?.keys.some((k) => !k.revokedAt) ? await rotateKey(pool, name, dir) : await initKey(pool, name, dir);
   return { keyId: change.keyId!, publicKey: change.publicKey! };
+}
+
+// ---- dacp's own keys: the export key (signs audit bundles) and the server key (signs API decisions)
+
+export interface ServiceKeyFile {
+  format: 'dacp-service-key/1';
+  purpose: 'export' | 'server';
+  keyId: string;
+  publicKey: string;
+  privateKey: string;
+}
+
+export function serviceKeyFile(home: string, purpose: 'export' | 'server'): string {
+  return path.join(home, 'keys', `${purpose}.ed25519.json`);
+}
+
+/** The installation's key for `purpose` under DACP_HOME/keys, created (0600) and registered on first use. */
+export async function serviceKey(pool: Pool, home: string, purpose: 'export' | 'server'): Promise<ServiceKeyFile> {
+  const file = serviceKeyFile(home, purpose);
+  let key: ServiceKeyFile;
+  if (existsSync(file)) {
+    if (statSync(file).mode & 0o077) throw new InputError(`${purpose} key ${file} is readable by others; \`chmod 600 ${file}\``);
+    key = JSON.parse(readFileSync(file, 'utf8')) as ServiceKeyFile;
+    if (publicKeyOf(key.privateKey) !== key.publicKey) throw new InputError(`${purpose} key ${file} is damaged: its public key does not match`);
+  } else {
+    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    chmodSync(path.dirname(file), 0o700);
+    const privateKey = randomBytes(32).toString('hex');
+    const publicKey = publicKeyOf(privateKey);
+    key = { format: 'dacp-service-key/1', purpose, keyId: keyIdOf(publicKey), publicKey, privateKey };
+    const tmp = `${file}.${process.pid}.tmp`;
+    const fd = openSync(tmp, 'wx', 0o600);
+    try {
+      writeSync(fd, JSON.stringify(key, null, 2) + '\n');
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      // Never replaces a key another process made meanwhile: the first one wins.
+      linkSync(tmp, file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      key = JSON.parse(readFileSync(file, 'utf8')) as ServiceKeyFile;
+    } finally {
+      rmSync(tmp, { force: true });
+    }
+  }
+  await pool.query('INSERT INTO service_keys (key_id, purpose, public_key) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING', [key.keyId, purpose, key.publicKey]);
+  return key;
+}
+
+/**
+ * A principal proves it holds one of its own active keys (whatever its roles): what `dacp tokens
+ * create` asks before it issues an API token.
+ */
+export async function provenKey(pool: Pool, principal: string, dir = keyDir()): Promise<KeyFile> {
+  const p = await getPrincipal(pool, checkPrincipalName(principal));
+  if (!p) throw new InputError(`${principal} is not a registered principal; an administrator adds one with \`dacp principals add ${principal} --role ROLE\``);
+  if (p.disabledAt) throw new InputError(`${principal} is disabled (since ${p.disabledAt})`);
+  const key = readKeyFile(principal, dir);
+  if (!p.keys.some((k) => k.keyId === key.keyId && !k.revokedAt)) {
+    throw new InputError(`${principal}'s key ${key.keyId} in ${dir} is not an active registered key; \`dacp keys rotate --as ${principal}\``);
+  }
+  return key;
 }

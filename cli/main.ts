@@ -25,7 +25,8 @@ import {
   waitForResult,
 } from './runs';
 import { addPrincipal, checkPrincipalName, checkRole, disablePrincipal, listPrincipals, requireRole } from '../db/principals';
-import { initKey, revokeKey, rotateKey, type KeyChange } from './keys';
+import { initKey, provenKey, revokeKey, rotateKey, serviceKey, type KeyChange } from './keys';
+import { createToken, listTokens, revokeToken } from '../db/tokens';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
 import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listSchedules, pauseSchedule, triggerSchedule } from './schedules';
@@ -322,6 +323,7 @@ function program(): Command {
     });
 
   identityCommands(dacp);
+  tokenCommands(dacp.command('tokens').description('bearer tokens for the HTTP API (dacp serve /api/v1)'));
   modelCommands(dacp.command('models').description('the model registry: versions, lineage, aliases'));
   scheduleCommands(dacp.command('schedule').description('recurring runs (Temporal Schedules)'));
   dacp
@@ -331,25 +333,36 @@ function program(): Command {
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--alias <alias>', 'the alias to serve', 'production')
     .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (or set DACP_API_KEY)')
+    .option('--api-only', "only dacp's HTTP API (/api/v1: runs, reports, decisions), no model")
     .action(async (o: Options) => {
       const port = Number(o.port);
       if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new InputError(`--port "${o.port}": give a port number, 0–65535`);
       const apiKey = typeof o.apiKey === 'string' ? o.apiKey : process.env.DACP_API_KEY || undefined;
       const home = dacpHome();
       const db = await openDatabase(home);
+      // Votes through the API reach the gate through Temporal, connected on the first one.
+      let client: Promise<Client> | undefined;
+      const api = { pool: db.pool, artifactsDir: artifactsDir(home), home, client: () => (client ??= connectClient()) };
+      // The key that signs API decisions exists before any gate opens, so gates capture it.
+      await serviceKey(db.pool, home, 'server');
       try {
-        await initBackend();
+        if (!o.apiOnly) await initBackend();
         let served;
         try {
-          served = await serveModels({ pool: db.pool, artifactsDir: artifactsDir(home), alias: o.alias as string, apiKey, log: (line) => console.log(`serve: ${line}`) });
+          served = await serveModels({ pool: db.pool, artifactsDir: artifactsDir(home), alias: o.alias as string, apiKey, api, apiOnly: Boolean(o.apiOnly), log: (line) => console.log(`serve: ${line}`) });
         } catch (err) {
           throw new InputError(`cannot serve ${String(o.alias)}: ${(err as Error).message}`);
         }
         const address = await served.app.listen({ port, host: o.host as string });
-        console.log(`serve: listening on ${address} (OpenAI-style: /v1/completions, /v1/chat/completions, /v1/models; /health)${apiKey ? '; API key required' : ''}`);
+        console.log(
+          o.apiOnly
+            ? `serve: listening on ${address} (dacp API: /api/v1, description at /api/v1/openapi.json; bearer tokens from \`dacp tokens create\`)`
+            : `serve: listening on ${address} (OpenAI-style: /v1/completions, /v1/chat/completions, /v1/models; dacp API: /api/v1; /health)${apiKey ? '; API key required on /v1' : ''}`,
+        );
         await untilStopped();
         console.log('serve: stopping …');
         await served.close();
+        if (client) await (await client).connection.close().catch(() => undefined);
       } finally {
         await db.close();
       }
@@ -443,6 +456,49 @@ function identityCommands(dacp: Command): void {
       const change = await withRegistry((ctx) => revokeKey(ctx.pool, need(o.as, '--as PRINCIPAL'), { keyId: o.keyId as string | undefined, reason: o.reason as string | undefined }));
       print(Boolean(o.json), change, () => describeChange(change, 'revoked'));
     });
+}
+
+function tokenCommands(tokens: Command): void {
+  tokens
+    .command('create')
+    .description('a bearer token for the HTTP API, for yourself: proven with your key, shown once, stored hashed')
+    .option('--as <principal>', 'whose token')
+    .option('--label <text>', 'what it is for')
+    .option('--json', 'as JSON')
+    .action((o: Options) =>
+      withRegistry(async (ctx) => {
+        const principal = need(o.as, '--as PRINCIPAL');
+        await provenKey(ctx.pool, principal);
+        const created = await createToken(ctx.pool, principal, typeof o.label === 'string' ? o.label : null);
+        print(Boolean(o.json), { principal, ...created }, () => `token ${created.tokenId} for ${principal} (shown once; send it as Authorization: Bearer …):\n${created.token}`);
+      }),
+    );
+  tokens
+    .command('list')
+    .description('your tokens (never the tokens themselves)')
+    .option('--as <principal>', 'whose tokens')
+    .option('--json', 'as JSON')
+    .action((o: Options) =>
+      withRegistry(async (ctx) => {
+        const principal = need(o.as, '--as PRINCIPAL');
+        await provenKey(ctx.pool, principal);
+        const list = await listTokens(ctx.pool, principal);
+        print(Boolean(o.json), list, () => (list.length ? list.map((t) => `${t.tokenId}  ${t.label ?? ''}  created ${t.createdAt}${t.revokedAt ? `  revoked ${t.revokedAt}` : ''}${t.lastUsedAt ? `  last used ${t.lastUsedAt}` : ''}`).join('\n') : 'no tokens'));
+      }),
+    );
+  tokens
+    .command('revoke')
+    .description('revoke one of your tokens')
+    .argument('<token-id>', 'the id `tokens list` shows')
+    .option('--as <principal>', 'whose token')
+    .action((tokenId: string, o: Options) =>
+      withRegistry(async (ctx) => {
+        const principal = need(o.as, '--as PRINCIPAL');
+        await provenKey(ctx.pool, principal);
+        await revokeToken(ctx.pool, principal, tokenId);
+        console.log(`token ${tokenId} of ${principal} revoked`);
+      }),
+    );
 }
 
 function scheduleCommands(schedule: Command): void {

@@ -233,7 +233,16 @@ export async function cancelRun(ctx: RunContext, runId: string): Promise<void> {
  */
 export async function decide(
   ctx: { client: Client; pool: Pool },
-  o: { runId: string; principal: string; decision: 'approve' | 'reject'; comment?: string; reason?: string; keyDir?: string },
+  o: {
+    runId: string;
+    principal: string;
+    decision: 'approve' | 'reject';
+    comment?: string;
+    reason?: string;
+    keyDir?: string;
+    /** The HTTP API: the server signs with its own key for the principal it authenticated (and checked the role of). */
+    server?: { keyId: string; privateKey: string; publicKey: string };
+  },
 ): Promise<{ decision: Decision; approvals: number; quorum: number }> {
   const { client, pool } = ctx;
   checkRunId(o.runId);
@@ -265,7 +274,7 @@ export async function decide(
       event: 'vote_refused',
       stage: 'approval',
       actor: o.principal,
-      details: { decision: o.decision, reason, via: 'cli', osUser: os.userInfo().username },
+      details: { decision: o.decision, reason, ...(o.server ? { via: 'api' } : { via: 'cli', osUser: os.userInfo().username }) },
     }).catch(() => undefined); // a run the database does not know has nothing to append to
     return new InputError(reason);
   };
@@ -273,16 +282,18 @@ export async function decide(
   const { request } = await gate.query(approvalRequestQuery);
   let signature: VoteSignature | undefined;
   if (request.signing) {
-    let key;
+    let key: { keyId: string; privateKey: string; publicKey: string };
     try {
-      key = await actingKey(pool, o.principal, 'approver', `vote on run ${o.runId}`, o.keyDir);
+      key = o.server ?? (await actingKey(pool, o.principal, 'approver', `vote on run ${o.runId}`, o.keyDir));
     } catch (err) {
       if (err instanceof InputError) throw await refused(err.message);
       throw err;
     }
-    const unsigned = { keyId: key.keyId, signedAt: new Date().toISOString(), candidate: candidateHashes(request.artifacts), via: 'cli' as const };
+    const unsigned = { keyId: key.keyId, signedAt: new Date().toISOString(), candidate: candidateHashes(request.artifacts), via: o.server ? ('api' as const) : ('cli' as const) };
     const statement = decisionStatement({ runId: o.runId, decision: o.decision, principal: o.principal, comment: o.comment, reason: o.reason, signature: unsigned });
     signature = { ...unsigned, signature: signWith(key, statement).signature };
+  } else if (o.server) {
+    throw await refused(`run ${o.runId}'s gate takes no signed votes (it opened before signed decisions); vote with \`dacp ${o.decision}\``);
   }
   let decision: Decision;
   try {

@@ -7,7 +7,7 @@ import type { PublicKeyRef } from '../schemas/signing';
 
 export const ROLES = ['operator', 'approver', 'auditor'] as const;
 export type Role = (typeof ROLES)[number];
-export const PRINCIPAL_NAME = /^[A-Za-z0-9._@-]{1,64}$/;
+export const PRINCIPAL_NAME = /^[A-Za-z0-9._-][A-Za-z0-9._@-]{0,63}$/;
 
 type Queryable = Pool | PoolClient;
 
@@ -24,7 +24,7 @@ export function keyIdOf(publicKey: string): string {
 }
 
 export function checkPrincipalName(name: string): string {
-  if (!PRINCIPAL_NAME.test(name)) throw new InputError(`principal "${name}" is invalid: use 1–64 letters, digits, ".", "_", "@" or "-"`);
+  if (!PRINCIPAL_NAME.test(name)) throw new InputError(`principal "${name}" is invalid: use 1–64 letters, digits, ".", "_", "@" or "-", not starting with "@"`);
   return name;
 }
 

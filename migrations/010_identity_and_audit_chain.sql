@@ -2,7 +2,7 @@
 
 -- People and the roles they hold. Administrative: whoever reaches dacp's database manages them.
 CREATE TABLE principals (
-  name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9._@-]{1,64}$'),
+  name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9._-][A-Za-z0-9._@-]{0,63}$'),
   roles        text[] NOT NULL CHECK (cardinality(roles) > 0 AND roles <@ ARRAY['operator','approver','auditor']::text[]),
   created_at   timestamptz NOT NULL DEFAULT now(),
   disabled_at  timestamptz

@@ -123,6 +123,13 @@ export function publicKeyOf(privateKey: string): string {
   return bytesToHex(ed25519.getPublicKey(hexToBytes(privateKey)));
 }
 
+/**
+ * Where a gate's captured keys hold the HTTP API server's keys: a name no principal can have (names
+ * never start with "@"). A vote with `via: "api"` is signed by one of these, for the principal the
+ * server authenticated.
+ */
+export const SERVER_SIGNER = '@server';
+
 /** Votes may be signed this far from the gate's clock, either way. */
 export const MAX_SIGNING_SKEW_MS = 10 * 60_000;
 

@@ -73,4 +73,13 @@ if ! has_hf; then
   has_torch || fail "installing ${hf_requirements[*]} changed torch in $venv; delete $venv and rerun"
 fi
 
+# schemathesis, which tests dacp's HTTP API against its OpenAPI description (test/api.test.ts), in
+# a venv of its own so that its dependencies never move the hf engine's pins.
+st_venv="$root/.tools/schemathesis"
+st_requirement="schemathesis==4.32.5"
+if ! { [ -x "$st_venv/bin/schemathesis" ] && [ "$("$st_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" = "${st_requirement#schemathesis==}" ]; }; then
+  [ -x "$st_venv/bin/python" ] || "$python" -m venv "$st_venv" >&2 || fail "could not create $st_venv"
+  "$st_venv/bin/python" -m pip install --quiet "$st_requirement" >&2 || fail "pip could not install $st_requirement into $st_venv"
+fi
+
 echo "$venv/bin/python"

@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Pool } from 'pg';
 import { z } from 'zod';
 import { findModelVersion } from '../db/records';
+import { registerApi, type ApiDeps } from './api';
 import { encodeChat, Generator, loadVersion, TextStream, type ChatMessage, type FinishReason } from './engine';
 
 /**
@@ -22,6 +23,10 @@ export interface ServeOptions {
   /** Requests generating at once; more get 429. */
   maxActive?: number;
   log?: (line: string) => void;
+  /** dacp's HTTP API (runs, reports, decisions) beside the model routes; see serve/api.ts. */
+  api?: ApiDeps;
+  /** Serve the HTTP API only: no model is loaded (for an installation with nothing deployed yet). */
+  apiOnly?: boolean;
 }
 
 export interface Served {
@@ -109,6 +114,14 @@ function stopScanner(stops: string[]) {
 
 export async function serve(o: ServeOptions): Promise<Served> {
   const log = o.log ?? (() => undefined);
+  if (o.apiOnly) {
+    if (!o.api) throw new Error('--api-only needs the API');
+    const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { removeAdditional: false } }, exposeHeadRoutes: false });
+    app.get('/health', async () => ({ status: 'ok', alias: null, version: null, sha256: null, inFlight: 0 }));
+    app.setNotFoundHandler((request, reply) => sendError(reply, new ApiError(404, `no route ${request.method} ${request.url}`, 'invalid_request_error', null, 'not_found')));
+    registerApi(app, o.api);
+    return { app, version: () => null, stats: () => ({ passes: 0, rows: 0, tokens: 0 }), refresh: async () => undefined, close: () => app.close() };
+  }
   // Null while the alias points nowhere (a rollback removed it): requests get 503 until it returns.
   let current: Generator | null = new Generator(await loadVersion(o.pool, o.artifactsDir, o.alias));
   log(`serving ${o.alias} → ${current.loaded.versionId} (sha256 ${current.loaded.sha256.slice(0, 16)}…)`);
@@ -143,7 +156,8 @@ export async function serve(o: ServeOptions): Promise<Served> {
   };
   const poll = setInterval(() => void refresh(), o.pollMs ?? (Number(process.env.DACP_SERVE_POLL_MS) || 2_000));
 
-  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+  // Unknown fields are refused, not silently dropped (the API's bodies say additionalProperties: false).
+  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024, ajv: { customOptions: { removeAdditional: false } }, exposeHeadRoutes: false });
   const keyBytes = o.apiKey ? Buffer.from(o.apiKey) : null;
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _request, reply) => {
@@ -155,13 +169,16 @@ export async function serve(o: ServeOptions): Promise<Served> {
 
   app.addHook('onRequest', async (request) => {
     // By the route that matched, not the raw URL (which may be percent-encoded): all but /health.
-    if (!keyBytes || request.routeOptions.url === '/health') return;
+    // dacp's own API (/api/…) has its bearer tokens; the model routes have the API key.
+    if (!keyBytes || request.routeOptions.url === '/health' || request.routeOptions.url?.startsWith('/api/')) return;
     const header = request.headers.authorization ?? '';
     const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
     if (given.length !== keyBytes.length || !timingSafeEqual(given, keyBytes)) {
       throw new ApiError(401, 'missing or wrong API key: send Authorization: Bearer <key>', 'invalid_request_error', null, 'invalid_api_key');
     }
   });
+
+  if (o.api) registerApi(app, o.api);
 
   app.get('/health', async (_request, reply) =>
     current

@@ -12,7 +12,7 @@ import type { DacpActivities } from '../activities';
 import { DecisionInput, RejectionInput } from '../schemas/pipeline';
 import type { ApprovalOutcome, ApprovalRequest, Decision } from '../schemas/pipeline';
 import type { GateNotice, SignedDecision } from '../schemas/pipeline';
-import { candidateDifferences, candidateHashes, decisionStatement, MAX_SIGNING_SKEW_MS, verifyStatement, type VoteSignature } from '../schemas/signing';
+import { candidateDifferences, candidateHashes, decisionStatement, MAX_SIGNING_SKEW_MS, SERVER_SIGNER, verifyStatement, type VoteSignature } from '../schemas/signing';
 import { approvalRequestQuery, approveUpdate, rejectUpdate, supersedeSignal } from './messages';
 
 const { recordDecision, recordTransition } = proxyActivities<DacpActivities>({
@@ -104,12 +104,15 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     if (!request.signing) return undefined;
     const { principal, signature } = vote;
     if (!signature) throw new Error(`votes on run ${request.runId} must be signed: vote with \`dacp ${decision} ${request.runId} --as ${principal}\` holding the key from \`dacp keys init --as ${principal}\``);
-    const keys = request.signing.keys[principal] ?? [];
+    // A vote through the HTTP API is signed by the server's key, for the approver it authenticated.
+    const viaApi = signature.via === 'api';
+    const keys = request.signing.keys[viaApi ? SERVER_SIGNER : principal] ?? [];
     if (keys.length === 0) {
+      if (viaApi) throw new Error(`run ${request.runId}'s gate opened before dacp serve had a key; vote with \`dacp ${decision} ${request.runId} --as ${principal}\``);
       throw new Error(`${principal} had no active key and approver role when the gate of run ${request.runId} opened; register with \`dacp principals add\` and \`dacp keys init\` before a gate opens`);
     }
     const key = keys.find((k) => k.keyId === signature.keyId);
-    if (!key) throw new Error(`the vote is signed with key ${signature.keyId}, which is not one of ${principal}'s keys captured when the gate opened (${keys.map((k) => k.keyId).join(', ')})`);
+    if (!key) throw new Error(`the vote is signed with key ${signature.keyId}, which is not one of ${viaApi ? "the API server's" : `${principal}'s`} keys captured when the gate opened (${keys.map((k) => k.keyId).join(', ')})`);
     const differences = candidateDifferences(signature.candidate, candidateHashes(request.artifacts));
     if (differences.length) {
       throw new Error(`the vote is bound to other artifacts than the candidate of run ${request.runId} (${differences.join('; ')}); read \`dacp approval show ${request.runId}\` and vote again`);
