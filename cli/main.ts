@@ -554,7 +554,7 @@ function scheduleCommands(schedule: Command): void {
       .action(async (id: string, o: Options) => {
         const who = typeof o.as === 'string' ? o.as : defaultPrincipal();
         const note = `${pause ? 'paused' : 'unpaused'} by ${who}${typeof o.note === 'string' ? `: ${o.note}` : ''}`;
-        await withRuns((ctx) => pauseSchedule(ctx, id, { pause, note }));
+        await withRuns((ctx) => pauseSchedule(ctx, id, { pause, note, actor: who }));
         console.log(`schedule ${id} ${note}`);
       });
   }
@@ -562,16 +562,18 @@ function scheduleCommands(schedule: Command): void {
     .command('trigger')
     .description('fire once now (the run is named by the schedule and the time)')
     .argument('<id>', 'schedule id')
-    .action(async (id: string) => {
-      await withRuns((ctx) => triggerSchedule(ctx, id));
+    .option('--as <principal>', 'who (an operator; default DACP_USER, then the OS user)')
+    .action(async (id: string, o: Options) => {
+      await withRuns((ctx) => triggerSchedule(ctx, id, { actor: typeof o.as === 'string' ? o.as : defaultPrincipal() }));
       console.log(`schedule ${id} fired; see \`dacp run list\``);
     });
   schedule
     .command('delete')
     .description('delete a schedule (its runs and their records stay)')
     .argument('<id>', 'schedule id')
-    .action(async (id: string) => {
-      await withRuns((ctx) => deleteSchedule(ctx, id));
+    .option('--as <principal>', 'who (an operator; default DACP_USER, then the OS user)')
+    .action(async (id: string, o: Options) => {
+      await withRuns((ctx) => deleteSchedule(ctx, id, { actor: typeof o.as === 'string' ? o.as : defaultPrincipal() }));
       console.log(`schedule ${id} deleted`);
     });
 }

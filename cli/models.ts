@@ -1,4 +1,4 @@
-import { actingKey } from './keys';
+import { actingKey, signWith, type KeyFile } from './keys';
 import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -283,8 +283,16 @@ function checkAlias(alias: string): void {
 }
 
 /** Point `alias` at an existing version, in one transaction with its history row. */
+/** What an operator signs to move an alias: from what, to what, why, when, with which key. */
+function signedMove(key: KeyFile, m: { alias: string; to: string; kind: 'promote' | 'rollback'; actor: string; note?: string }) {
+  return (from: string | null) => {
+    const statement = { format: 'dacp-alias-move/1', alias: m.alias, from, to: m.to, kind: m.kind, actor: m.actor, note: m.note ?? null, signedAt: new Date().toISOString(), keyId: key.keyId };
+    return { statement, ...signWith(key, statement) };
+  };
+}
+
 export async function promoteModel(ctx: RegistryContext, o: { versionId: string; alias: string; actor: string; note?: string; keyDir?: string }): Promise<AliasMoveResult> {
-  await actingKey(ctx.pool, o.actor, 'operator', 'move aliases', o.keyDir);
+  const key = await actingKey(ctx.pool, o.actor, 'operator', 'move aliases', o.keyDir);
   checkAlias(o.alias);
   return withTransaction(ctx.pool, async (client) => {
     const version = await client.query('SELECT version_id FROM model_versions WHERE version_id = $1', [o.versionId]);
@@ -298,7 +306,7 @@ export async function promoteModel(ctx: RegistryContext, o: { versionId: string;
     }
     const current = await client.query('SELECT version_id FROM model_aliases WHERE alias = $1 FOR UPDATE', [o.alias]);
     if (current.rows[0]?.version_id === o.versionId) return { moved: false, alias: o.alias, versionId: o.versionId };
-    const moved = await moveAlias(client, { runId: `promote:${randomUUID()}`, alias: o.alias, versionId: o.versionId, kind: 'promote', actor: o.actor, note: o.note });
+    const moved = await moveAlias(client, { runId: `promote:${randomUUID()}`, alias: o.alias, versionId: o.versionId, kind: 'promote', actor: o.actor, note: o.note, sign: signedMove(key, { alias: o.alias, to: o.versionId, kind: 'promote', actor: o.actor, note: o.note }) });
     const move = (await aliasHistory(client, { alias: o.alias })).find((m) => m.id === moved.deploymentId) as AliasMove;
     return { moved: true, alias: o.alias, versionId: o.versionId, previousVersionId: moved.previousVersionId, move };
   });
@@ -310,7 +318,7 @@ export async function promoteModel(ctx: RegistryContext, o: { versionId: string;
  * versions back rather than undoing the first rollback.
  */
 export async function rollbackAlias(ctx: RegistryContext, o: { alias: string; actor: string; note?: string; keyDir?: string }): Promise<AliasMoveResult> {
-  await actingKey(ctx.pool, o.actor, 'operator', 'move aliases', o.keyDir);
+  const key = await actingKey(ctx.pool, o.actor, 'operator', 'move aliases', o.keyDir);
   checkAlias(o.alias);
   return withTransaction(ctx.pool, async (client) => {
     const current = await client.query('SELECT version_id FROM model_aliases WHERE alias = $1 FOR UPDATE', [o.alias]);
@@ -324,7 +332,7 @@ export async function rollbackAlias(ctx: RegistryContext, o: { alias: string; ac
     if (stack[stack.length - 1] !== current.rows[0].version_id || target === undefined) {
       throw new InputError(`${o.alias} (${current.rows[0].version_id}) has no earlier version to roll back to; promote one by name with \`dacp models promote VERSION --alias ${o.alias}\``);
     }
-    const moved = await moveAlias(client, { runId: `rollback:${randomUUID()}`, alias: o.alias, versionId: target, kind: 'rollback', actor: o.actor, note: o.note });
+    const moved = await moveAlias(client, { runId: `rollback:${randomUUID()}`, alias: o.alias, versionId: target, kind: 'rollback', actor: o.actor, note: o.note, sign: signedMove(key, { alias: o.alias, to: target, kind: 'rollback', actor: o.actor, note: o.note }) });
     const move = (await aliasHistory(client, { alias: o.alias })).find((m) => m.id === moved.deploymentId) as AliasMove;
     return { moved: true, alias: o.alias, versionId: target, previousVersionId: moved.previousVersionId, move };
   });

@@ -195,7 +195,8 @@ export async function listSchedules(ctx: ScheduleContext): Promise<ScheduleView[
   return out;
 }
 
-export async function pauseSchedule(ctx: ScheduleContext, scheduleId: string, o: { pause: boolean; note: string }): Promise<ScheduleView> {
+export async function pauseSchedule(ctx: ScheduleContext, scheduleId: string, o: { pause: boolean; note: string; actor: string; keyDir?: string }): Promise<ScheduleView> {
+  await actingKey(ctx.pool, o.actor, 'operator', `${o.pause ? 'pause' : 'unpause'} schedules`, o.keyDir);
   await described(ctx, scheduleId);
   const handle = ctx.client.schedule.getHandle(scheduleId);
   await (o.pause ? handle.pause(o.note) : handle.unpause(o.note));
@@ -203,12 +204,14 @@ export async function pauseSchedule(ctx: ScheduleContext, scheduleId: string, o:
 }
 
 /** Fire now, as the schedule would (the run still resolves its base when it starts); overlapping runs are allowed. */
-export async function triggerSchedule(ctx: ScheduleContext, scheduleId: string): Promise<void> {
+export async function triggerSchedule(ctx: ScheduleContext, scheduleId: string, o: { actor: string; keyDir?: string }): Promise<void> {
+  await actingKey(ctx.pool, o.actor, 'operator', 'trigger schedules', o.keyDir);
   await described(ctx, scheduleId);
   await ctx.client.schedule.getHandle(scheduleId).trigger(ScheduleOverlapPolicy.ALLOW_ALL);
 }
 
-export async function deleteSchedule(ctx: ScheduleContext, scheduleId: string): Promise<void> {
+export async function deleteSchedule(ctx: ScheduleContext, scheduleId: string, o: { actor: string; keyDir?: string }): Promise<void> {
+  await actingKey(ctx.pool, o.actor, 'operator', 'delete schedules', o.keyDir);
   await described(ctx, scheduleId);
   await ctx.client.schedule.getHandle(scheduleId).delete();
 }

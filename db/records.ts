@@ -391,6 +391,8 @@ export async function moveAlias(
     kind?: AliasMoveKind;
     actor?: string;
     note?: string;
+    /** A person's move: the operator's signature over it, given the target it replaces. */
+    sign?: (previousVersionId: string | null) => unknown;
   },
 ): Promise<{ deploymentId: number; previousVersionId: string | null }> {
   const done = await client.query(
@@ -411,8 +413,8 @@ export async function moveAlias(
     [d.alias, d.versionId],
   );
   const inserted = await client.query(
-    `INSERT INTO deployments (run_id, alias, version_id, previous_version_id, kind, actor, note) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-    [d.runId, d.alias, d.versionId, previousVersionId, d.kind ?? 'deploy', d.actor ?? null, d.note ?? null],
+    `INSERT INTO deployments (run_id, alias, version_id, previous_version_id, kind, actor, note, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
+    [d.runId, d.alias, d.versionId, previousVersionId, d.kind ?? 'deploy', d.actor ?? null, d.note ?? null, d.sign ? JSON.stringify(d.sign(previousVersionId)) : null],
   );
   return { deploymentId: Number(inserted.rows[0].id), previousVersionId };
 }

@@ -33,6 +33,8 @@ CREATE TABLE service_keys (
 ALTER TABLE audit_log ADD COLUMN prev_sha256 text;
 ALTER TABLE audit_log ADD COLUMN sha256 text;
 ALTER TABLE approvals ADD COLUMN signature jsonb;
+-- A promote or rollback by a person carries that operator's signature over the move.
+ALTER TABLE deployments ADD COLUMN signature jsonb;
 
 -- Append-only: no row of the audit log or the votes changes or goes away (the alias history, deployments, is already: 006).
 CREATE FUNCTION dacp_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
@@ -197,8 +197,13 @@ describe('a run with payload encryption: Temporal holds only ciphertext, people 
     const without = dacp(['approval', 'show', 'sealed-1', '--json'], { DACP_PAYLOAD_KEYS: k2 });
     expect(without.stdout + without.stderr).toMatch(/encrypted with key "2026-11", which this process does not hold/);
 
-    // The secret never reached the logs.
+    // The comment never reached the logs; the key itself is nowhere: not in the logs, the bundle, the database.
     expect(devOutput).not.toContain(planted);
+    const keyMaterial = k1.split(':')[1]!;
+    expect(devOutput).not.toContain(keyMaterial);
+    expect(readFileSync(bundle, 'utf8')).not.toContain(keyMaterial);
+    const everyRow = await db.pool.query(`SELECT string_agg(t::text, '') AS all FROM (SELECT * FROM audit_log) t`);
+    expect(String(everyRow.rows[0].all)).not.toContain(keyMaterial);
   });
 
   test('a failure message is sealed too', async () => {

@@ -13,6 +13,7 @@ import type { ShownModel } from '../cli/models';
 import { decide, runStatus, startRun } from '../cli/runs';
 import type { PipelineResult, RunStatus } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
+import { verifyStatement } from '../schemas/signing';
 import { createTestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
@@ -288,6 +289,12 @@ withTransformers('dacp models import / export with a model made by transformers'
     expect(promoted.stderr).toBe('');
     expect(JSON.parse(promoted.stdout)).toMatchObject({ moved: true, alias: 'production', versionId: 'tiny-gpt2-telecom:v1', previousVersionId: 'tiny-gpt2:v1' });
     expect(dacp('models', 'promote', 'tiny-gpt2-telecom:v1', '--as', 'ops-lead').stdout).toMatch(/production already points at tiny-gpt2-telecom:v1; nothing moved/);
+    // The move carries ops-lead's signature over from, to, why and when.
+    const [signedMove] = (await h.db.pool.query(`SELECT signature FROM deployments WHERE kind = 'promote' ORDER BY id DESC LIMIT 1`)).rows;
+    expect(signedMove.signature.statement).toMatchObject({ format: 'dacp-alias-move/1', alias: 'production', from: 'tiny-gpt2:v1', to: 'tiny-gpt2-telecom:v1', kind: 'promote', actor: 'ops-lead', note: 'back to the tuned model' });
+    const [opsKey] = (await h.db.pool.query(`SELECT public_key FROM principal_keys WHERE principal = 'ops-lead' AND revoked_at IS NULL`)).rows;
+    expect(verifyStatement(signedMove.signature.statement, signedMove.signature.signature, opsKey.public_key)).toBe(true);
+    expect(dacp('models', 'promote', 'tiny-gpt2:v1', '--as', 'approver-1').stderr).toMatch(/approver-1 holds the role approver, not operator, so cannot move aliases/);
     // Rollback pops the history: the version production served before, then the one before that.
     const back = dacp('models', 'rollback', '--as', 'ops-lead', '--note', 'regression seen by users');
     expect(back.stdout).toMatch(/rollback production: tiny-gpt2-telecom:v1 → tiny-gpt2:v1 by ops-lead — regression seen by users/);

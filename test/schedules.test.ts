@@ -68,7 +68,7 @@ async function fire(known: Set<string>): Promise<string> {
   // Two firings in one second would get one id; wait for the next second.
   const second = Math.floor(Date.now() / 1000);
   await eventually(async () => (Math.floor(Date.now() / 1000) > second ? true : undefined), 'the next second', 5_000, 50);
-  expect(dacp('schedule', 'trigger', 'weekly')).toMatchObject({ code: 0, stdout: expect.stringMatching(/schedule weekly fired/) });
+  expect(dacp('schedule', 'trigger', 'weekly', '--as', 'ops-lead')).toMatchObject({ code: 0, stdout: expect.stringMatching(/schedule weekly fired/) });
   return eventually(async () => runList().find((r) => r.scheduleId === 'weekly' && !known.has(r.runId))?.runId, 'the firing\'s run to appear', 60_000, 200);
 }
 
@@ -219,13 +219,16 @@ describe('dacp schedule', () => {
     expect(dacp('schedule', 'describe', 'weekly').stdout).toMatch(/^weekly {2}active {2}every 7d {2}overlap skip/);
   }, 1_500_000);
 
-  test('pause and unpause with a note, list, delete', () => {
+  test('pause and unpause with a note, list, delete; only operators do', () => {
+    for (const verb of ['pause', 'unpause', 'trigger', 'delete']) {
+      expect(dacp('schedule', verb, 'weekly', '--as', 'approver-1')).toMatchObject({ code: 2, stderr: expect.stringMatching(new RegExp(`approver-1 holds the role approver, not operator, so cannot ${verb} schedules`)) });
+    }
     expect(dacp('schedule', 'pause', 'weekly', '--note', 'data freeze', '--as', 'ops-lead').stdout).toMatch(/schedule weekly paused by ops-lead: data freeze/);
     expect(JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout)).toMatchObject({ paused: true, note: 'paused by ops-lead: data freeze' });
     expect(dacp('schedule', 'list').stdout).toMatch(/^weekly {2}PAUSED/);
     dacp('schedule', 'unpause', 'weekly', '--as', 'ops-lead');
     expect(JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout)).toMatchObject({ paused: false, note: 'unpaused by ops-lead' });
-    expect(dacp('schedule', 'delete', 'weekly').stdout).toMatch(/schedule weekly deleted/);
+    expect(dacp('schedule', 'delete', 'weekly', '--as', 'ops-lead').stdout).toMatch(/schedule weekly deleted/);
     expect(JSON.parse(dacp('schedule', 'list', '--json').stdout)).toEqual([]);
     // Its runs and their records stay.
     expect(runList().filter((r) => r.scheduleId === 'weekly')).toHaveLength(4);
@@ -237,7 +240,7 @@ describe('dacp schedule', () => {
     const once = async (id: string) => {
       const second = Math.floor(Date.now() / 1000);
       await eventually(async () => (Math.floor(Date.now() / 1000) > second ? true : undefined), 'the next second', 5_000, 50);
-      expect(dacp('schedule', 'trigger', id).code).toBe(0);
+      expect(dacp('schedule', 'trigger', id, '--as', 'ops-lead').code).toBe(0);
       const runId = await eventually(async () => runList().find((r) => r.scheduleId === id && !known.has(r.runId))?.runId, 'the run', 60_000, 200);
       known.add(runId);
       return runId;
@@ -260,7 +263,7 @@ describe('dacp schedule', () => {
     expect(events.rows[0].details).toMatchObject({ supersededBy: newer });
     await decide(h.runs, { runId: newer, principal: 'approver-1', decision: 'approve' });
     await finished(newer, 'completed');
-    dacp('schedule', 'delete', 'nightly');
+    dacp('schedule', 'delete', 'nightly', '--as', 'ops-lead');
 
     // Configurable: with supersede off, both requests stay open.
     writeFileSync(path.join(h.home, 'keep-spec.json'), JSON.stringify(tinySpec({ name: 'keep-both', approval: { approvers: ['approver-1', 'approver-2'], quorum: 1, timeout: '1h', supersede: false } })));
@@ -273,6 +276,6 @@ describe('dacp schedule', () => {
     expect((await toGate(b)).metrics.supersedes).toBeUndefined();
     expect((await runStatus(h.runs, a)).state).toBe('awaiting_approval');
     for (const id of [a, b]) await h.client.workflow.getHandle(id).terminate('test over');
-    dacp('schedule', 'delete', 'keep');
+    dacp('schedule', 'delete', 'keep', '--as', 'ops-lead');
   }, 600_000);
 });
