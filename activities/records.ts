@@ -7,7 +7,7 @@ import type { ApprovalRequest, ArtifactRef, Decision, PipelineInput, RunState, S
 import { loadRunReport, runReportHtml } from '../reports/runReport';
 import type { RunSpec } from '../schemas/runSpec';
 import { activeKeys } from '../db/principals';
-import { SERVER_SIGNER, type PublicKeyRef } from '../schemas/signing';
+import { SERVER_SIGNER, verifyStatement, type PublicKeyRef } from '../schemas/signing';
 import { sha256Hex } from './artifacts';
 import type { ActivityDeps } from './context';
 
@@ -65,7 +65,26 @@ export function recordActivities({ pool, client, store }: ActivityDeps) {
       initiator: string;
       scheduleId?: string;
       startSignature?: PipelineInput['startSignature'];
+      baseDir?: string;
     }): Promise<{ aliasAtStart: string | null }> {
+      // A manual run starts only with its initiator's signature, by an active operator key, over this
+      // run, this spec and this folder; a scheduled run's creator was checked when it was created.
+      if (input.startSignature) {
+        const { statement, signature, publicKey } = input.startSignature;
+        const keys = (await activeKeys(pool, [input.initiator], 'operator'))[input.initiator] ?? [];
+        const key = keys.find((k) => k.keyId === statement.keyId && k.publicKey === publicKey);
+        const specSha256 = sha256Hex(JSON.stringify(input.spec));
+        const problem = !key
+          ? `key ${statement.keyId} is not an active operator key of ${input.initiator}`
+          : !verifyStatement(statement, signature, publicKey)
+            ? 'the signature does not verify'
+            : statement.runId !== input.runId || statement.initiator !== input.initiator || statement.specSha256 !== specSha256 || statement.baseDir !== input.baseDir
+              ? 'it covers another run, initiator, spec or folder'
+              : null;
+        if (problem) throw ApplicationFailure.nonRetryable(`run ${input.runId} has no valid start signature (${problem}); start runs with \`dacp run start --as OPERATOR\``, 'StartNotSigned');
+      } else if (!input.scheduleId) {
+        throw ApplicationFailure.nonRetryable(`run ${input.runId} was started without its initiator's signature; start runs with \`dacp run start --as OPERATOR\``, 'StartNotSigned');
+      }
       const registered = await records.insertRun(pool, {
         ...input,
         specSha256: sha256Hex(JSON.stringify(input.spec)),

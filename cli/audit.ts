@@ -256,6 +256,10 @@ export function verifyAudit(bundle: unknown, o: { publicKey?: string } = {}): Au
   };
   const apiVotes: string[] = [];
   const started = audit.find((r) => r.event === 'run_start_signed');
+  const runRow = records('runs')[0];
+  if (!started && runRow && !runRow.schedule_id && audit.some((r) => r.sha256)) {
+    problems.push(`run ${runId} was started by hand but its audit chain holds no signed start`);
+  }
   if (started) {
     const d = started.details as { statement: StartStatement; signature: string; publicKey: string };
     const problem = keyProblem(d.statement.keyId, d.statement.initiator, d.publicKey);
@@ -313,6 +317,11 @@ export function verifyAudit(bundle: unknown, o: { publicKey?: string } = {}): Au
     }
   }
   for (const [who] of historyVotes) if (!approvals.some((r) => r.principal === who)) problems.push(`the gate's history holds a vote by ${who} that the database does not`);
+  // The audit rows of the votes tell the same story as the votes.
+  for (const row of audit.filter((r) => r.event === 'approved_by' || r.event === 'rejected_by')) {
+    const vote = approvals.find((a) => a.principal === row.actor);
+    if (!vote || (vote.decision === 'approve') !== (row.event === 'approved_by')) problems.push(`audit row ${String(row.id)} says ${String(row.event)} ${String(row.actor)}, which no recorded vote matches`);
+  }
   checked.push(`${approvals.length} votes: signatures, keys, and the gate's history${apiVotes.length ? ` (signed by the API server for ${apiVotes.join(', ')}; the others by the approvers' own keys)` : ''}`);
 
   // … stages and outcomes: every transition the workflows asked to record is in the audit log, and

@@ -89,24 +89,39 @@ export async function initKey(pool: Pool, principal: string, dir = keyDir()): Pr
     throw new InputError(`${principal} already has an active key (${p.keys.filter((k) => !k.revokedAt).map((k) => k.keyId).join(', ')}); use \`dacp keys rotate --as ${principal}\``);
   }
   const key = newKey(principal);
-  await registerKey(pool, principal, key.publicKey);
+  // The private half first: a key is never registered without it.
   const file = writeKeyFile(key, dir);
+  try {
+    await registerKey(pool, principal, key.publicKey);
+  } catch (err) {
+    rmSync(file, { force: true });
+    throw err;
+  }
   return { principal, keyId: key.keyId, publicKey: key.publicKey, file, revoked: [] };
 }
 
-/** `dacp keys rotate --as P`: a new key replaces the file; the old ones are revoked. */
-export async function rotateKey(pool: Pool, principal: string, dir = keyDir()): Promise<KeyChange> {
+/**
+ * `dacp keys rotate --as P`: a new key replaces the file; the old ones are revoked. Only the holder
+ * of P's current key rotates it (a lost key is revoked, and a new one made with `keys init`).
+ */
+export async function rotateKey(pool: Pool, principal: string, dir = keyDir(), o: { proven?: boolean } = {}): Promise<KeyChange> {
+  if (!o.proven) await provenKey(pool, principal, dir);
   const key = newKey(checkPrincipalName(principal));
+  const backup = keyFilePath(principal, dir) + '.previous';
+  if (existsSync(keyFilePath(principal, dir))) renameSync(keyFilePath(principal, dir), backup);
+  const file = writeKeyFile(key, dir);
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
     const revoked = await revokeKeys(client, principal, { reason: `rotated to ${key.keyId}` });
     await registerKey(client, principal, key.publicKey);
     await client.query('COMMIT');
-    const file = writeKeyFile(key, dir);
+    rmSync(backup, { force: true });
     return { principal, keyId: key.keyId, publicKey: key.publicKey, file, revoked };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
+    // Nothing changed in the database: the previous key file comes back.
+    if (existsSync(backup)) renameSync(backup, file);
     throw err;
   } finally {
     client.release();
@@ -165,10 +180,10 @@ export async function ensureIdentity(pool: Pool, name: string, roles: Role[], di
       if (p?.keys.some((k) => !k.revokedAt)) await revokeKeys(pool, name, { reason: `replaced by ${key.keyId} from ${dir}` });
       return registerKey(pool, name, key.publicKey);
     }
-    return rotateKey(pool, name, dir).then((c) => ({ keyId: c.keyId!, publicKey: c.publicKey! }));
+    return rotateKey(pool, name, dir, { proven: true }).then((c) => ({ keyId: c.keyId!, publicKey: c.publicKey! }));
   }
   const p = await getPrincipal(pool, name);
-  const change = p?.keys.some((k) => !k.revokedAt) ? await rotateKey(pool, name, dir) : await initKey(pool, name, dir);
+  const change = p?.keys.some((k) => !k.revokedAt) ? await rotateKey(pool, name, dir, { proven: true }) : await initKey(pool, name, dir);
   return { keyId: change.keyId!, publicKey: change.publicKey! };
 }
 

@@ -24,8 +24,8 @@ import {
   startRun,
   waitForResult,
 } from './runs';
-import { addPrincipal, checkPrincipalName, checkRole, disablePrincipal, listPrincipals, requireRole } from '../db/principals';
-import { initKey, provenKey, revokeKey, rotateKey, serviceKey, type KeyChange } from './keys';
+import { addPrincipal, checkPrincipalName, checkRole, disablePrincipal, listPrincipals } from '../db/principals';
+import { actingKey, initKey, provenKey, revokeKey, rotateKey, serviceKey, type KeyChange } from './keys';
 import { createToken, listTokens, revokeToken } from '../db/tokens';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
 import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
@@ -250,7 +250,7 @@ function program(): Command {
       const home = dacpHome();
       const db = await openDatabase(home);
       try {
-        await requireRole(db.pool, need(o.as, '--as PRINCIPAL'), 'auditor', 'export audit bundles');
+        await actingKey(db.pool, need(o.as, '--as PRINCIPAL'), 'auditor', 'export audit bundles');
         const bundle = await withClient((client) => exportAudit(client, db.pool, runId, { home, artifactsDir: artifactsDir(home) }));
         const text = JSON.stringify(bundle, null, 2) + '\n';
         if (typeof o.out === 'string') {

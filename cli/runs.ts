@@ -148,7 +148,7 @@ export async function startRun(
   const specBody = JSON.stringify(o.spec);
   const specSha256 = createHash('sha256').update(specBody).digest('hex');
   const specRef = await storeRunSpec(ctx.pool, specBody, specSha256);
-  const statement: StartStatement = { format: 'dacp-start/1', runId, specSha256, initiator: o.initiator, signedAt: new Date().toISOString(), keyId: key.keyId };
+  const statement: StartStatement = { format: 'dacp-start/1', runId, specSha256, initiator: o.initiator, baseDir: o.baseDir, signedAt: new Date().toISOString(), keyId: key.keyId };
   const startSignature = { statement, ...signWith(key, statement) };
   const input: PipelineInput = { runId, spec: workflowSpec(o.spec), specRef, baseDir: o.baseDir, initiator: o.initiator, startSignature };
   try {

@@ -301,11 +301,19 @@ async function appRoleUrl(paths: EmbeddedPostgresPaths, ownerUrl: string): Promi
   try {
     password = (await fs.readFile(file, 'utf8')).trim();
   } catch {
+    // Written whole under another name, then linked into place: a process that loses the race
+    // reads the winner's complete file, never a half-written one.
     password = randomBytes(24).toString('hex');
-    await fs.writeFile(file, `${password}\n`, { mode: 0o600, flag: 'wx' }).catch(async (error: unknown) => {
+    const tmp = `${file}.${process.pid}.tmp`;
+    await fs.writeFile(tmp, `${password}\n`, { mode: 0o600 });
+    try {
+      await fs.link(tmp, file);
+    } catch (error) {
       if (errorCode(error) !== 'EEXIST') throw error;
-      password = (await fs.readFile(file, 'utf8')).trim(); // written by another process meanwhile
-    });
+      password = (await fs.readFile(file, 'utf8')).trim();
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
   }
   const client = new pg.Client({ connectionString: ownerUrl, connectionTimeoutMillis: 10_000 });
   client.on('error', () => undefined);

@@ -280,7 +280,7 @@ export interface GateNotice {
 
 export const DecisionInput = z
   .object({
-    principal: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -'),
+    principal: z.string().regex(/^[A-Za-z0-9._-][A-Za-z0-9._@-]{0,63}$/, 'a principal is 1–64 letters, digits or . _ @ -, not starting with @'),
     comment: z.string().max(2_000, 'keep the comment under 2000 characters').optional(),
     /** Required by gates that opened with captured keys (every gate since signed decisions). */
     signature: VoteSignature.optional(),

@@ -358,7 +358,7 @@ export const RunSpec = z
     instruct: InstructSettings.default({ steps: 100, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
     approval: z
       .object({
-        approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver'),
+        approvers: z.array(z.string().regex(/^[A-Za-z0-9._-][A-Za-z0-9._@-]{0,63}$/, 'a principal is 1–64 letters, digits or . _ @ -, not starting with @')).min(1, 'name at least one approver'),
         quorum: z.number().int().min(1).max(1_000).default(1),
         timeout: Duration.default('24h'),
         /**
@@ -372,7 +372,7 @@ export const RunSpec = z
         escalation: z
           .object({
             after: Duration,
-            approvers: z.array(z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'a principal is 1–64 letters, digits or . _ @ -')).min(1, 'name at least one approver to escalate to'),
+            approvers: z.array(z.string().regex(/^[A-Za-z0-9._-][A-Za-z0-9._@-]{0,63}$/, 'a principal is 1–64 letters, digits or . _ @ -, not starting with @')).min(1, 'name at least one approver to escalate to'),
           })
           .strict()
           .optional(),

@@ -49,6 +49,8 @@ export interface StartStatement {
   runId: string;
   specSha256: string;
   initiator: string;
+  /** The spec's folder: where relative sources resolve, and (unconfigured) what workers allow. */
+  baseDir: string;
   signedAt: string;
   keyId: string;
 }

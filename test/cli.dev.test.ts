@@ -68,7 +68,7 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
     for (const [name, role] of [['engineer', 'operator'], ['approver-1', 'approver'], ['approver-2', 'approver'], ['ada', 'auditor']]) {
       expect(dacp('principals', 'add', name, '--role', role).code).toBe(0);
     }
-    for (const name of ['engineer', 'approver-1', 'approver-2']) expect(dacp('keys', 'init', '--as', name).code).toBe(0);
+    for (const name of ['engineer', 'approver-1', 'approver-2', 'ada']) expect(dacp('keys', 'init', '--as', name).code).toBe(0);
     writeFileSync(path.join(home, 'spec.json'), JSON.stringify(tinySpec()));
 
     // Only an operator with a key starts runs.

@@ -91,14 +91,21 @@ describe('principals and keys from the command line', () => {
     expect(dacp('principals', 'list').stdout).toMatch(/carol .*keys: none \(\+2 revoked\)/);
   });
 
-  test('rotate rewrites a loosened key file 0600; a disabled principal cannot be given keys', async () => {
+  test('only the holder of the current key rotates it; a key file others can read is refused; a disabled principal gets no keys', async () => {
     expect(dacp('keys', 'init', '--as', 'olive').code).toBe(0);
-    chmodSync(path.join(keys, 'olive.ed25519.json'), 0o644);
+    const file = path.join(keys, 'olive.ed25519.json');
+    chmodSync(file, 0o644);
+    expect(dacp('keys', 'rotate', '--as', 'olive').stderr).toMatch(/olive\.ed25519\.json has permissions 644, readable by others; `chmod 600/);
+    chmodSync(file, 0o600);
+    // Someone without olive's key file cannot rotate it to a key of their own.
+    const elsewhere = { DACP_KEYS_DIR: path.join(path.dirname(keys), 'mallory-keys') };
+    const stolen = spawnSync(process.execPath, [dacpBin, 'keys', 'rotate', '--as', 'olive'], { env: { ...env, ...elsewhere }, cwd: home, encoding: 'utf8' });
+    expect(stolen.stderr).toMatch(/no private key for olive in .*mallory-keys/);
     expect(dacp('keys', 'rotate', '--as', 'olive').code).toBe(0);
-    expect(statSync(path.join(keys, 'olive.ed25519.json')).mode & 0o777).toBe(0o600);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
 
     expect(dacp('principals', 'disable', 'olive').stdout).toMatch(/olive disabled since/);
-    expect(dacp('keys', 'rotate', '--as', 'olive').stderr).toMatch(/principal olive is disabled/);
+    expect(dacp('keys', 'rotate', '--as', 'olive').stderr).toMatch(/olive is disabled \(since/);
     expect(dacp('principals', 'disable', 'zed').stderr).toMatch(/no principal zed/);
   });
 });

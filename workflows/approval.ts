@@ -121,11 +121,24 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
     if (!(skew <= MAX_SIGNING_SKEW_MS)) {
       throw new Error(`the vote was signed at ${signature.signedAt}, more than ${MAX_SIGNING_SKEW_MS / 60_000} minutes from the gate's clock (${new Date(Date.now()).toISOString()}); sign it again`);
     }
-    const { signature: sig, ...unsigned } = signature;
-    const statement = decisionStatement({ runId: request.runId, decision, principal, comment: vote.comment, reason: vote.reason, signature: unsigned });
-    if (!verifyStatement(statement, sig, key.publicKey)) {
+    const signed = signedDecision(vote, decision);
+    if (!signed || !verifyStatement(signed.statement, signed.signature, signed.publicKey)) {
       throw new Error(`the signature on ${principal}'s vote does not verify with key ${key.keyId}: the vote was altered or signed with another key`);
     }
+    return signed;
+  };
+
+  /**
+   * The signed decision a vote carries, as the handler records it. It never throws: the validator
+   * has verified the vote already, and a handler replays with every accepted vote, so a later
+   * change to the rules must not make an accepted vote fail on replay.
+   */
+  const signedDecision = (vote: { principal: string; comment?: string; reason?: string; signature?: VoteSignature }, decision: 'approve' | 'reject'): SignedDecision | undefined => {
+    if (!request.signing || !vote.signature) return undefined;
+    const { signature: sig, ...unsigned } = vote.signature;
+    const key = (request.signing.keys[unsigned.via === 'api' ? SERVER_SIGNER : vote.principal] ?? []).find((k) => k.keyId === unsigned.keyId);
+    if (!key) return undefined;
+    const statement = decisionStatement({ runId: request.runId, decision, principal: vote.principal, comment: vote.comment, reason: vote.reason, signature: unsigned });
     return { statement, signature: sig, publicKey: key.publicKey };
   };
 
@@ -154,7 +167,7 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
   setHandler(
     approveUpdate,
     (input) => {
-      const signature = checkSignature(input, 'approve');
+      const signature = signedDecision(input, 'approve');
       return decide({
         principal: input.principal,
         decision: 'approve',
@@ -176,7 +189,7 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
   setHandler(
     rejectUpdate,
     (input) => {
-      const signature = checkSignature(input, 'reject');
+      const signature = signedDecision(input, 'reject');
       return decide({
         principal: input.principal,
         decision: 'reject',
@@ -219,6 +232,7 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
   const notify = async (kind: GateNotice['kind'], to: string[]) => {
     const at = new Date(Date.now()).toISOString();
     notices.push({ kind, at, to });
+    // A notice that cannot be written (a long database outage) is in the query's list still; the gate goes on.
     await notifyApprovers({
       runId: request.runId,
       key: `${workflowInfo().workflowId}:notice:${notices.length}`,
@@ -228,6 +242,8 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
       deadline: new Date(deadline).toISOString(),
       approvals: approvals(),
       quorum: request.quorum,
+    }).catch((err: unknown) => {
+      if (isCancellation(err)) throw err;
     });
   };
 
@@ -244,8 +260,9 @@ export async function approvalGate(request: ApprovalRequest): Promise<ApprovalOu
         if (await condition(() => decided() || superseded !== undefined, Math.max(1, wakeAt - Date.now()))) break;
         const now = Date.now();
         if (now >= deadline) {
-          // Auto-reject: the outcome below says the gate timed out.
+          // Auto-reject: closed first, so no vote counts after the deadline; the outcome below says it timed out.
           nextReminderAt = null;
+          close(`timed out after ${Math.round(request.timeoutMs / 1000)}s`);
           await notify('timed_out', [...new Set([request.initiator, ...voters()])]);
           break;
         }

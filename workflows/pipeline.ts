@@ -262,7 +262,7 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
       ...specArg,
       initiator: input.initiator,
       ...(input.scheduleId ? { scheduleId: input.scheduleId } : {}),
-      ...(input.startSignature ? { startSignature: input.startSignature } : {}),
+      ...(input.startSignature ? { startSignature: input.startSignature, baseDir: input.baseDir } : {}),
     });
     await record('stage_started');
 
