@@ -34,18 +34,27 @@ export function keyFilePath(principal: string, dir = keyDir()): string {
 
 /** Write a key file with 0600 from the start (never briefly readable), replacing any older one. */
 function writeKeyFile(key: KeyFile, dir: string): string {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  chmodSync(dir, 0o700);
   const file = keyFilePath(key.principal, dir);
+  const tmp = writePrivateTemp(file, key);
+  renameSync(tmp, file);
+  return file;
+}
+
+/**
+ * `value` as JSON in a 0600 file beside `file` (in a 0700 folder), never readable by others even
+ * briefly; the caller moves it into place. Returns its path.
+ */
+function writePrivateTemp(file: string, value: unknown): string {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  chmodSync(path.dirname(file), 0o700);
   const tmp = `${file}.${process.pid}.tmp`;
   const fd = openSync(tmp, 'wx', 0o600);
   try {
-    writeSync(fd, JSON.stringify(key, null, 2) + '\n');
+    writeSync(fd, JSON.stringify(value, null, 2) + '\n');
   } finally {
     closeSync(fd);
   }
-  renameSync(tmp, file);
-  return file;
+  return tmp;
 }
 
 export function readKeyFile(principal: string, dir = keyDir()): KeyFile {
@@ -210,18 +219,10 @@ export async function serviceKey(pool: Pool, home: string, purpose: 'export' | '
     key = JSON.parse(readFileSync(file, 'utf8')) as ServiceKeyFile;
     if (publicKeyOf(key.privateKey) !== key.publicKey) throw new InputError(`${purpose} key ${file} is damaged: its public key does not match`);
   } else {
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    chmodSync(path.dirname(file), 0o700);
     const privateKey = randomBytes(32).toString('hex');
     const publicKey = publicKeyOf(privateKey);
     key = { format: 'dacp-service-key/1', purpose, keyId: keyIdOf(publicKey), publicKey, privateKey };
-    const tmp = `${file}.${process.pid}.tmp`;
-    const fd = openSync(tmp, 'wx', 0o600);
-    try {
-      writeSync(fd, JSON.stringify(key, null, 2) + '\n');
-    } finally {
-      closeSync(fd);
-    }
+    const tmp = writePrivateTemp(file, key);
     try {
       // Never replaces a key another process made meanwhile: the first one wins.
       linkSync(tmp, file);

@@ -1,5 +1,6 @@
 import type { Pool, PoolClient } from 'pg';
 import { appendAudit } from './audit';
+import { withTransaction } from './pool';
 import { TERMINAL_STATES, type ArtifactRef, type DatasetRef, type Decision, type RunState, type Stage } from '../schemas/pipeline';
 
 /**
@@ -63,18 +64,7 @@ export async function appendAuditEntry(
   db: Pool,
   row: { runId: string; key: string; event: string; stage: Stage | null; actor: string; details: unknown },
 ): Promise<boolean> {
-  const client = await db.connect();
-  try {
-    await client.query('BEGIN');
-    const fresh = await appendAudit(client, row);
-    await client.query('COMMIT');
-    return fresh;
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
+  return withTransaction(db, (client) => appendAudit(client, row));
 }
 
 /** Record one transition: the audit entry and the run's current stage/state move together. */

@@ -1,8 +1,8 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { freePort } from '../cli/devServer';
 import type { RunStatus } from '../schemas/pipeline';
+import { startDacpDev, type DacpDev } from './helpers/dacpDev';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
 import { eventually, GiveUp, tempHome } from './helpers/temporal';
@@ -13,34 +13,18 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
   let db: TestDatabase;
   let home: string;
   let env: NodeJS.ProcessEnv;
-  let dev: ChildProcess;
-  let devOutput = '';
-  let devExit: Promise<number | null>;
+  let dev: DacpDev;
 
   beforeAll(async () => {
     db = await createTestDatabase();
     home = tempHome();
     writeTinyCorpus(home);
-    env = {
-      ...process.env,
-      DATABASE_URL: db.url,
-      DACP_HOME: path.join(home, '.dacp'),
-      DACP_TEMPORAL_PORT: String(await freePort()),
-      DACP_TEMPORAL_UI_PORT: String(await freePort()),
-    };
-    delete env.TEMPORAL_ADDRESS;
-    dev = spawn(process.execPath, [dacpBin, 'dev'], { env, cwd: home, stdio: ['ignore', 'pipe', 'pipe'] });
-    dev.stdout!.on('data', (d) => (devOutput += d));
-    dev.stderr!.on('data', (d) => (devOutput += d));
-    devExit = new Promise((resolve) => dev.once('exit', (code) => resolve(code)));
-    await eventually(async () => (devOutput.includes('ready') ? true : undefined), `dacp dev to be ready (output: ${devOutput})`, 120_000);
+    dev = await startDacpDev({ home, databaseUrl: db.url });
+    env = dev.env;
   });
 
   afterAll(async () => {
-    if (dev && dev.exitCode === null) {
-      dev.kill('SIGKILL');
-      await devExit;
-    }
+    await dev?.kill();
     await db?.drop();
     rmSync(home, { recursive: true, force: true });
   });
@@ -168,8 +152,8 @@ describe('a user drives a run with the dacp command against `dacp dev`', () => {
   });
 
   test('dacp dev stops cleanly on SIGINT', async () => {
-    dev.kill('SIGINT');
-    expect(await devExit).toBe(0);
-    expect(devOutput).toMatch(/stopped/);
+    dev.child.kill('SIGINT');
+    expect(await dev.exited).toBe(0);
+    expect(dev.output()).toMatch(/stopped/);
   });
 });

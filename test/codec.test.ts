@@ -6,6 +6,7 @@ import { Client, Connection } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { freePort } from '../cli/devServer';
+import { startDacpDev, type DacpDev } from './helpers/dacpDev';
 import type { RunStatus } from '../schemas/pipeline';
 import { AesGcmCodec, parsePayloadKeys } from '../workers/codec';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
@@ -60,38 +61,21 @@ describe('a run with payload encryption: Temporal holds only ciphertext, people 
   let db: TestDatabase;
   let home: string;
   let env: NodeJS.ProcessEnv;
-  let dev: ChildProcess;
-  let devOutput = '';
-  let devExit: Promise<number | null>;
+  let dev: DacpDev;
   const children: ChildProcess[] = [];
 
   beforeAll(async () => {
     db = await createTestDatabase();
     home = tempHome();
     writeTinyCorpus(home);
-    env = {
-      ...process.env,
-      DATABASE_URL: db.url,
-      DACP_HOME: path.join(home, '.dacp'),
-      DACP_TEMPORAL_PORT: String(await freePort()),
-      DACP_TEMPORAL_UI_PORT: String(await freePort()),
-      DACP_PAYLOAD_KEYS: k1,
-    };
-    delete env.TEMPORAL_ADDRESS;
-    dev = spawn(process.execPath, [dacpBin, 'dev'], { env, cwd: home, stdio: ['ignore', 'pipe', 'pipe'] });
-    dev.stdout!.on('data', (d) => (devOutput += d));
-    dev.stderr!.on('data', (d) => (devOutput += d));
-    devExit = new Promise((resolve) => dev.once('exit', (code) => resolve(code)));
-    await eventually(async () => (devOutput.includes('ready') ? true : undefined), `dacp dev to be ready (output: ${devOutput})`, 180_000);
+    dev = await startDacpDev({ home, databaseUrl: db.url, env: { DACP_PAYLOAD_KEYS: k1 }, readyMs: 180_000 });
+    env = dev.env;
     await enrolTestPrincipals(db.pool);
   }, 240_000);
 
   afterAll(async () => {
     for (const child of children) child.kill('SIGKILL');
-    if (dev && dev.exitCode === null) {
-      dev.kill('SIGKILL');
-      await devExit;
-    }
+    await dev?.kill();
     await db?.drop();
     rmSync(home, { recursive: true, force: true });
   });
@@ -198,9 +182,9 @@ describe('a run with payload encryption: Temporal holds only ciphertext, people 
     expect(without.stdout + without.stderr).toMatch(/encrypted with key "2026-11", which this process does not hold/);
 
     // The comment never reached the logs; the key itself is nowhere: not in the logs, the bundle, the database.
-    expect(devOutput).not.toContain(planted);
+    expect(dev.output()).not.toContain(planted);
     const keyMaterial = k1.split(':')[1]!;
-    expect(devOutput).not.toContain(keyMaterial);
+    expect(dev.output()).not.toContain(keyMaterial);
     expect(readFileSync(bundle, 'utf8')).not.toContain(keyMaterial);
     const everyRow = await db.pool.query(`SELECT string_agg(t::text, '') AS all FROM (SELECT * FROM audit_log) t`);
     expect(String(everyRow.rows[0].all)).not.toContain(keyMaterial);
