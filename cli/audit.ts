@@ -69,7 +69,7 @@ export function decodePayload(payload: { data?: string } | undefined): unknown {
 /** Artifacts up to this size that are JSON go into the bundle whole; larger ones by hash only. */
 const MAX_ARTIFACT_BYTES = 4 * 1024 * 1024;
 
-export async function exportAudit(client: Client, pool: Pool, runId: string, o: { home: string; artifactsDir: string }): Promise<AuditBundle> {
+export async function exportAudit(client: Client, pool: Pool, runId: string, o: { home: string; artifactsDir: string; admin?: Pool }): Promise<AuditBundle> {
   const parts: Record<string, unknown> = {};
   // The run, its approval gate and its candidates (one child workflow per replay ratio tried).
   const children = await childWorkflowIds(client, runId);
@@ -128,7 +128,8 @@ export async function exportAudit(client: Client, pool: Pool, runId: string, o: 
 
   const manifest: Record<string, string> = {};
   for (const [name, value] of Object.entries(parts)) manifest[name] = partHash(name, value);
-  const key = await exportKey(pool, o.home);
+  // The export key is registered through the administrator's connection (the work role cannot write dacp's keys).
+  const key = await exportKey(o.admin ?? pool, o.home);
   const body = { format: 'dacp-audit/2' as const, runId, exportedAt: new Date().toISOString(), manifest };
   return {
     ...body,

@@ -127,8 +127,8 @@ export async function runDemo(log: (line: string) => void = console.log, o: { ba
     // The demo's two people: an operator who starts the run and an approver who signs it off,
     // each with an Ed25519 key kept under the demo's home (not in the user's own key folder).
     const keys = path.join(home, 'demo-keys');
-    await ensureIdentity(db.pool, DEMO_INITIATOR, ['operator'], keys);
-    await ensureIdentity(db.pool, DEMO_APPROVER, ['approver'], keys);
+    await ensureIdentity(db.admin(), DEMO_INITIATOR, ['operator'], keys);
+    await ensureIdentity(db.admin(), DEMO_APPROVER, ['approver'], keys);
     log(`principals: ${DEMO_INITIATOR} (operator) and ${DEMO_APPROVER} (approver), keys in ${keys}`);
     const runId = await startRun(runs, { spec, baseDir, initiator: DEMO_INITIATOR, keyDir: keys });
     log(`run started: ${runId} (initiator ${DEMO_INITIATOR})`);

@@ -210,7 +210,20 @@ export function serviceKeyFile(home: string, purpose: 'export' | 'server'): stri
   return path.join(home, 'keys', `${purpose}.ed25519.json`);
 }
 
-/** The installation's key for `purpose` under DACP_HOME/keys, created (0600) and registered on first use. */
+/** The installation's key for `purpose` as it is on disk (it must exist: `serviceKey` creates it). */
+export function loadServiceKey(home: string, purpose: 'export' | 'server'): ServiceKeyFile {
+  const file = serviceKeyFile(home, purpose);
+  if (!existsSync(file)) throw new InputError(`no ${purpose} key at ${file}; \`dacp serve\` creates the server key, \`dacp audit key\` the export key`);
+  if (statSync(file).mode & 0o077) throw new InputError(`${purpose} key ${file} is readable by others; \`chmod 600 ${file}\``);
+  const key = JSON.parse(readFileSync(file, 'utf8')) as ServiceKeyFile;
+  if (publicKeyOf(key.privateKey) !== key.publicKey) throw new InputError(`${purpose} key ${file} is damaged: its public key does not match`);
+  return key;
+}
+
+/**
+ * The installation's key for `purpose` under DACP_HOME/keys, created (0600) and registered on first
+ * use; `pool` must be able to write dacp's keys (the administrator's connection).
+ */
 export async function serviceKey(pool: Pool, home: string, purpose: 'export' | 'server'): Promise<ServiceKeyFile> {
   const file = serviceKeyFile(home, purpose);
   let key: ServiceKeyFile;

@@ -251,7 +251,7 @@ function program(): Command {
       const db = await openDatabase(home);
       try {
         await actingKey(db.pool, need(o.as, '--as PRINCIPAL'), 'auditor', 'export audit bundles');
-        const bundle = await withClient((client) => exportAudit(client, db.pool, runId, { home, artifactsDir: artifactsDir(home) }));
+        const bundle = await withClient((client) => exportAudit(client, db.pool, runId, { home, artifactsDir: artifactsDir(home), admin: db.admin() }));
         const text = JSON.stringify(bundle, null, 2) + '\n';
         if (typeof o.out === 'string') {
           writeFileSync(o.out, text);
@@ -271,7 +271,7 @@ function program(): Command {
       const home = dacpHome();
       const db = await openDatabase(home);
       try {
-        const key = await exportKey(db.pool, home);
+        const key = await exportKey(db.admin(), home);
         print(Boolean(o.json), { algorithm: 'ed25519', keyId: key.keyId, publicKey: key.publicKey }, () => key.publicKey);
       } finally {
         await db.close();
@@ -344,7 +344,7 @@ function program(): Command {
       let client: Promise<Client> | undefined;
       const api = { pool: db.pool, artifactsDir: artifactsDir(home), home, client: () => (client ??= connectClient()) };
       // The key that signs API decisions exists before any gate opens, so gates capture it.
-      await serviceKey(db.pool, home, 'server');
+      await serviceKey(db.admin(), home, 'server');
       try {
         if (!o.apiOnly) await initBackend();
         let served;
@@ -392,7 +392,7 @@ function identityCommands(dacp: Command): void {
     .action(async (name: string, o: Record<string, unknown>) => {
       const roles = o.role as string[];
       if (!roles.length) throw new InputError('missing --role operator|approver|auditor; see `dacp principals add --help`');
-      const added = await withRegistry((ctx) => addPrincipal(ctx.pool, checkPrincipalName(name), roles.map(checkRole)));
+      const added = await withRegistry((ctx) => addPrincipal(ctx.admin, checkPrincipalName(name), roles.map(checkRole)));
       print(Boolean(o.json), added, () => `${added.name}: ${added.roles.join(', ')}${added.disabledAt ? ` (disabled since ${added.disabledAt})` : ''}${added.keys.some((k) => !k.revokedAt) ? '' : `; next: \`dacp keys init --as ${added.name}\``}`);
     });
   principals
@@ -417,7 +417,7 @@ function identityCommands(dacp: Command): void {
     .description('a disabled principal keeps its history but can no longer act or vote')
     .argument('<name>', 'the principal')
     .action(async (name: string) => {
-      const disabled = await withRegistry((ctx) => disablePrincipal(ctx.pool, name));
+      const disabled = await withRegistry((ctx) => disablePrincipal(ctx.admin, name));
       console.log(`${disabled.name} disabled since ${disabled.disabledAt}`);
     });
 
@@ -433,7 +433,7 @@ function identityCommands(dacp: Command): void {
     .option('--as <principal>', 'whose key')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const change = await withRegistry((ctx) => initKey(ctx.pool, need(o.as, '--as PRINCIPAL')));
+      const change = await withRegistry((ctx) => initKey(ctx.admin, need(o.as, '--as PRINCIPAL')));
       print(Boolean(o.json), change, () => describeChange(change, 'created'));
     });
   keys
@@ -442,7 +442,7 @@ function identityCommands(dacp: Command): void {
     .option('--as <principal>', 'whose key')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const change = await withRegistry((ctx) => rotateKey(ctx.pool, need(o.as, '--as PRINCIPAL')));
+      const change = await withRegistry((ctx) => rotateKey(ctx.admin, need(o.as, '--as PRINCIPAL')));
       print(Boolean(o.json), change, () => describeChange(change, 'rotated to'));
     });
   keys
@@ -453,7 +453,7 @@ function identityCommands(dacp: Command): void {
     .option('--reason <text>', 'why, kept with the key')
     .option('--json', 'as JSON')
     .action(async (o: Options) => {
-      const change = await withRegistry((ctx) => revokeKey(ctx.pool, need(o.as, '--as PRINCIPAL'), { keyId: o.keyId as string | undefined, reason: o.reason as string | undefined }));
+      const change = await withRegistry((ctx) => revokeKey(ctx.admin, need(o.as, '--as PRINCIPAL'), { keyId: o.keyId as string | undefined, reason: o.reason as string | undefined }));
       print(Boolean(o.json), change, () => describeChange(change, 'revoked'));
     });
 }
@@ -469,7 +469,7 @@ function tokenCommands(tokens: Command): void {
       withRegistry(async (ctx) => {
         const principal = need(o.as, '--as PRINCIPAL');
         await provenKey(ctx.pool, principal);
-        const created = await createToken(ctx.pool, principal, typeof o.label === 'string' ? o.label : null);
+        const created = await createToken(ctx.admin, principal, typeof o.label === 'string' ? o.label : null);
         print(Boolean(o.json), { principal, ...created }, () => `token ${created.tokenId} for ${principal} (shown once; send it as Authorization: Bearer …):\n${created.token}`);
       }),
     );
@@ -495,7 +495,7 @@ function tokenCommands(tokens: Command): void {
       withRegistry(async (ctx) => {
         const principal = need(o.as, '--as PRINCIPAL');
         await provenKey(ctx.pool, principal);
-        await revokeToken(ctx.pool, principal, tokenId);
+        await revokeToken(ctx.admin, principal, tokenId);
         console.log(`token ${tokenId} of ${principal} revoked`);
       }),
     );
@@ -654,11 +654,11 @@ function runCommands(run: Command): void {
 }
 
 /** The home's registry (database and artifacts), for the models commands. */
-async function withRegistry<T>(fn: (ctx: { pool: import('pg').Pool; artifactsDir: string }) => Promise<T>): Promise<T> {
+async function withRegistry<T>(fn: (ctx: { pool: import('pg').Pool; admin: import('pg').Pool; artifactsDir: string }) => Promise<T>): Promise<T> {
   const home = dacpHome();
   const db = await openDatabase(home);
   try {
-    return await fn({ pool: db.pool, artifactsDir: artifactsDir(home) });
+    return await fn({ pool: db.pool, get admin() { return db.admin(); }, artifactsDir: artifactsDir(home) });
   } finally {
     await db.close();
   }

@@ -13,7 +13,13 @@ import { dacpHome } from './paths';
 
 /** The database every command of this home shares: DATABASE_URL, or the embedded server. Migrated. */
 export interface Database {
+  /** dacp's work: the work role (dacp_app on the embedded server). */
   pool: Pool;
+  /**
+   * Administration (principals, keys, tokens, dacp's own keys): the tables' owner, where this
+   * process can reach it (the embedded server, or DACP_MIGRATE_DATABASE_URL); else the work pool.
+   */
+  admin(): Pool;
   url: string;
   embedded: boolean;
   close(): Promise<void>;
@@ -42,12 +48,16 @@ export async function openDatabase(home = dacpHome()): Promise<Database> {
     await resolved.release();
     throw err;
   }
+  const work = pool;
+  let admin: Pool | undefined;
   return {
-    pool,
+    pool: work,
+    admin: () => (admin ??= resolved.ownerUrl === resolved.url ? work : createPool(resolved.ownerUrl, { max: 2 })),
     url: resolved.url,
     embedded: resolved.embedded,
     close: async () => {
-      await pool.end();
+      if (admin && admin !== work) await admin.end();
+      await work.end();
       await resolved.release();
     },
   };

@@ -12,6 +12,12 @@ import pg from 'pg';
 /** Tables whose rows are evidence: the work role may only read and append. */
 export const APPEND_ONLY_TABLES = ['audit_log', 'approvals', 'deployments', 'model_versions'] as const;
 
+/**
+ * Who may do what, and with which keys: the work role reads them; only the owner (the
+ * administrator's connection) writes them, so a worker host cannot enrol a key or mint a token.
+ */
+export const IDENTITY_TABLES = ['principals', 'principal_keys', 'service_keys', 'api_tokens'] as const;
+
 const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
 /** The statements that give `role` exactly the rights dacp's work needs, for the tables that exist now. */
@@ -22,6 +28,9 @@ export function appGrants(role: string): string[] {
     `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ${r}`,
     `REVOKE UPDATE, DELETE, TRUNCATE ON ${APPEND_ONLY_TABLES.join(', ')} FROM ${r}`,
     `REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON dacp_schema_migrations FROM ${r}`,
+    `REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ${IDENTITY_TABLES.join(', ')} FROM ${r}`,
+    // Only when a token was last used: the API server notes it as it authenticates.
+    `GRANT UPDATE (last_used_at) ON api_tokens TO ${r}`,
     `GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ${r}`,
   ];
 }

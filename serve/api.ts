@@ -2,7 +2,7 @@ import type { Client } from '@temporalio/client';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Pool } from 'pg';
 import { decide } from '../cli/runs';
-import { serviceKey } from '../cli/keys';
+import { loadServiceKey } from '../cli/keys';
 import type { Role } from '../db/principals';
 import { authenticate } from '../db/tokens';
 import { loadRunReport, runReportHtml } from '../reports/runReport';
@@ -280,7 +280,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         const body = (request.body ?? {}) as { comment?: string; reason?: string };
         const exists = (await deps.pool.query('SELECT 1 FROM runs WHERE run_id = $1', [runId])).rowCount;
         if (!exists) throw new HttpError(404, `no run with id ${runId}`, 'not_found');
-        const key = await serviceKey(deps.pool, deps.home, 'server');
+        const key = loadServiceKey(deps.home, 'server');
         try {
           const result = await decide({ client: await deps.client(), pool: deps.pool }, {
             runId, principal: me.principal, decision, comment: body.comment, reason: body.reason,

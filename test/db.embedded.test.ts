@@ -70,6 +70,18 @@ test("dacp works as dacp_app, a role that is no superuser and cannot edit the ev
     await expect(db.pool.query(sql)).rejects.toMatchObject({ code: '42501' }); // insufficient_privilege: no right, not only a trigger
   }
   await expect(db.pool.query('ALTER TABLE approvals DISABLE TRIGGER ALL')).rejects.toThrow(/must be owner/);
+  // Who may do what is the administrator's: the work role reads it but cannot enrol a key, add a role or mint a token.
+  await db.admin().query(`INSERT INTO principals (name, roles) VALUES ('eve', '{operator}')`);
+  expect((await db.pool.query(`SELECT roles FROM principals WHERE name = 'eve'`)).rows).toEqual([{ roles: ['operator'] }]);
+  for (const sql of [
+    `INSERT INTO principals (name, roles) VALUES ('mallory', '{approver}')`,
+    `UPDATE principals SET roles = '{approver}' WHERE name = 'eve'`,
+    `INSERT INTO principal_keys (key_id, principal, public_key) VALUES ('${'a'.repeat(16)}', 'eve', '${'b'.repeat(64)}')`,
+    `INSERT INTO service_keys (key_id, purpose, public_key) VALUES ('${'c'.repeat(16)}', 'server', '${'d'.repeat(64)}')`,
+    `INSERT INTO api_tokens (token_id, principal, token_sha256) VALUES ('${'e'.repeat(12)}', 'eve', '${'f'.repeat(64)}')`,
+  ]) {
+    await expect(db.pool.query(sql)).rejects.toMatchObject({ code: '42501' });
+  }
   await expect(db.pool.query('CREATE TABLE mine (id int)')).rejects.toThrow(/permission denied/);
   const password = await fs.readFile(path.join(path.dirname(embeddedPostgresPaths(home).passwordFile), 'app.password'));
   expect((await fs.stat(path.join(path.dirname(embeddedPostgresPaths(home).passwordFile), 'app.password'))).mode & 0o777).toBe(0o600);
