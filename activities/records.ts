@@ -67,6 +67,11 @@ export function recordActivities({ pool, client, store }: ActivityDeps) {
       startSignature?: PipelineInput['startSignature'];
       baseDir?: string;
     }): Promise<{ aliasAtStart: string | null }> {
+      // A run id that belongs to another execution is refused first, whatever the new one carries.
+      const owner = await pool.query('SELECT execution_id FROM runs WHERE run_id = $1', [input.runId]);
+      if (owner.rows.length && input.executionId && owner.rows[0].execution_id !== input.executionId) {
+        throw ApplicationFailure.nonRetryable(`run id ${input.runId} already belongs to another run; start this one under a new id`, 'RunIdTaken');
+      }
       // A manual run starts only with its initiator's signature, by an active operator key, over this
       // run, this spec and this folder; a scheduled run's creator was checked when it was created.
       if (input.startSignature) {

@@ -7,6 +7,7 @@ import { NativeConnection, DefaultLogger, Runtime, type Worker } from '@temporal
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../activities/artifacts';
 import { exportAudit } from '../cli/audit';
+import { publicKeyOf, signStatement } from '../schemas/signing';
 import { testServerUrl } from './helpers/db';
 import { cancelRun, decide, runStatus, startRun } from '../cli/runs';
 import { formatStatus } from '../cli/status';
@@ -121,6 +122,19 @@ describe('runs: history stays small, one id is one run, status needs no worker',
     await expect(
       activities.registerRun({ runId: 'history-short', workflowId: 'history-short', executionId: 'another-execution', spec, initiator: 'engineer' }),
     ).rejects.toMatchObject({ type: 'RunIdTaken' });
+    // A run started past `dacp run start` without its initiator's signature, or with a forged one, never registers.
+    await expect(activities.registerRun({ runId: 'unsigned-1', workflowId: 'unsigned-1', executionId: 'x', spec, initiator: 'engineer', baseDir: home })).rejects.toMatchObject({
+      type: 'StartNotSigned',
+      message: expect.stringMatching(/started without its initiator's signature/),
+    });
+    const privateKey = '11'.repeat(32);
+    const statement = { format: 'dacp-start/1' as const, runId: 'forged-1', specSha256: 'x', initiator: 'engineer', baseDir: home, signedAt: new Date().toISOString(), keyId: 'f'.repeat(16) };
+    const forged = { statement, signature: signStatement(statement, privateKey), publicKey: publicKeyOf(privateKey) };
+    await expect(activities.registerRun({ runId: 'forged-1', workflowId: 'forged-1', executionId: 'x', spec, initiator: 'engineer', baseDir: home, startSignature: forged })).rejects.toMatchObject({
+      type: 'StartNotSigned',
+      message: expect.stringMatching(/is not an active operator key of engineer/),
+    });
+    expect((await db.pool.query(`SELECT run_id FROM runs WHERE run_id IN ('unsigned-1', 'forged-1')`)).rows).toEqual([]);
   });
 
   test('a deploy does not overwrite production when it moved since the run started', async () => {
