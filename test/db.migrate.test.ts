@@ -72,7 +72,7 @@ const servers: Array<[string, () => Promise<Server>]> = [
         if (saved !== undefined) process.env.DATABASE_URL = saved;
       }
       return {
-        adminUrl: withDatabase(database.url, 'postgres'),
+        adminUrl: withDatabase(database.ownerUrl, 'postgres'),
         stop: async () => {
           await database.release();
           await fs.rm(home, { recursive: true, force: true });

@@ -2,10 +2,9 @@ import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { runStatus, startRun } from '../cli/runs';
+import { decide, runStatus, startRun } from '../cli/runs';
 import type { PipelineResult } from '../schemas/pipeline';
 import { parseRunSpec } from '../schemas/runSpec';
-import { approvalWorkflowId, approveUpdate } from '../workflows/messages';
 import type { TestDatabase } from './helpers/db';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
@@ -71,7 +70,7 @@ describe('external-command engine: a protocol trainer started by its command run
     // The forgetting gate evaluated the PyTorch-trained model with the built-in engine: models move between engines.
     expect(waiting.metrics.forgetting).toMatchObject({ round: 0 });
 
-    await client.workflow.getHandle(approvalWorkflowId(runId)).executeUpdate(approveUpdate, { args: [{ principal: 'approver-1' }] });
+    await decide(runs(), { runId, principal: 'approver-1', decision: 'approve' });
     const result = (await client.workflow.getHandle(runId).result()) as PipelineResult;
     expect(result.state).toBe('completed');
 
