@@ -130,6 +130,16 @@ describe('the HTTP API: bearer tokens, runs, reports, decisions signed by the se
     expect(verifyAudit(forged).problems.join('\n')).toMatch(/the vote of approver-1: key \w+ is not among the bundle's registered keys/);
   });
 
+  test('a rejection through the API, with its reason, rejects the run', async () => {
+    const runId = await startRun(h.runs, { spec: parseRunSpec(tinySpec()), baseDir: h.home, runId: 'api-2', initiator: 'engineer' });
+    await awaitingApproval(runId);
+    const rejected = await call('POST', `/api/v1/runs/${runId}/reject`, { token: tokens['approver-2'], body: { reason: 'general perplexity too close to budget' } });
+    expect([rejected.status, await rejected.json()]).toEqual([200, expect.objectContaining({ principal: 'approver-2', decision: 'reject', via: 'api' })]);
+    expect((await h.client.workflow.getHandle(runId).result()) as PipelineResult).toMatchObject({ state: 'rejected', reason: expect.stringMatching(/general perplexity too close to budget/) });
+    const detail = (await (await call('GET', `/api/v1/runs/${runId}`, { token: tokens.auditor })).json()) as { state: string; votes: { principal: string; decision: string; via: string }[] };
+    expect(detail).toMatchObject({ state: 'rejected', votes: [{ principal: 'approver-2', decision: 'reject', via: 'api' }] });
+  });
+
   (existsSync(schemathesis) ? test : test.skip)('the API keeps to its OpenAPI description (schemathesis: status codes, content types, schemas, auth)', async () => {
     const run = spawnSync(
       schemathesis,

@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
@@ -8,7 +9,7 @@ import { temporal } from '@temporalio/proto';
 import { freePort } from '../cli/devServer';
 import { startDacpDev, type DacpDev } from './helpers/dacpDev';
 import type { RunStatus } from '../schemas/pipeline';
-import { AesGcmCodec, parsePayloadKeys } from '../workers/codec';
+import { AesGcmCodec, parsePayloadKeys, payloadKeysFromEnv } from '../workers/codec';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
 import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
 import { enrolTestPrincipals } from './helpers/identities';
@@ -46,6 +47,17 @@ describe('the AES-256-GCM payload codec', () => {
     const renamed = { ...sealed!, metadata: { ...sealed!.metadata, 'encryption-key-id': utf8('k3') } };
     const k3 = `k3:${k1.split(':')[1]}`;
     await expect(new AesGcmCodec(parsePayloadKeys(k3, 'test')).decode([renamed])).rejects.toThrow(/does not authenticate/);
+  });
+
+  test('keys come from a 0600 key file too; a file others can read is refused', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'dacp-payload-keys-'));
+    const file = path.join(dir, 'payload.keys');
+    writeFileSync(file, `${k2}\n${k1}\n`, { mode: 0o600 });
+    expect(payloadKeysFromEnv({ DACP_PAYLOAD_KEY_FILE: file })!.map((k) => k.id)).toEqual(['k2', 'k1']);
+    chmodSync(file, 0o644);
+    expect(() => payloadKeysFromEnv({ DACP_PAYLOAD_KEY_FILE: file })).toThrow(/has permissions 644, readable by others; `chmod 600/);
+    expect(payloadKeysFromEnv({})).toBeNull();
+    rmSync(dir, { recursive: true, force: true });
   });
 
   test('keys are checked when they are read', () => {

@@ -104,6 +104,8 @@ describe('dacp schedule', () => {
     expect(dacp('schedule', 'create', '--spec', 'spec.json', '--as', 'engineer')).toMatchObject({ code: 2, stderr: expect.stringMatching(/give exactly one of --every DURATION \(e\.g\. 7d\) or --cron EXPR/) });
     expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--cron', '0 3 * * 1', '--as', 'engineer').stderr).toMatch(/give exactly one of --every/);
     expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', 'weekly', '--as', 'engineer').stderr).toMatch(/--every "weekly": write a duration like/);
+    // Only an operator, holding its key, creates schedules.
+    expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'not-mine', '--as', 'approver-2').stderr).toMatch(/approver-2 holds the role approver, not operator, so cannot create schedules/);
     expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--overlap', 'sometimes', '--as', 'engineer').stderr).toMatch(/--overlap "sometimes": use one of skip, buffer-one/);
     writeFileSync(path.join(h.home, 'pg-spec.json'), JSON.stringify(tinySpec({
       sources: [
