@@ -10,6 +10,8 @@ import type { ArtifactRef } from '../schemas/pipeline';
 
 const URI_PATTERN = /^artifact:([a-z-]+)\/([0-9a-f]{64})\.([a-z0-9.]+)$/;
 
+export const ARTIFACT_URI = URI_PATTERN;
+
 export function sha256Hex(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
@@ -34,7 +36,7 @@ export class ArtifactStore {
     const sha256 = sha256Hex(data);
     const uri = `artifact:${kind}/${sha256}.${ext}`;
     const target = this.pathOf(uri);
-    if (await this.isIntact(target, sha256)) return { uri, sha256, bytes: data.length };
+    if (await this.isIntact(target, sha256)) return this.published({ uri, sha256, bytes: data.length });
     const dir = path.dirname(target);
     const temp = path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     try {
@@ -53,7 +55,7 @@ export class ArtifactStore {
       throw writeFailure(uri, target, err);
     }
     await syncDirectory(dir);
-    return { uri, sha256, bytes: data.length };
+    return this.published({ uri, sha256, bytes: data.length });
   }
 
   /**
@@ -77,12 +79,12 @@ export class ArtifactStore {
     const target = this.pathOf(uri);
     if (await this.isIntact(target, sha256)) {
       await fs.rm(temp, { force: true });
-      return { uri, sha256, bytes };
+      return this.published({ uri, sha256, bytes });
     }
     await fs.mkdir(path.dirname(target), { recursive: true });
     await fs.rename(temp, target);
     await syncDirectory(path.dirname(target));
-    return { uri, sha256, bytes };
+    return this.published({ uri, sha256, bytes });
   }
 
   /**
@@ -92,6 +94,7 @@ export class ArtifactStore {
   async copyOut(ref: { uri: string; sha256: string }, dest: string): Promise<void> {
     const temp = `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     let sha256: string;
+    await this.fetched(ref);
     try {
       ({ sha256 } = await copyHashing(this.pathOf(ref.uri), temp));
     } catch (err) {
@@ -129,7 +132,7 @@ export class ArtifactStore {
     const target = this.pathOf(uri);
     if (await this.isIntact(target, sha256)) {
       await fs.rm(temp, { force: true });
-      return { uri, sha256, bytes };
+      return this.published({ uri, sha256, bytes });
     }
     try {
       await fs.mkdir(path.dirname(target), { recursive: true });
@@ -139,11 +142,12 @@ export class ArtifactStore {
       throw writeFailure(uri, target, err);
     }
     await syncDirectory(path.dirname(target));
-    return { uri, sha256, bytes };
+    return this.published({ uri, sha256, bytes });
   }
 
   /** Read a safetensors artifact tensor by tensor, checking on the way that it is exactly what `ref` names. */
   async getSafetensors(ref: { uri: string; sha256: string }, o: DecodeOptions = {}): Promise<Decoded> {
+    await this.fetched(ref);
     try {
       return await readSafetensorsFile(this.pathOf(ref.uri), { ...o, sha256: ref.sha256 });
     } catch (err) {
@@ -172,6 +176,7 @@ export class ArtifactStore {
   /** Read an artifact and check it is exactly what `ref` names. */
   async get(ref: { uri: string; sha256: string }): Promise<Buffer> {
     const file = this.pathOf(ref.uri);
+    await this.fetched(ref);
     let data: Buffer;
     try {
       data = await fs.readFile(file);
@@ -207,10 +212,41 @@ export class ArtifactStore {
 
   /** True when the artifact exists and hashes to what it should. */
   async verify(ref: { uri: string; sha256: string }): Promise<boolean> {
+    try {
+      await this.fetched(ref);
+    } catch {
+      return false;
+    }
     return this.isIntact(this.pathOf(ref.uri), ref.sha256);
   }
 
-  private async isIntact(file: string, sha256: string): Promise<boolean> {
+  /**
+   * A local file that holds the artifact, for readers that need a path (a model file's header, an
+   * external trainer's resume checkpoint). With object storage the file is fetched into the local
+   * cache first, streamed and checked against its sha256 on the way.
+   */
+  async localFile(ref: { uri: string; sha256: string }): Promise<string> {
+    await this.fetched(ref);
+    return this.pathOf(ref.uri);
+  }
+
+  /** Where artifacts live, for messages: the folder, or the object storage URL. */
+  get location(): string {
+    return this.root;
+  }
+
+  /** Called after every write with the file in place under `pathOf(ref.uri)`; object storage uploads it here. */
+  protected async published(ref: ArtifactRef): Promise<ArtifactRef> {
+    return ref;
+  }
+
+  /** Called before every read; object storage brings a missing file into the local folder here. */
+  protected async fetched(_ref: { uri: string; sha256: string }): Promise<void> {
+    // The local folder is the store itself: nothing to fetch.
+  }
+
+  /** Hash-checked: true when `file` exists and hashes to `sha256`. */
+  protected async isIntact(file: string, sha256: string): Promise<boolean> {
     try {
       return (await hashFile(file)) === sha256;
     } catch {
@@ -247,7 +283,7 @@ export async function hashFile(file: string): Promise<string> {
 }
 
 /** Copies `source` to `dest` (fsynced), hashing the bytes on the way. */
-async function copyHashing(source: string, dest: string): Promise<{ sha256: string; bytes: number }> {
+export async function copyHashing(source: string, dest: string): Promise<{ sha256: string; bytes: number }> {
   const hash = createHash('sha256');
   let bytes = 0;
   const tap = new Transform({

@@ -146,7 +146,7 @@ export async function trainWithModelFolders(
     settings: o.settings,
     checkpointEvery: o.checkpointEvery,
     checkpointDir: path.join(workDir, 'checkpoints'),
-    resumeFrom: resume ? deps.store.pathOf(resume.uri) : null,
+    resumeFrom: resume ? await deps.store.localFile(resume) : null,
     outputModelDir: path.join(workDir, 'model'),
     ...(o.hf ? { hf: o.hf(prepared.modelConfig) } : {}),
   };

@@ -73,7 +73,7 @@ async function openModels(deps: ActivityDeps, spec: RunSpec, runId: string, what
     return {
       engine: 'hf' as const,
       load: async (name: string, ref: ArtifactRef): Promise<Loaded> => {
-        const { config, tokenizer } = await readModelFileHeader(deps.store.pathOf(ref.uri));
+        const { config, tokenizer } = await readModelFileHeader(await deps.store.localFile(ref));
         const scorer = await evaluator.load(name, ref, config.contextLength);
         open.set(name, () => evaluator.unload(name));
         return { scorer, tokenizer };

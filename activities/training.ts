@@ -95,7 +95,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
       // A bootstrap trains its tokenizer here and leaves the fresh weights to the engine.
       const prepare: PrepareTraining = async () => {
         const { config, tokenizer } = job.initModel
-          ? await readModelFileHeader(deps.store.pathOf(job.initModel.uri))
+          ? await readModelFileHeader(await deps.store.localFile(job.initModel))
           : await startingPoint(deps, job, heartbeat);
         return { modelConfig: config, tokenizer: tokenizer.toJSON(), data: await job.data(tokenizer, heartbeat) };
       };

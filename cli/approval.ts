@@ -4,7 +4,7 @@ import type { Payload } from '@temporalio/common';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import { tsToMs } from '@temporalio/common/lib/time';
 import type { temporal } from '@temporalio/proto';
-import { ArtifactStore } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import type { ApprovalOutcome, ApprovalRequest, Decision, DecisionInput, GateNotice, FinalCheckReport, InstructReport, RejectionInput, TradeoffReport } from '../schemas/pipeline';
 import { InputError } from '../schemas/runSpec';
 import { approvalRequestQuery, approvalWorkflowId } from '../workflows/messages';
@@ -232,7 +232,7 @@ async function pendingDecision(
 /** The sample answers live in the instruction report artifact, not in history; read and verified here. */
 async function readSamples(artifactsDir: string, request: ApprovalRequest): Promise<{ samples: InstructReport['samples'] | null; error: string | null }> {
   try {
-    const report = await new ArtifactStore(artifactsDir).getJson<InstructReport>(request.artifacts.instructReport);
+    const report = await openArtifactStore(artifactsDir).getJson<InstructReport>(request.artifacts.instructReport);
     return { samples: report.samples, error: null };
   } catch (err) {
     return { samples: null, error: (err as Error).message.split('\n')[0] };
@@ -242,7 +242,7 @@ async function readSamples(artifactsDir: string, request: ApprovalRequest): Prom
 /** The local path of a stored artifact, if it is here and intact. */
 async function localFile(artifactsDir: string, ref: { uri: string; sha256: string } | undefined): Promise<string | null> {
   if (!ref) return null;
-  const store = new ArtifactStore(artifactsDir);
+  const store = openArtifactStore(artifactsDir);
   try {
     return (await store.verify(ref)) ? store.pathOf(ref.uri) : null;
   } catch {
@@ -338,7 +338,7 @@ export function formatApprovalView(v: ApprovalView): string {
 /** The trade-off report and the local path of its plot, when the run trained several candidates. */
 async function tradeoffOf(artifactsDir: string, request: ApprovalRequest): Promise<ApprovalView['tradeoff']> {
   if (!request.candidates || !request.artifacts.tradeoffReport) return null;
-  const store = new ArtifactStore(artifactsDir);
+  const store = openArtifactStore(artifactsDir);
   let table: string | null = null;
   let svgFile: string | null = null;
   try {

@@ -4,7 +4,7 @@ import { temporal } from '@temporalio/proto';
 import type { Payload, PayloadCodec } from '@temporalio/common';
 import { ENCRYPTED_ENCODING } from '../workers/codec';
 import type { Pool } from 'pg';
-import { ArtifactStore } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import { chainProblems } from '../db/audit';
 import { keyIdOf, keysById } from '../db/principals';
 import { runRecords } from '../db/records';
@@ -110,7 +110,7 @@ export async function exportAudit(client: Client, pool: Pool, runId: string, o: 
   for (const [table, rows] of Object.entries(records)) parts[`records:${table}`] = rows;
 
   // The JSON artifacts the rows name, as their exact bytes.
-  const store = new ArtifactStore(o.artifactsDir);
+  const store = openArtifactStore(o.artifactsDir);
   const refs = new Map<string, string>();
   for (const row of records.datasets ?? []) refs.set(row.sha256 as string, row.uri as string);
   for (const row of records.checkpoints ?? []) refs.set(row.sha256 as string, row.uri as string);

@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { generateDemoChoiceSets } from '../data/demoChoices';
 import { generateDemoCorpus } from '../ml/demoCorpus';
-import { ArtifactStore } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import type { InstructReport, PipelineResult, RunStatus } from '../schemas/pipeline';
 import { InputError, type RunSpecInput } from '../schemas/runSpec';
 import { defaultTemporalPort } from './connection';
@@ -167,7 +167,7 @@ export async function runDemo(log: (line: string) => void = console.log, o: { ba
       log(`  final check    report sha256 ${r.artifacts.finalCheckReport.sha256} — ${r.finalCheck.passed ? 'passed' : 'failed'} against ${r.finalCheck.reference.kind} ${r.finalCheck.reference.versionId}`);
     }
     for (const d of r.artifacts.datasets) log(`  dataset        ${d.role}/${d.split} ${d.docs} docs sha256 ${d.sha256}`);
-    const instructReport = await new ArtifactStore(artifactsDir(home)).getJson<InstructReport>(r.artifacts.instructReport);
+    const instructReport = await openArtifactStore(artifactsDir(home)).getJson<InstructReport>(r.artifacts.instructReport);
     for (const s of instructReport.samples.slice(0, 2)) {
       log(`  sample         ${JSON.stringify(s.prompt)}`);
       log(`                   greedy  → ${JSON.stringify(s.generated)}`);

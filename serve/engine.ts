@@ -1,7 +1,7 @@
 import { setImmediate as yieldToEventLoop } from 'timers/promises';
 import * as tf from '@tensorflow/tfjs';
 import type { Pool } from 'pg';
-import { ArtifactStore } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import { findModelVersion } from '../db/records';
 import type { CausalLM } from '../ml/families';
 import { formatInstructionPrompt } from '../ml/mixing';
@@ -28,7 +28,7 @@ export interface LoadedModel {
 export async function loadVersion(pool: Pool, artifactsDir: string, ref: string): Promise<LoadedModel> {
   const version = await findModelVersion(pool, ref);
   if (!version) throw new Error(`no model version or alias "${ref}" in the registry; deploy or import one first`);
-  const store = new ArtifactStore(artifactsDir);
+  const store = openArtifactStore(artifactsDir);
   const { model, tokenizer } = modelFromFileTensors(await store.getSafetensors({ uri: version.uri, sha256: version.sha256 }));
   return { versionId: version.versionId, sha256: version.sha256, model, tokenizer, contextLength: model.config.contextLength };
 }

@@ -4,7 +4,7 @@ import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import { createActivities } from '../activities';
-import { ArtifactStore } from '../activities/artifacts';
+import { openArtifactStore } from '../activities/objectStore';
 import { detectGpus, planSlots, SlotPool, type Slot } from './gpuSlots';
 import { workerDataConverter } from './codec';
 
@@ -41,7 +41,7 @@ export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<
   const activities = createActivities({
     ...(queue === 'gpu' ? { slots: new SlotPool(slots) } : {}),
     pool: deps.pool,
-    store: new ArtifactStore(deps.artifactsDir),
+    store: openArtifactStore(deps.artifactsDir),
     client: deps.client,
     tfBackend: deps.tfBackend,
     workerStopping: () => worker !== undefined && worker.getState() !== 'RUNNING',
