@@ -4,6 +4,7 @@ import { Context } from '@temporalio/activity';
 import { upsertDataset } from '../db/records';
 import type { DatasetRef, DatasetRole } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
+import { inputsFolder, isStaged } from './inputs';
 import type { ActivityDeps } from './context';
 import { readChoiceSet, storeChoiceSet, type ChoiceSetName, type ChoiceSetRef } from './choiceSets';
 import { writeDataset, type DatasetDoc } from './datasets';
@@ -53,9 +54,12 @@ export function collectActivities({ pool, store }: ActivityDeps) {
       choiceSets: CollectedChoiceSets;
       summary: CollectSummary;
     }> {
-      const { spec, baseDir } = input;
-      // The worker's data roots (DACP_DATA_ROOTS, else the spec's folder), narrowed by the spec's dataRoots.
-      const allowedRoots = sourceRoots({ baseDir, specRoots: spec.dataRoots });
+      const { spec } = input;
+      // Staged inputs (`dacp run start`) are read from this host's copy of them, and only there:
+      // they passed the data roots of the host that staged them. Otherwise the worker's data roots
+      // (DACP_DATA_ROOTS, else the spec's folder), narrowed by the spec's dataRoots.
+      const baseDir = await inputsFolder(store, input.baseDir);
+      const allowedRoots = isStaged(input.baseDir) ? [baseDir] : sourceRoots({ baseDir, specRoots: spec.dataRoots });
       const byRole: Record<DatasetRole, DatasetDoc[]> = { domain: [], replay: [], instruct: [] };
       const summary: CollectSummary = {
         sources: [],
@@ -79,7 +83,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
                ON CONFLICT (run_id, source_key) DO UPDATE SET used = EXCLUDED.used, used_run_id = EXCLUDED.used_run_id, next = EXCLUDED.next`,
               [input.runId, input.scheduleId, key, source.kind, used === null ? null : JSON.stringify(used), (last.rows[0]?.run_id as string | undefined) ?? null, JSON.stringify(read.next)],
             );
-            watermark = { used: used === null ? null : describeWatermark(used), next: describeWatermark(read.next), ...(source.kind === 'files' ? { skippedFiles: read.skippedFiles } : {}) };
+            watermark = { used: used === null ? null : describeWatermark(used), next: describeWatermark(read.next), ...(source.kind !== 'postgres' ? { skippedFiles: read.skippedFiles } : {}) };
           } else {
             docs = await readSource(source, { baseDir, allowedRoots });
           }
@@ -143,7 +147,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
 
 /** A source's watermark key: its place in the spec and a digest of what it reads, so an edited source starts afresh. */
 export function watermarkKey(index: number, source: SourceSpec): string {
-  const what = source.kind === 'files' ? { paths: source.paths } : { query: source.query, column: source.watermarkColumn };
+  const what = source.kind === 'files' ? { paths: source.paths } : source.kind === 's3' ? { bucket: source.bucket, prefix: source.prefix, glob: source.glob } : { query: source.query, column: source.watermarkColumn };
   return `sources[${index}]:${createHash('sha256').update(JSON.stringify({ kind: source.kind, role: source.role, ...what })).digest('hex').slice(0, 16)}`;
 }
 

@@ -15,7 +15,8 @@ import { Client, type QueryConfig, type QueryResult } from 'pg';
 export type SourceRole = 'domain' | 'replay' | 'instruct';
 export type Source =
   | { kind: 'files'; role: SourceRole; paths: string[]; format?: 'auto' | 'text' | 'jsonl'; textField?: string; promptField?: string; responseField?: string }
-  | { kind: 'postgres'; role: SourceRole; query: string; textColumn?: string; promptColumn?: string; responseColumn?: string; connectionEnv?: string; watermarkColumn?: string };
+  | { kind: 'postgres'; role: SourceRole; query: string; textColumn?: string; promptColumn?: string; responseColumn?: string; connectionEnv?: string; watermarkColumn?: string }
+  | { kind: 's3'; role: SourceRole; bucket: string; prefix?: string; glob?: string; format?: 'auto' | 'text' | 'jsonl'; textField?: string; promptField?: string; responseField?: string };
 export type SourceDoc = { text: string; origin: string } | { prompt: string; response: string; origin: string };
 
 export interface ReadSourceOptions {
@@ -49,12 +50,12 @@ export interface ReadSince {
  * their content hash is new; rows when their watermark column exceeds the last maximum.
  */
 export async function readSourceSince(source: Source, o: ReadSourceOptions, used: Watermark | null): Promise<ReadSince> {
-  if (source.kind === 'files') {
+  if (source.kind === 'files' || source.kind === 's3') {
     const known = used?.kind === 'files' ? used.files : {};
     const seen: Record<string, string> = {};
     // Content already read, under this path or another (a copy of a file is not new data).
     const knownContent = new Set(Object.values(known));
-    const docs = await readFileSource(source, o, { known: knownContent, seen });
+    const docs = source.kind === 'files' ? await readFileSource(source, o, { known: knownContent, seen }) : await readS3Source(source, o, { known: knownContent, seen });
     const skippedFiles = Object.values(seen).filter((sha) => knownContent.has(sha)).length;
     return { docs, next: { kind: 'files', files: { ...known, ...seen } }, skippedFiles };
   }
@@ -74,7 +75,69 @@ function fail(type: SourceFailureType, message: string): never {
 }
 
 export async function readSource(source: Source, o: ReadSourceOptions): Promise<SourceDoc[]> {
-  return source.kind === 'files' ? readFileSource(source, o) : readPostgresSource(source);
+  return source.kind === 'files' ? readFileSource(source, o) : source.kind === 's3' ? readS3Source(source, o) : readPostgresSource(source);
+}
+
+// ---------------------------------------------------------------- s3
+
+type S3Source = Extract<Source, { kind: 's3' }>;
+
+/**
+ * Objects under `s3://bucket/prefix` whose key (below the prefix) matches the glob, read by
+ * whichever worker runs collect, with that worker's AWS settings (AWS_ENDPOINT_URL, AWS_REGION,
+ * the credential chain). Each object is shown as `s3://bucket/key`; the rest is as for files.
+ */
+async function readS3Source(source: S3Source, o: ReadSourceOptions, since?: { known: Set<string>; seen: Record<string, string> }): Promise<SourceDoc[]> {
+  const { ListObjectsV2Command, GetObjectCommand } = await import('@aws-sdk/client-s3');
+  const { s3Client } = await import('./objectStore');
+  const prefix = (source.prefix ?? '').replace(/^\/+/, '');
+  const base = `s3://${source.bucket}/${prefix}`;
+  let client;
+  try {
+    client = s3Client();
+  } catch (err) {
+    return fail('SourceConnectFailed', `${base}: ${describe(err)}`);
+  }
+  const matcher = globToRegExp((source.glob ?? '**').split('/'));
+  const maxBytes = o.maxFileBytes ?? defaultMaxFileBytes;
+  try {
+    const keys: { key: string; size: number }[] = [];
+    let token: string | undefined;
+    do {
+      let page;
+      try {
+        page = await client.send(new ListObjectsV2Command({ Bucket: source.bucket, Prefix: prefix || undefined, ContinuationToken: token }));
+      } catch (err) {
+        return fail('SourceConnectFailed', `${base}: cannot list objects (${(err as Error).name}: ${describe(err)}); check the bucket, the prefix and the worker's AWS settings`);
+      }
+      for (const item of page.Contents ?? []) {
+        if (!item.Key || item.Key.endsWith('/')) continue;
+        const relative = item.Key.slice(prefix.length).replace(/^\/+/, '');
+        if (matcher.test(relative)) keys.push({ key: item.Key, size: item.Size ?? 0 });
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    if (keys.length === 0) fail('SourceNotFound', `${base}: no object matches ${source.glob ?? '**'}; check the bucket, the prefix and the glob`);
+    keys.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    const docs: SourceDoc[] = [];
+    for (const { key, size } of keys) {
+      const shown = `s3://${source.bucket}/${key}`;
+      if (size > maxBytes) fail('SourceTooLarge', `${shown} is ${size} bytes, over the ${maxBytes}-byte limit; split it into smaller objects`);
+      let bytes: Buffer;
+      try {
+        const got = await client.send(new GetObjectCommand({ Bucket: source.bucket, Key: key }));
+        bytes = Buffer.from(await got.Body!.transformToByteArray());
+      } catch (err) {
+        return fail('SourceUnreadable', `${shown}: cannot read (${(err as Error).name}: ${describe(err)})`);
+      }
+      const text = decodeUtf8(bytes, shown, since ? (sha) => (since.seen[shown] = sha) : undefined);
+      if (since && since.known.has(since.seen[shown] as string)) continue;
+      docs.push(...documentsOf(text, key, shown, source));
+    }
+    return docs;
+  } finally {
+    client.destroy();
+  }
 }
 
 // ---------------------------------------------------------------- files
@@ -98,20 +161,39 @@ async function readFileSource(
     if (roots) await ensureInsideRoots(file, shown, roots);
     const text = await readUtf8(file, shown, o.maxFileBytes ?? defaultMaxFileBytes, since ? (sha) => (since.seen[shown] = sha) : undefined);
     if (since && since.known.has(since.seen[shown] as string)) continue;
-    const format = formatOf(source.format ?? 'auto', file, shown);
-    if (format === 'text') {
-      if (source.role === 'instruct') {
-        fail('SourceInvalid', `${shown}: an instruct source needs prompt/response pairs; give a .jsonl file with "${source.promptField ?? 'prompt'}" and "${source.responseField ?? 'response'}" fields`);
-      }
-      docs.push({ text, origin: shown });
-    } else {
-      docs.push(...parseJsonl(text, shown, source));
-    }
+    docs.push(...documentsOf(text, file, shown, source));
   }
   return docs;
 }
 
-function displayPath(file: string, baseDir: string): string {
+/** One file's (or object's) documents: the whole text, or one per JSON line. */
+function documentsOf(text: string, file: string, shown: string, source: FileSource | S3Source): SourceDoc[] {
+  const format = formatOf(source.format ?? 'auto', file, shown);
+  if (format === 'text') {
+    if (source.role === 'instruct') {
+      fail('SourceInvalid', `${shown}: an instruct source needs prompt/response pairs; give a .jsonl file with "${source.promptField ?? 'prompt'}" and "${source.responseField ?? 'response'}" fields`);
+    }
+    return [{ text, origin: shown }];
+  }
+  return parseJsonl(text, shown, source);
+}
+
+/**
+ * The files a files source names, absolute and sorted, each checked to exist and to lie inside the
+ * allowed roots (what `dacp run start` stages into the artifact store).
+ */
+export async function sourceFiles(source: FileSource, o: ReadSourceOptions): Promise<string[]> {
+  const roots = o.allowedRoots ? await Promise.all(o.allowedRoots.map((r) => realOrResolved(path.resolve(o.baseDir, r)))) : undefined;
+  const files = new Set<string>();
+  for (const entry of source.paths) {
+    for (const file of await expandPath(entry, o.baseDir, roots)) files.add(file);
+  }
+  const sorted = [...files].sort();
+  if (roots) for (const file of sorted) await ensureInsideRoots(file, displayPath(file, o.baseDir), roots);
+  return sorted;
+}
+
+export function displayPath(file: string, baseDir: string): string {
   const relative = path.relative(path.resolve(baseDir), file);
   return relative.startsWith('..') || path.isAbsolute(relative) ? file : relative.split(path.sep).join('/');
 }
@@ -260,6 +342,10 @@ async function readUtf8(file: string, shown: string, maxBytes: number, onSha256?
     if (err instanceof ApplicationFailure) throw err;
     fail('SourceUnreadable', `${shown}: cannot read (${errorCode(err) ?? describe(err)}); check that it exists and is readable`);
   }
+  return decodeUtf8(bytes, shown, onSha256);
+}
+
+function decodeUtf8(bytes: Buffer, shown: string, onSha256?: (sha: string) => void): string {
   onSha256?.(createHash('sha256').update(bytes).digest('hex'));
   if (bytes.includes(0)) fail('SourceInvalid', `${shown} looks binary (contains NUL bytes); give text, Markdown or JSON lines`);
   try {
@@ -269,7 +355,7 @@ async function readUtf8(file: string, shown: string, maxBytes: number, onSha256?
   }
 }
 
-function parseJsonl(text: string, shown: string, source: FileSource): SourceDoc[] {
+function parseJsonl(text: string, shown: string, source: FileSource | S3Source): SourceDoc[] {
   const docs: SourceDoc[] = [];
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {

@@ -12,6 +12,7 @@ import { trainBuiltin, type EngineOutcome } from './builtinEngine';
 import type { TrainingStage } from './checkpoints';
 import { trainWithCommand, type PrepareTraining, type TrainingData } from './commandEngine';
 import { trainWithHf } from './hfEngine';
+import { inputsFolder } from './inputs';
 import type { ActivityDeps } from './context';
 import { readDataset, sftExamplesOf, sourceStreamsOf, tokenStreamOf, type TextDoc } from './datasets';
 import { TrainingSession } from './trainingSession';
@@ -109,7 +110,7 @@ async function trainStage(deps: ActivityDeps, job: StageJob): Promise<TrainingRe
       outcome =
         job.spec.engine.kind === 'hf'
           ? await trainWithHf(deps, session, { ...common, engine: job.spec.engine })
-          : await trainWithCommand(deps, session, { ...common, engine: job.spec.engine, baseDir: job.baseDir });
+          : await trainWithCommand(deps, session, { ...common, engine: job.spec.engine, baseDir: await inputsFolder(deps.store, job.baseDir) });
     } else {
       outcome = await trainBuiltin(deps, session, {
         checkpointEvery: job.checkpointEvery,

@@ -82,9 +82,16 @@ export async function startDevServer(o: {
   port: number;
   uiPort?: number | null;
   log?: (line: string) => void;
+  /** The address to listen on (default 127.0.0.1). */
+  ip?: string;
+  /** Run inside this network namespace (`ip netns exec`; the multi-host test's "core" host). */
+  netns?: string;
+  /** Listen on this address instead of `ip` (0.0.0.0 inside a namespace: the server dials itself on 127.0.0.1). */
+  listenIp?: string;
 }): Promise<DevServer> {
   const binary = ensureTool(TEMPORAL_CLI, o.log);
-  if (!(await isPortFree(o.port))) {
+  const ip = o.ip ?? '127.0.0.1';
+  if (!o.netns && !(await isPortFree(o.port))) {
     throw new PortTakenError(
       `port ${o.port} is taken (another Temporal server or \`dacp dev\` is running?): stop it, or choose another port with DACP_TEMPORAL_PORT`,
     );
@@ -98,15 +105,17 @@ export async function startDevServer(o: {
   const args = [
     'server', 'start-dev',
     '--db-filename', path.join(o.stateDir, 'temporal.db'),
-    '--ip', '127.0.0.1',
+    '--ip', o.listenIp ?? ip,
     '--port', String(o.port),
     '--namespace', 'default',
     '--log-level', 'warn',
     ...Object.entries(SEARCH_ATTRIBUTES).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
     ...(o.uiPort ? ['--ui-port', String(o.uiPort)] : ['--headless']),
   ];
-  const child = spawn(binary, args, { stdio: ['ignore', out, out], detached: false });
-  const address = `127.0.0.1:${o.port}`;
+  const child = o.netns
+    ? spawn('ip', ['netns', 'exec', o.netns, binary, ...args], { stdio: ['ignore', out, out], detached: false })
+    : spawn(binary, args, { stdio: ['ignore', out, out], detached: false });
+  const address = `${ip}:${o.port}`;
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -121,5 +130,5 @@ export async function startDevServer(o: {
     await stop();
     throw err;
   }
-  return { address, uiUrl: o.uiPort ? `http://127.0.0.1:${o.uiPort}` : null, logFile, process: child, stop };
+  return { address, uiUrl: o.uiPort ? `http://${ip}:${o.uiPort}` : null, logFile, process: child, stop };
 }

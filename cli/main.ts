@@ -28,6 +28,7 @@ import { addPrincipal, checkPrincipalName, checkRole, disablePrincipal, listPrin
 import { actingKey, initKey, provenKey, revokeKey, rotateKey, serviceKey, type KeyChange } from './keys';
 import { createToken, listTokens, revokeToken } from '../db/tokens';
 import { artifactsDir, openDatabase, startLocalServer, startWorkers } from './runtime';
+import { openArtifactStore } from '../activities/objectStore';
 import { exportModel, formatAliasMove, formatModel, formatModels, importModel, listModels, promoteModel, rollbackAlias, showModel } from './models';
 import { createSchedule, deleteSchedule, describeSchedule, formatSchedule, listSchedules, pauseSchedule, triggerSchedule } from './schedules';
 import { formatStatus, type RunContext } from './status';
@@ -39,6 +40,8 @@ import { AesGcmCodec, payloadKeysFromEnv } from '../workers/codec';
 const ENVIRONMENT = `
 State directory: DACP_HOME (default ./.dacp). Temporal: TEMPORAL_ADDRESS (default: the project's dev
 server on 127.0.0.1:DACP_TEMPORAL_PORT, 7233). Database: DATABASE_URL (default: embedded PostgreSQL).
+Artifacts: DACP_ARTIFACTS (default DACP_HOME/artifacts; s3://BUCKET/PREFIX for object storage, with
+AWS_ENDPOINT_URL, AWS_REGION and the AWS credential chain).
 `;
 
 function need(value: string | boolean | undefined, what: string): string {
@@ -177,6 +180,7 @@ function program(): Command {
       try {
         const workers = await startWorkers([queue], db);
         console.log(`worker: dacp-${queue} polling ${temporalSettings().address}`);
+        console.log(`worker: artifacts in ${openArtifactStore(artifactsDir()).location}`);
         // The gpu worker trains: say which TensorFlow.js backend it will use, and why faster ones were passed over.
         if (queue === 'gpu') {
           console.log(`worker: ${describeSlots(planSlots(detectGpus(), process.env.DACP_GPU_SLOTS))}`);
@@ -763,7 +767,10 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    const message = err instanceof Error ? err.message : String(err);
+    let message = err instanceof Error ? err.message : String(err);
+    // The SDK's "Failed to start Workflow" and the like say why only in their cause.
+    const cause = err instanceof Error ? (err.cause as Error | undefined) : undefined;
+    if (cause?.message && !message.includes(cause.message)) message = `${message.split('\n')[0]}: ${cause.message}`;
     console.error(`dacp: ${message.split('\n')[0]}`);
     if (process.env.DACP_DEBUG && err instanceof Error) console.error(err.stack);
     process.exit(err instanceof InputError ? 2 : 1);

@@ -13,6 +13,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import { readChoiceSet } from '../activities/choiceSets';
 import { readSource } from '../activities/sources';
 import { appendAuditEntry, runExists, storeRunSpec } from '../db/records';
+import { stageInputs } from '../activities/inputs';
+import { openArtifactStore } from '../activities/objectStore';
 import { candidateHashes, decisionStatement, type StartStatement, type VoteSignature } from '../schemas/signing';
 import { actingKey, signWith } from './keys';
 import { sourceRoots } from '../workers/policy';
@@ -144,13 +146,16 @@ export async function startRun(
   const key = await actingKey(ctx.pool, o.initiator, 'operator', 'start runs', o.keyDir);
   const taken = () => new InputError(`run ${runId} already exists; a run id names one run for ever, so choose another --id`);
   if (await runExists(ctx.pool, runId)) throw taken();
+  // The files the run reads go into the artifact store, so that a worker on any host reads these
+  // bytes; the run carries the staged manifest's URI, never this machine's folder.
+  const staged = await stageRunInputs(ctx, o.spec, o.baseDir);
   // In the database every worker reads, on whichever host it runs.
-  const specBody = JSON.stringify(o.spec);
+  const specBody = JSON.stringify(staged.spec);
   const specSha256 = createHash('sha256').update(specBody).digest('hex');
   const specRef = await storeRunSpec(ctx.pool, specBody, specSha256);
-  const statement: StartStatement = { format: 'dacp-start/1', runId, specSha256, initiator: o.initiator, baseDir: o.baseDir, signedAt: new Date().toISOString(), keyId: key.keyId };
+  const statement: StartStatement = { format: 'dacp-start/1', runId, specSha256, initiator: o.initiator, baseDir: staged.baseDir, signedAt: new Date().toISOString(), keyId: key.keyId };
   const startSignature = { statement, ...signWith(key, statement) };
-  const input: PipelineInput = { runId, spec: workflowSpec(o.spec), specRef, baseDir: o.baseDir, initiator: o.initiator, startSignature };
+  const input: PipelineInput = { runId, spec: workflowSpec(staged.spec), specRef, baseDir: staged.baseDir, initiator: o.initiator, startSignature };
   try {
     await ctx.client.workflow.start('dacpPipeline', {
       taskQueue: TASK_QUEUES.control,
@@ -169,6 +174,23 @@ export async function startRun(
     throw err;
   }
   return runId;
+}
+
+/** Stage the run's local files (see activities/inputs.ts); a source that cannot be staged is the user's to fix. */
+async function stageRunInputs(ctx: RunContext, spec: RunSpec, baseDir: string): Promise<{ spec: RunSpec; baseDir: string }> {
+  let allowedRoots: string[];
+  try {
+    allowedRoots = sourceRoots({ baseDir, specRoots: spec.dataRoots });
+  } catch (err) {
+    throw new InputError(`dataRoots: ${(err as Error).message}`);
+  }
+  try {
+    return await stageInputs(openArtifactStore(ctx.artifactsDir), spec, baseDir, allowedRoots);
+  } catch (err) {
+    const type = (err as ApplicationFailure).type;
+    if (err instanceof ApplicationFailure && type?.startsWith('Source')) throw new InputError(`sources: ${err.message}`);
+    throw err;
+  }
 }
 
 export async function waitForResult(client: Client, runId: string): Promise<PipelineResult> {

@@ -60,7 +60,26 @@ const postgresSource = z
   })
   .strict();
 
-export const SourceSpec = z.discriminatedUnion('kind', [fileSource, postgresSource]);
+/** Objects in S3-compatible storage, read by whichever worker runs collect (with its AWS settings). */
+const s3Source = z
+  .object({
+    kind: z.literal('s3'),
+    role: SourceRole,
+    name: SourceName.optional(),
+    watermark,
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'name the bucket only (3–63 lowercase letters, digits, "." or "-"), e.g. "corp-manuals"; the path inside goes in prefix'),
+    /** Only keys below this prefix are read, e.g. "manuals/2026/". */
+    prefix: z.string().default(''),
+    /** Which keys below the prefix: `*` within one level, `**` across levels (default: all). */
+    glob: z.string().min(1, 'give a glob such as "**/*.md", or leave glob out to read every object below the prefix').default('**'),
+    format: z.enum(['auto', 'text', 'jsonl']).default('auto'),
+    textField: z.string().min(1).default('text'),
+    promptField: z.string().min(1).default('prompt'),
+    responseField: z.string().min(1).default('response'),
+  })
+  .strict();
+
+export const SourceSpec = z.discriminatedUnion('kind', [fileSource, postgresSource, s3Source]);
 export type SourceSpec = z.infer<typeof SourceSpec>;
 
 const durationPattern = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;

@@ -4,7 +4,7 @@ import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import { createActivities } from '../activities';
-import { openArtifactStore } from '../activities/objectStore';
+import { openArtifactStore, S3ArtifactStore } from '../activities/objectStore';
 import { detectGpus, planSlots, SlotPool, type Slot } from './gpuSlots';
 import { workerDataConverter } from './codec';
 
@@ -38,10 +38,18 @@ export interface WorkerDeps {
 export async function createWorker(queue: QueueName, deps: WorkerDeps): Promise<Worker> {
   let worker: Worker | undefined;
   const slots = queue === 'gpu' ? (deps.slots ?? planSlots(detectGpus(), process.env.DACP_GPU_SLOTS)) : [];
+  const store = openArtifactStore(deps.artifactsDir);
+  if (store instanceof S3ArtifactStore) {
+    // Multipart uploads left by a worker that died mid-upload (never visible as objects) are
+    // aborted once they are a day old (DACP_S3_UPLOAD_MAX_AGE_HOURS); in the background, and an
+    // unreachable store is not a reason to refuse to start.
+    const hours = Number(process.env.DACP_S3_UPLOAD_MAX_AGE_HOURS ?? 24);
+    void store.sweepUploads((Number.isFinite(hours) ? hours : 24) * 3_600_000).catch(() => undefined);
+  }
   const activities = createActivities({
     ...(queue === 'gpu' ? { slots: new SlotPool(slots) } : {}),
     pool: deps.pool,
-    store: openArtifactStore(deps.artifactsDir),
+    store,
     client: deps.client,
     tfBackend: deps.tfBackend,
     workerStopping: () => worker !== undefined && worker.getState() !== 'RUNNING',

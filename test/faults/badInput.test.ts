@@ -415,15 +415,14 @@ describe('bad input is refused clearly, and nothing stored is lost', () => {
       });
     });
 
-    test('a source file that vanished after the preflight: SourceNotFound', async () => {
+    test('a source file that vanished after the preflight: the start refuses it by name, before any run exists (the run reads staged copies)', async () => {
       const spec = domainFrom(['data/domain/*.txt', write('inrun/gone.txt', 'A document that will be deleted before the run reads it.')]);
       await preflightSources(parseRunSpec(spec), h.home);
       rmSync(path.join(h.home, 'inrun', 'gone.txt'));
-      await expectFailedAtOnce('inrun-gone', spec, {
-        activity: 'collectSources',
-        type: 'SourceNotFound',
-        error: /^sources\[0\] \(files, role domain\): inrun\/gone\.txt: no such file/,
-      });
+      await expect(startRun(h.runs, { spec: parseRunSpec(spec), baseDir: h.home, runId: 'inrun-gone', initiator: 'engineer' })).rejects.toThrow(
+        /^sources: inrun\/gone\.txt: no such file/,
+      );
+      await expect(h.client.workflow.getHandle('inrun-gone').describe()).rejects.toThrow(/not found/i);
     });
 
     test('a source file over the per-file size limit: SourceTooLarge', async () => {

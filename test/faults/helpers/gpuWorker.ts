@@ -68,8 +68,10 @@ export class GpuWorkerProcess {
   private aim: { totalSteps: number; target: number } | null = null;
   private killedAtMs: number | null = null;
 
-  constructor(env: NodeJS.ProcessEnv, probeFile: string) {
-    this.child = spawn(process.execPath, ['--require', probeFile, dacpBin, 'worker', '--queue', 'gpu'], {
+  /** `prefix` runs the worker through another command, e.g. `ip netns exec gpu1` (which execs it: the pid is the worker's). */
+  constructor(env: NodeJS.ProcessEnv, probeFile: string, prefix: string[] = [], queue: 'gpu' | 'control' = 'gpu') {
+    const argv = [process.execPath, '--require', probeFile, dacpBin, 'worker', '--queue', queue];
+    this.child = spawn(prefix[0] ?? argv[0], [...prefix.slice(1), ...(prefix.length ? argv : argv.slice(1))], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

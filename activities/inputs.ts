@@ -1,0 +1,118 @@
+/**
+ * A run's inputs, staged: `dacp run start` copies every local file the run reads (file sources,
+ * multiple-choice sets, a trainer script in the spec's folder) into the artifact store, streamed
+ * and content-addressed, and lists them in a manifest. The run then carries the manifest's
+ * artifact URI where it carried the spec's folder, so whichever host runs an activity reads the
+ * same bytes, and no machine's absolute path lands in workflow history. A worker materialises the
+ * manifest into its own `<DACP_HOME>/inputs/<sha256>` folder (each file checked against its hash)
+ * and reads from there as it would from the spec's folder.
+ */
+import { existsSync, promises as fs, statSync } from 'node:fs';
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
+import type { ArtifactRef } from '../schemas/pipeline';
+import type { RunSpec } from '../schemas/runSpec';
+import { ARTIFACT_URI, type ArtifactStore } from './artifacts';
+import { displayPath, sourceFiles } from './sources';
+
+export const INPUTS_FORMAT = 'dacp-inputs/1';
+
+export interface InputsManifest {
+  format: typeof INPUTS_FORMAT;
+  /** By path relative to the staged folder: the file's artifact, and whether it is executable. */
+  files: Record<string, ArtifactRef & { executable?: boolean }>;
+}
+
+/** True when `baseDir` is a staged manifest's artifact URI rather than a folder. */
+export function isStaged(baseDir: string): boolean {
+  return ARTIFACT_URI.test(baseDir);
+}
+
+function extensionOf(file: string): string {
+  const ext = path.extname(file).slice(1).toLowerCase();
+  return /^[a-z0-9]{1,12}$/.test(ext) ? ext : 'bin';
+}
+
+/**
+ * Stage the files `spec` reads from `baseDir` (already checked by preflight to exist and lie in
+ * the allowed roots). Returns the spec with each files source's paths replaced by the concrete
+ * files staged (a glob is expanded once, here), and the manifest's URI for the run's baseDir.
+ */
+export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: string, allowedRoots: string[]): Promise<{ spec: RunSpec; baseDir: string; files: number; bytes: number }> {
+  const files: InputsManifest['files'] = {};
+  let bytes = 0;
+  const stage = async (absolute: string): Promise<string> => {
+    let name = displayPath(absolute, baseDir);
+    if (path.isAbsolute(name)) name = `external/${name.replace(/^[/\\]+/, '').split(path.sep).join('/')}`;
+    if (!files[name]) {
+      const ref = await store.putFile('inputs', absolute, extensionOf(absolute));
+      const executable = (statSync(absolute).mode & 0o111) !== 0;
+      files[name] = { ...ref, ...(executable ? { executable } : {}) };
+      bytes += ref.bytes;
+    }
+    return name;
+  };
+
+  const sources = [];
+  for (const source of spec.sources) {
+    if (source.kind !== 'files') {
+      sources.push(source);
+      continue;
+    }
+    const staged: string[] = [];
+    for (const file of await sourceFiles(source, { baseDir, allowedRoots })) staged.push(await stage(file));
+    sources.push({ ...source, paths: staged });
+  }
+  const choices = { ...spec.evaluation.choices };
+  for (const name of ['domain', 'general'] as const) {
+    const file = choices[name];
+    if (file !== undefined) choices[name] = await stage(path.resolve(baseDir, file));
+  }
+  let engine = spec.engine;
+  if (engine.kind === 'command') {
+    // A program or script in the spec's folder travels with the run; other paths are the worker's own.
+    const command = [];
+    for (const arg of engine.command) {
+      const absolute = path.resolve(baseDir, arg);
+      const inFolder = !displayPath(absolute, baseDir).startsWith('/') && absolute !== path.resolve(baseDir);
+      command.push(inFolder && existsSync(absolute) && statSync(absolute).isFile() ? await stage(absolute) : arg);
+    }
+    engine = { ...engine, command };
+  }
+  const manifest: InputsManifest = { format: INPUTS_FORMAT, files: Object.fromEntries(Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) };
+  const ref = await store.putJson('inputs', manifest);
+  return {
+    spec: { ...spec, sources, evaluation: { ...spec.evaluation, choices }, engine } as RunSpec,
+    baseDir: ref.uri,
+    files: Object.keys(files).length,
+    bytes,
+  };
+}
+
+/**
+ * The folder an activity reads a run's inputs from: `baseDir` itself for a run from before
+ * staging (or one started in-process by a test), else the staged manifest materialised under
+ * `<DACP_HOME>/inputs/<sha256>` on this host, every file checked against its sha256.
+ */
+export async function inputsFolder(store: ArtifactStore, baseDir: string): Promise<string> {
+  const match = ARTIFACT_URI.exec(baseDir);
+  if (!match) return baseDir;
+  const sha256 = match[2];
+  const dir = path.join(path.dirname(store.root), 'inputs', sha256);
+  const done = path.join(dir, '.complete');
+  if (existsSync(done)) return dir;
+  const manifest = await store.getJson<InputsManifest>({ uri: baseDir, sha256 });
+  if (manifest.format !== INPUTS_FORMAT) {
+    throw ApplicationFailure.nonRetryable(`artifact ${baseDir} is not a run's staged inputs (format ${String(manifest.format)})`, 'ArtifactInvalid');
+  }
+  for (const [name, ref] of Object.entries(manifest.files)) {
+    const target = path.resolve(dir, name);
+    if (!target.startsWith(dir + path.sep)) throw ApplicationFailure.nonRetryable(`staged input ${name} would land outside ${dir}`, 'ArtifactInvalid');
+    if (existsSync(target)) continue;
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    await store.copyOut(ref, target);
+    if (ref.executable) await fs.chmod(target, 0o755);
+  }
+  await fs.writeFile(done, `${baseDir}\n`);
+  return dir;
+}
