@@ -78,6 +78,9 @@ export function partBytes(env: NodeJS.ProcessEnv = process.env): number {
   return Math.floor(mb * 1024 * 1024);
 }
 
+/** Objects up to this size are sent from memory in one request. */
+const SMALL_OBJECT_BYTES = 8 * 1024 * 1024;
+
 function statusOf(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
 }
@@ -249,7 +252,16 @@ export class S3ArtifactStore extends ArtifactStore {
     if (bytes <= this.partSize) {
       try {
         await this.client.send(
-          new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: createReadStream(file), ContentLength: bytes, IfNoneMatch: '*', Metadata: { sha256 } }),
+          new PutObjectCommand({
+            Bucket: this.bucket,
+            Key: key,
+            // Small files as bytes (the SDK can retry them, and a refused put of a stream is logged
+            // as a warning); larger ones streamed from the file.
+            Body: bytes <= SMALL_OBJECT_BYTES ? await fs.readFile(file) : createReadStream(file),
+            ContentLength: bytes,
+            IfNoneMatch: '*',
+            Metadata: { sha256 },
+          }),
         );
       } catch (err) {
         if (statusOf(err) === 412 || statusOf(err) === 409) return; // already stored (by another worker): never replaced

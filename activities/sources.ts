@@ -26,6 +26,8 @@ export interface ReadSourceOptions {
   allowedRoots?: string[];
   /** Largest file read; bigger ones are refused rather than loaded into memory. */
   maxFileBytes?: number;
+  /** Only check that the source names something readable (objects are listed, not read): `run start`'s preflight. */
+  listOnly?: boolean;
 }
 
 export const defaultMaxFileBytes = 256 * 1024 * 1024;
@@ -119,6 +121,7 @@ async function readS3Source(source: S3Source, o: ReadSourceOptions, since?: { kn
     } while (token);
     if (keys.length === 0) fail('SourceNotFound', `${base}: no object matches ${source.glob ?? '**'}; check the bucket, the prefix and the glob`);
     keys.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    if (o.listOnly) return [];
     const docs: SourceDoc[] = [];
     for (const { key, size } of keys) {
       const shown = `s3://${source.bucket}/${key}`;

@@ -96,7 +96,8 @@ export async function preflightSources(spec: RunSpec, baseDir: string): Promise<
       continue;
     }
     try {
-      await readSource(source, { baseDir, allowedRoots });
+      // An s3 source is listed here (credentials, bucket, glob) and read by the collect stage.
+      await readSource(source, { baseDir, allowedRoots, listOnly: source.kind === 's3' });
     } catch (err) {
       if (err instanceof ApplicationFailure || err instanceof Error) throw new InputError(`sources[${index}]: ${err.message}`);
       throw err;

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -11,6 +11,10 @@ import {
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { ArtifactStore } from '../activities/artifacts';
+import { readSource, readSourceSince } from '../activities/sources';
+import { preflightSources } from '../cli/runs';
+import { parseRunSpec } from '../schemas/runSpec';
+import { tinySpec, writeTinyCorpus } from './helpers/fixtures';
 import { openArtifactStore, parseS3Url, S3ArtifactStore, s3Client } from '../activities/objectStore';
 import { startS3Server, type S3Server } from './helpers/s3';
 
@@ -180,5 +184,83 @@ describe('artifacts in S3-compatible object storage (a real SeaweedFS server)', 
     expect(() => openArtifactStore(dir, { DACP_ARTIFACTS: 's3://B/x', AWS_REGION: 'x' })).toThrow(/DACP_ARTIFACTS=s3:\/\/B\/x is not an S3 location/);
     expect(() => openArtifactStore(dir, { DACP_ARTIFACTS: 's3://bucket/x', AWS_REGION: 'x', DACP_S3_PART_MB: '1' })).toThrow(/DACP_S3_PART_MB=1.*at least 5/);
     expect(() => s3Client({})).toThrow(/AWS_REGION/);
+  });
+  test('a 64 MB checkpoint goes up and comes back with memory flat: parts are streamed from the file, downloads to it', async () => {
+    const writer = host({ partMb: 8 });
+    const source = path.join(writer.root, 'ckpt.bin');
+    const chunk = randomBytes(MB);
+    const handle = openSync(source, 'w');
+    for (let i = 0; i < 64; i++) writeSync(handle, chunk);
+    closeSync(handle);
+    let peak = 0;
+    const base = process.memoryUsage();
+    const sample = setInterval(() => {
+      const m = process.memoryUsage();
+      peak = Math.max(peak, m.heapUsed + m.arrayBuffers - base.heapUsed - base.arrayBuffers);
+    }, 5);
+    try {
+      const ref = await writer.putFile('checkpoints', source, 'bin');
+      const reader = host();
+      await reader.copyOut(ref, path.join(reader.root, 'back.bin'));
+      expect(await reader.verify(ref)).toBe(true);
+    } finally {
+      clearInterval(sample);
+    }
+    // Four 8 MB parts in flight at most, and stream buffers: far below the file's 64 MB.
+    expect(peak).toBeLessThan(48 * MB);
+  });
+
+  describe('s3 sources', () => {
+    const saved: Record<string, string | undefined> = {};
+    beforeAll(async () => {
+      for (const [k, v] of Object.entries(s3.env)) {
+        saved[k] = process.env[k];
+        process.env[k] = v;
+      }
+      await s3.createBucket('corp-docs');
+      const put = (Key: string, Body: string) => s3.client.send(new PutObjectCommand({ Bucket: 'corp-docs', Key, Body }));
+      await put('manuals/a.md', '# Pump\nOpen the valve before priming the pump.');
+      await put('manuals/deep/b.txt', '밸브를 열기 전에 펌프를 준비하십시오.');
+      await put('manuals/pairs.jsonl', '{"prompt":"How do I prime the pump?","response":"Open the valve first."}\n');
+      await put('other/c.txt', 'not under the prefix');
+    });
+    afterAll(() => {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    });
+
+    test('objects below the prefix that match the glob are read, shown as s3:// URLs; a watermark skips what was read', async () => {
+      const source = { kind: 's3' as const, role: 'domain' as const, bucket: 'corp-docs', prefix: 'manuals/' };
+      const textOnly = { ...source, glob: '**', format: 'text' as const };
+      const docs = await readSource(textOnly, { baseDir: '/' });
+      expect(docs.map((d) => d.origin)).toEqual(['s3://corp-docs/manuals/a.md', 's3://corp-docs/manuals/deep/b.txt', 's3://corp-docs/manuals/pairs.jsonl']);
+      const first = await readSourceSince({ ...source, glob: '**/*.txt' }, { baseDir: '/' }, null);
+      expect(first.docs.map((d) => ('text' in d ? d.text : ''))).toEqual(['밸브를 열기 전에 펌프를 준비하십시오.']);
+      await s3.client.send(new PutObjectCommand({ Bucket: 'corp-docs', Key: 'manuals/new.txt', Body: 'A new manual page.' }));
+      const second = await readSourceSince({ ...source, glob: '**/*.txt' }, { baseDir: '/' }, first.next);
+      expect(second.docs.map((d) => d.origin)).toEqual(['s3://corp-docs/manuals/new.txt']);
+      expect(second.skippedFiles).toBe(1);
+      const pairs = await readSource({ kind: 's3', role: 'instruct', bucket: 'corp-docs', prefix: 'manuals', glob: '*.jsonl' }, { baseDir: '/' });
+      expect(pairs).toEqual([{ prompt: 'How do I prime the pump?', response: 'Open the valve first.', origin: 's3://corp-docs/manuals/pairs.jsonl:1' }]);
+    });
+
+    test('run start refuses an s3 source that names nothing, or that it may not list, by field', async () => {
+      const withSource = (extra: object) =>
+        parseRunSpec(tinySpec({ sources: [...tinySpec().sources, { kind: 's3', role: 'domain', bucket: 'corp-docs', ...extra }] as never }));
+      const baseDir = mkdtempSync(path.join(os.tmpdir(), 'dacp-spec-'));
+      dirs.push(baseDir);
+      writeTinyCorpus(baseDir);
+      await expect(preflightSources(withSource({ prefix: 'manuals/', glob: '*.pdf' }), baseDir)).rejects.toThrow(/^sources\[3\]: s3:\/\/corp-docs\/manuals\/: no object matches \*\.pdf/);
+      await preflightSources(withSource({ prefix: 'manuals/' }), baseDir);
+      process.env.AWS_SECRET_ACCESS_KEY = 'wrong';
+      try {
+        await expect(preflightSources(withSource({ prefix: 'manuals/' }), baseDir)).rejects.toThrow(/^sources\[3\]: s3:\/\/corp-docs\/manuals\/: cannot list objects/);
+      } finally {
+        process.env.AWS_SECRET_ACCESS_KEY = s3.env.AWS_SECRET_ACCESS_KEY;
+      }
+      expect(() => withSource({ bucket: 's3://corp-docs/manuals' })).toThrow(/bucket.*name the bucket only/);
+    });
   });
 });

@@ -80,7 +80,11 @@ describe('load: 20 concurrent runs, 2 control and 2 gpu workers, one server', ()
     writeFileSync(path.join(home, 'spec.json'), JSON.stringify(spec));
     const runs = { client, pool: db.pool, artifactsDir: path.join(home, 'artifacts') };
     const started = Date.now();
-    const ids = await Promise.all(Array.from({ length: RUNS }, (_, i) => startRun(runs, { spec, baseDir: home, runId: `load-${i}`, initiator: 'engineer' })));
+    // Each run deploys to an alias of its own: runs aimed at one alias would (rightly) refuse to move
+    // it under each other (AliasMoved), which is not what this test measures.
+    const ids = await Promise.all(
+      Array.from({ length: RUNS }, (_, i) => startRun(runs, { spec: { ...spec, deploy: { ...spec.deploy, alias: `load-${i}` } }, baseDir: home, runId: `load-${i}`, initiator: 'engineer' })),
+    );
     expect(new Set(ids).size).toBe(RUNS);
 
     // Approve each as it reaches its gate; wait for every one to complete.
@@ -94,6 +98,7 @@ describe('load: 20 concurrent runs, 2 control and 2 gpu workers, one server', ()
         await decide({ client, pool: db.pool }, { runId, principal: 'approver-1', decision: 'approve' });
         return eventually(async () => {
           const s = await runStatus(runs, runId);
+          if (s.state === 'failed' || s.state === 'cancelled') throw new GiveUp(`${runId} ${s.state}: ${String(s.metrics.error)}`);
           return s.state === 'completed' ? s : undefined;
         }, `${runId} completed`, 300_000, 1_000);
       }),
