@@ -5,7 +5,7 @@
  * The caller prefixes messages with the source's index. Messages name files, lines, columns and
  * fields but never quote document text: they land in workflow history, logs and the run record.
  */
-import { checkConnectionEnv } from '../workers/policy';
+import { checkConnectionEnv, checkS3Source } from '../workers/policy';
 import { createHash } from 'node:crypto';
 import { promises as fs, type Dirent } from 'node:fs';
 import path from 'node:path';
@@ -94,6 +94,7 @@ async function readS3Source(source: S3Source, o: ReadSourceOptions, since?: { kn
   const { s3Client } = await import('./objectStore');
   const prefix = (source.prefix ?? '').replace(/^\/+/, '');
   const base = `s3://${source.bucket}/${prefix}`;
+  checkS3Source(source.bucket, prefix);
   let client;
   try {
     client = s3Client();

@@ -246,6 +246,21 @@ describe('artifacts in S3-compatible object storage (a real SeaweedFS server)', 
       expect(pairs).toEqual([{ prompt: 'How do I prime the pump?', response: 'Open the valve first.', origin: 's3://corp-docs/manuals/pairs.jsonl:1' }]);
     });
 
+    test("worker policy: an s3 source never reads dacp's own artifacts, and stays inside DACP_S3_SOURCES where that is set", async () => {
+      const domain = { kind: 's3' as const, role: 'domain' as const };
+      process.env.DACP_ARTIFACTS = `s3://${bucket}/team-a`;
+      try {
+        await expect(readSource({ ...domain, bucket, prefix: 'team-a/models/' }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed', message: expect.stringContaining("overlaps dacp's own artifacts") });
+        await expect(readSource({ ...domain, bucket }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed' });
+        process.env.DACP_S3_SOURCES = 's3://corp-docs/manuals';
+        await expect(readSource({ ...domain, bucket: 'corp-docs', prefix: 'other/' }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed', message: expect.stringContaining('DACP_S3_SOURCES') });
+        expect((await readSource({ ...domain, bucket: 'corp-docs', prefix: 'manuals/deep/' }, { baseDir: '/' })).length).toBe(1);
+      } finally {
+        delete process.env.DACP_ARTIFACTS;
+        delete process.env.DACP_S3_SOURCES;
+      }
+    });
+
     test('run start refuses an s3 source that names nothing, or that it may not list, by field', async () => {
       const withSource = (extra: object) =>
         parseRunSpec(tinySpec({ sources: [...tinySpec().sources, { kind: 's3', role: 'domain', bucket: 'corp-docs', ...extra }] as never }));

@@ -15,6 +15,8 @@ import { RESERVED_ENV } from '../schemas/runSpec';
  *   folder (and, narrower, the spec's own `dataRoots`).
  * - `DACP_SOURCE_ENVS`: the environment variables a Postgres source may name as `connectionEnv`
  *   (comma-separated). Unset: any that is not one of dacp's own. Never dacp's own database.
+ * - `DACP_S3_SOURCES`: the `s3://bucket[/prefix]` locations s3 sources may read (comma-separated).
+ *   Unset: any the worker's credentials reach. Never dacp's own artifacts (DACP_ARTIFACTS).
  * - `DACP_TRAINER_ENV_PASS`: more variables of the worker's environment that trainers get
  *   (comma-separated), besides the basic ones below and those the spec names.
  */
@@ -39,6 +41,8 @@ export interface WorkerPolicy {
   trainerCommands: string[][] | null;
   dataRoots: string[] | null;
   sourceEnvs: string[] | null;
+  /** `bucket/prefix` locations s3 sources may read; null: any but dacp's own artifacts. */
+  s3Sources: string[] | null;
   trainerEnvPass: string[];
 }
 
@@ -67,6 +71,7 @@ export function workerPolicy(env: NodeJS.ProcessEnv = process.env): WorkerPolicy
     trainerCommands,
     dataRoots: list(env.DACP_DATA_ROOTS, path.delimiter)?.map((r) => path.resolve(r)) ?? null,
     sourceEnvs: list(env.DACP_SOURCE_ENVS, ','),
+    s3Sources: list(env.DACP_S3_SOURCES, ',')?.map((l) => l.replace(/^s3:\/\//, '').replace(/\/+$/, '')) ?? null,
     trainerEnvPass: list(env.DACP_TRAINER_ENV_PASS, ',') ?? [],
   };
 }
@@ -149,6 +154,26 @@ export function sourceRoots(o: { baseDir: string; specRoots?: string[]; policy?:
     );
   }
   return specRoots;
+}
+
+/**
+ * Refuse an s3 source that reads dacp's own artifacts (other runs' data and models, however the
+ * bucket is spelled) or, where DACP_S3_SOURCES is set, lies outside the locations it lists.
+ */
+export function checkS3Source(bucket: string, prefix: string, policy: WorkerPolicy = workerPolicy(), env: NodeJS.ProcessEnv = process.env): void {
+  const where = `${bucket}/${prefix.replace(/^\/+/, '')}`;
+  // One location holds the other, segment by segment (either way round).
+  const covers = (a: string, b: string) => a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
+  const artifacts = env.DACP_ARTIFACTS?.trim();
+  if (artifacts?.startsWith('s3://')) {
+    const own = artifacts.slice('s3://'.length).replace(/\/+$/, '');
+    if (covers(own, where.replace(/\/+$/, ''))) {
+      refuse('SourceNotAllowed', `s3://${where} overlaps dacp's own artifacts (DACP_ARTIFACTS=${artifacts}); a source reads your data, never dacp's store`);
+    }
+  }
+  if (policy.s3Sources && !policy.s3Sources.some((root) => where === root || where.startsWith(root.endsWith('/') ? root : `${root}/`))) {
+    refuse('SourceNotAllowed', `s3://${where} is not below any location in this worker's DACP_S3_SOURCES (${policy.s3Sources.map((r) => `s3://${r}`).join(', ')}); the administrator adds it there`);
+  }
 }
 
 /** Refuse a `connectionEnv` that is dacp's own or that the worker does not allow. */
