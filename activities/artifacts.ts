@@ -214,8 +214,11 @@ export class ArtifactStore {
   async verify(ref: { uri: string; sha256: string }): Promise<boolean> {
     try {
       await this.fetched(ref);
-    } catch {
-      return false;
+    } catch (err) {
+      // Missing or damaged is an answer; an unreachable store is not (the caller's activity retries).
+      const type = (err as ApplicationFailure).type;
+      if (type === 'ArtifactMissing' || type === 'ArtifactCorrupted') return false;
+      throw err;
     }
     return this.isIntact(this.pathOf(ref.uri), ref.sha256);
   }

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
-import { ARTIFACT_URI, type ArtifactStore } from './artifacts';
+import { ARTIFACT_URI, hashFile, type ArtifactStore } from './artifacts';
 import { displayPath, sourceFiles } from './sources';
 
 export const INPUTS_FORMAT = 'dacp-inputs/1';
@@ -66,7 +66,8 @@ export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: 
   const choices = { ...spec.evaluation.choices };
   for (const name of ['domain', 'general'] as const) {
     const file = choices[name];
-    if (file !== undefined) choices[name] = await stage(path.resolve(baseDir, file));
+    // The same rules as a file source: it must exist and lie inside the allowed roots.
+    if (file !== undefined) choices[name] = await stage((await sourceFiles({ kind: 'files', role: 'domain', paths: [file] }, { baseDir, allowedRoots }))[0]);
   }
   let engine = spec.engine;
   if (engine.kind === 'command') {
@@ -91,28 +92,55 @@ export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: 
 
 /**
  * The folder an activity reads a run's inputs from: `baseDir` itself for a run from before
- * staging (or one started in-process by a test), else the staged manifest materialised under
- * `<DACP_HOME>/inputs/<sha256>` on this host, every file checked against its sha256.
+ * staging (or one a schedule starts), else the staged manifest materialised next to this host's
+ * artifacts (`<DACP_HOME>/inputs/<sha256>`). The folder is built aside and renamed into place
+ * whole, so a worker killed half-way leaves nothing under its name; and every file is checked
+ * against its sha256 on each use (a trainer runs as the worker's user and could have changed one),
+ * the folder being built again when one is not what the manifest names.
  */
 export async function inputsFolder(store: ArtifactStore, baseDir: string): Promise<string> {
   const match = ARTIFACT_URI.exec(baseDir);
   if (!match) return baseDir;
   const sha256 = match[2];
-  const dir = path.join(path.dirname(store.root), 'inputs', sha256);
-  const done = path.join(dir, '.complete');
-  if (existsSync(done)) return dir;
+  const parent = path.join(path.dirname(store.root), 'inputs');
+  const dir = path.join(parent, sha256);
   const manifest = await store.getJson<InputsManifest>({ uri: baseDir, sha256 });
   if (manifest.format !== INPUTS_FORMAT) {
     throw ApplicationFailure.nonRetryable(`artifact ${baseDir} is not a run's staged inputs (format ${String(manifest.format)})`, 'ArtifactInvalid');
   }
-  for (const [name, ref] of Object.entries(manifest.files)) {
-    const target = path.resolve(dir, name);
-    if (!target.startsWith(dir + path.sep)) throw ApplicationFailure.nonRetryable(`staged input ${name} would land outside ${dir}`, 'ArtifactInvalid');
-    if (existsSync(target)) continue;
-    await fs.mkdir(path.dirname(target), { recursive: true });
-    await store.copyOut(ref, target);
-    if (ref.executable) await fs.chmod(target, 0o755);
+  if (existsSync(dir)) {
+    if (await intact(dir, manifest)) return dir;
+    await fs.rm(dir, { recursive: true, force: true });
   }
-  await fs.writeFile(done, `${baseDir}\n`);
+  await fs.mkdir(parent, { recursive: true });
+  const temp = await fs.mkdtemp(path.join(parent, `.tmp-${sha256.slice(0, 12)}-`));
+  try {
+    for (const [name, ref] of Object.entries(manifest.files)) {
+      const target = path.resolve(temp, name);
+      if (!target.startsWith(temp + path.sep)) throw ApplicationFailure.nonRetryable(`staged input ${name} would land outside ${dir}`, 'ArtifactInvalid');
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await store.copyOut(ref, target);
+      await fs.chmod(target, ref.executable ? 0o555 : 0o444);
+    }
+    await fs.rename(temp, dir);
+  } catch (err) {
+    await fs.rm(temp, { recursive: true, force: true });
+    // Another activity on this host built the same folder first: use theirs.
+    const code = (err as NodeJS.ErrnoException).code;
+    if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await intact(dir, manifest))) return dir;
+    throw err;
+  }
   return dir;
+}
+
+/** True when every file of the manifest is in `dir` with its sha256. */
+async function intact(dir: string, manifest: InputsManifest): Promise<boolean> {
+  for (const [name, ref] of Object.entries(manifest.files)) {
+    try {
+      if ((await hashFile(path.join(dir, name))) !== ref.sha256) return false;
+    } catch {
+      return false;
+    }
+  }
+  return true;
 }

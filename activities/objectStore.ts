@@ -74,9 +74,13 @@ export function partBytes(env: NodeJS.ProcessEnv = process.env): number {
   const raw = env.DACP_S3_PART_MB;
   if (raw === undefined) return 64 * 1024 * 1024;
   const mb = Number(raw);
-  if (!Number.isFinite(mb) || mb < 5) throw new Error(`DACP_S3_PART_MB=${raw}: give a part size in MB of at least 5 (S3's minimum), e.g. 64`);
+  if (!Number.isFinite(mb) || mb < 5 || mb > MAX_PART_MB) throw new Error(`DACP_S3_PART_MB=${raw}: give a part size in MB between 5 and 5120 (S3's limits), e.g. 64`);
   return Math.floor(mb * 1024 * 1024);
 }
+
+/** S3's limits: parts per upload, and the largest part (and single PUT). */
+const MAX_PARTS = 10_000;
+const MAX_PART_MB = 5 * 1024;
 
 /** Objects up to this size are sent from memory in one request. */
 const SMALL_OBJECT_BYTES = 8 * 1024 * 1024;
@@ -184,6 +188,12 @@ export class S3ArtifactStore extends ArtifactStore {
     }
   }
 
+  /** The cached file, checked against its sha256 (and read again from the store when it is not). */
+  override async localFile(ref: { uri: string; sha256: string }): Promise<string> {
+    if (!(await this.verify(ref))) throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is corrupted in ${this.location}`, 'ArtifactCorrupted');
+    return this.pathOf(ref.uri);
+  }
+
   override async remove(ref: { uri: string }): Promise<void> {
     await super.remove(ref);
     const key = this.keyOf(ref.uri);
@@ -211,6 +221,8 @@ export class S3ArtifactStore extends ArtifactStore {
       return true;
     } catch (err) {
       if (statusOf(err) === 404 || nameOf(err) === 'NotFound' || nameOf(err) === 'NoSuchKey') return false;
+      // S3 answers 403 for a missing key to a role without s3:ListBucket: let the conditional put decide.
+      if (statusOf(err) === 403) return false;
       throw storageFailure('look up', `s3://${this.bucket}/${key}`, err);
     }
   }
@@ -264,7 +276,9 @@ export class S3ArtifactStore extends ArtifactStore {
           }),
         );
       } catch (err) {
-        if (statusOf(err) === 412 || statusOf(err) === 409) return; // already stored (by another worker): never replaced
+        // 412: an object is already under the key (another worker stored these bytes): never replaced.
+        // (A 409 is a concurrent conflict to retry, not proof that the object exists.)
+        if (statusOf(err) === 412) return;
         throw storageFailure('upload', where, err);
       }
       return;
@@ -282,15 +296,17 @@ export class S3ArtifactStore extends ArtifactStore {
       throw storageFailure('start a multipart upload of', where, err);
     }
     try {
-      const count = Math.ceil(bytes / this.partSize);
+      // S3 takes at most 10,000 parts: a file past 10,000 parts of the configured size gets larger ones.
+      const partSize = Math.max(this.partSize, Math.ceil(bytes / MAX_PARTS));
+      const count = Math.ceil(bytes / partSize);
       const parts: { PartNumber: number; ETag: string }[] = new Array(count);
       // A few parts in flight at once, each streamed from its range of the file.
       let next = 0;
       const lanes = Array.from({ length: Math.min(4, count) }, async () => {
         while (next < count) {
           const index = next++;
-          const start = index * this.partSize;
-          const end = Math.min(bytes, start + this.partSize);
+          const start = index * partSize;
+          const end = Math.min(bytes, start + partSize);
           const sent = await this.client.send(
             new UploadPartCommand({
               Bucket: this.bucket,
@@ -310,7 +326,7 @@ export class S3ArtifactStore extends ArtifactStore {
           new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, IfNoneMatch: '*', MultipartUpload: { Parts: parts } }),
         );
       } catch (err) {
-        if (statusOf(err) === 412 || statusOf(err) === 409) {
+        if (statusOf(err) === 412) {
           await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
           return; // another worker completed the same content first
         }
@@ -356,6 +372,13 @@ export class S3ArtifactStore extends ArtifactStore {
     if (actual !== ref.sha256) {
       await fs.rm(temp, { force: true });
       throw ApplicationFailure.nonRetryable(`artifact ${ref.uri} is corrupted in ${where}: sha256 ${actual} instead of ${ref.sha256}`, 'ArtifactCorrupted');
+    }
+    // On disk before it has its name: a crash never leaves a short file in the cache.
+    const handle = await fs.open(temp, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
     }
     await fs.rename(temp, file);
   }

@@ -92,7 +92,9 @@ type S3Source = Extract<Source, { kind: 's3' }>;
 async function readS3Source(source: S3Source, o: ReadSourceOptions, since?: { known: Set<string>; seen: Record<string, string> }): Promise<SourceDoc[]> {
   const { ListObjectsV2Command, GetObjectCommand } = await import('@aws-sdk/client-s3');
   const { s3Client } = await import('./objectStore');
-  const prefix = (source.prefix ?? '').replace(/^\/+/, '');
+  // A prefix is a folder: "team" lists team/…, never team-a/… (S3 prefixes are plain strings).
+  const trimmed = (source.prefix ?? '').replace(/^\/+|\/+$/g, '');
+  const prefix = trimmed ? `${trimmed}/` : '';
   const base = `s3://${source.bucket}/${prefix}`;
   checkS3Source(source.bucket, prefix);
   let client;

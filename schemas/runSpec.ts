@@ -68,7 +68,7 @@ const s3Source = z
     name: SourceName.optional(),
     watermark,
     bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'name the bucket only (3–63 lowercase letters, digits, "." or "-"), e.g. "corp-manuals"; the path inside goes in prefix'),
-    /** Only keys below this prefix are read, e.g. "manuals/2026/". */
+    /** Only keys below this folder-like prefix are read, e.g. "manuals/2026" (keys manuals/2026/…, never manuals/2026-old/…). */
     prefix: z.string().default(''),
     /** Which keys below the prefix: `*` within one level, `**` across levels (default: all). */
     glob: z.string().min(1, 'give a glob such as "**/*.md", or leave glob out to read every object below the prefix').default('**'),
@@ -158,15 +158,18 @@ export const ModelShape = z
   .strict()
   .refine((m) => m.dModel % m.nHeads === 0, { message: 'dModel must be a multiple of nHeads', path: ['nHeads'] });
 
-/** Variables of dacp itself (its database, Temporal, its settings): a spec never names them. */
-export const RESERVED_ENV = /^(DATABASE_URL|PG[A-Z_]*|TEMPORAL_[A-Z0-9_]*|DACP_(?!TORCH_THREADS$|DETERMINISTIC$)[A-Z0-9_]*)$/;
+/**
+ * Variables of dacp itself (its database, Temporal, its object storage credentials, its settings):
+ * a spec never names them.
+ */
+export const RESERVED_ENV = /^(DATABASE_URL|PG[A-Z_]*|TEMPORAL_[A-Z0-9_]*|AWS_[A-Z0-9_]*|DACP_(?!TORCH_THREADS$|DETERMINISTIC$)[A-Z0-9_]*)$/;
 
 const secretNames = z
   .array(
     z
       .string()
       .regex(/^[A-Z_][A-Z0-9_]*$/, 'environment variable names are UPPER_CASE')
-      .refine((name) => !RESERVED_ENV.test(name), { message: "that is one of dacp's own variables (its database, Temporal, its settings), never handed to a trainer" }),
+      .refine((name) => !RESERVED_ENV.test(name), { message: "that is one of dacp's own variables (its database, Temporal, its object storage credentials, its settings), never handed to a trainer" }),
     {
       invalid_type_error:
         'list the names of variables the trainer takes from the gpu worker\'s environment, e.g. ["HF_TOKEN"]; values are secrets and never go in a spec',

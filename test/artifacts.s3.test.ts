@@ -182,7 +182,7 @@ describe('artifacts in S3-compatible object storage (a real SeaweedFS server)', 
     expect(parseS3Url('s3://my-bucket')).toEqual({ bucket: 'my-bucket', prefix: '' });
     expect(() => openArtifactStore(dir, { DACP_ARTIFACTS: 'gs://bucket/x' })).toThrow(/DACP_ARTIFACTS=gs:\/\/bucket\/x.*s3:\/\/BUCKET/);
     expect(() => openArtifactStore(dir, { DACP_ARTIFACTS: 's3://B/x', AWS_REGION: 'x' })).toThrow(/DACP_ARTIFACTS=s3:\/\/B\/x is not an S3 location/);
-    expect(() => openArtifactStore(dir, { DACP_ARTIFACTS: 's3://bucket/x', AWS_REGION: 'x', DACP_S3_PART_MB: '1' })).toThrow(/DACP_S3_PART_MB=1.*at least 5/);
+    expect(() => openArtifactStore(dir, { DACP_ARTIFACTS: 's3://bucket/x', AWS_REGION: 'x', DACP_S3_PART_MB: '1' })).toThrow(/DACP_S3_PART_MB=1.*between 5 and 5120/);
     expect(() => s3Client({})).toThrow(/AWS_REGION/);
   });
   test('a 64 MB checkpoint goes up and comes back with memory flat: parts are streamed from the file, downloads to it', async () => {
@@ -252,8 +252,14 @@ describe('artifacts in S3-compatible object storage (a real SeaweedFS server)', 
       try {
         await expect(readSource({ ...domain, bucket, prefix: 'team-a/models/' }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed', message: expect.stringContaining("overlaps dacp's own artifacts") });
         await expect(readSource({ ...domain, bucket }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed' });
+        // A prefix is a folder: "team" is not "team-a", so it reads nothing of dacp's (and finds nothing here).
+        await expect(readSource({ ...domain, bucket, prefix: 'team' }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotFound' });
         process.env.DACP_S3_SOURCES = 's3://corp-docs/manuals';
         await expect(readSource({ ...domain, bucket: 'corp-docs', prefix: 'other/' }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed', message: expect.stringContaining('DACP_S3_SOURCES') });
+        await s3.client.send(new PutObjectCommand({ Bucket: 'corp-docs', Key: 'manuals-confidential/x.txt', Body: 'salaries' }));
+        await expect(readSource({ ...domain, bucket: 'corp-docs', prefix: 'manuals-confidential' }, { baseDir: '/' })).rejects.toMatchObject({ type: 'SourceNotAllowed' });
+        const read = await readSource({ ...domain, bucket: 'corp-docs', prefix: 'manuals', glob: '**/*.txt' }, { baseDir: '/' });
+        expect(read.map((d) => d.origin).filter((o) => o.includes('confidential'))).toEqual([]);
         expect((await readSource({ ...domain, bucket: 'corp-docs', prefix: 'manuals/deep/' }, { baseDir: '/' })).length).toBe(1);
       } finally {
         delete process.env.DACP_ARTIFACTS;

@@ -109,6 +109,10 @@ describe('trainer commands', () => {
       /engine\.env\.1: that is one of dacp's own variables/,
     );
     expect(() => parseRunSpec(tinySpec({ engine: { kind: 'hf', env: ['TEMPORAL_API_KEY'] } }))).toThrow(/engine\.env\.0: that is one of dacp's own variables/);
+    // The worker's object storage credentials: a trainer from the spec would reach every artifact.
+    expect(() => parseRunSpec(tinySpec({ engine: { kind: 'command', command: ['python3', 'train.py'], env: ['AWS_SECRET_ACCESS_KEY'] } }))).toThrow(
+      /engine\.env\.0: that is one of dacp's own variables \(its database, Temporal, its object storage credentials/,
+    );
   });
 });
 

@@ -3,7 +3,7 @@ import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { CreateMultipartUploadCommand, HeadObjectCommand, ListMultipartUploadsCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Client, Connection } from '@temporalio/client';
 import pg from 'pg';
 import { startDevServer, type DevServer } from '../../cli/devServer';
@@ -36,7 +36,7 @@ function pgBin(): string {
   return path.join('/usr/lib/postgresql', versions[0], 'bin');
 }
 
-describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2 with no shared disk', () => {
+describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharing no state on disk', () => {
   let net: Hosts;
   let temporal: DevServer;
   let s3: S3Server;
@@ -48,6 +48,7 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2 with no
   let env: Record<string, string>;
   let operatorHome: string;
   let runs: RunContext;
+  let homes: Record<'ctl' | 'gpu1' | 'gpu2', string>;
   const homeOf = (name: string) => {
     const dir = mkdtempSync(path.join(os.tmpdir(), `dacp-${name}-`));
     dirs.push(dir);
@@ -92,6 +93,7 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2 with no
     };
     // The operator's machine is this process (on the bridge): it holds the spec and its data.
     operatorHome = homeOf('operator');
+    homes = { ctl: homeOf('ctl'), gpu1: homeOf('gpu1'), gpu2: homeOf('gpu2') };
     writeTinyCorpus(operatorHome);
     runs = { client, pool, artifactsDir: path.join(operatorHome, 'artifacts') };
 
@@ -136,10 +138,16 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2 with no
     for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
   });
 
-  /** A worker on `host`, as an operator starts it there: its own DACP_HOME, the shared services by address. */
-  async function startWorker(host: string, queue: 'gpu' | 'control'): Promise<GpuWorkerProcess & { home: string }> {
-    const home = homeOf(host);
-    const worker = new GpuWorkerProcess({ ...env, DACP_HOME: home }, writeStepProbe(home), net.prefix(host), queue);
+  /**
+   * A worker on `host`, as an operator starts it there: its own DACP_HOME, the shared services by
+   * address. The hosts share this machine's file system, so each worker gets a mount namespace in
+   * which the operator's folder and the other hosts' homes are empty: it can read only the network.
+   */
+  async function startWorker(host: 'ctl' | 'gpu1' | 'gpu2', queue: 'gpu' | 'control', extra: Record<string, string> = {}): Promise<GpuWorkerProcess & { home: string }> {
+    const home = homes[host];
+    const hidden = [operatorHome, ...Object.entries(homes).filter(([name]) => name !== host).map(([, dir]) => dir)];
+    const isolate = ['sh', '-c', `${hidden.map((dir) => `mount -t tmpfs -o size=1m dacp-hidden ${dir}`).join(' && ')} && exec "$@"`, 'sh'];
+    const worker = new GpuWorkerProcess({ ...env, DACP_HOME: home, ...extra }, writeStepProbe(home), [...net.prefix(host), ...isolate], queue);
     workers.push(worker);
     await worker.ready;
     return Object.assign(worker, { home });
@@ -204,7 +212,14 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2 with no
     const key = `team-a/checkpoints/${newest!.sha256.slice(0, 2)}/${newest!.sha256}.safetensors`;
     expect((await s3.client.send(new HeadObjectCommand({ Bucket: 'dacp-artifacts', Key: key }))).ContentLength).toBe(newest!.bytes);
 
-    const gpu2 = await startWorker('gpu2', 'gpu');
+    // What a worker killed mid-upload leaves: parts of an upload never completed. gpu2 sweeps it as it starts.
+    const stale = await s3.client.send(new CreateMultipartUploadCommand({ Bucket: 'dacp-artifacts', Key: 'team-a/checkpoints/00/stale.safetensors' }));
+    expect(stale.UploadId).toBeTruthy();
+    const gpu2 = await startWorker('gpu2', 'gpu', { DACP_S3_UPLOAD_MAX_AGE_HOURS: '0' });
+    await eventually(async () => {
+      const open = await s3.client.send(new ListMultipartUploadsCommand({ Bucket: 'dacp-artifacts', Prefix: 'team-a/' }));
+      return (open.Uploads ?? []).some((u) => u.Key === 'team-a/checkpoints/00/stale.safetensors') ? undefined : true;
+    }, 'gpu2 to sweep the unfinished upload', 30_000, 200);
     const cached = path.join(gpu2.home, 'artifacts', 'checkpoints', newest!.sha256.slice(0, 2), `${newest!.sha256}.safetensors`);
     // gpu2 has never seen that checkpoint: the resume below reads it from object storage.
     expect(existsSync(cached)).toBe(false);
