@@ -233,6 +233,21 @@ export class ArtifactStore {
     return this.pathOf(ref.uri);
   }
 
+  /**
+   * `length` bytes from `start` (fewer at the end), for a header read without the rest of a
+   * model. Not hash-checked: only a whole read can be; use it for what the whole read would confirm.
+   */
+  async readRange(ref: { uri: string }, start: number, length: number): Promise<Buffer> {
+    const handle = await fs.open(this.pathOf(ref.uri), 'r');
+    try {
+      const buffer = Buffer.alloc(length);
+      const { bytesRead } = await handle.read(buffer, 0, length, start);
+      return buffer.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  }
+
   /** Where artifacts live, for messages: the folder, or the object storage URL. */
   get location(): string {
     return this.root;

@@ -6,7 +6,7 @@
  * write it chunk by chunk while hashing, and no model or checkpoint is ever one Buffer.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -185,6 +185,19 @@ export class S3ArtifactStore extends ArtifactStore {
       if ((err as ApplicationFailure).type !== 'ArtifactCorrupted') throw err;
       await fs.rm(this.pathOf(ref.uri), { force: true });
       return read();
+    }
+  }
+
+  /** From the cached file when there is one, else a ranged GET (a header without the model's weights). */
+  override async readRange(ref: { uri: string }, start: number, length: number): Promise<Buffer> {
+    if (existsSync(this.pathOf(ref.uri))) return super.readRange(ref, start, length);
+    const key = this.keyOf(ref.uri);
+    try {
+      const got = await this.client.send(new (s3sdk().GetObjectCommand)({ Bucket: this.bucket, Key: key, Range: `bytes=${start}-${start + length - 1}` }));
+      return Buffer.from(await got.Body!.transformToByteArray());
+    } catch (err) {
+      if (statusOf(err) === 416) return Buffer.alloc(0);
+      throw storageFailure('read part of', `s3://${this.bucket}/${key}`, err);
     }
   }
 

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import { hashFile } from '../activities/artifacts';
+import { hashFile, type ArtifactStore } from '../activities/artifacts';
 import { openArtifactStore } from '../activities/objectStore';
 import { copyFolderOut, storeFolderFromDisk } from '../activities/modelFolders';
 import { withTransaction } from '../db/pool';
@@ -132,7 +132,7 @@ export async function listModels(ctx: RegistryContext): Promise<ListedModel[]> {
   const versions = await listModelVersions(ctx.pool);
   const out: ListedModel[] = [];
   for (const v of versions) {
-    const header = await readModelHeader(await store.localFile({ uri: v.uri, sha256: v.sha256 })).catch(() => null);
+    const header = await readModelHeader(store, { uri: v.uri }).catch(() => null);
     out.push({
       versionId: v.versionId,
       name: v.name,
@@ -150,22 +150,16 @@ export async function listModels(ctx: RegistryContext): Promise<ListedModel[]> {
   return out;
 }
 
-/** The config in a dacp model file's safetensors header, read without its weights. */
-async function readModelHeader(file: string): Promise<{ family: string; parameters: number }> {
-  const handle = await fs.open(file, 'r');
-  try {
-    const size = Buffer.alloc(8);
-    await handle.read(size, 0, 8, 0);
-    const length = Number(size.readBigUInt64LE(0));
-    if (length > 100_000_000) throw new Error('header too large');
-    const header = Buffer.alloc(length);
-    await handle.read(header, 0, length, 8);
-    const metadata = (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__ ?? {};
-    const config = parseAnyModelConfig(JSON.parse(metadata[RESERVED_KEYS.config] ?? 'null'));
-    return { family: familyOfConfig(config), parameters: parameterCountOf(config) };
-  } finally {
-    await handle.close();
-  }
+/** The config in a dacp model file's safetensors header, read without its weights (a ranged read from object storage). */
+async function readModelHeader(store: ArtifactStore, ref: { uri: string }): Promise<{ family: string; parameters: number }> {
+  const size = await store.readRange(ref, 0, 8);
+  if (size.length < 8) throw new Error('not a safetensors file');
+  const length = Number(size.readBigUInt64LE(0));
+  if (length > 100_000_000) throw new Error('header too large');
+  const header = await store.readRange(ref, 8, length);
+  const metadata = (JSON.parse(header.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__ ?? {};
+  const config = parseAnyModelConfig(JSON.parse(metadata[RESERVED_KEYS.config] ?? 'null'));
+  return { family: familyOfConfig(config), parameters: parameterCountOf(config) };
 }
 
 const millions = (n: number | null) => (n === null ? '?' : n >= 1e6 ? `${(n / 1e6).toFixed(1)} M` : `${(n / 1e3).toFixed(1)} k`);

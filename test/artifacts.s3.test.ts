@@ -94,6 +94,11 @@ describe('artifacts in S3-compatible object storage (a real SeaweedFS server)', 
     const tensors = { 'w.weight': { dtype: 'F32' as const, shape: [4, 8], data: new Float32Array(32).map((_, i) => i / 7) } };
     const ref = await writer.putSafetensors('models', tensors, { note: 'tiny' });
     const reader = host();
+    // A header alone (what `dacp models list` reads) comes by ranged GETs; the weights stay in the bucket.
+    const length = Number((await reader.readRange(ref, 0, 8)).readBigUInt64LE(0));
+    const header = JSON.parse((await reader.readRange(ref, 8, length)).toString('utf8')) as { __metadata__: Record<string, string> };
+    expect(header.__metadata__.note).toBe('tiny');
+    expect(existsSync(reader.pathOf(ref.uri))).toBe(false);
     const decoded = await reader.getSafetensors(ref);
     expect(Array.from(decoded.tensors['w.weight'].data as Float32Array)).toEqual(Array.from(tensors['w.weight'].data));
     expect(decoded.metadata?.note).toBe('tiny');
