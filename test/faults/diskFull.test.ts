@@ -5,7 +5,7 @@ import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { ArtifactStore } from '../../activities/artifacts';
 import { startRun } from '../../cli/runs';
 import { parseRunSpec } from '../../schemas/runSpec';
-import { tinySpec } from '../helpers/fixtures';
+import { sharedTinyBase, tinySpec } from '../helpers/fixtures';
 import { eventually } from '../helpers/temporal';
 import { SmallDisk } from './helpers/diskTmpfs';
 import { startFaultHarness, type FaultHarness } from './helpers/gpuHarness';
@@ -19,12 +19,7 @@ const EVERY = 20;
 
 const spec = parseRunSpec(
   tinySpec({
-    baseModel: {
-      ref: 'tiny-base:v1',
-      bootstrapIfMissing: true,
-      shape: { contextLength: 32, dModel: 32, nLayers: 1, nHeads: 2 },
-      bootstrap: { steps: 30, batchSize: 8, learningRate: 5e-3, checkpointEvery: 15 },
-    },
+    baseModel: sharedTinyBase,
     dacp: { steps: STEPS, batchSize: 8, learningRate: 3e-3, checkpointEvery: EVERY },
     checkpoints: { keepLast: 3, keepBest: false },
     heartbeatTimeout: '10s',

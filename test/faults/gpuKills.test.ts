@@ -5,7 +5,7 @@ import { ArtifactStore } from '../../activities/artifacts';
 import { runStatus, startRun } from '../../cli/runs';
 import { mulberry32 } from '../../ml/demoCorpus';
 import { parseRunSpec } from '../../schemas/runSpec';
-import { tinySpec } from '../helpers/fixtures';
+import { sharedTinyBase, tinySpec } from '../helpers/fixtures';
 import { eventually } from '../helpers/temporal';
 import { startFaultHarness, type FaultHarness } from './helpers/gpuHarness';
 import { checkpointSha, newestCheckpoint, trainingAttempts } from './helpers/gpuRecords';
@@ -26,12 +26,7 @@ const TRIALS = 6;
  */
 const spec = parseRunSpec(
   tinySpec({
-    baseModel: {
-      ref: 'tiny-base:v1',
-      bootstrapIfMissing: true,
-      shape: { contextLength: 32, dModel: 32, nLayers: 1, nHeads: 2 },
-      bootstrap: { steps: 30, batchSize: 8, learningRate: 5e-3, checkpointEvery: 15 },
-    },
+    baseModel: sharedTinyBase,
     dacp: { steps: STEPS, batchSize: 8, learningRate: 3e-3, checkpointEvery: EVERY },
     heartbeatTimeout: '3s',
   }),

@@ -17,6 +17,17 @@ export function writeTinyCorpus(dir: string, seed = 11): void {
   writeFileSync(path.join(dir, 'data', 'choices-general.jsonl'), choiceSets.general.map((item) => JSON.stringify(item)).join('\n'));
 }
 
+/**
+ * A registered tiny base that the first run bootstraps and later runs adapt: runs that use it
+ * train from the same weights, so their checkpoints can be compared bit for bit.
+ */
+export const sharedTinyBase = {
+  ref: 'tiny-base:v1',
+  bootstrapIfMissing: true,
+  shape: { contextLength: 32, dModel: 32, nLayers: 1, nHeads: 2 },
+  bootstrap: { steps: 30, batchSize: 8, learningRate: 5e-3, checkpointEvery: 15 },
+};
+
 /** A spec small enough to train in seconds; budgets loose so the gate passes on any seed. */
 export function tinySpec(over: Partial<RunSpecInput> = {}): RunSpecInput {
   return {

@@ -13,7 +13,7 @@ import { migrate } from '../../db/migrate';
 import type { RunStatus } from '../../schemas/pipeline';
 import { checkpointSha, newestCheckpoint, trainingAttempts } from '../faults/helpers/gpuRecords';
 import { GpuWorkerProcess, writeStepProbe } from '../faults/helpers/gpuWorker';
-import { tinySpec, writeTinyCorpus } from '../helpers/fixtures';
+import { sharedTinyBase, tinySpec, writeTinyCorpus } from '../helpers/fixtures';
 import { enrolTestPrincipals } from '../helpers/identities';
 import { startS3Server, type S3Server } from '../helpers/s3';
 import { eventually, GiveUp } from '../helpers/temporal';
@@ -110,12 +110,7 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
             { kind: 'files', role: 'replay', paths: ['data/general.jsonl'] },
             { kind: 'files', role: 'instruct', paths: ['data/pairs.jsonl'] },
           ],
-          baseModel: {
-            ref: 'tiny-base:v1',
-            bootstrapIfMissing: true,
-            shape: { contextLength: 32, dModel: 32, nLayers: 1, nHeads: 2 },
-            bootstrap: { steps: 30, batchSize: 8, learningRate: 5e-3, checkpointEvery: 15 },
-          },
+          baseModel: sharedTinyBase,
           dacp: { steps: STEPS, batchSize: 8, learningRate: 3e-3, checkpointEvery: EVERY },
           heartbeatTimeout: '3s',
         }),
