@@ -55,7 +55,7 @@ export interface QualityReport {
   redactions: Record<PiiKind, number>;
 }
 
-export type PiiKind = 'email' | 'phone' | 'card' | 'ip';
+export type PiiKind = 'email' | 'phone' | 'card' | 'ip' | 'national_id';
 export type PiiCounts = Record<PiiKind, number>;
 
 /** A document on its way through the pipeline: the text the filters judge, and what was redacted in it. */
@@ -277,7 +277,7 @@ export function nearDedup<T extends QualityDoc>(docs: Candidate<T>[], threshold:
 // ---------------------------------------------------------------- PII redaction
 
 function emptyPiiCounts(): PiiCounts {
-  return { email: 0, phone: 0, card: 0, ip: 0 };
+  return { email: 0, phone: 0, card: 0, ip: 0, national_id: 0 };
 }
 
 function addPiiCounts(into: PiiCounts, more: PiiCounts): void {
@@ -289,8 +289,15 @@ const emailPattern = /[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?
 // ("v1.2.3.4", "std::map", version strings, 3GPP spec numbers).
 const ipv6Candidate = /(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:]|\.\d)/g;
 const ipv4Pattern = /(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)/g;
-const cardCandidate = /(?<![\w+.-])\d(?:[ -]?\d){12,18}(?![\w-]|\.\d)/g;
-const phoneCandidate = /(?<![\w.+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-]|\.\d)/g;
+// 13–19 digits together, or in groups as cards print them (4-4-4-…, Amex 4-6-5) with one separator.
+const cardCandidate = /(?<![\w+.-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?![\w-]|\.\d)/g;
+// With a country code the first group may be one digit (+81 3 1234 5678, +82 2 123 4567).
+const phoneCandidate = /(?<![\w.+-])(?:\+\d{1,3}[ .-]?(?:\(0\))?\d{1,4}|(?:\(\d{1,4}\)[ .-]?)?\d{2,4})(?:[ .-]\d{2,4}){1,4}(?![\w-]|\.\d)/g;
+// Korean resident registration numbers (YYMMDD-SNNNNNC) and Japanese My Numbers (12 digits, often
+// in groups of four); each candidate is checked (date, check digit) before it is redacted.
+const krRrnCandidate = /(?<![\w-])\d{6}-?[1-8]\d{6}(?![\w-])/g;
+// Never part of a longer run of digit groups (a card number's first twelve digits).
+const jpMyNumberCandidate = /(?<![\w-]|\d[ -])\d{4}([ -]?)\d{4}\1\d{4}(?![\w-]|[ -]\d)/g;
 
 function isIpv6(candidate: string): boolean {
   if (!/\d/.test(candidate)) return false; // "abc::def" is more likely code than an address
@@ -315,10 +322,46 @@ function isLuhnValid(digits: string): boolean {
   return sum % 10 === 0;
 }
 
+/**
+ * A Korean resident registration number: a real birth date, a gender/century digit 1–8, and the
+ * check digit (weights 2–9, 2–5 over the first twelve digits; 11 − sum mod 11, mod 10). Numbers
+ * issued since October 2020 have no check digit and are not recognised (see docs/data-quality.md).
+ */
+export function isKoreanRrn(candidate: string): boolean {
+  const digits = candidate.replace(/\D/g, '');
+  if (digits.length !== 13) return false;
+  const month = Number(digits.slice(2, 4));
+  const day = Number(digits.slice(4, 6));
+  if (month < 1 || month > 12 || day < 1 || day > 31) return false;
+  const weights = [2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5];
+  const sum = weights.reduce((acc, w, i) => acc + w * (digits.charCodeAt(i) - 48), 0);
+  return (11 - (sum % 11)) % 10 === digits.charCodeAt(12) - 48;
+}
+
+/**
+ * A Japanese My Number (個人番号): twelve digits whose last is the check digit of the first eleven
+ * (weights 2–7 then 2–6 from the right; 11 − sum mod 11, and 0 where that is 10 or 11).
+ */
+export function isJapaneseMyNumber(candidate: string): boolean {
+  const digits = candidate.replace(/\D/g, '');
+  if (digits.length !== 12) return false;
+  // Three years in a row ("2000 2010 2020") pass the check digit one time in eleven; they are years.
+  if (/\D/.test(candidate) && candidate.split(/\D/).every((g) => /^(19|20)\d\d$/.test(g))) return false;
+  let sum = 0;
+  for (let n = 1; n <= 11; n++) {
+    const p = digits.charCodeAt(11 - n) - 48;
+    sum += p * (n <= 6 ? n + 1 : n - 5);
+  }
+  const remainder = sum % 11;
+  return (remainder <= 1 ? 0 : 11 - remainder) === digits.charCodeAt(11) - 48;
+}
+
 function isPhone(candidate: string): boolean {
   const digits = candidate.replace(/\D/g, '');
   if (candidate.startsWith('+')) return digits.length >= 8 && digits.length <= 15;
   if (candidate.includes('(')) return digits.length >= 7 && digits.length <= 15;
+  // Seoul's area code is one digit after the trunk 0: 02-123-4567 has nine.
+  if (/^02-\d{3,4}-\d{4}$/.test(candidate)) return true;
   // Without a country code or area-code brackets, only national-length numbers with one kind of
   // separator count: this keeps dates, years in a row and spec numbers out.
   if (digits.length < 10 || digits.length > 11) return false;
@@ -327,7 +370,11 @@ function isPhone(candidate: string): boolean {
   return !/^\d{4}[-.]\d{2}[-.]\d{2}/.test(candidate);
 }
 
-/** Replaces e-mail addresses, IP addresses, Luhn-valid card numbers and phone numbers with placeholders. */
+/**
+ * Replaces e-mail addresses, national identifiers (Korean resident registration numbers, Japanese
+ * My Numbers, both check-digit validated), IP addresses, Luhn-valid card numbers and phone numbers
+ * (international, and national forms including Korea's and Japan's) with typed placeholders.
+ */
 export function redactPii(text: string): { text: string; counts: Record<PiiKind, number> } {
   const counts = emptyPiiCounts();
   const replace = (input: string, pattern: RegExp, kind: PiiKind, accept: (m: string) => boolean): string =>
@@ -337,6 +384,9 @@ export function redactPii(text: string): { text: string; counts: Record<PiiKind,
       return `[${kind.toUpperCase()}]`;
     });
   let out = replace(text, emailPattern, 'email', () => true);
+  // National identifiers before cards and phones, whose looser patterns would take their digits.
+  out = replace(out, krRrnCandidate, 'national_id', isKoreanRrn);
+  out = replace(out, jpMyNumberCandidate, 'national_id', isJapaneseMyNumber);
   out = replace(out, ipv6Candidate, 'ip', isIpv6);
   out = replace(out, ipv4Pattern, 'ip', () => true);
   out = replace(out, cardCandidate, 'card', (m) => isLuhnValid(m.replace(/\D/g, '')));

@@ -144,6 +144,26 @@ describe('near-duplicate removal in the quality activity', () => {
   });
 });
 
+describe('PII redaction in the quality activity', () => {
+  it('replaces Korean and Japanese identifiers and phone numbers in the stored datasets with typed placeholders, and the report counts them, never their values', async () => {
+    const filler = (i: number) => Array.from({ length: 30 }, (_, k) => vocabulary[(i * 31 + k * 7) % vocabulary.length]).join(' ');
+    const docs: TextDoc[] = [
+      { text: `고객 정보: 주민등록번호 900101-1234568, 휴대폰 010-9876-5432. ${filler(1)}` },
+      { text: `担当者のマイナンバーは 1234 5678 9018、電話は 03-1234-5678 です。${filler(2)}` },
+      { text: `Nothing personal here. ${filler(3)}` },
+    ];
+    const { result, train, heldout } = await runQuality({}, docs, 0.34);
+    const written = [...train, ...heldout].join('\n');
+    for (const value of ['900101-1234568', '010-9876-5432', '1234 5678 9018', '03-1234-5678']) expect(written).not.toContain(value);
+    expect(written).toContain('주민등록번호 [NATIONAL_ID], 휴대폰 [PHONE].');
+    expect(written).toContain('マイナンバーは [NATIONAL_ID]、電話は [PHONE] です。');
+    expect(result.summary.perRole.domain.redactions).toEqual({ email: 0, phone: 2, card: 0, ip: 0, national_id: 2 });
+    const report = JSON.stringify(await store.getJson(result.summary.report));
+    expect(report).toContain('"national_id":2');
+    expect(report).not.toContain('900101');
+  });
+});
+
 describe('quality.nearDuplicateThreshold in the run spec', () => {
   it('is on by default, with the same threshold as the quality library', () => {
     expect(parseRunSpec(tinySpec()).quality.nearDuplicateThreshold).toBe(defaultNearDuplicateThreshold);

@@ -89,6 +89,21 @@ describe('redactPii', () => {
     ['host 192.168.10.1 is down', 'host [IP] is down', 'ip'],
     ['peer fe80::1ff:fe23:4567:890a replied', 'peer [IP] replied', 'ip'],
     ['full 2001:db8:85a3:0:0:8a2e:370:7334 address', 'full [IP] address', 'ip'],
+    // Korean numbers: mobile, Seoul (one-digit area code), another region, international.
+    ['휴대폰 010-9876-5432로 연락하세요', '휴대폰 [PHONE]로 연락하세요', 'phone'],
+    ['본사 대표번호 02-123-4567입니다', '본사 대표번호 [PHONE]입니다', 'phone'],
+    ['경기 지사 031-987-6543', '경기 지사 [PHONE]', 'phone'],
+    ['해외에서는 +82 10-9876-5432', '해외에서는 [PHONE]', 'phone'],
+    // Japanese numbers: mobile, Tokyo, toll-free, international with the one-digit area code.
+    ['携帯 090-1234-5678 まで', '携帯 [PHONE] まで', 'phone'],
+    ['東京本社 03-1234-5678', '東京本社 [PHONE]', 'phone'],
+    ['フリーダイヤル 0120-123-456', 'フリーダイヤル [PHONE]', 'phone'],
+    ['from abroad +81 3 1234 5678', 'from abroad [PHONE]', 'phone'],
+    // National identifiers, check digits valid.
+    ['주민등록번호 900101-1234568 확인', '주민등록번호 [NATIONAL_ID] 확인', 'national_id'],
+    ['RRN 8512312012346 on file', 'RRN [NATIONAL_ID] on file', 'national_id'],
+    ['マイナンバー 1234 5678 9018 を提出', 'マイナンバー [NATIONAL_ID] を提出', 'national_id'],
+    ['個人番号は987654321093です', '個人番号は[NATIONAL_ID]です', 'national_id'],
   ] as const)('redacts %j', (input, expected, kind) => {
     const result = redactPii(input);
     expect(result.text).toBe(expected);
@@ -106,10 +121,17 @@ describe('redactPii', () => {
     'between 1990 and 2000 2010 2020',
     'PCI 503 serves 1200 users in 3 cells',
     'IMSI 001010123456789 attached',
+    // Check digits wrong, or no real date: not identifiers.
+    '주문번호 900101-1234567 처리됨',
+    '일련번호 901301-1234568',
+    '注文番号 1234 5678 9012 発送済み',
+    // Korean and Japanese dates and counts are not phone numbers.
+    '2024년 5월 1일 10시 30분',
+    '2024年5月1日に 1200 人が参加',
   ])('leaves %j alone', (input) => {
     const result = redactPii(input);
     expect(result.text).toBe(input);
-    expect(result.counts).toEqual({ email: 0, phone: 0, card: 0, ip: 0 });
+    expect(result.counts).toEqual({ email: 0, phone: 0, card: 0, ip: 0, national_id: 0 });
   });
 });
 
@@ -129,7 +151,7 @@ describe('cleanDocuments', () => {
     expect(report.input).toBe(6);
     expect(report.kept).toBe(kept.length);
     expect(report.kept + removedSum(report)).toBe(report.input);
-    expect(report.redactions).toEqual({ email: 1, phone: 1, card: 0, ip: 0 });
+    expect(report.redactions).toEqual({ email: 1, phone: 1, card: 0, ip: 0, national_id: 0 });
     expect(kept[1].text).toBe(`${prose('core')} Contact [EMAIL] or [PHONE].`);
   });
 
@@ -145,7 +167,7 @@ describe('cleanDocuments', () => {
     const doc = { text: `${prose('radio')} Mail a@example.com.` };
     const { kept, report } = cleanDocuments([doc], { ...settings, redactPii: false });
     expect(kept).toEqual([doc]);
-    expect(report.redactions).toEqual({ email: 0, phone: 0, card: 0, ip: 0 });
+    expect(report.redactions).toEqual({ email: 0, phone: 0, card: 0, ip: 0, national_id: 0 });
   });
 
   it('judges instruction pairs on prompt and response together and redacts both fields', () => {
@@ -163,7 +185,7 @@ describe('cleanDocuments', () => {
       { prompt: 'Send the log to [IP]', response: 'Upload it to [IP] instead, over SFTP.' },
     ]);
     expect(report.removed).toMatchObject({ duplicate: 1, too_short: 1 });
-    expect(report.redactions).toEqual({ email: 1, phone: 1, card: 0, ip: 2 });
+    expect(report.redactions).toEqual({ email: 1, phone: 1, card: 0, ip: 2, national_id: 0 });
     expect(report.kept + removedSum(report)).toBe(report.input);
   });
 
