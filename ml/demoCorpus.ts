@@ -34,7 +34,7 @@ export const demoQualityExpectations = {
   piiEmail: 'noc.oncall@example.com',
   piiPhone: '+1 555 010 4477',
   removed: { duplicate: 1, too_short: 1 },
-  redactions: { email: 1, phone: 1, card: 0, ip: 0 },
+  redactions: { email: 1, phone: 1, card: 0, ip: 0, national_id: 0 },
 } as const;
 
 /** mulberry32: a tiny seeded PRNG, so the same seed always yields the same corpus. */
