@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
-import { cleanDocumentsPaced, normalizeForDedup, type QualityReport } from '../ml/quality';
+import { cleanDocumentsPaced, normalizeForDedup, type QualityDetails, type QualityReport } from '../ml/quality';
 import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
 import { domainMixes } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
@@ -61,6 +61,8 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       const { spec } = input;
       const datasets: DatasetRef[] = [];
       const perRole = {} as QualitySummary['perRole'];
+      // Examples and histograms go to the stored report only; the summary (in history) keeps counts.
+      const details: Partial<Record<DatasetRole, QualityDetails>> = {};
       let domainSources: QualitySummary['domainSources'];
       const problems: string[] = [];
       // Weighted domain sources (domainRatio): each one with a weight must keep training text.
@@ -70,7 +72,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
         Context.current().heartbeat({ role: raw.role });
         const docs = await readDataset(store, raw);
         // Paced, so the heartbeat timer of this activity keeps running on a large corpus.
-        const { kept, report } = await cleanDocumentsPaced(docs, {
+        const { kept, report, details: roleDetails } = await cleanDocumentsPaced(docs, {
           minChars: spec.quality.minChars,
           maxChars: spec.quality.maxChars,
           maxRepetitionRatio: spec.quality.maxRepetitionRatio,
@@ -87,6 +89,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
             `${raw.role}: ${kept.length} of ${docs.length} documents survived (need quality.minDocs = ${spec.quality.minDocs}; removed ${reasons || 'none'})`,
           );
         }
+        details[raw.role] = roleDetails;
         const { train, heldout } = splitHeldout(kept, spec.heldoutFraction);
         perRole[raw.role] = { ...report, train: train.length, heldout: heldout.length };
         if (raw.role === 'domain' && spec.domainRatio !== undefined) {
@@ -101,7 +104,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
           datasets.push(ref);
         }
       }
-      const reportRef = await store.putJson('reports', { kind: 'quality', runId: input.runId, perRole, ...(domainSources ? { domainSources } : {}) });
+      const reportRef = await store.putJson('reports', { kind: 'quality', runId: input.runId, perRole, ...(domainSources ? { domainSources } : {}), details });
       if (problems.length) {
         throw ApplicationFailure.nonRetryable(
           `too few documents survived quality filtering — ${problems.join('; ')}. Add data or relax the quality settings.`,

@@ -52,6 +52,8 @@ export interface QualityReport {
   input: number;
   kept: number;
   removed: Record<string, number>;
+  /** UTF-8 bytes of the documents each reason removed. */
+  removedBytes: Record<string, number>;
   redactions: Record<PiiKind, number>;
 }
 
@@ -70,7 +72,33 @@ export interface Candidate<T extends QualityDoc> {
 export interface StepResult<T extends QualityDoc> {
   kept: Candidate<T>[];
   removed: Partial<Record<RemovalReason, number>>;
+  /** The texts removed, by reason (for bytes and examples in the report). */
+  dropped?: { reason: RemovalReason; text: string }[];
+  /** A filter's score of every document it judged (for the report's histograms). */
+  scores?: { name: ScoreName; values: number[] };
 }
+
+export type ScoreName = 'repetition' | 'symbols';
+
+/** Counts per bin: `edges` has one more entry than `counts`; the last bin includes its upper edge. */
+export interface Histogram {
+  edges: number[];
+  counts: number[];
+}
+
+/**
+ * What the stored quality report holds besides the counts (never the summary in workflow history):
+ * a few removed documents per reason, redacted and shortened, and histograms of document length and
+ * of the main filters' scores.
+ */
+export interface QualityDetails {
+  examples: Record<string, string[]>;
+  histograms: { length: Histogram } & Partial<Record<ScoreName, Histogram>>;
+}
+
+/** Examples kept per removal reason, and their length. */
+export const examplesPerReason = 3;
+export const exampleChars = 200;
 
 export function documentText(doc: QualityDoc): string {
   return 'text' in doc ? doc.text : `${doc.prompt}\n${doc.response}`;
@@ -87,12 +115,43 @@ function filterBy<T extends QualityDoc>(
 ): StepResult<T> {
   const kept: Candidate<T>[] = [];
   const removed: Partial<Record<RemovalReason, number>> = {};
+  const dropped: { reason: RemovalReason; text: string }[] = [];
   for (const c of docs) {
     const reason = reasonOf(c);
     if (reason === null) kept.push(c);
-    else removed[reason] = (removed[reason] ?? 0) + 1;
+    else {
+      removed[reason] = (removed[reason] ?? 0) + 1;
+      dropped.push({ reason, text: c.text });
+    }
   }
-  return { kept, removed };
+  return { kept, removed, dropped };
+}
+
+/** filterBy with the score each document got, for a histogram. */
+function filterByScore<T extends QualityDoc>(docs: Candidate<T>[], name: ScoreName, score: (text: string) => number, reason: RemovalReason, max: number): StepResult<T> {
+  const values: number[] = [];
+  const result = filterBy(docs, (c) => {
+    const value = score(c.text);
+    values.push(value);
+    return value > max ? reason : null;
+  });
+  return { ...result, scores: { name, values } };
+}
+
+/** Counts of `values` in `bins` equal bins over [min, max] (values outside are clamped into the end bins). */
+export function histogram(values: number[], min: number, max: number, bins: number): Histogram {
+  const width = (max - min) / bins;
+  const edges = Array.from({ length: bins + 1 }, (_, i) => Number((min + i * width).toFixed(6)));
+  const counts = new Array<number>(bins).fill(0);
+  for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor((v - min) / width)))]++;
+  return { edges, counts };
+}
+
+/** Document lengths on a log scale: bins of 10^(k/4) characters, 1 to 10^6. */
+function lengthHistogram(lengths: number[]): Histogram {
+  const logs = lengths.map((n) => Math.log10(Math.max(1, n)));
+  const h = histogram(logs, 0, 6, 24);
+  return { edges: h.edges.map((e) => Math.round(10 ** e)), counts: h.counts };
 }
 
 // ---------------------------------------------------------------- exact de-duplication
@@ -171,7 +230,7 @@ export function repetitionFilter<T extends QualityDoc>(
   docs: Candidate<T>[],
   maxRepetitionRatio = defaultQualitySettings.maxRepetitionRatio,
 ): StepResult<T> {
-  return filterBy(docs, (c) => (repetitionRatio(c.text) > maxRepetitionRatio ? 'repetitive' : null));
+  return filterByScore(docs, 'repetition', repetitionRatio, 'repetitive', maxRepetitionRatio);
 }
 
 // ---------------------------------------------------------------- symbols
@@ -194,7 +253,7 @@ export function symbolFilter<T extends QualityDoc>(
   docs: Candidate<T>[],
   maxSymbolRatio = defaultQualitySettings.maxSymbolRatio,
 ): StepResult<T> {
-  return filterBy(docs, (c) => (symbolRatio(c.text) > maxSymbolRatio ? 'symbols' : null));
+  return filterByScore(docs, 'symbols', symbolRatio, 'symbols', maxSymbolRatio);
 }
 
 // ---------------------------------------------------------------- near-duplicates (MinHash + LSH)
@@ -423,7 +482,7 @@ export function piiRedaction<T extends QualityDoc>(docs: Candidate<T>[]): StepRe
 export function cleanDocuments<T extends QualityDoc>(
   docs: T[],
   settings: QualitySettings,
-): { kept: T[]; report: QualityReport } {
+): { kept: T[]; report: QualityReport; details: QualityDetails } {
   const tally = new Tally<T>(docs);
   for (const step of cleaningSteps<T>(settings)) tally.apply(step.run(tally.candidates));
   return tally.result();
@@ -439,7 +498,7 @@ export async function cleanDocumentsPaced<T extends QualityDoc>(
   docs: T[],
   settings: QualitySettings,
   o: { slice?: number; onProgress?: () => void } = {},
-): Promise<{ kept: T[]; report: QualityReport }> {
+): Promise<{ kept: T[]; report: QualityReport; details: QualityDetails }> {
   const slice = o.slice ?? 256;
   const pause = async () => {
     o.onProgress?.();
@@ -476,26 +535,44 @@ function cleaningSteps<T extends QualityDoc>(settings: QualitySettings): Cleanin
   ];
 }
 
-/** What survives, and how many each reason removed, as the steps run. */
+/** What survives, and how many each reason removed (documents, bytes, a few examples), as the steps run. */
 class Tally<T extends QualityDoc> {
   candidates: Candidate<T>[];
   private readonly removed: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
+  private readonly removedBytes: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
+  private readonly examples: Record<string, string[]> = {};
+  private readonly histograms: QualityDetails['histograms'];
 
   constructor(private readonly docs: T[]) {
     this.candidates = docs.map((doc) => ({ doc, text: documentText(doc) }));
+    this.histograms = { length: lengthHistogram(this.candidates.map((c) => c.text.length)) };
   }
 
   apply(result: StepResult<T>): void {
     for (const [reason, count] of Object.entries(result.removed)) this.removed[reason] += count ?? 0;
+    for (const { reason, text } of result.dropped ?? []) {
+      this.removedBytes[reason] += Buffer.byteLength(text, 'utf8');
+      const list = (this.examples[reason] ??= []);
+      // Shown to approvers and auditors: redacted whatever the spec says, and short.
+      if (list.length < examplesPerReason) list.push(shorten(redactPii(text).text));
+    }
+    if (result.scores) this.histograms[result.scores.name] = histogram(result.scores.values, 0, 1, 20);
     this.candidates = result.kept;
   }
 
-  result(): { kept: T[]; report: QualityReport } {
+  result(): { kept: T[]; report: QualityReport; details: QualityDetails } {
     const redactions = emptyPiiCounts();
     for (const c of this.candidates) if (c.redactions) addPiiCounts(redactions, c.redactions);
     return {
       kept: this.candidates.map((c) => c.doc),
-      report: { input: this.docs.length, kept: this.candidates.length, removed: this.removed, redactions },
+      report: { input: this.docs.length, kept: this.candidates.length, removed: this.removed, removedBytes: this.removedBytes, redactions },
+      details: { examples: this.examples, histograms: this.histograms },
     };
   }
+}
+
+function shorten(text: string): string {
+  const flat = text.replace(/\s+/gu, ' ').trim();
+  const chars = [...flat];
+  return chars.length <= exampleChars ? flat : `${chars.slice(0, exampleChars).join('')}…`;
 }

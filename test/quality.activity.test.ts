@@ -162,6 +162,23 @@ describe('PII redaction in the quality activity', () => {
     expect(report).toContain('"national_id":2');
     expect(report).not.toContain('900101');
   });
+
+  it('stores examples and histograms in the report artifact, and keeps them out of the summary that goes into history', async () => {
+    const filler = (i: number) => Array.from({ length: 30 }, (_, k) => vocabulary[(i * 17 + k * 5) % vocabulary.length]).join(' ');
+    const docs: TextDoc[] = [
+      { text: `call 010-9876-5432` },
+      { text: `Regular text. ${filler(1)}` },
+      { text: `More regular text. ${filler(2)}` },
+    ];
+    const { result } = await runQuality({ minChars: 25 }, docs, 0.34);
+    const summary = JSON.stringify(result.summary);
+    expect(summary).not.toContain('examples');
+    expect(summary).not.toContain('histograms');
+    expect(result.summary.perRole.domain.removedBytes.too_short).toBe(Buffer.byteLength('call 010-9876-5432'));
+    const stored = await store.getJson<{ details: { domain: { examples: Record<string, string[]>; histograms: { length: { counts: number[] } } } } }>(result.summary.report);
+    expect(stored.details.domain.examples.too_short).toEqual(['call [PHONE]']);
+    expect(stored.details.domain.histograms.length.counts.reduce((a, b) => a + b, 0)).toBe(3);
+  });
 });
 
 describe('quality.nearDuplicateThreshold in the run spec', () => {

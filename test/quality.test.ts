@@ -135,6 +135,39 @@ describe('redactPii', () => {
   });
 });
 
+describe('cleanDocuments: the report behind the counts', () => {
+  it('counts the bytes each reason removed, keeps a few redacted, shortened examples, and histograms of length and scores', () => {
+    const spam = (i: number) => Array.from({ length: 12 }, () => `buy now call ops${i}@example.com`).join('\n');
+    const docs = [
+      { text: prose('radio') },
+      { text: prose('core') },
+      { text: '짧음' },
+      ...Array.from({ length: 5 }, (_, i) => ({ text: spam(i) })),
+      { text: '%%%% #### $$$$ @@@@ ^^^^ &&&& ~~~~ ++++ 日本' },
+    ];
+    const { report, details } = cleanDocuments(docs, { ...settings, redactPii: false });
+    expect(report.removed).toMatchObject({ too_short: 1, repetitive: 5, symbols: 1 });
+    expect(report.removedBytes.too_short).toBe(Buffer.byteLength('짧음'));
+    expect(report.removedBytes.repetitive).toBe([0, 1, 2, 3, 4].reduce((sum, i) => sum + Buffer.byteLength(spam(i)), 0));
+    expect(report.removedBytes.symbols).toBe(Buffer.byteLength(docs.at(-1)!.text));
+    expect(report.removedBytes.near_duplicate).toBe(0);
+    // At most three examples a reason, one line, at most 200 characters, and never an address, even with redactPii off.
+    expect(details.examples.repetitive).toHaveLength(3);
+    for (const example of details.examples.repetitive) {
+      expect(example).not.toMatch(/@example\.com|\n/);
+      expect(example).toContain('[EMAIL]');
+      expect([...example].length).toBeLessThanOrEqual(201);
+    }
+    expect(details.examples.too_short).toEqual(['짧음']);
+    // Length over every input document; each filter's scores over the documents it judged.
+    expect(details.histograms.length.counts.reduce((a, b) => a + b, 0)).toBe(docs.length);
+    expect(details.histograms.length.edges).toHaveLength(details.histograms.length.counts.length + 1);
+    expect(details.histograms.repetition!.counts.reduce((a, b) => a + b, 0)).toBe(docs.length - 1);
+    expect(details.histograms.repetition!.counts.slice(-10).reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(5);
+    expect(details.histograms.symbols!.counts.reduce((a, b) => a + b, 0)).toBe(docs.length - 1 - 5);
+  });
+});
+
 describe('cleanDocuments', () => {
   it('reports every removal reason and the counts add up to the input', () => {
     const docs = [
