@@ -1,5 +1,6 @@
 import type { Pool } from 'pg';
 import { openArtifactStore } from '../activities/objectStore';
+import type { Histogram, QualityDetails } from '../ml/quality';
 import type { FinalCheckReport, ForgettingReport, InstructReport, InstructSummary, ModelScores } from '../schemas/pipeline';
 
 /**
@@ -21,7 +22,9 @@ export interface RunReportData {
   finishedAt: string | null;
   error: string | null;
   generatedAt: string;
-  quality: Record<string, { input: number; kept: number; removed: Record<string, number>; redactions: Record<string, number>; train?: number; heldout?: number }> | null;
+  quality: Record<string, { input: number; kept: number; removed: Record<string, number>; removedBytes?: Record<string, number>; redactions: Record<string, number>; train?: number; heldout?: number }> | null;
+  /** From the stored quality report: a few redacted examples per removal reason, and histograms, by role. */
+  qualityDetails: Record<string, QualityDetails> | null;
   /** Loss per step, per training stage and round. */
   curves: { stage: string; round: number; points: [number, number][] }[];
   forgetting: ForgettingReport[];
@@ -63,6 +66,15 @@ export async function loadRunReport(pool: Pool, artifactsDir: string, runId: str
     }
   }
   const quality = (metrics.quality as { perRole?: RunReportData['quality'] } | undefined)?.perRole ?? null;
+  let qualityDetails: RunReportData['qualityDetails'] = null;
+  const qualityRef = (metrics.quality as { report?: { uri: string; sha256: string } } | undefined)?.report;
+  if (qualityRef) {
+    try {
+      qualityDetails = (await openArtifactStore(artifactsDir).getJson<{ details?: Record<string, QualityDetails> }>(qualityRef)).details ?? null;
+    } catch {
+      // the report file is elsewhere: its counts are in the run's metrics
+    }
+  }
   const audit = await q('SELECT count(*)::int AS n, (SELECT sha256 FROM audit_log WHERE run_id = $1 ORDER BY id DESC LIMIT 1) AS head FROM audit_log WHERE run_id = $1');
   return {
     runId,
@@ -76,6 +88,7 @@ export async function loadRunReport(pool: Pool, artifactsDir: string, runId: str
     error: (run.error as string | null) ?? null,
     generatedAt: new Date().toISOString(),
     quality,
+    qualityDetails,
     curves: [...curves.values()],
     forgetting,
     finalCheck: finals.pop() ?? (metrics.finalCheck as FinalCheckReport | undefined) ?? null,
@@ -184,6 +197,32 @@ export function barChartSvg(groups: { label: string; bars: { label: string; valu
   return parts.join('\n');
 }
 
+/** A histogram as bars over its bins, the bin edges under them. */
+export function histogramSvg(h: Histogram, o: { title: string; xLabel: string }): string {
+  const total = h.counts.reduce((a, b) => a + b, 0);
+  if (!total) return `<p class="empty">${esc(o.title)}: no documents</p>`;
+  const W = 640;
+  const H = 220;
+  const m = { l: 50, r: 20, t: 30, b: 50 };
+  const top = Math.max(...h.counts);
+  const bw = (W - m.l - m.r) / h.counts.length;
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" class="chart histogram" role="img" aria-label="${esc(o.title)}" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">`,
+    `<text x="${W / 2}" y="18" text-anchor="middle" class="title">${esc(o.title)}</text>`,
+    `<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" class="axis"/>`,
+    `<text x="${W / 2}" y="${H - 8}" text-anchor="middle" class="label">${esc(o.xLabel)}</text>`,
+    `<text x="${m.l - 6}" y="${m.t + 4}" text-anchor="end" class="tick">${top}</text>`,
+  ];
+  h.counts.forEach((count, i) => {
+    const x = m.l + i * bw;
+    const height = (count / top) * (H - m.t - m.b);
+    if (count > 0) parts.push(`<rect class="bar" data-bin="${esc(`${num(h.edges[i])}–${num(h.edges[i + 1])}`)}" data-count="${count}" x="${x.toFixed(1)}" y="${(H - m.b - height).toFixed(1)}" width="${Math.max(1, bw - 1).toFixed(1)}" height="${height.toFixed(1)}" fill="${PALETTE[0]}"/>`);
+    if (i % Math.ceil(h.counts.length / 6) === 0) parts.push(`<text x="${x.toFixed(1)}" y="${H - m.b + 14}" text-anchor="middle" class="tick">${esc(num(h.edges[i]))}</text>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
 function table(head: string[], rows: (string | number)[][], cls = ''): string {
   return `<table${cls ? ` class="${cls}"` : ''}><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${rows
     .map((r) => `<tr>${r.map((c) => `<td>${typeof c === 'number' ? esc(num(c)) : c}</td>`).join('')}</tr>`)
@@ -233,6 +272,22 @@ export function runReportHtml(r: RunReportData): string {
       ['role', 'documents in', 'kept', 'train', 'held-out', ...reasons.map((x) => `removed: ${x}`), ...pii.map((x) => `redacted: ${x}`)],
       Object.entries(r.quality).map(([role, q]) => [esc(role), q.input, q.kept, q.train ?? NaN, q.heldout ?? NaN, ...reasons.map((x) => q.removed[x] ?? 0), ...pii.map((x) => q.redactions[x] ?? 0)]),
     ));
+    const bytes = Object.entries(r.quality).filter(([, q]) => q.removedBytes && Object.values(q.removedBytes).some((b) => b > 0));
+    if (bytes.length) {
+      sections.push(table(['role', ...reasons.map((x) => `bytes removed: ${x}`)], bytes.map(([role, q]) => [esc(role), ...reasons.map((x) => q.removedBytes?.[x] ?? 0)])));
+    }
+  }
+  for (const [role, d] of Object.entries(r.qualityDetails ?? {})) {
+    sections.push(`<h3 class="quality-role">${esc(role)}</h3>`);
+    sections.push(histogramSvg(d.histograms.length, { title: `${role}: document length`, xLabel: 'characters (log scale)' }));
+    if (d.histograms.repetition) sections.push(histogramSvg(d.histograms.repetition, { title: `${role}: repetition score`, xLabel: 'share of characters in repeated lines or 5-grams' }));
+    if (d.histograms.symbols) sections.push(histogramSvg(d.histograms.symbols, { title: `${role}: symbol score`, xLabel: 'share of symbols among visible characters' }));
+    const examples = Object.entries(d.examples).filter(([, list]) => list.length);
+    if (examples.length) {
+      sections.push(`<p>Examples of removed documents (redacted, shortened):</p><ul class="examples">${examples
+        .flatMap(([reason, list]) => list.map((text) => `<li><b>${esc(reason)}</b>: ${esc(text)}</li>`))
+        .join('')}</ul>`);
+    }
   }
 
   sections.push('<h2 id="training">Training</h2>');

@@ -284,7 +284,9 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
           width: (p as SVGGraphicsElement).getBBox().width,
         })),
         charts: [...document.querySelectorAll('svg.chart')].map((c) => c.getAttribute('aria-label')),
-        bars: [...document.querySelectorAll('svg.chart rect.bar')].map((b) => (b as SVGGraphicsElement).getBBox().height),
+        bars: [...document.querySelectorAll('svg.chart:not(.histogram) rect.bar')].map((b) => (b as SVGGraphicsElement).getBBox().height),
+        lengthCounts: [...document.querySelectorAll('svg.histogram[aria-label="domain: document length"] rect.bar')].map((b) => Number(b.getAttribute('data-count'))),
+        examples: [...document.querySelectorAll('ul.examples li')].map((li) => li.textContent ?? ''),
         votes: [...document.querySelectorAll('#approval ~ table tbody tr')].slice(0, 1).map((tr) => tr.textContent),
       }));
       expect(rendered.headings).toEqual(['Data quality', 'Training', 'Forgetting gate (after continual pretraining)', 'Final check (the candidate that would ship)', 'Instruction score', 'Sample answers', 'Approval', 'Hashes']);
@@ -298,6 +300,12 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
       expect(rendered.bars.length).toBe(6);
       for (const height of rendered.bars) expect(height).toBeGreaterThan(0);
       expect(rendered.votes[0]).toMatch(/approver-1approve/);
+      // Data quality as pictures: length and score histograms per role, and redacted examples of what was removed.
+      expect(rendered.charts).toEqual(expect.arrayContaining(['domain: document length', 'domain: repetition score', 'domain: symbol score', 'replay: document length']));
+      const domainIn = (await db.pool.query("SELECT metrics->'quality'->'perRole'->'domain'->>'input' AS n FROM runs WHERE run_id = 'pipeline-1'")).rows[0].n;
+      expect(rendered.lengthCounts.reduce((a, b) => a + b, 0)).toBe(Number(domainIn));
+      expect(rendered.examples.some((e) => e.startsWith('too_short: '))).toBe(true);
+      expect(rendered.examples.some((e) => e.startsWith('duplicate: '))).toBe(true);
       mkdirSync(testArtifacts, { recursive: true });
       await page.screenshot({ path: path.join(testArtifacts, 'run-report.png'), fullPage: true });
     } finally {
@@ -309,6 +317,8 @@ describe('the whole pipeline on the dev server with real Postgres', () => {
     const opened = JSON.parse(Buffer.from(request.data!).toString('utf8')) as { artifacts: { runReport?: { uri: string; sha256: string } } };
     const linked = await new ArtifactStore(path.join(home, 'artifacts')).get(opened.artifacts.runReport!);
     expect(linked.toString('utf8')).toMatch(/^<!doctype html>[\s\S]*no votes yet/);
+    // … with the quality report's histograms and examples in it.
+    expect(linked.toString('utf8')).toMatch(/aria-label="domain: document length"[\s\S]*class="examples"/);
   });
 
   test('no secret and no document, prompt or generated text lands in the workflow histories', async () => {
