@@ -79,6 +79,8 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
           maxSymbolRatio: spec.quality.maxSymbolRatio,
           redactPii: spec.quality.redactPii,
           nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
+          // Runs from before carry no heuristics: off, as they ran.
+          heuristics: spec.quality.heuristics ?? null,
         }, { onProgress: () => Context.current().heartbeat({ role: raw.role }) });
         if (kept.length < spec.quality.minDocs) {
           const reasons = Object.entries(report.removed)

@@ -1,3 +1,5 @@
+import { heuristicReasons, heuristicVerdict, type HeuristicSettings } from './heuristics';
+
 /**
  * The quality stage as a pipeline of small pure steps (datatrove style).
  *
@@ -19,6 +21,8 @@ export interface QualitySettings {
    */
   nearDuplicateThreshold: number | null;
   redactPii: boolean;
+  /** Gopher's quality and repetition rules (ml/heuristics.ts), on text documents; null or absent: off. */
+  heuristics?: HeuristicSettings | null;
 }
 
 /**
@@ -45,7 +49,7 @@ export const defaultQualitySettings: QualitySettings = {
 export type QualityDoc = { text: string } | { prompt: string; response: string };
 
 /** Stable removal reasons; reports always carry every key. */
-export const removalReasons = ['duplicate', 'near_duplicate', 'too_short', 'too_long', 'repetitive', 'symbols'] as const;
+export const removalReasons = ['duplicate', 'near_duplicate', 'too_short', 'too_long', 'repetitive', 'symbols', ...heuristicReasons] as const;
 export type RemovalReason = (typeof removalReasons)[number];
 
 export interface QualityReport {
@@ -231,6 +235,13 @@ export function repetitionFilter<T extends QualityDoc>(
   maxRepetitionRatio = defaultQualitySettings.maxRepetitionRatio,
 ): StepResult<T> {
   return filterByScore(docs, 'repetition', repetitionRatio, 'repetitive', maxRepetitionRatio);
+}
+
+// ---------------------------------------------------------------- Gopher heuristics
+
+/** Text documents through ml/heuristics.ts; instruction pairs (short by nature) are left to the other filters. */
+export function heuristicFilter<T extends QualityDoc>(docs: Candidate<T>[], settings: HeuristicSettings): StepResult<T> {
+  return filterBy(docs, (c) => ('text' in c.doc ? heuristicVerdict(c.text, settings) : null));
 }
 
 // ---------------------------------------------------------------- symbols
@@ -529,6 +540,7 @@ function cleaningSteps<T extends QualityDoc>(settings: QualitySettings): Cleanin
     { name: 'length', run: (c) => lengthFilter(c, settings) },
     { name: 'repetition', run: (c) => repetitionFilter(c, settings.maxRepetitionRatio) },
     { name: 'symbols', run: (c) => symbolFilter(c, settings.maxSymbolRatio) },
+    ...(settings.heuristics ? [{ name: 'heuristics', run: (c: Candidate<T>[]) => heuristicFilter(c, settings.heuristics as HeuristicSettings) }] : []),
     ...(settings.redactPii ? [{ name: 'pii', run: (c: Candidate<T>[]) => piiRedaction(c) }] : []),
     { name: 'exact_duplicate', run: (c) => exactDedup(c) },
     ...(nearDuplicateThreshold !== null ? [{ name: 'near_duplicate', run: (c: Candidate<T>[]) => nearDedup(c, nearDuplicateThreshold) }] : []),

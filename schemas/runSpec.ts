@@ -319,6 +319,37 @@ export const RunSpec = z
           .max(1, 'nearDuplicateThreshold is a similarity between 0.5 and 1; use null to turn near-duplicate removal off')
           .nullable()
           .default(0.8),
+        /**
+         * Gopher's quality and repetition rules (datatrove's defaults, docs/data-quality.md): `{}` turns
+         * them on with those defaults, a field overrides one (null turns that rule off); absent or null: off.
+         * Same defaults as ml/heuristics.ts (schemas import nothing but zod).
+         */
+        heuristics: z
+          .object({
+            minWords: z.number().int().min(0).nullable().default(50),
+            maxWords: z.number().int().min(1).nullable().default(100_000),
+            minMeanWordLength: z.number().min(0).nullable().default(3),
+            maxMeanWordLength: z.number().min(0).nullable().default(10),
+            maxSymbolWordRatio: z.number().min(0).nullable().default(0.1),
+            maxBulletLineRatio: z.number().min(0).max(1).nullable().default(0.9),
+            maxEllipsisLineRatio: z.number().min(0).max(1).nullable().default(0.3),
+            minAlphaWordRatio: z.number().min(0).max(1).nullable().default(0.8),
+            minStopWords: z.number().int().min(0).nullable().default(2),
+            maxDuplicateLineFraction: z.number().min(0).max(1).nullable().default(0.3),
+            maxDuplicateParagraphFraction: z.number().min(0).max(1).nullable().default(0.3),
+            maxDuplicateLineCharFraction: z.number().min(0).max(1).nullable().default(0.2),
+            maxDuplicateParagraphCharFraction: z.number().min(0).max(1).nullable().default(0.2),
+            /** For the most frequent 2-, 3- and 4-gram. */
+            maxTopNgramCharFraction: z.tuple([z.number().min(0).max(1), z.number().min(0).max(1), z.number().min(0).max(1)]).nullable().default([0.2, 0.18, 0.16]),
+            /** For duplicated 5- … 10-grams. */
+            maxDuplicateNgramCharFraction: z
+              .tuple([z.number().min(0).max(1), z.number().min(0).max(1), z.number().min(0).max(1), z.number().min(0).max(1), z.number().min(0).max(1), z.number().min(0).max(1)])
+              .nullable()
+              .default([0.15, 0.14, 0.13, 0.12, 0.11, 0.1]),
+          })
+          .strict()
+          .nullable()
+          .default(null),
         /** Fewer surviving documents than this per role fails the run. */
         minDocs: z.number().int().min(1).max(100_000_000).default(10),
       })

@@ -1,5 +1,5 @@
 import { demoQualityExpectations, generateDemoCorpus, mulberry32 } from '../ml/demoCorpus';
-import { cleanDocuments, defaultQualitySettings, normalizeForDedup } from '../ml/quality';
+import { cleanDocuments, defaultQualitySettings, normalizeForDedup, removalReasons } from '../ml/quality';
 
 const corpus = generateDemoCorpus();
 const bytes = (docs: string[]): number => docs.reduce((n, d) => n + Buffer.byteLength(d, 'utf8'), 0);
@@ -55,7 +55,7 @@ describe('generateDemoCorpus', () => {
   it('every domain document except the deliberate bad ones survives the quality stage with defaults', () => {
     const { kept, report } = cleanDocuments(corpus.domain.map((text) => ({ text })), defaultQualitySettings);
     const e = demoQualityExpectations;
-    const nothingRemoved: Record<string, number> = { duplicate: 0, near_duplicate: 0, too_short: 0, too_long: 0, repetitive: 0, symbols: 0 };
+    const nothingRemoved: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
     expect(report.removed).toEqual({ ...nothingRemoved, ...e.removed });
     expect(report.redactions).toEqual(e.redactions);
     expect(kept).toHaveLength(corpus.domain.length - e.removed.duplicate - e.removed.too_short);

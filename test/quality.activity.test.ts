@@ -181,6 +181,50 @@ describe('PII redaction in the quality activity', () => {
   });
 });
 
+describe('Gopher heuristics in the quality activity (quality.heuristics)', () => {
+  const en =
+    'The network operations centre received the outage report this morning. Three base stations stopped serving and about two thousand subscribers were affected. ' +
+    'Engineers replaced the power supply and restored service within the hour, and they are now collecting logs to find the cause of it. ' +
+    'The fault appears to be related to equipment that was replaced last month.';
+  const ko =
+    '서울 본사의 네트워크 운영 센터는 오늘 오전 장애를 접수했습니다. 기지국 세 곳이 서비스를 중단했고 약 이천 명의 가입자가 영향을 받았습니다. ' +
+    '엔지니어들은 전원 장치를 교체한 뒤 서비스를 복구했습니다. 그리고 원인을 분석하기 위해 로그를 수집하고 있습니다. 운영팀은 재발 방지를 위해 점검 주기를 단축할 계획입니다. ' +
+    '고객 센터는 보상 절차를 안내하고 있으며 추가 공지는 홈페이지를 통해 제공됩니다. 그 밖의 문의는 담당 부서로 연락하시기 바랍니다.';
+  const ja =
+    '東京本社のネットワーク運用センターは、今朝の障害を受け付けました。三つの基地局がサービスを停止し、約二千人の加入者に影響がありました。' +
+    '技術者は電源装置を交換した後、サービスを復旧しました。そして原因を分析するためにログを収集しています。' +
+    '今回の障害は先月交換した機器と関係があると見られます。運用チームは再発防止のために点検の周期を短くする予定です。';
+  const docs: TextDoc[] = [
+    { text: en },
+    { text: ko },
+    { text: ja },
+    // Made-up words, none repeated: no English stop word.
+    { text: Array.from({ length: 70 }, (_, i) => vocabulary[(i * 13) % vocabulary.length]).join(' ') },
+    // A list and nothing else, every line different.
+    { text: Array.from({ length: 12 }, (_, i) => `- ${Array.from({ length: 6 }, (_, k) => vocabulary[(i * 11 + k * 3) % vocabulary.length]).join(' ')} and the`).join('\n') },
+  ];
+
+  it('are off unless the spec turns them on; with {} the literature defaults remove by named reason and keep Korean and Japanese prose', async () => {
+    const off = await runQuality({}, docs, 0.3);
+    expect(off.result.summary.perRole.domain.kept).toBe(5);
+    const { result, train, heldout } = await runQuality({ heuristics: {} }, docs, 0.3);
+    const domain = result.summary.perRole.domain;
+    expect(domain.removed).toMatchObject({ stop_words: 1, bullet_lines: 1, word_count: 0 });
+    expect(domain.kept).toBe(3);
+    expect([...train, ...heldout].sort()).toEqual([en, ko, ja].sort());
+    const stored = await store.getJson<{ details: { domain: { examples: Record<string, string[]> } } }>(result.summary.report);
+    expect(stored.details.domain.examples.stop_words[0]).toMatch(new RegExp(`^${vocabulary[0]} ${vocabulary[13]}`));
+  });
+
+  it('take overrides per rule, and refuse a bad one naming the field', () => {
+    const spec = parseRunSpec(tinySpec({ quality: { minDocs: 1, heuristics: { minWords: 10, minStopWords: null } } }));
+    expect(spec.quality.heuristics).toMatchObject({ minWords: 10, minStopWords: null, maxWords: 100_000, minAlphaWordRatio: 0.8 });
+    expect(parseRunSpec(tinySpec()).quality.heuristics).toBeNull();
+    expect(() => parseRunSpec(tinySpec({ quality: { heuristics: { minAlphaWordRatio: 2 } } } as never))).toThrow(/quality\.heuristics\.minAlphaWordRatio/);
+    expect(() => parseRunSpec(tinySpec({ quality: { heuristics: { minWordz: 3 } } } as never))).toThrow(/quality\.heuristics.*minWordz/);
+  });
+});
+
 describe('quality.nearDuplicateThreshold in the run spec', () => {
   it('is on by default, with the same threshold as the quality library', () => {
     expect(parseRunSpec(tinySpec()).quality.nearDuplicateThreshold).toBe(defaultNearDuplicateThreshold);

@@ -1,0 +1,66 @@
+import { defaultHeuristics, heuristicVerdict, scriptLanguage, words, type HeuristicSettings } from '../ml/heuristics';
+
+/** Real-looking prose in each language: long enough, ordinary words, the language's function words. */
+const en =
+  'The network operations centre received the outage report this morning. Three base stations stopped serving and about two thousand subscribers were affected. ' +
+  'Engineers replaced the power supply and restored service within the hour, and they are now collecting logs to find the cause. ' +
+  'The fault appears to be related to equipment that was replaced last month, so the team will shorten the inspection cycle to keep it from happening again.';
+const ko =
+  '서울 본사의 네트워크 운영 센터는 오늘 오전 장애를 접수했습니다. 기지국 세 곳이 서비스를 중단했고 약 이천 명의 가입자가 영향을 받았습니다. ' +
+  '엔지니어들은 전원 장치를 교체한 뒤 서비스를 복구했습니다. 그리고 원인을 분석하기 위해 로그를 수집하고 있습니다. ' +
+  '이번 장애는 지난달 교체한 장비와 관련이 있는 것으로 보입니다. 운영팀은 재발 방지를 위해 점검 주기를 단축할 계획입니다. ' +
+  '고객 센터는 보상 절차를 안내하고 있으며 추가 공지는 홈페이지를 통해 제공됩니다. 그 밖의 문의는 담당 부서로 연락하시기 바랍니다.';
+const ja =
+  '東京本社のネットワーク運用センターは、今朝の障害を受け付けました。三つの基地局がサービスを停止し、約二千人の加入者に影響がありました。' +
+  '技術者は電源装置を交換した後、サービスを復旧しました。そして原因を分析するためにログを収集しています。' +
+  '今回の障害は先月交換した機器と関係があると見られます。運用チームは再発防止のために点検の周期を短くする予定です。';
+
+const on = (over: Partial<HeuristicSettings> = {}) => ({ ...defaultHeuristics, ...over });
+
+describe('words and languages', () => {
+  it('Intl.Segmenter counts words in scripts without spaces, so Japanese prose is many words, not one', () => {
+    expect(scriptLanguage(en)).toBe('en');
+    expect(scriptLanguage(ko)).toBe('ko');
+    expect(scriptLanguage(ja)).toBe('ja');
+    expect(scriptLanguage('这是一个测试文档，用于检查中文的分词。')).toBe('zh');
+    expect(words(ja).length).toBeGreaterThan(60);
+    expect(ja.split(/\s+/).length).toBe(1);
+    expect(words(ko).length).toBeGreaterThan(50);
+    expect(words('Hello, world... 42!')).toEqual(['Hello', 'world', '42']);
+  });
+});
+
+describe('Gopher heuristics with the literature defaults, in English, Korean and Japanese', () => {
+  it.each([['en', en], ['ko', ko], ['ja', ja]])('keeps ordinary %s prose', (_, text) => {
+    expect(heuristicVerdict(text, on())).toBeNull();
+  });
+
+  it.each([
+    ['too few words (en)', 'Call the NOC now about the outage.', 'word_count'],
+    ['too few words (ko)', '장애가 발생했습니다. 곧 복구됩니다.', 'word_count'],
+    ['too few words (ja)', '障害が発生しました。', 'word_count'],
+    ['words too long on average', `${'internationalisationalisation '.repeat(60)}the of`, 'mean_word_length'],
+    ['hashtags', `${en} ${'#outage #network #5g #telecom '.repeat(5)}`, 'symbol_word_ratio'],
+    ['mostly bullets', Array.from({ length: 12 }, (_, i) => `- item number ${i} of the list with the things to have`).join('\n'), 'bullet_lines'],
+    ['lines trailing off', Array.from({ length: 10 }, (_, i) => `Line ${i} of the story and the rest is to be continued with more...`).join('\n'), 'ellipsis_lines'],
+    ['mostly numbers', `${Array.from({ length: 60 }, (_, i) => `${i * 37} ${i}.5`).join(' ')} the of and`, 'alpha_words'],
+    ['no English stop words', 'Kalomi tavosi perudagu holyze fibokalo mitane rusivo '.repeat(10), 'stop_words'],
+    ['no Japanese function words', 'サーバー ネットワーク アラーム ログ エンジニア センター '.repeat(12), 'stop_words'],
+    ['repeated lines', Array.from({ length: 10 }, () => 'The cell at the site is down and the team has to go to the site with tools.').join('\n'), 'duplicate_lines'],
+    ['repeated paragraphs', [en, en, en].join('\n\n'), 'duplicate_lines'],
+    ['one phrase over and over', `${en} ${'the pump and the valve '.repeat(40)}`, 'top_ngram'],
+  ])('removes %s', (_, text, reason) => {
+    expect(heuristicVerdict(text, on())).toBe(reason);
+  });
+
+  it('every rule is configurable, and null turns a rule off', () => {
+    const short = 'Call the NOC now and report the outage to the team.';
+    expect(heuristicVerdict(short, on({ minWords: null }))).toBeNull();
+    expect(heuristicVerdict(short, on({ minWords: 5 }))).toBeNull();
+    const numbers = `${Array.from({ length: 60 }, (_, i) => `${i * 37} ${i}.5`).join(' ')} the of and`;
+    expect(heuristicVerdict(numbers, on({ minAlphaWordRatio: null }))).toBeNull();
+    expect(heuristicVerdict(numbers, on({ minAlphaWordRatio: 0.01 }))).toBeNull();
+    // Korean keeps its own lower bound on word length unless the run sets one.
+    expect(heuristicVerdict(ko, on({ minMeanWordLength: 4 }))).toBe('mean_word_length');
+  });
+});
