@@ -5,6 +5,7 @@ import { upsertDataset } from '../db/records';
 import type { DatasetRef, DatasetRole } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import { inputsFolder, isStaged } from './inputs';
+import { languageCode } from '../schemas/languages';
 import type { ActivityDeps } from './context';
 import { readChoiceSet, storeChoiceSet, type ChoiceSetName, type ChoiceSetRef } from './choiceSets';
 import { writeDataset, type DatasetDoc } from './datasets';
@@ -40,9 +41,10 @@ function withField(field: string, err: unknown): never {
 }
 
 /** `source` only where the run weighs its domain sources (domainRatio), so other datasets keep their hashes. */
-function toDatasetDoc(doc: SourceDoc, source: string | undefined): DatasetDoc {
-  if (!('text' in doc)) return { prompt: doc.prompt, response: doc.response };
-  return source !== undefined ? { text: doc.text, source } : { text: doc.text };
+function toDatasetDoc(doc: SourceDoc, source: string | undefined, languages: string[] | undefined): DatasetDoc {
+  const expect = languages ? { languages } : {};
+  if (!('text' in doc)) return { prompt: doc.prompt, response: doc.response, ...expect };
+  return source !== undefined ? { text: doc.text, source, ...expect } : { text: doc.text, ...expect };
 }
 
 /** collect: read every source, group documents by role, and store them as content-addressed shards. */
@@ -98,8 +100,10 @@ export function collectActivities({ pool, store }: ActivityDeps) {
           throw err;
         }
         const sourceTag = spec.domainRatio !== undefined && source.role === 'domain' ? source.name : undefined;
+        // The source's expected languages travel with its documents to the quality stage, which judges them.
+        const languages = source.languages?.map((code) => languageCode(code) as string);
         for (const doc of docs) {
-          const entry = toDatasetDoc(doc, sourceTag);
+          const entry = toDatasetDoc(doc, sourceTag, languages);
           if (source.role === 'instruct' && !('prompt' in entry)) {
             throw ApplicationFailure.nonRetryable(
               `sources[${index}]: role "instruct" needs prompt/response pairs, but ${doc.origin} gave plain text; use a JSONL file with prompt and response fields`,

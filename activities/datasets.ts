@@ -7,8 +7,9 @@ import type { DatasetManifest, DatasetRef, DatasetRole, DatasetSplit } from '../
 import { sha256Hex, type ArtifactStore } from './artifacts';
 
 /** `source`: the name of the domain source it came from, where a run weighs several (`domainRatio`). */
-export type TextDoc = { text: string; source?: string };
-export type PairDoc = { prompt: string; response: string };
+/** `languages`: the ISO 639-3 codes the source expects, only between collect and quality (never in the cleaned datasets). */
+export type TextDoc = { text: string; source?: string; languages?: string[] };
+export type PairDoc = { prompt: string; response: string; languages?: string[] };
 export type DatasetDoc = TextDoc | PairDoc;
 
 const MAX_SHARD_BYTES = 4 * 1024 * 1024;

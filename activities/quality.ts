@@ -81,6 +81,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
           nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
           // Runs from before carry no heuristics: off, as they ran.
           heuristics: spec.quality.heuristics ?? null,
+          minLanguageScore: spec.quality.minLanguageScore ?? 0.8,
         }, { onProgress: () => Context.current().heartbeat({ role: raw.role }) });
         if (kept.length < spec.quality.minDocs) {
           const reasons = Object.entries(report.removed)
@@ -92,7 +93,14 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
           );
         }
         details[raw.role] = roleDetails;
-        const { train, heldout } = splitHeldout(kept, spec.heldoutFraction);
+        // The expected languages were for this stage only: the cleaned datasets are as before.
+        const cleaned = kept.map((doc) => {
+          if (!('languages' in doc)) return doc;
+          const rest: DatasetDoc & { languages?: string[] } = { ...doc };
+          delete rest.languages;
+          return rest;
+        });
+        const { train, heldout } = splitHeldout(cleaned, spec.heldoutFraction);
         perRole[raw.role] = { ...report, train: train.length, heldout: heldout.length };
         if (raw.role === 'domain' && spec.domainRatio !== undefined) {
           domainSources = countBySource(train, heldout, names);

@@ -1,4 +1,5 @@
 import { heuristicReasons, heuristicVerdict, type HeuristicSettings } from './heuristics';
+import { defaultMinLanguageScore, inExpectedLanguage } from './language';
 
 /**
  * The quality stage as a pipeline of small pure steps (datatrove style).
@@ -21,6 +22,8 @@ export interface QualitySettings {
    */
   nearDuplicateThreshold: number | null;
   redactPii: boolean;
+  /** For documents whose source lists languages: franc's relative score one of them must reach (ml/language.ts). */
+  minLanguageScore?: number;
   /** Gopher's quality and repetition rules (ml/heuristics.ts), on text documents; null or absent: off. */
   heuristics?: HeuristicSettings | null;
 }
@@ -46,10 +49,10 @@ export const defaultQualitySettings: QualitySettings = {
   redactPii: true,
 };
 
-export type QualityDoc = { text: string } | { prompt: string; response: string };
+export type QualityDoc = ({ text: string } | { prompt: string; response: string }) & { languages?: string[] };
 
 /** Stable removal reasons; reports always carry every key. */
-export const removalReasons = ['duplicate', 'near_duplicate', 'too_short', 'too_long', 'repetitive', 'symbols', ...heuristicReasons] as const;
+export const removalReasons = ['duplicate', 'near_duplicate', 'too_short', 'too_long', 'language', 'repetitive', 'symbols', ...heuristicReasons] as const;
 export type RemovalReason = (typeof removalReasons)[number];
 
 export interface QualityReport {
@@ -235,6 +238,13 @@ export function repetitionFilter<T extends QualityDoc>(
   maxRepetitionRatio = defaultQualitySettings.maxRepetitionRatio,
 ): StepResult<T> {
   return filterByScore(docs, 'repetition', repetitionRatio, 'repetitive', maxRepetitionRatio);
+}
+
+// ---------------------------------------------------------------- language
+
+/** Documents whose source lists languages, checked with franc (ml/language.ts); others pass. */
+export function languageFilter<T extends QualityDoc>(docs: Candidate<T>[], minScore = defaultMinLanguageScore): StepResult<T> {
+  return filterBy(docs, (c) => (c.doc.languages && !inExpectedLanguage(c.text, c.doc.languages, minScore) ? 'language' : null));
 }
 
 // ---------------------------------------------------------------- Gopher heuristics
@@ -538,6 +548,7 @@ function cleaningSteps<T extends QualityDoc>(settings: QualitySettings): Cleanin
   const { nearDuplicateThreshold } = settings;
   return [
     { name: 'length', run: (c) => lengthFilter(c, settings) },
+    { name: 'language', run: (c) => languageFilter(c, settings.minLanguageScore ?? defaultMinLanguageScore) },
     { name: 'repetition', run: (c) => repetitionFilter(c, settings.maxRepetitionRatio) },
     { name: 'symbols', run: (c) => symbolFilter(c, settings.maxSymbolRatio) },
     ...(settings.heuristics ? [{ name: 'heuristics', run: (c: Candidate<T>[]) => heuristicFilter(c, settings.heuristics as HeuristicSettings) }] : []),

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { languageCode } from './languages';
 import { domainMixes, formatDomainMix, normalizeDomainMix } from './candidates';
 
 /**
@@ -28,6 +29,11 @@ const fileSource = z
     kind: z.literal('files'),
     role: SourceRole,
     name: SourceName.optional(),
+    /** The languages this source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
+    languages: z
+      .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
+      .min(1, 'list at least one language, or leave languages out')
+      .optional(),
     watermark,
     paths: z.array(z.string().min(1, 'a path must not be empty')).min(1, 'list at least one file or glob'),
     format: z.enum(['auto', 'text', 'jsonl']).default('auto'),
@@ -43,6 +49,11 @@ const postgresSource = z
     role: SourceRole,
     name: SourceName.optional(),
     query: z.string().min(1, 'give the SELECT that returns the documents'),
+    /** The languages this source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
+    languages: z
+      .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
+      .min(1, 'list at least one language, or leave languages out')
+      .optional(),
     watermark,
     /** The column a scheduled run reads past (e.g. updated_at): rows whose value exceeds the last successful run's maximum. */
     watermarkColumn: z
@@ -66,6 +77,11 @@ const s3Source = z
     kind: z.literal('s3'),
     role: SourceRole,
     name: SourceName.optional(),
+    /** The languages this source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
+    languages: z
+      .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
+      .min(1, 'list at least one language, or leave languages out')
+      .optional(),
     watermark,
     bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'name the bucket only (3–63 lowercase letters, digits, "." or "-"), e.g. "corp-manuals"; the path inside goes in prefix'),
     /** Only keys below this folder-like prefix are read, e.g. "manuals/2026" (keys manuals/2026/…, never manuals/2026-old/…). */
@@ -350,6 +366,11 @@ export const RunSpec = z
           .strict()
           .nullable()
           .default(null),
+        /**
+         * For sources that list `languages`: how close (relative to the best guess, which scores 1) one of
+         * them must come in franc's ranking for a document to stay. Same default as ml/language.ts.
+         */
+        minLanguageScore: z.number().min(0).max(1).default(0.8),
         /** Fewer surviving documents than this per role fails the run. */
         minDocs: z.number().int().min(1).max(100_000_000).default(10),
       })

@@ -5,6 +5,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ArtifactStore } from '../activities/artifacts';
 import { loadChoiceSet } from '../activities/choiceSets';
+import { readDataset, type TextDoc } from '../activities/datasets';
 import { collectActivities } from '../activities/collect';
 import { generateDemoChoiceSets } from '../data/demoChoices';
 import { migrate } from '../db/migrate';
@@ -110,5 +111,18 @@ describe('collectSources with evaluation.choices', () => {
     expect(err).toBeInstanceOf(ApplicationFailure);
     expect((err as ApplicationFailure).type).toBe('SourceOutsideRoots');
     expect((err as ApplicationFailure).message).toMatch(/^evaluation\.choices\.domain: private\/choices\.jsonl is outside the allowed source roots/);
+  });
+});
+
+describe('collectSources with sources[].languages', () => {
+  it('tags the documents of a source that lists languages with their ISO 639-3 codes, for the quality stage; other sources stay as they were', async () => {
+    const sources = tinySpec().sources.map((s, i) => (i === 0 ? { ...s, languages: ['en', 'ko'] } : s)) as RunSpecInput['sources'];
+    const result = await collect(undefined, { sources });
+    const domain = result.datasets.find((d) => d.role === 'domain')!;
+    const replay = result.datasets.find((d) => d.role === 'replay')!;
+    const docs = await readDataset<TextDoc>(store, domain);
+    expect(docs.length).toBeGreaterThan(0);
+    expect(docs.every((d) => JSON.stringify(d.languages) === JSON.stringify(['eng', 'kor']))).toBe(true);
+    expect((await readDataset<TextDoc>(store, replay)).every((d) => d.languages === undefined)).toBe(true);
   });
 });

@@ -1,4 +1,5 @@
 import { defaultHeuristics, heuristicVerdict, scriptLanguage, words, type HeuristicSettings } from '../ml/heuristics';
+import { inExpectedLanguage, languageCode, likelyLanguage } from '../ml/language';
 
 /** Real-looking prose in each language: long enough, ordinary words, the language's function words. */
 const en =
@@ -62,5 +63,29 @@ describe('Gopher heuristics with the literature defaults, in English, Korean and
     expect(heuristicVerdict(numbers, on({ minAlphaWordRatio: 0.01 }))).toBeNull();
     // Korean keeps its own lower bound on word length unless the run sets one.
     expect(heuristicVerdict(ko, on({ minMeanWordLength: 4 }))).toBe('mean_word_length');
+  });
+});
+
+describe('language identification (franc-min, offline)', () => {
+  const de = 'Der Techniker muss den Druck im System prüfen, bevor er das Hauptventil öffnet und die Pumpe wieder einschaltet.';
+  it('keeps documents in an expected language and removes others, in English, Korean and Japanese', () => {
+    expect(inExpectedLanguage(en, ['eng'])).toBe(true);
+    expect(inExpectedLanguage(ko, ['kor'])).toBe(true);
+    expect(inExpectedLanguage(ja, ['jpn', 'eng'])).toBe(true);
+    expect(inExpectedLanguage(de, ['eng'])).toBe(false);
+    expect(inExpectedLanguage(ko, ['eng', 'jpn'])).toBe(false);
+    expect(inExpectedLanguage(ja, ['kor'])).toBe(false);
+    // Too short to tell: kept.
+    expect(inExpectedLanguage('OK, done.', ['kor'])).toBe(true);
+    expect(likelyLanguage(de)).toBe('deu');
+  });
+
+  it('takes ISO 639-1 or 639-3 codes', () => {
+    expect(languageCode('en')).toBe('eng');
+    expect(languageCode('KO')).toBe('kor');
+    expect(languageCode('ja')).toBe('jpn');
+    expect(languageCode('zh')).toBe('cmn');
+    expect(languageCode('deu')).toBe('deu');
+    expect(languageCode('xx')).toBeNull();
   });
 });

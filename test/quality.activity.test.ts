@@ -225,6 +225,38 @@ describe('Gopher heuristics in the quality activity (quality.heuristics)', () =>
   });
 });
 
+describe('language identification in the quality activity (sources[].languages)', () => {
+  const en = 'The network operations centre received the outage report this morning, and engineers restored service within the hour.';
+  const ko = '서울 본사의 네트워크 운영 센터는 오늘 오전 장애를 접수했고 엔지니어들이 한 시간 안에 서비스를 복구했습니다.';
+  const ja = '東京本社のネットワーク運用センターは今朝の障害を受け付け、技術者が一時間以内にサービスを復旧しました。';
+  const de = 'Der Techniker muss den Druck im System prüfen, bevor er das Hauptventil öffnet und die Pumpe wieder einschaltet.';
+
+  it('removes documents of a source that are not in its languages, counts them at removed.language, and writes datasets without the tag', async () => {
+    // As collect writes them: each document of a source that lists languages carries them (ISO 639-3).
+    const docs: TextDoc[] = [
+      { text: en, languages: ['eng', 'kor'] },
+      { text: ko, languages: ['eng', 'kor'] },
+      { text: ja, languages: ['eng', 'kor'] },
+      { text: de, languages: ['eng', 'kor'] },
+      { text: de },
+    ];
+    const { result, train, heldout } = await runQuality({}, docs, 0.3);
+    expect(result.summary.perRole.domain.removed.language).toBe(2);
+    expect([...train, ...heldout].sort()).toEqual([en, ko, de].sort());
+    for (const ref of result.datasets) {
+      const written = await readDataset<TextDoc>(store, ref);
+      expect(written.every((d) => !('languages' in d))).toBe(true);
+    }
+  });
+
+  it('refuses an unknown language code in the spec, naming the field', () => {
+    const withLanguages = (languages: string[]) => parseRunSpec(tinySpec({ sources: [{ ...tinySpec().sources[0], languages } as never, ...tinySpec().sources.slice(1)] }));
+    expect(withLanguages(['en', 'ko', 'jpn']).sources[0]).toMatchObject({ languages: ['en', 'ko', 'jpn'] });
+    expect(() => withLanguages(['english'])).toThrow(/sources\.0\.languages\.0: give a language code such as "en"/);
+    expect(() => parseRunSpec(tinySpec({ quality: { minLanguageScore: 1.5 } }))).toThrow(/quality\.minLanguageScore/);
+  });
+});
+
 describe('quality.nearDuplicateThreshold in the run spec', () => {
   it('is on by default, with the same threshold as the quality library', () => {
     expect(parseRunSpec(tinySpec()).quality.nearDuplicateThreshold).toBe(defaultNearDuplicateThreshold);
