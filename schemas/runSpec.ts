@@ -24,16 +24,18 @@ const SourceName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'a source nam
  */
 const watermark = z.boolean().optional();
 
+/** The languages a source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
+const languages = z
+  .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
+  .min(1, 'list at least one language, or leave languages out')
+  .optional();
+
 const fileSource = z
   .object({
     kind: z.literal('files'),
     role: SourceRole,
     name: SourceName.optional(),
-    /** The languages this source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
-    languages: z
-      .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
-      .min(1, 'list at least one language, or leave languages out')
-      .optional(),
+    languages,
     watermark,
     paths: z.array(z.string().min(1, 'a path must not be empty')).min(1, 'list at least one file or glob'),
     format: z.enum(['auto', 'text', 'jsonl']).default('auto'),
@@ -49,11 +51,7 @@ const postgresSource = z
     role: SourceRole,
     name: SourceName.optional(),
     query: z.string().min(1, 'give the SELECT that returns the documents'),
-    /** The languages this source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
-    languages: z
-      .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
-      .min(1, 'list at least one language, or leave languages out')
-      .optional(),
+    languages,
     watermark,
     /** The column a scheduled run reads past (e.g. updated_at): rows whose value exceeds the last successful run's maximum. */
     watermarkColumn: z
@@ -77,11 +75,7 @@ const s3Source = z
     kind: z.literal('s3'),
     role: SourceRole,
     name: SourceName.optional(),
-    /** The languages this source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
-    languages: z
-      .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
-      .min(1, 'list at least one language, or leave languages out')
-      .optional(),
+    languages,
     watermark,
     bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'name the bucket only (3–63 lowercase letters, digits, "." or "-"), e.g. "corp-manuals"; the path inside goes in prefix'),
     /** Only keys below this folder-like prefix are read, e.g. "manuals/2026" (keys manuals/2026/…, never manuals/2026-old/…). */
