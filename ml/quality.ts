@@ -533,8 +533,28 @@ export async function cleanDocumentsPaced<T extends QualityDoc>(
         if ((i + 1) % slice === 0) await pause();
       }
     }
-    tally.apply(step.run(tally.candidates));
-    await pause();
+    if (!step.perDocument) {
+      tally.apply(step.run(tally.candidates));
+      await pause();
+      continue;
+    }
+    // A filter that judges each document alone runs slice by slice, so a slow one (language
+    // identification, the segmenter-based heuristics) never holds the event loop for long.
+    const merged: Required<StepResult<T>> = { kept: [], removed: {}, dropped: [], scores: { name: 'repetition', values: [] } };
+    let scored = false;
+    for (let i = 0; i < tally.candidates.length; i += slice) {
+      const part = step.run(tally.candidates.slice(i, i + slice));
+      merged.kept.push(...part.kept);
+      for (const [reason, n] of Object.entries(part.removed) as [RemovalReason, number][]) merged.removed[reason] = (merged.removed[reason] ?? 0) + n;
+      merged.dropped.push(...(part.dropped ?? []));
+      if (part.scores) {
+        scored = true;
+        merged.scores.name = part.scores.name;
+        merged.scores.values.push(...part.scores.values);
+      }
+      await pause();
+    }
+    tally.apply(scored ? merged : { kept: merged.kept, removed: merged.removed, dropped: merged.dropped });
   }
   return tally.result();
 }
@@ -542,17 +562,19 @@ export async function cleanDocumentsPaced<T extends QualityDoc>(
 interface CleaningStep<T extends QualityDoc> {
   name: string;
   run: (c: Candidate<T>[]) => StepResult<T>;
+  /** Judges each document alone (no state across documents): may run in slices. */
+  perDocument?: boolean;
 }
 
 function cleaningSteps<T extends QualityDoc>(settings: QualitySettings): CleaningStep<T>[] {
   const { nearDuplicateThreshold } = settings;
   return [
-    { name: 'length', run: (c) => lengthFilter(c, settings) },
-    { name: 'language', run: (c) => languageFilter(c, settings.minLanguageScore ?? defaultMinLanguageScore) },
-    { name: 'repetition', run: (c) => repetitionFilter(c, settings.maxRepetitionRatio) },
-    { name: 'symbols', run: (c) => symbolFilter(c, settings.maxSymbolRatio) },
-    ...(settings.heuristics ? [{ name: 'heuristics', run: (c: Candidate<T>[]) => heuristicFilter(c, settings.heuristics as HeuristicSettings) }] : []),
-    ...(settings.redactPii ? [{ name: 'pii', run: (c: Candidate<T>[]) => piiRedaction(c) }] : []),
+    { perDocument: true, name: 'length', run: (c) => lengthFilter(c, settings) },
+    { perDocument: true, name: 'language', run: (c) => languageFilter(c, settings.minLanguageScore ?? defaultMinLanguageScore) },
+    { perDocument: true, name: 'repetition', run: (c) => repetitionFilter(c, settings.maxRepetitionRatio) },
+    { perDocument: true, name: 'symbols', run: (c) => symbolFilter(c, settings.maxSymbolRatio) },
+    ...(settings.heuristics ? [{ perDocument: true, name: 'heuristics', run: (c: Candidate<T>[]) => heuristicFilter(c, settings.heuristics as HeuristicSettings) }] : []),
+    ...(settings.redactPii ? [{ perDocument: true, name: 'pii', run: (c: Candidate<T>[]) => piiRedaction(c) }] : []),
     { name: 'exact_duplicate', run: (c) => exactDedup(c) },
     ...(nearDuplicateThreshold !== null ? [{ name: 'near_duplicate', run: (c: Candidate<T>[]) => nearDedup(c, nearDuplicateThreshold) }] : []),
   ];

@@ -262,4 +262,24 @@ describe('cleanDocumentsPaced', () => {
     expect(turns).toBeGreaterThanOrEqual(600 / 50);
     expect(ticks).toBeGreaterThan(0);
   });
+
+  test('runs language identification and the heuristics in slices too, with the same result, examples and histograms', async () => {
+    const { cleanDocuments, cleanDocumentsPaced } = await import('../ml/quality');
+    const { defaultHeuristics } = await import('../ml/heuristics');
+    const docs = Array.from({ length: 300 }, (_, i) => ({
+      text:
+        i % 10 === 0
+          ? `Der Techniker ${i} muss den Druck im System prüfen, bevor er das Hauptventil öffnet und die Pumpe wieder einschaltet.`
+          : `Cell site ${i} reported ${i % 7} alarms on band n78 during the night shift, and the field team checked the fibre at the site with the tools they have.`,
+      languages: ['eng'],
+    }));
+    const settings = { minChars: 20, maxChars: 10_000, maxRepetitionRatio: 0.5, maxSymbolRatio: 0.3, redactPii: true, nearDuplicateThreshold: null, heuristics: { ...defaultHeuristics, minWords: 10 }, minLanguageScore: 0.8 };
+    let turns = 0;
+    const paced = await cleanDocumentsPaced(docs, settings, { slice: 25, onProgress: () => turns++ });
+    expect(paced).toEqual(cleanDocuments(docs, settings));
+    expect(paced.report.removed.language).toBe(30);
+    expect(paced.details.histograms.repetition!.counts.reduce((a, b) => a + b, 0)).toBe(270);
+    // Every per-document step took 300 / 25 turns or more.
+    expect(turns).toBeGreaterThanOrEqual(5 * (270 / 25));
+  });
 });
