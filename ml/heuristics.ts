@@ -87,8 +87,8 @@ const han = /\p{Script=Han}/u;
 const latin = /\p{Script=Latin}/u;
 const letter = /\p{L}/u;
 
-/** The language a document's letters say, by script (see the module comment). */
-export function scriptLanguage(text: string): ScriptLanguage {
+/** The share of a text's letters in Hangul, kana, Han and Latin script (0 each when it has no letters). */
+export function scriptShares(text: string): { hangul: number; kana: number; han: number; latin: number } {
   let letters = 0;
   let h = 0;
   let k = 0;
@@ -102,11 +102,17 @@ export function scriptLanguage(text: string): ScriptLanguage {
     else if (han.test(ch)) c++;
     else if (latin.test(ch)) l++;
   }
-  if (letters === 0) return 'other';
-  if (h / letters >= 0.3) return 'ko';
-  if (k / letters >= 0.1) return 'ja';
-  if (c / letters >= 0.3) return 'zh';
-  if (l / letters >= 0.5) return 'en';
+  if (letters === 0) return { hangul: 0, kana: 0, han: 0, latin: 0 };
+  return { hangul: h / letters, kana: k / letters, han: c / letters, latin: l / letters };
+}
+
+/** The language a document's letters say, by script (see the module comment). */
+export function scriptLanguage(text: string): ScriptLanguage {
+  const s = scriptShares(text);
+  if (s.hangul >= 0.3) return 'ko';
+  if (s.kana >= 0.1) return 'ja';
+  if (s.han >= 0.3) return 'zh';
+  if (s.latin >= 0.5) return 'en';
   return 'other';
 }
 
@@ -196,35 +202,41 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   const wordChars = w.reduce((a, x) => a + x.length, 0);
   const mean = wordChars / n;
   if ((s.minMeanWordLength !== null && mean < s.minMeanWordLength) || (s.maxMeanWordLength !== null && mean > s.maxMeanWordLength)) return 'mean_word_length';
+  // As Gopher and datatrove: the hash and the ellipsis each against the ratio, not their sum.
   if (s.maxSymbolWordRatio !== null) {
-    const symbols = (text.match(/#/g)?.length ?? 0) + (text.match(/\.\.\.|…/g)?.length ?? 0);
-    if (symbols / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
+    if ((text.match(/#/g)?.length ?? 0) / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
+    if ((text.match(/\.\.\.|…/g)?.length ?? 0) / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
   }
-  const lines = text.split('\n').filter((line) => line.trim() !== '');
-  if (s.maxBulletLineRatio !== null && lines.length && lines.filter((line) => bullet.test(line)).length / lines.length > s.maxBulletLineRatio) return 'bullet_lines';
-  if (s.maxEllipsisLineRatio !== null && lines.length && lines.filter((line) => ellipsisEnd.test(line)).length / lines.length > s.maxEllipsisLineRatio) return 'ellipsis_lines';
+  // Every line counts in the denominator, blank ones too (datatrove's splitlines()).
+  const allLines = text.split(/\r?\n/);
+  if (s.maxBulletLineRatio !== null && allLines.filter((line) => bullet.test(line)).length / allLines.length > s.maxBulletLineRatio) return 'bullet_lines';
+  if (s.maxEllipsisLineRatio !== null && allLines.filter((line) => ellipsisEnd.test(line)).length / allLines.length > s.maxEllipsisLineRatio) return 'ellipsis_lines';
+  const lines = allLines.filter((line) => line.trim() !== '');
   if (s.minAlphaWordRatio !== null && w.filter((x) => letter.test(x)).length / n < s.minAlphaWordRatio) return 'alpha_words';
   const stop = stopWords[language];
+  // Occurrences, as datatrove counts them.
   if (s.minStopWords !== null && stop) {
-    const found = new Set<string>();
+    let found = 0;
     for (const x of w) {
-      const lower = x.toLowerCase();
-      if (stop.has(lower)) found.add(lower);
-      if (found.size >= s.minStopWords) break;
+      if (stop.has(x.toLowerCase())) found++;
+      if (found >= s.minStopWords) break;
     }
-    if (found.size < s.minStopWords) return 'stop_words';
+    if (found < s.minStopWords) return 'stop_words';
   }
   const lineDup = duplicates(lines.map((line) => line.trim()));
   const paragraphs = text.split(/\n\s*\n/).map((p) => p.trim()).filter(Boolean);
   const paraDup = duplicates(paragraphs);
-  if ((s.maxDuplicateLineFraction !== null && lineDup.fraction > s.maxDuplicateLineFraction) || (s.maxDuplicateLineCharFraction !== null && lineDup.charFraction > s.maxDuplicateLineCharFraction)) return 'duplicate_lines';
+  // Paragraphs first, then lines, in datatrove's order.
   if ((s.maxDuplicateParagraphFraction !== null && paraDup.fraction > s.maxDuplicateParagraphFraction) || (s.maxDuplicateParagraphCharFraction !== null && paraDup.charFraction > s.maxDuplicateParagraphCharFraction)) return 'duplicate_paragraphs';
+  if ((s.maxDuplicateLineFraction !== null && lineDup.fraction > s.maxDuplicateLineFraction) || (s.maxDuplicateLineCharFraction !== null && lineDup.charFraction > s.maxDuplicateLineCharFraction)) return 'duplicate_lines';
+  // Characters of the n-grams over the document's length, as datatrove divides them.
   const lowered = w.map((x) => x.toLowerCase());
+  const length = text.length;
   if (s.maxTopNgramCharFraction) {
-    for (const [i, max] of s.maxTopNgramCharFraction.entries()) if (topNgramCharFraction(lowered, i + 2, wordChars) > max) return 'top_ngram';
+    for (const [i, max] of s.maxTopNgramCharFraction.entries()) if (topNgramCharFraction(lowered, i + 2, length) > max) return 'top_ngram';
   }
   if (s.maxDuplicateNgramCharFraction) {
-    for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (duplicateNgramCharFraction(lowered, i + 5, wordChars) > max) return 'duplicate_ngram';
+    for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (duplicateNgramCharFraction(lowered, i + 5, length) > max) return 'duplicate_ngram';
   }
   return null;
 }

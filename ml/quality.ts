@@ -150,7 +150,8 @@ export function histogram(values: number[], min: number, max: number, bins: numb
   const width = (max - min) / bins;
   const edges = Array.from({ length: bins + 1 }, (_, i) => Number((min + i * width).toFixed(6)));
   const counts = new Array<number>(bins).fill(0);
-  for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor((v - min) / width)))]++;
+  // Scaled before the floor, so 0.15 or 0.3 lands in its own bin (0.3 / 0.05 is 5.999…).
+  for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor(((v - min) * bins) / (max - min) + 1e-9)))]++;
   return { edges, counts };
 }
 
@@ -369,10 +370,10 @@ const emailPattern = /[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?
 // ("v1.2.3.4", "std::map", version strings, 3GPP spec numbers).
 const ipv6Candidate = /(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:]|\.\d)/g;
 const ipv4Pattern = /(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)/g;
-// 13–19 digits together, or in groups as cards print them (4-4-4-…, Amex 4-6-5) with one separator.
-const cardCandidate = /(?<![\w+.-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{5})(?![\w-]|\.\d)/g;
+// 13–19 digits together, or in groups as cards print them (4-4-4-…, Amex 4-6-5, Diners 4-6-4) with one separator.
+const cardCandidate = /(?<![\w+.-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5})(?![\w-]|\.\d)/g;
 // With a country code the first group may be one digit (+81 3 1234 5678, +82 2 123 4567).
-const phoneCandidate = /(?<![\w.+-])(?:\+\d{1,3}[ .-]?(?:\(0\))?\d{1,4}|(?:\(\d{1,4}\)[ .-]?)?\d{2,4})(?:[ .-]\d{2,4}){1,4}(?![\w-]|\.\d)/g;
+const phoneCandidate = /(?<![\w.+-])(?:\+\d{1,3}[ .-]?(?:\(0\)|\(\d{1,4}\)[ .-]?)?\d{1,4}|(?:\(\d{1,4}\)[ .-]?)?\d{2,4})(?:[ .-]\d{2,4}){1,4}(?![\w-]|\.\d)/g;
 // Korean resident registration numbers (YYMMDD-SNNNNNC) and Japanese My Numbers (12 digits, often
 // in groups of four); each candidate is checked (date, check digit) before it is redacted.
 const krRrnCandidate = /(?<![\w-])\d{6}-?[1-8]\d{6}(?![\w-])/g;
@@ -415,7 +416,16 @@ export function isKoreanRrn(candidate: string): boolean {
   if (month < 1 || month > 12 || day < 1 || day > 31) return false;
   const weights = [2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5];
   const sum = weights.reduce((acc, w, i) => acc + w * (digits.charCodeAt(i) - 48), 0);
-  return (11 - (sum % 11)) % 10 === digits.charCodeAt(12) - 48;
+  // Registration numbers of foreign residents (7th digit 5–8) use 13 where residents' use 11.
+  const base = digits.charCodeAt(6) - 48 >= 5 ? 13 : 11;
+  return (base - (sum % 11)) % 10 === digits.charCodeAt(12) - 48;
+}
+
+/** Words that name a national identifier, looked for just before a number that lacks its usual shape. */
+const idContext = /(주민등록번호|주민번호|외국인등록번호|등록번호|RRN|resident registration|マイナンバー|個人番号|my ?number)[^\d\n]{0,12}$/iu;
+/** True when `whole` names an identifier just before `offset`. */
+function namedBefore(whole: string, offset: number): boolean {
+  return idContext.test(whole.slice(Math.max(0, offset - 40), offset));
 }
 
 /**
@@ -457,16 +467,23 @@ function isPhone(candidate: string): boolean {
  */
 export function redactPii(text: string): { text: string; counts: Record<PiiKind, number> } {
   const counts = emptyPiiCounts();
-  const replace = (input: string, pattern: RegExp, kind: PiiKind, accept: (m: string) => boolean): string =>
-    input.replace(pattern, (match) => {
-      if (!accept(match)) return match;
+  const replace = (input: string, pattern: RegExp, kind: PiiKind, accept: (m: string, offset: number, whole: string) => boolean): string =>
+    input.replace(pattern, (...args: unknown[]) => {
+      // (match, ...groups, offset, whole)
+      const match = args[0] as string;
+      const whole = args[args.length - 1] as string;
+      const offset = args[args.length - 2] as number;
+      if (!accept(match, offset, whole)) return match;
       counts[kind]++;
       return `[${kind.toUpperCase()}]`;
     });
   let out = replace(text, emailPattern, 'email', () => true);
   // National identifiers before cards and phones, whose looser patterns would take their digits.
-  out = replace(out, krRrnCandidate, 'national_id', isKoreanRrn);
-  out = replace(out, jpMyNumberCandidate, 'national_id', isJapaneseMyNumber);
+  // A resident registration number is written YYMMDD-NNNNNNN; without the hyphen it must be named
+  // (13 bare digits are as often a millisecond timestamp). A My Number is twelve digits like any
+  // other, so it must be named (マイナンバー, 個人番号, My Number) just before it.
+  out = replace(out, krRrnCandidate, 'national_id', (m, at, whole) => isKoreanRrn(m) && (m.includes('-') || namedBefore(whole, at)));
+  out = replace(out, jpMyNumberCandidate, 'national_id', (m, at, whole) => isJapaneseMyNumber(m) && namedBefore(whole, at));
   out = replace(out, ipv6Candidate, 'ip', isIpv6);
   out = replace(out, ipv4Pattern, 'ip', () => true);
   out = replace(out, cardCandidate, 'card', (m) => isLuhnValid(m.replace(/\D/g, '')));
@@ -554,7 +571,9 @@ export async function cleanDocumentsPaced<T extends QualityDoc>(
       }
       await pause();
     }
-    tally.apply(scored ? merged : { kept: merged.kept, removed: merged.removed, dropped: merged.dropped });
+    // With nothing left to judge, the step still reports (an empty histogram), as cleanDocuments does.
+    if (tally.candidates.length === 0) tally.apply(step.run([]));
+    else tally.apply(scored ? merged : { kept: merged.kept, removed: merged.removed, dropped: merged.dropped });
   }
   return tally.result();
 }

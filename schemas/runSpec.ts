@@ -26,7 +26,7 @@ const watermark = z.boolean().optional();
 
 /** The languages a source's documents must be in (ISO 639-1 such as "en", "ko", "ja", or 639-3); others are removed by the quality stage. */
 const languages = z
-  .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language code such as "en", "ko" or "ja" (ISO 639-1), or a three-letter ISO 639-3 code' }))
+  .array(z.string().refine((code) => languageCode(code) !== null, { message: 'give a language dacp can identify, e.g. "en", "ko" or "ja" (ISO 639-1) or an ISO 639-3 code such as "deu"; docs/data-quality.md lists them' }))
   .min(1, 'list at least one language, or leave languages out')
   .optional();
 

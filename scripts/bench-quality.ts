@@ -21,9 +21,9 @@ import {
  * `npm run bench:quality [-- --json] [-- --mb N]`: the quality stage's throughput on a generated
  * corpus of N MB (default 200) of mixed English and Korean documents (the demo's telecom tickets
  * and general text, and Korean operations notes), some with personal data, copies and near copies.
- * It times the whole stage as the quality activity runs it (length, language, repetition, symbols,
- * Gopher heuristics, PII, exact and near-duplicate removal), then each filter alone on the whole
- * corpus. `--json` prints one line: {mbPerSec, docsPerSec, corpusBytes, docs, seconds, filters}.
+ * It times the whole stage, the same steps the quality activity runs (length, language, repetition,
+ * symbols, Gopher heuristics, PII, exact and near-duplicate removal) without the activity's pauses
+ * for heartbeats, then each filter alone on the whole corpus. `--json` prints one line: {mbPerSec, docsPerSec, corpusBytes, docs, seconds, filters}.
  *
  * This measures the filters on documents already in memory, in one thread; it does not read or
  * write datasets (the activity adds that).

@@ -1,5 +1,6 @@
 import { defaultHeuristics, heuristicVerdict, scriptLanguage, words, type HeuristicSettings } from '../ml/heuristics';
 import { inExpectedLanguage, languageCode, likelyLanguage } from '../ml/language';
+import { IDENTIFIABLE } from '../schemas/languages';
 
 /** Real-looking prose in each language: long enough, ordinary words, the language's function words. */
 const en =
@@ -48,13 +49,14 @@ describe('Gopher heuristics with the literature defaults, in English, Korean and
     ['no English stop words', 'Kalomi tavosi perudagu holyze fibokalo mitane rusivo '.repeat(10), 'stop_words'],
     ['no Japanese function words', 'サーバー ネットワーク アラーム ログ エンジニア センター '.repeat(12), 'stop_words'],
     ['repeated lines', Array.from({ length: 10 }, () => 'The cell at the site is down and the team has to go to the site with tools.').join('\n'), 'duplicate_lines'],
-    ['repeated paragraphs', [en, en, en].join('\n\n'), 'duplicate_lines'],
+    ['repeated paragraphs', [en, en, en].join('\n\n'), 'duplicate_paragraphs'],
+    ['a duplicated passage', `${en} Later the engineers wrote that the network operations centre received the outage report this morning. Three base stations stopped serving.`, 'duplicate_ngram'],
     ['one phrase over and over', `${en} ${'the pump and the valve '.repeat(40)}`, 'top_ngram'],
   ])('removes %s', (_, text, reason) => {
     expect(heuristicVerdict(text, on())).toBe(reason);
   });
 
-  it('every rule is configurable, and null turns a rule off', () => {
+  it('rules take the run\'s values (word count, letters, per-language word length), and null turns a rule off', () => {
     const short = 'Call the NOC now and report the outage to the team.';
     expect(heuristicVerdict(short, on({ minWords: null }))).toBeNull();
     expect(heuristicVerdict(short, on({ minWords: 5 }))).toBeNull();
@@ -67,6 +69,18 @@ describe('Gopher heuristics with the literature defaults, in English, Korean and
 });
 
 describe('language identification (franc-min, offline)', () => {
+  it("knows exactly franc-min's languages", async () => {
+    const [{ data }, { expressions }] = await Promise.all([import('franc-min/data.js'), import('franc-min/expressions.js')]);
+    const franc = new Set([...Object.values(data).flatMap((o) => Object.keys(o)), ...Object.keys(expressions).filter((s) => !(s in data))]);
+    expect([...IDENTIFIABLE].sort()).toEqual([...franc].sort());
+  });
+
+  it('accepts Korean technical notes full of Latin terms for a Korean source (franc alone would call them Latin)', () => {
+    const mixed = '5G NR gNB의 PCI 충돌로 handover failure가 발생했습니다. RSRP 측정값을 확인하고 neighbor list를 수정했습니다.';
+    expect(inExpectedLanguage(mixed, ['kor'])).toBe(true);
+    expect(inExpectedLanguage(mixed, ['jpn'])).toBe(false);
+  });
+
   const de = 'Der Techniker muss den Druck im System prüfen, bevor er das Hauptventil öffnet und die Pumpe wieder einschaltet.';
   it('keeps documents in an expected language and removes others, in English, Korean and Japanese', () => {
     expect(inExpectedLanguage(en, ['eng'])).toBe(true);
@@ -87,5 +101,7 @@ describe('language identification (franc-min, offline)', () => {
     expect(languageCode('zh')).toBe('cmn');
     expect(languageCode('deu')).toBe('deu');
     expect(languageCode('xx')).toBeNull();
+    expect(languageCode('zho')).toBe('cmn');
+    expect(languageCode('heb')).toBeNull();
   });
 });

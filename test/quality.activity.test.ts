@@ -8,6 +8,7 @@ import { readDataset, writeDataset, type TextDoc } from '../activities/datasets'
 import { qualityActivities } from '../activities/quality';
 import { migrate } from '../db/migrate';
 import { insertRun } from '../db/records';
+import { defaultHeuristics } from '../ml/heuristics';
 import { defaultNearDuplicateThreshold, minNearDuplicateThreshold } from '../ml/quality';
 import { parseRunSpec, RunSpec, type RunSpecInput } from '../schemas/runSpec';
 import { tinySpec } from './helpers/fixtures';
@@ -220,6 +221,8 @@ describe('Gopher heuristics in the quality activity (quality.heuristics)', () =>
     const spec = parseRunSpec(tinySpec({ quality: { minDocs: 1, heuristics: { minWords: 10, minStopWords: null } } }));
     expect(spec.quality.heuristics).toMatchObject({ minWords: 10, minStopWords: null, maxWords: 100_000, minAlphaWordRatio: 0.8 });
     expect(parseRunSpec(tinySpec()).quality.heuristics).toBeNull();
+    // `{}` is exactly the library's defaults (the per-language bounds rely on telling the two apart).
+    expect(parseRunSpec(tinySpec({ quality: { heuristics: {} } })).quality.heuristics).toEqual(defaultHeuristics);
     expect(() => parseRunSpec(tinySpec({ quality: { heuristics: { minAlphaWordRatio: 2 } } } as never))).toThrow(/quality\.heuristics\.minAlphaWordRatio/);
     expect(() => parseRunSpec(tinySpec({ quality: { heuristics: { minWordz: 3 } } } as never))).toThrow(/quality\.heuristics.*minWordz/);
   });
@@ -252,7 +255,10 @@ describe('language identification in the quality activity (sources[].languages)'
   it('refuses an unknown language code in the spec, naming the field', () => {
     const withLanguages = (languages: string[]) => parseRunSpec(tinySpec({ sources: [{ ...tinySpec().sources[0], languages } as never, ...tinySpec().sources.slice(1)] }));
     expect(withLanguages(['en', 'ko', 'jpn']).sources[0]).toMatchObject({ languages: ['en', 'ko', 'jpn'] });
-    expect(() => withLanguages(['english'])).toThrow(/sources\.0\.languages\.0: give a language code such as "en"/);
+    expect(() => withLanguages(['english'])).toThrow(/sources\.0\.languages\.0: give a language dacp can identify, e.g. "en"/);
+    // A code franc never answers with would silently remove every document: refused too.
+    expect(() => withLanguages(['heb'])).toThrow(/sources\.0\.languages\.0/);
+    expect(withLanguages(['zho']).sources[0]).toMatchObject({ languages: ['zho'] });
     expect(() => parseRunSpec(tinySpec({ quality: { minLanguageScore: 1.5 } }))).toThrow(/quality\.minLanguageScore/);
   });
 });
