@@ -4,7 +4,7 @@ import { Context } from '@temporalio/activity';
 import { upsertDataset } from '../db/records';
 import type { DatasetRef, DatasetRole } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
-import { inputsFolder, isStaged } from './inputs';
+import { inputsFolders, isStaged } from './inputs';
 import { languageCode } from '../schemas/languages';
 import type { ActivityDeps } from './context';
 import { readChoiceSet, storeChoiceSet, type ChoiceSetName, type ChoiceSetRef } from './choiceSets';
@@ -60,8 +60,13 @@ export function collectActivities({ pool, store }: ActivityDeps) {
       // Staged inputs (`dacp run start`) are read from this host's copy of them, and only there:
       // they passed the data roots of the host that staged them. Otherwise the worker's data roots
       // (DACP_DATA_ROOTS, else the spec's folder), narrowed by the spec's dataRoots.
-      const baseDir = await inputsFolder(store, input.baseDir);
-      const allowedRoots = isStaged(input.baseDir) ? [baseDir] : sourceRoots({ baseDir, specRoots: spec.dataRoots });
+      // A schedule's file sources are read anew at each firing from its live folder (on this host,
+      // under the worker's data roots); its choice sets were staged when it was created.
+      const folders = await inputsFolders(store, input.baseDir);
+      const stagedRoots = isStaged(input.baseDir) ? [folders.staged] : sourceRoots({ baseDir: folders.staged, specRoots: spec.dataRoots });
+      const sourcesAt = folders.live === null
+        ? { baseDir: folders.staged, allowedRoots: stagedRoots }
+        : { baseDir: folders.live, allowedRoots: sourceRoots({ baseDir: folders.live, specRoots: spec.dataRoots }) };
       const byRole: Record<DatasetRole, DatasetDoc[]> = { domain: [], replay: [], instruct: [] };
       const summary: CollectSummary = {
         sources: [],
@@ -78,7 +83,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
             const key = watermarkKey(index, source);
             const last = await pool.query('SELECT value, run_id FROM schedule_watermarks WHERE schedule_id = $1 AND source_key = $2', [input.scheduleId, key]);
             const used = (last.rows[0]?.value as Watermark | undefined) ?? null;
-            const read = await readSourceSince(source, { baseDir, allowedRoots }, used);
+            const read = await readSourceSince(source, sourcesAt, used);
             docs = read.docs;
             await pool.query(
               `INSERT INTO run_watermarks (run_id, schedule_id, source_key, kind, used, used_run_id, next) VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -87,7 +92,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
             );
             watermark = { used: used === null ? null : describeWatermark(used), next: describeWatermark(read.next), ...(source.kind !== 'postgres' ? { skippedFiles: read.skippedFiles } : {}) };
           } else {
-            docs = await readSource(source, { baseDir, allowedRoots });
+            docs = await readSource(source, sourcesAt);
           }
         } catch (err) {
           if (err instanceof ApplicationFailure) {
@@ -140,7 +145,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
         const file = spec.evaluation.choices[name];
         if (file === undefined) continue;
         Context.current().heartbeat({ choices: name });
-        const items = await readChoiceSet(file, { baseDir, allowedRoots }).catch((err: unknown) => withField(`evaluation.choices.${name}`, err));
+        const items = await readChoiceSet(file, { baseDir: folders.staged, allowedRoots: stagedRoots }).catch((err: unknown) => withField(`evaluation.choices.${name}`, err));
         choiceSets[name] = await storeChoiceSet(store, items);
         summary.choiceItems = { ...summary.choiceItems, [name]: items.length };
       }

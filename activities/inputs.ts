@@ -13,6 +13,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import { ARTIFACT_URI, hashFile, type ArtifactStore } from './artifacts';
+import { namedRootFolder, type WorkerPolicy } from '../workers/policy';
 import { displayPath, sourceFiles } from './sources';
 
 export const INPUTS_FORMAT = 'dacp-inputs/1';
@@ -21,7 +22,17 @@ export interface InputsManifest {
   format: typeof INPUTS_FORMAT;
   /** By path relative to the staged folder: the file's artifact, and whether it is executable. */
   files: Record<string, ArtifactRef & { executable?: boolean }>;
+  /**
+   * A schedule's file sources are read anew at each firing, so they are not staged: their paths
+   * are relative to this folder, named by a data root every control host maps (DACP_DATA_ROOTS
+   * `NAME=/folder`) or, where the schedule's spec lies in no named root, by the folder itself
+   * (then every control host must see the data at that path). Absent for `dacp run start`.
+   */
+  live?: { root: string } | { folder: string };
 }
+
+/** Where a schedule's file sources are read from: a named data root, or a folder. */
+export type LiveFolder = { root: string; folder: string } | { folder: string };
 
 /** True when `baseDir` is a staged manifest's artifact URI rather than a folder. */
 export function isStaged(baseDir: string): boolean {
@@ -38,7 +49,13 @@ function extensionOf(file: string): string {
  * the allowed roots). Returns the spec with each files source's paths replaced by the concrete
  * files staged (a glob is expanded once, here), and the manifest's URI for the run's baseDir.
  */
-export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: string, allowedRoots: string[]): Promise<{ spec: RunSpec; baseDir: string; files: number; bytes: number }> {
+export async function stageInputs(
+  store: ArtifactStore,
+  spec: RunSpec,
+  baseDir: string,
+  allowedRoots: string[],
+  o: { live?: LiveFolder } = {},
+): Promise<{ spec: RunSpec; baseDir: string; files: number; bytes: number }> {
   const files: InputsManifest['files'] = {};
   let bytes = 0;
   const stage = async (absolute: string): Promise<string> => {
@@ -53,10 +70,27 @@ export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: 
     return name;
   };
 
+  // A schedule's paths, relative to the folder its file sources are read from at each firing.
+  const live = o.live;
+  const liveRelative = (entry: string, field: string): string => {
+    const relative = path.relative(path.resolve((live as LiveFolder).folder), path.resolve(baseDir, entry)).split(path.sep).join('/');
+    if (live && 'root' in live && (relative === '..' || relative.startsWith('../') || path.isAbsolute(relative))) {
+      throw ApplicationFailure.nonRetryable(
+        `${field} "${entry}" lies outside data root "${live.root}" (${live.folder}), which holds the spec; move the data inside it, or name its folder in DACP_DATA_ROOTS as a root of its own and keep the spec there`,
+        'SourceOutsideRoots',
+      );
+    }
+    return relative === '' ? '.' : relative;
+  };
+
   const sources = [];
-  for (const source of spec.sources) {
+  for (const [index, source] of spec.sources.entries()) {
     if (source.kind !== 'files') {
       sources.push(source);
+      continue;
+    }
+    if (live) {
+      sources.push({ ...source, paths: source.paths.map((entry) => liveRelative(entry, `sources[${index}].paths`)) });
       continue;
     }
     const staged: string[] = [];
@@ -80,10 +114,15 @@ export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: 
     }
     engine = { ...engine, command };
   }
-  const manifest: InputsManifest = { format: INPUTS_FORMAT, files: Object.fromEntries(Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) };
+  const manifest: InputsManifest = {
+    format: INPUTS_FORMAT,
+    files: Object.fromEntries(Object.entries(files).sort(([a], [b]) => a.localeCompare(b))),
+    ...(live ? { live: 'root' in live ? { root: live.root } : { folder: path.resolve(live.folder) } } : {}),
+  };
   const ref = await store.putJson('inputs', manifest);
+  const dataRoots = live && spec.dataRoots ? { dataRoots: spec.dataRoots.map((r) => liveRelative(r, 'dataRoots')) } : {};
   return {
-    spec: { ...spec, sources, evaluation: { ...spec.evaluation, choices }, engine } as RunSpec,
+    spec: { ...spec, sources, evaluation: { ...spec.evaluation, choices }, engine, ...dataRoots } as RunSpec,
     baseDir: ref.uri,
     files: Object.keys(files).length,
     bytes,
@@ -99,15 +138,29 @@ export async function stageInputs(store: ArtifactStore, spec: RunSpec, baseDir: 
  * the folder being built again when one is not what the manifest names.
  */
 export async function inputsFolder(store: ArtifactStore, baseDir: string): Promise<string> {
+  return (await inputsFolders(store, baseDir)).staged;
+}
+
+/**
+ * `staged`: as `inputsFolder`. `live`: for a schedule's run, the folder on this host its file
+ * sources are read from at this firing (a named data root mapped by this worker's
+ * DACP_DATA_ROOTS, or the folder the manifest names); null for a run whose sources were staged.
+ */
+export async function inputsFolders(store: ArtifactStore, baseDir: string, policy?: WorkerPolicy): Promise<{ staged: string; live: string | null }> {
   const match = ARTIFACT_URI.exec(baseDir);
-  if (!match) return baseDir;
-  const sha256 = match[2];
-  const parent = path.join(path.dirname(store.root), 'inputs');
-  const dir = path.join(parent, sha256);
+  if (!match) return { staged: baseDir, live: null };
+  const sha256 = match[2] as string;
   const manifest = await store.getJson<InputsManifest>({ uri: baseDir, sha256 });
   if (manifest.format !== INPUTS_FORMAT) {
     throw ApplicationFailure.nonRetryable(`artifact ${baseDir} is not a run's staged inputs (format ${String(manifest.format)})`, 'ArtifactInvalid');
   }
+  const live = manifest.live === undefined ? null : 'root' in manifest.live ? namedRootFolder(manifest.live.root, policy) : manifest.live.folder;
+  return { staged: await materialise(store, sha256, manifest), live };
+}
+
+async function materialise(store: ArtifactStore, sha256: string, manifest: InputsManifest): Promise<string> {
+  const parent = path.join(path.dirname(store.root), 'inputs');
+  const dir = path.join(parent, sha256);
   if (existsSync(dir)) {
     if (await intact(dir, manifest)) return dir;
     await fs.rm(dir, { recursive: true, force: true });

@@ -529,7 +529,10 @@ function scheduleCommands(schedule: Command): void {
           note: o.note as string | undefined,
         }),
       );
-      print(Boolean(o.json), created, () => `schedule ${created.scheduleId} created; next runs: ${created.nextRuns.slice(0, 3).join(', ') || '–'}`);
+      const reads = created.reads === null ? '' : 'dataRoot' in created.reads
+        ? `\neach firing reads the file sources from data root "${created.reads.dataRoot}", as each control worker's DACP_DATA_ROOTS maps it`
+        : `\neach firing reads the file sources from ${created.reads.folder} on the control worker's host (name a data root in DACP_DATA_ROOTS to refer to it by name)`;
+      print(Boolean(o.json), created, () => `schedule ${created.scheduleId} created; next runs: ${created.nextRuns.slice(0, 3).join(', ') || '–'}${reads}`);
     });
   schedule
     .command('list')

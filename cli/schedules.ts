@@ -7,8 +7,12 @@ import {
   type Client,
   type ScheduleDescription,
 } from '@temporalio/client';
-import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import { ApplicationFailure, defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import path from 'node:path';
 import type { Pool } from 'pg';
+import { openArtifactStore } from '../activities/objectStore';
+import { stageInputs, type LiveFolder } from '../activities/inputs';
+import { namedRootOf, sourceRoots, workerPolicy } from '../workers/policy';
 import { storeRunSpec } from '../db/records';
 import { workflowSpec, type PipelineInput } from '../schemas/pipeline';
 import { Duration, InputError, watermarkProblems, type RunSpec } from '../schemas/runSpec';
@@ -41,6 +45,8 @@ export type OverlapName = keyof typeof OVERLAP_POLICIES;
 export interface ScheduleContext {
   client: Client;
   pool: Pool;
+  /** The artifact store's folder or `s3://` location (DACP_ARTIFACTS), where a schedule's inputs are staged. */
+  artifactsDir: string;
 }
 
 export function checkScheduleId(id: string): string {
@@ -69,7 +75,7 @@ export async function createSchedule(
     note?: string;
     keyDir?: string;
   },
-): Promise<{ scheduleId: string; nextRuns: string[] }> {
+): Promise<{ scheduleId: string; nextRuns: string[]; reads: ScheduleReads }> {
   const scheduleId = checkScheduleId(o.id ?? o.spec.name);
   // Only an operator creates schedules; its runs are started as that operator.
   await actingKey(ctx.pool, o.initiator, 'operator', 'create schedules', o.keyDir);
@@ -80,10 +86,14 @@ export async function createSchedule(
   if (!(overlapName in OVERLAP_POLICIES)) throw new InputError(`--overlap "${o.overlap}": use one of ${Object.keys(OVERLAP_POLICIES).join(', ')}`);
   const every = o.every !== undefined ? duration(o.every, '--every') : undefined;
   const catchupWindow = duration(o.catchupWindow ?? '1d', '--catchup-window');
-  const specBody = JSON.stringify(o.spec);
+  // Its choice sets and trainer script are staged now, as for `run start`; its file sources are
+  // read anew at each firing, from the named data root that holds the spec (or the spec's folder),
+  // so its runs carry an artifact URI and no machine's folder.
+  const staged = await stageScheduleInputs(ctx, o.spec, o.baseDir);
+  const specBody = JSON.stringify(staged.spec);
   const specRef = await storeRunSpec(ctx.pool, specBody, createHash('sha256').update(specBody).digest('hex'));
   // No runId: each firing's run id is its workflow id, which Temporal makes from the schedule's id and the time.
-  const input: PipelineInput = { spec: workflowSpec(o.spec), specRef, baseDir: o.baseDir, initiator: o.initiator, scheduleId };
+  const input: PipelineInput = { spec: workflowSpec(staged.spec), specRef, baseDir: staged.baseDir, initiator: o.initiator, scheduleId };
   try {
     const handle = await ctx.client.schedule.create({
       scheduleId,
@@ -106,11 +116,35 @@ export async function createSchedule(
       memo: { dacpTiming: o.every !== undefined ? { every: o.every } : { cron: o.cron } },
     });
     const described = await handle.describe();
-    return { scheduleId, nextRuns: described.info.nextActionTimes.slice(0, 5).map((t) => t.toISOString()) };
+    return { scheduleId, nextRuns: described.info.nextActionTimes.slice(0, 5).map((t) => t.toISOString()), reads: staged.reads };
   } catch (err) {
     if (err instanceof ScheduleAlreadyRunning) throw new InputError(`schedule ${scheduleId} already exists; choose another --id, or delete it first`);
     const message = (err as Error).message ?? '';
     if (/cron|invalid.*spec|calendar/i.test(message)) throw new InputError(`--cron "${o.cron}": ${message.split('\n')[0]}`);
+    throw err;
+  }
+}
+
+/** Where a schedule's firings read its file sources: a named data root, or a folder. */
+export type ScheduleReads = { dataRoot: string } | { folder: string } | null;
+
+async function stageScheduleInputs(ctx: ScheduleContext, spec: RunSpec, baseDir: string): Promise<{ spec: RunSpec; baseDir: string; reads: ScheduleReads }> {
+  const policy = workerPolicy();
+  let allowedRoots: string[];
+  try {
+    allowedRoots = sourceRoots({ baseDir, specRoots: spec.dataRoots, policy });
+  } catch (err) {
+    throw new InputError(`dataRoots: ${(err as Error).message}`);
+  }
+  const named = namedRootOf(baseDir, policy);
+  const live: LiveFolder = named ? { root: named.name, folder: named.folder } : { folder: path.resolve(baseDir) };
+  try {
+    const staged = await stageInputs(openArtifactStore(ctx.artifactsDir), spec, baseDir, allowedRoots, { live });
+    const hasFiles = spec.sources.some((s) => s.kind === 'files');
+    return { ...staged, reads: !hasFiles ? null : named ? { dataRoot: named.name } : { folder: path.resolve(baseDir) } };
+  } catch (err) {
+    const type = (err as ApplicationFailure).type;
+    if (err instanceof ApplicationFailure && type?.startsWith('Source')) throw new InputError(`sources: ${err.message}`);
     throw err;
   }
 }

@@ -3,6 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { collectActivities } from '../activities/collect';
+import { stageInputs, type InputsManifest } from '../activities/inputs';
+import { namedRootFolder, namedRootOf, workerPolicy } from '../workers/policy';
 import { ByteTokenizer } from '../ml/tokenizer';
 import { parseRunSpec, type RunSpec } from '../schemas/runSpec';
 import { tinySpec } from './helpers/fixtures';
@@ -143,6 +145,34 @@ describe('sources', () => {
     const spec = parseRunSpec(tinySpec({ dataRoots: ['data'], sources: [{ kind: 'files', role: 'domain', paths: ['data/*.txt'] }, ...tinySpec().sources.slice(1)] }));
     const run = await collect(spec, dir);
     expectRefused(run.error, 'SourceOutsideRoots', new RegExp(`dataRoots .* lie outside the folders this worker reads \\(${workerRoot}, DACP_DATA_ROOTS\\)`));
+  });
+
+  test('DACP_DATA_ROOTS entries may carry names; a schedule refers to its files by the innermost named root that holds its spec, and never past it', async () => {
+    const outer = mkdtempSync(path.join(os.tmpdir(), 'dacp-policy-named-'));
+    const inner = path.join(outer, 'telecom');
+    mkdirSync(path.join(inner, 'specs'), { recursive: true });
+    const policy = workerPolicy({ DACP_DATA_ROOTS: `/srv/plain${path.delimiter}all=${outer}${path.delimiter}telecom=${inner}${path.delimiter}/srv/a=b` });
+    expect(policy.dataRoots).toEqual(['/srv/plain', outer, inner, '/srv/a=b']);
+    expect(policy.namedRoots).toEqual({ all: outer, telecom: inner });
+    expect(namedRootOf(path.join(inner, 'specs'), policy)).toEqual({ name: 'telecom', folder: inner });
+    expect(namedRootOf('/elsewhere', policy)).toBeUndefined();
+    expect(namedRootFolder('telecom', policy)).toBe(inner);
+    expect(() => namedRootFolder('missing', policy)).toThrow(/DACP_DATA_ROOTS names no data root "missing" \(it names all, telecom\).*adds missing=\/folder/);
+    expect(() => workerPolicy({ DACP_DATA_ROOTS: `a=/x${path.delimiter}a=/y` })).toThrow(/DACP_DATA_ROOTS names "a" twice/);
+
+    // Staged for a schedule: paths become relative to the root; one outside it is refused, naming the field.
+    const specDir = path.join(inner, 'specs');
+    const live = { root: 'telecom', folder: inner };
+    const inside = parseRunSpec(tinySpec({ sources: [{ kind: 'files', role: 'domain', paths: ['../domain/*.txt'] }, ...tinySpec().sources.slice(1)] }));
+    const staged = await stageInputs(bench.store, { ...inside, sources: inside.sources.slice(0, 1) }, specDir, [outer], { live });
+    expect(staged.spec.sources[0]).toMatchObject({ paths: ['domain/*.txt'] });
+    const manifest = await bench.store.getJson<InputsManifest>({ uri: staged.baseDir, sha256: /([0-9a-f]{64})/.exec(staged.baseDir)?.[1] as string });
+    expect(manifest.live).toEqual({ root: 'telecom' });
+    const past = parseRunSpec(tinySpec({ sources: [{ kind: 'files', role: 'domain', paths: ['../../elsewhere/*.txt'] }, ...tinySpec().sources.slice(1)] }));
+    await expect(stageInputs(bench.store, { ...past, sources: past.sources.slice(0, 1) }, specDir, [outer], { live })).rejects.toThrow(
+      /sources\[0\]\.paths "\.\.\/\.\.\/elsewhere\/\*\.txt" lies outside data root "telecom"/,
+    );
+    rmSync(outer, { recursive: true, force: true });
   });
 
   test('a Postgres source names its own variable, never one of dacp\'s, and one the worker allows', async () => {

@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { RESERVED_ENV } from '../schemas/runSpec';
@@ -12,7 +12,9 @@ import { RESERVED_ENV } from '../schemas/runSpec';
  *   argv prefixes (or the path of a file holding it), e.g. `[["/usr/bin/python3", "/opt/t/train.py"]]`.
  *   Unset: a program, or an interpreter's script, inside the spec's folder or dacp's `trainers/`.
  * - `DACP_DATA_ROOTS`: the folders file sources must stay inside (path-list). Unset: the spec's
- *   folder (and, narrower, the spec's own `dataRoots`).
+ *   folder (and, narrower, the spec's own `dataRoots`). An entry may carry a name, `NAME=/folder`:
+ *   a schedule whose spec lies in a named root refers to its files by that name, and each control
+ *   host maps the name to its own folder (the same data, mounted wherever that host mounts it).
  * - `DACP_SOURCE_ENVS`: the environment variables a Postgres source may name as `connectionEnv`
  *   (comma-separated). Unset: any that is not one of dacp's own. Never dacp's own database.
  * - `DACP_S3_SOURCES`: the `s3://bucket[/prefix]` locations s3 sources may read (comma-separated).
@@ -40,11 +42,17 @@ export interface WorkerPolicy {
   /** Allowed argv prefixes; null: the default rule (spec folder or dacp's trainers/). */
   trainerCommands: string[][] | null;
   dataRoots: string[] | null;
+  /** The named entries of DACP_DATA_ROOTS: name → folder (also in dataRoots). */
+  namedRoots: Record<string, string>;
   sourceEnvs: string[] | null;
   /** `bucket/prefix` locations s3 sources may read; null: any but dacp's own artifacts. */
   s3Sources: string[] | null;
   trainerEnvPass: string[];
 }
+
+/** `NAME=/folder` in DACP_DATA_ROOTS (a plain folder starts with `/`, so it never matches). */
+export const DATA_ROOT_NAME = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
+const DATA_ROOT_ENTRY = /^([A-Za-z][A-Za-z0-9_-]{0,63})=(.+)$/;
 
 function list(value: string | undefined, separator: string | RegExp): string[] | null {
   if (value === undefined || value.trim() === '') return null;
@@ -67,9 +75,20 @@ export function workerPolicy(env: NodeJS.ProcessEnv = process.env): WorkerPolicy
     }
     trainerCommands = parsed as string[][];
   }
+  const namedRoots: Record<string, string> = {};
+  const dataRoots =
+    list(env.DACP_DATA_ROOTS, path.delimiter)?.map((entry) => {
+      const named = DATA_ROOT_ENTRY.exec(entry);
+      if (!named) return path.resolve(entry);
+      const [, name, folder] = named as unknown as [string, string, string];
+      if (namedRoots[name] !== undefined) throw new Error(`DACP_DATA_ROOTS names "${name}" twice; give each named root once (NAME=/folder)`);
+      namedRoots[name] = path.resolve(folder);
+      return namedRoots[name];
+    }) ?? null;
   return {
     trainerCommands,
-    dataRoots: list(env.DACP_DATA_ROOTS, path.delimiter)?.map((r) => path.resolve(r)) ?? null,
+    dataRoots,
+    namedRoots,
     sourceEnvs: list(env.DACP_SOURCE_ENVS, ','),
     s3Sources: list(env.DACP_S3_SOURCES, ',')?.map((l) => l.replace(/^s3:\/\//, '').replace(/\/+$/, '')) ?? null,
     trainerEnvPass: list(env.DACP_TRAINER_ENV_PASS, ',') ?? [],
@@ -186,3 +205,37 @@ export function checkConnectionEnv(name: string, policy: WorkerPolicy = workerPo
   }
 }
 
+
+/**
+ * The named data root (DACP_DATA_ROOTS `NAME=/folder`) that holds `folder`, the innermost where
+ * several do; undefined when none does. Links are followed on both sides.
+ */
+export function namedRootOf(folder: string, policy: WorkerPolicy = workerPolicy()): { name: string; folder: string } | undefined {
+  const real = (p: string) => {
+    try {
+      return realpathSync(p);
+    } catch {
+      return path.resolve(p);
+    }
+  };
+  const target = real(folder);
+  let best: { name: string; folder: string } | undefined;
+  for (const [name, root] of Object.entries(policy.namedRoots)) {
+    const resolved = real(root);
+    if (inside(target, resolved) && (!best || resolved.length > best.folder.length)) best = { name, folder: resolved };
+  }
+  return best;
+}
+
+/** The folder this host maps a named data root to; refused, naming the fix, where it maps none. */
+export function namedRootFolder(name: string, policy: WorkerPolicy = workerPolicy()): string {
+  const folder = policy.namedRoots[name];
+  if (folder === undefined) {
+    refuse(
+      'DataRootUnknown',
+      `this worker's DACP_DATA_ROOTS names no data root "${name}"${Object.keys(policy.namedRoots).length ? ` (it names ${Object.keys(policy.namedRoots).join(', ')})` : ''}; ` +
+        `the schedule reads its files from there, so the administrator adds ${name}=/folder/where/this/host/mounts/it to DACP_DATA_ROOTS and restarts the worker`,
+    );
+  }
+  return folder as string;
+}

@@ -1,5 +1,5 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, cpSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -49,6 +49,8 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
   let operatorHome: string;
   let runs: RunContext;
   let homes: Record<'ctl' | 'gpu1' | 'gpu2', string>;
+  /** Where ctl mounts the data the operator has in its home (a copy with fewer domain files, so the folder read shows). */
+  let ctlData: string;
   const homeOf = (name: string) => {
     const dir = mkdtempSync(path.join(os.tmpdir(), `dacp-${name}-`));
     dirs.push(dir);
@@ -96,6 +98,9 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
     homes = { ctl: homeOf('ctl'), gpu1: homeOf('gpu1'), gpu2: homeOf('gpu2') };
     writeTinyCorpus(operatorHome);
     runs = { client, pool, artifactsDir: path.join(operatorHome, 'artifacts') };
+    ctlData = homeOf('ctl-data');
+    cpSync(path.join(operatorHome, 'data'), path.join(ctlData, 'data'), { recursive: true });
+    for (const f of readdirSync(path.join(ctlData, 'data', 'domain')).sort().slice(0, 3)) rmSync(path.join(ctlData, 'data', 'domain', f));
 
     // A domain source in object storage, read by whichever host runs collect.
     await s3.client.send(new PutObjectCommand({ Bucket: 'dacp-data', Key: 'manuals/m1.txt', Body: 'The pump manual says: open the valve before priming the pump, then close it.' }));
@@ -148,8 +153,8 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
     return Object.assign(worker, { home });
   }
 
-  async function dacp(args: string[]): Promise<string> {
-    const { stdout } = await run(process.execPath, [dacpBin, ...args], { cwd: operatorHome, env: { ...process.env, ...env, DACP_HOME: operatorHome, DACP_DEBUG: '1' }, timeout: 120_000 });
+  async function dacp(args: string[], extra: Record<string, string> = {}): Promise<string> {
+    const { stdout } = await run(process.execPath, [dacpBin, ...args], { cwd: operatorHome, env: { ...process.env, ...env, DACP_HOME: operatorHome, DACP_DEBUG: '1', ...extra }, timeout: 120_000 });
     return stdout;
   }
 
@@ -178,7 +183,8 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
   let gpu1: GpuWorkerProcess & { home: string };
 
   test('an uninterrupted run, started from the operator machine, trains on gpu1 from staged inputs and an s3 source', async () => {
-    await startWorker('ctl', 'control');
+    // ctl names where it mounts the data a schedule reads by name (the last test).
+    await startWorker('ctl', 'control', { DACP_DATA_ROOTS: `corpus=${ctlData}` });
     gpu1 = await startWorker('gpu1', 'gpu');
     await eventually(async () => (gpu1.log.includes('artifacts in s3://dacp-artifacts/team-a') ? true : undefined), 'gpu1 to name its artifact store', 10_000, 50);
     await dacp(['run', 'start', '--spec', 'spec.json', '--as', 'engineer', '--id', 'reference']);
@@ -236,5 +242,29 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
     expect(history).not.toContain(operatorHome);
     expect(history).not.toContain(gpu1.home);
     expect(history).not.toContain(gpu2.home);
+  });
+
+  test("a schedule's firing reads its file sources on ctl, from where ctl mounts the named data root; no host's folder is in its history", async () => {
+    const created = await dacp(['schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'nightly', '--as', 'engineer'], { DACP_DATA_ROOTS: `corpus=${operatorHome}` });
+    expect(created).toMatch(/data root "corpus"/);
+    await dacp(['schedule', 'trigger', 'nightly', '--as', 'engineer']);
+    const runId = await eventually(async () => (await pool.query(`SELECT run_id FROM runs WHERE schedule_id = 'nightly'`)).rows[0]?.run_id as string | undefined, 'the firing\'s run', 60_000, 250);
+    const collected = await eventually(async () => {
+      const s = await runStatus(runs, runId);
+      if (s.state === 'failed') throw new GiveUp(`run ${runId} failed: ${String(s.metrics.error)}`);
+      const pending = (await client.workflow.getHandle(runId).describe()).raw.pendingActivities ?? [];
+      const failure = pending.map((a) => a.lastFailure?.message).find(Boolean);
+      if (failure) throw new GiveUp(`run ${runId}: ${failure}`);
+      return s.metrics.collect as { sources: { index: number; docs: number }[] } | undefined;
+    }, `${runId} to collect`, 120_000, 250);
+    await client.workflow.getHandle(runId).terminate('test over');
+    await dacp(['schedule', 'delete', 'nightly', '--as', 'engineer']);
+    // ctl's copy, not the operator's folder (which ctl cannot see).
+    expect(collected.sources.find((x) => x.index === 0)?.docs).toBe(readdirSync(path.join(ctlData, 'data', 'domain')).length);
+    expect(readdirSync(path.join(ctlData, 'data', 'domain')).length).toBe(readdirSync(path.join(operatorHome, 'data', 'domain')).length - 3);
+    const history = await historyText(runId);
+    expect(history).toMatch(/artifact:inputs\/[0-9a-f]{64}\.json/);
+    expect(history).not.toContain(operatorHome);
+    expect(history).not.toContain(ctlData);
   });
 });
