@@ -21,6 +21,8 @@ export interface QualitySettings {
    * near-duplicate of an earlier kept one; `null` turns near-duplicate removal off.
    */
   nearDuplicateThreshold: number | null;
+  /** The LSH index: `bands` × `rows` MinHash permutations (default 14 × 8, as FineWeb and datatrove). */
+  minhash?: MinhashShape;
   redactPii: boolean;
   /** For documents whose source lists languages: franc's relative score one of them must reach (ml/language.ts). */
   minLanguageScore?: number;
@@ -28,17 +30,39 @@ export interface QualitySettings {
   heuristics?: HeuristicSettings | null;
 }
 
-/**
- * One changed word in a 100-word document leaves ~0.9 of its 5-grams shared; unrelated documents on
- * one topic share well under 0.3. 0.8 catches light edits and boilerplate copies, not paraphrases.
- */
-export const defaultNearDuplicateThreshold = 0.8;
+export interface MinhashShape {
+  bands: number;
+  rows: number;
+}
 
 /**
- * Below this the LSH index (32 bands of 4 rows) stops finding pairs reliably: it misses about 13 % of
- * pairs at 0.5 similarity and 44 % at 0.4, so a lower threshold would promise removals it cannot make.
+ * FineWeb's and datatrove's MinHash: 14 bands of 8 rows (112 hashes) over word 5-grams. A pair
+ * becomes a candidate when one band matches whole, which happens half the time at a similarity of
+ * about 0.72 ((1/14)^(1/8) ≈ 0.719) and almost always from 0.85.
  */
-export const minNearDuplicateThreshold = 0.5;
+export const defaultMinhash: MinhashShape = { bands: 14, rows: 8 };
+
+/**
+ * The similarity at or above which a candidate pair counts as near-duplicate: the default banding's
+ * own threshold. One changed word in a 100-word document leaves ~0.9 of its 5-grams shared;
+ * unrelated documents on one topic share well under 0.3.
+ */
+export const defaultNearDuplicateThreshold = 0.72;
+
+/** The share of pairs at `similarity` that an index of this shape makes candidates: 1 − (1 − s^rows)^bands. */
+export function lshRecall(similarity: number, shape: MinhashShape): number {
+  return 1 - (1 - similarity ** shape.rows) ** shape.bands;
+}
+
+/**
+ * A threshold whose pairs the index finds less than half the time would promise removals it cannot
+ * make: the lowest threshold an index shape supports (0.69 for 14 × 8, 0.37 for 32 × 4).
+ */
+export function minNearDuplicateThreshold(shape: MinhashShape = defaultMinhash): number {
+  let t = 0;
+  while (t < 1 && lshRecall(t, shape) < 0.5) t = Math.round((t + 0.01) * 100) / 100;
+  return t;
+}
 
 export const defaultQualitySettings: QualitySettings = {
   minChars: 20,
@@ -46,13 +70,14 @@ export const defaultQualitySettings: QualitySettings = {
   maxRepetitionRatio: 0.3,
   maxSymbolRatio: 0.25,
   nearDuplicateThreshold: defaultNearDuplicateThreshold,
+  minhash: defaultMinhash,
   redactPii: true,
 };
 
 export type QualityDoc = ({ text: string } | { prompt: string; response: string }) & { languages?: string[] };
 
 /** Stable removal reasons; reports always carry every key. */
-export const removalReasons = ['duplicate', 'near_duplicate', 'too_short', 'too_long', 'language', 'repetitive', 'symbols', ...heuristicReasons] as const;
+export const removalReasons = ['duplicate', 'near_duplicate', 'earlier_update', 'too_short', 'too_long', 'language', 'repetitive', 'symbols', ...heuristicReasons] as const;
 export type RemovalReason = (typeof removalReasons)[number];
 
 export interface QualityReport {
@@ -280,9 +305,6 @@ export function symbolFilter<T extends QualityDoc>(
 
 // ---------------------------------------------------------------- near-duplicates (MinHash + LSH)
 
-const minhashPermutations = 128;
-const lshBands = 32; // 4 rows a band: pairs from ~0.4 similarity become candidates, then the estimate decides
-
 function fnv1a(text: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < text.length; i++) {
@@ -302,22 +324,40 @@ function fmix32(x: number): number {
   return h >>> 0;
 }
 
-const permutationSeeds = Array.from({ length: minhashPermutations }, (_, i) => fmix32(i + 0x9e3779b9));
+/**
+ * The hash family: permutation p maps a (well-mixed) shingle hash x to a·x + b mod 2^32, with odd
+ * a, as datatrove's (a·x + b) mod (2^61 − 1) but in 32-bit integer arithmetic. The first n serve a
+ * signature of n hashes, whatever its shape.
+ */
+const permutationA = Uint32Array.from({ length: 1024 }, (_, i) => fmix32(i + 0x9e3779b9) | 1);
+const permutationB = Uint32Array.from({ length: 1024 }, (_, i) => fmix32(i + 0x7f4a7c15));
 
-/** MinHash signature of a text's word 5-gram set (a text shorter than that is one shingle). */
-export function minhashSignature(text: string): Uint32Array {
+/** MinHash signature (`permutations` hashes) of a text's word 5-gram set (a text shorter than that is one shingle). */
+export function minhashSignature(text: string, permutations: number = defaultMinhash.bands * defaultMinhash.rows): Uint32Array {
   const words = normalizeForDedup(text).split(' ');
-  const shingles = new Set<number>();
-  if (words.length < repetitionNgram) shingles.add(fnv1a(words.join(' ')));
-  for (let i = 0; i + repetitionNgram <= words.length; i++) {
-    shingles.add(fnv1a(words.slice(i, i + repetitionNgram).join(' ')));
-  }
-  const signature = new Uint32Array(minhashPermutations).fill(0xffffffff);
-  for (const shingle of shingles) {
-    for (let p = 0; p < minhashPermutations; p++) {
-      const h = fmix32(shingle ^ permutationSeeds[p]);
-      if (h < signature[p]) signature[p] = h;
+  // Each word hashed once; a shingle's hash chains its words' hashes in order.
+  const wordHashes = new Uint32Array(words.length);
+  for (let i = 0; i < words.length; i++) wordHashes[i] = fnv1a(words[i] as string);
+  const shingleOf = (start: number, length: number): number => {
+    let h = 0x9747b28c;
+    for (let k = start; k < start + length; k++) h = fmix32(Math.imul(h ^ (wordHashes[k] as number), 0x01000193));
+    return h;
+  };
+  // A repeated shingle changes no minimum, so none is set aside.
+  const count = words.length < repetitionNgram ? 1 : words.length - repetitionNgram + 1;
+  const shingles = new Uint32Array(count);
+  if (words.length < repetitionNgram) shingles[0] = shingleOf(0, words.length);
+  else for (let i = 0; i < count; i++) shingles[i] = shingleOf(i, repetitionNgram);
+  const signature = new Uint32Array(permutations);
+  for (let p = 0; p < permutations; p++) {
+    const a = permutationA[p] as number;
+    const b = permutationB[p] as number;
+    let min = 0xffffffff;
+    for (let i = 0; i < count; i++) {
+      const h = (Math.imul(shingles[i] as number, a) + b) >>> 0;
+      if (h < min) min = h;
     }
+    signature[p] = min;
   }
   return signature;
 }
@@ -328,29 +368,74 @@ export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
   return same / a.length;
 }
 
-/** Removes a document whose estimated similarity to an earlier kept one reaches the threshold. */
-export function nearDedup<T extends QualityDoc>(docs: Candidate<T>[], threshold: number): StepResult<T> {
-  const rows = minhashPermutations / lshBands;
-  const buckets = new Map<string, number[]>();
-  const keptSignatures: Uint32Array[] = [];
-  return filterBy(docs, (c) => {
-    const signature = c.signature ?? minhashSignature(c.text);
-    const bandKeys: string[] = [];
-    const candidates = new Set<number>();
-    for (let b = 0; b < lshBands; b++) {
-      const key = `${b}:${Array.from(signature.subarray(b * rows, (b + 1) * rows)).join(',')}`;
-      bandKeys.push(key);
-      for (const index of buckets.get(key) ?? []) candidates.add(index);
+/**
+ * The LSH index of MinHash signatures: `bands` buckets per signature, each keyed by `rows` hashes.
+ * A document whose band matches an indexed one is a candidate; its estimated similarity decides.
+ * Entries are `earlier` (an earlier update's training data, loaded before the run's own) or the
+ * run's own kept documents.
+ */
+export class MinhashIndex {
+  private readonly buckets = new Map<string, number[]>();
+  private readonly signatures: Uint32Array[] = [];
+  private readonly earlier: boolean[] = [];
+
+  constructor(readonly shape: MinhashShape = defaultMinhash) {}
+
+  get size(): number {
+    return this.signatures.length;
+  }
+
+  private keys(signature: Uint32Array): string[] {
+    const { bands, rows } = this.shape;
+    const keys: string[] = [];
+    for (let b = 0; b < bands; b++) keys.push(`${b}:${Array.from(signature.subarray(b * rows, (b + 1) * rows)).join(',')}`);
+    return keys;
+  }
+
+  /** The closest match at or above `threshold`: whether it came from an earlier update, or null. */
+  match(signature: Uint32Array, threshold: number): 'earlier' | 'own' | null {
+    let found: 'earlier' | 'own' | null = null;
+    const seen = new Set<number>();
+    for (const key of this.keys(signature)) {
+      for (const index of this.buckets.get(key) ?? []) {
+        if (seen.has(index)) continue;
+        seen.add(index);
+        if (estimatedJaccard(signature, this.signatures[index] as Uint32Array) >= threshold) {
+          if (this.earlier[index]) return 'earlier';
+          found = 'own';
+        }
+      }
     }
-    for (const index of candidates) {
-      if (estimatedJaccard(signature, keptSignatures[index]) >= threshold) return 'near_duplicate';
+    return found;
+  }
+
+  add(signature: Uint32Array, earlier = false): void {
+    if (signature.length !== this.shape.bands * this.shape.rows) {
+      throw new Error(`a signature of ${signature.length} hashes does not fit an index of ${this.shape.bands} bands × ${this.shape.rows} rows`);
     }
-    const index = keptSignatures.push(signature) - 1;
-    for (const key of bandKeys) {
-      const bucket = buckets.get(key);
+    const index = this.signatures.push(signature) - 1;
+    this.earlier.push(earlier);
+    for (const key of this.keys(signature)) {
+      const bucket = this.buckets.get(key);
       if (bucket) bucket.push(index);
-      else buckets.set(key, [index]);
+      else this.buckets.set(key, [index]);
     }
+  }
+}
+
+/**
+ * Removes a document whose estimated similarity to an earlier kept one (or to one of `index`'s
+ * earlier updates, as `earlier_update`) reaches the threshold. The kept documents join the index.
+ */
+export function nearDedup<T extends QualityDoc>(docs: Candidate<T>[], threshold: number, index: MinhashIndex = new MinhashIndex()): StepResult<T> {
+  const permutations = index.shape.bands * index.shape.rows;
+  return filterBy(docs, (c) => {
+    const signature = c.signature?.length === permutations ? c.signature : minhashSignature(c.text, permutations);
+    c.signature = signature;
+    const match = index.match(signature, threshold);
+    if (match === 'earlier') return 'earlier_update';
+    if (match === 'own') return 'near_duplicate';
+    index.add(signature);
     return null;
   });
 }
@@ -520,10 +605,19 @@ export function piiRedaction<T extends QualityDoc>(docs: Candidate<T>[]): StepRe
 export function cleanDocuments<T extends QualityDoc>(
   docs: T[],
   settings: QualitySettings,
-): { kept: T[]; report: QualityReport; details: QualityDetails } {
+  o: { index?: MinhashIndex } = {},
+): CleanResult<T> {
   const tally = new Tally<T>(docs);
-  for (const step of cleaningSteps<T>(settings)) tally.apply(step.run(tally.candidates));
+  for (const step of cleaningSteps<T>(settings, o.index)) tally.apply(step.run(tally.candidates));
   return tally.result();
+}
+
+export interface CleanResult<T extends QualityDoc> {
+  kept: T[];
+  /** Each kept document's MinHash signature (in `kept`'s order), where near-duplicate removal ran. */
+  signatures: (Uint32Array | undefined)[];
+  report: QualityReport;
+  details: QualityDetails;
 }
 
 /**
@@ -535,18 +629,19 @@ export function cleanDocuments<T extends QualityDoc>(
 export async function cleanDocumentsPaced<T extends QualityDoc>(
   docs: T[],
   settings: QualitySettings,
-  o: { slice?: number; onProgress?: () => void } = {},
-): Promise<{ kept: T[]; report: QualityReport; details: QualityDetails }> {
+  o: { slice?: number; onProgress?: () => void; index?: MinhashIndex } = {},
+): Promise<CleanResult<T>> {
   const slice = o.slice ?? 256;
   const pause = async () => {
     o.onProgress?.();
     await new Promise<void>((resolve) => setImmediate(resolve));
   };
   const tally = new Tally<T>(docs);
-  for (const step of cleaningSteps<T>(settings)) {
+  const shape = settings.minhash ?? defaultMinhash;
+  for (const step of cleaningSteps<T>(settings, o.index)) {
     if (step.name === 'near_duplicate') {
       for (const [i, c] of tally.candidates.entries()) {
-        c.signature = minhashSignature(c.text);
+        c.signature = minhashSignature(c.text, shape.bands * shape.rows);
         if ((i + 1) % slice === 0) await pause();
       }
     }
@@ -585,8 +680,10 @@ interface CleaningStep<T extends QualityDoc> {
   perDocument?: boolean;
 }
 
-function cleaningSteps<T extends QualityDoc>(settings: QualitySettings): CleaningStep<T>[] {
+function cleaningSteps<T extends QualityDoc>(settings: QualitySettings, index?: MinhashIndex): CleaningStep<T>[] {
   const { nearDuplicateThreshold } = settings;
+  const shape = settings.minhash ?? defaultMinhash;
+  if (index && (index.shape.bands !== shape.bands || index.shape.rows !== shape.rows)) throw new Error('the MinHash index given has another shape than settings.minhash');
   return [
     { perDocument: true, name: 'length', run: (c) => lengthFilter(c, settings) },
     { perDocument: true, name: 'language', run: (c) => languageFilter(c, settings.minLanguageScore ?? defaultMinLanguageScore) },
@@ -595,7 +692,7 @@ function cleaningSteps<T extends QualityDoc>(settings: QualitySettings): Cleanin
     ...(settings.heuristics ? [{ perDocument: true, name: 'heuristics', run: (c: Candidate<T>[]) => heuristicFilter(c, settings.heuristics as HeuristicSettings) }] : []),
     ...(settings.redactPii ? [{ perDocument: true, name: 'pii', run: (c: Candidate<T>[]) => piiRedaction(c) }] : []),
     { name: 'exact_duplicate', run: (c) => exactDedup(c) },
-    ...(nearDuplicateThreshold !== null ? [{ name: 'near_duplicate', run: (c: Candidate<T>[]) => nearDedup(c, nearDuplicateThreshold) }] : []),
+    ...(nearDuplicateThreshold !== null ? [{ name: 'near_duplicate', run: (c: Candidate<T>[]) => nearDedup(c, nearDuplicateThreshold, index ?? new MinhashIndex(shape)) }] : []),
   ];
 }
 
@@ -624,11 +721,12 @@ class Tally<T extends QualityDoc> {
     this.candidates = result.kept;
   }
 
-  result(): { kept: T[]; report: QualityReport; details: QualityDetails } {
+  result(): CleanResult<T> {
     const redactions = emptyPiiCounts();
     for (const c of this.candidates) if (c.redactions) addPiiCounts(redactions, c.redactions);
     return {
       kept: this.candidates.map((c) => c.doc),
+      signatures: this.candidates.map((c) => c.signature),
       report: { input: this.docs.length, kept: this.candidates.length, removed: this.removed, removedBytes: this.removedBytes, redactions },
       details: { examples: this.examples, histograms: this.histograms },
     };

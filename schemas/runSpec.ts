@@ -325,10 +325,40 @@ export const RunSpec = z
          */
         nearDuplicateThreshold: z
           .number()
-          .min(0.5, 'nearDuplicateThreshold below 0.5 is not reliable (the index misses such pairs); use 0.5–1, or null to turn near-duplicate removal off')
-          .max(1, 'nearDuplicateThreshold is a similarity between 0.5 and 1; use null to turn near-duplicate removal off')
+          .min(0, 'nearDuplicateThreshold is a similarity between 0 and 1; use null to turn near-duplicate removal off')
+          .max(1, 'nearDuplicateThreshold is a similarity between 0 and 1; use null to turn near-duplicate removal off')
           .nullable()
-          .default(0.8),
+          .default(0.72),
+        /**
+         * The MinHash LSH index: `bands` × `rows` hashes (FineWeb's and datatrove's 14 × 8 by default).
+         * More bands of fewer rows find less similar pairs, at more memory.
+         */
+        minhash: z
+          .object({
+            bands: z.number().int().min(1).max(64),
+            rows: z.number().int().min(1).max(32),
+          })
+          .strict()
+          .refine((m) => m.bands * m.rows <= 1024, { message: 'minhash: bands × rows must be at most 1024 hashes' })
+          .default({ bands: 14, rows: 8 }),
+        /**
+         * Near-duplicate removal against the domain data earlier successful updates trained on.
+         * Absent: a scheduled run's against its schedule's earlier successful runs, a manual run's
+         * against none. \`{"schedule": ID}\`: against that schedule's; \`{"runs": [IDs]}\`: against
+         * those completed runs; \`false\`: none.
+         */
+        dedupAgainst: z
+          .union([
+            z.literal(false),
+            z
+              .object({
+                schedule: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'dedupAgainst.schedule: a schedule id (letters, digits, ".", "_" or "-")').optional(),
+                runs: z.array(z.string().min(1).max(200)).min(1).max(1000).optional(),
+              })
+              .strict()
+              .refine((d) => (d.schedule === undefined) !== (d.runs === undefined), { message: 'dedupAgainst: give either "schedule" or "runs", or false for none' }),
+          ])
+          .optional(),
         /**
          * Gopher's quality and repetition rules (datatrove's defaults, docs/data-quality.md): `{}` turns
          * them on with those defaults, a field overrides one (null turns that rule off); absent or null: off.
@@ -370,6 +400,22 @@ export const RunSpec = z
       })
       .strict()
       .refine((q) => q.minChars <= q.maxChars, { message: 'minChars must not exceed maxChars, or every document is removed', path: ['minChars'] })
+      .superRefine((q, ctx) => {
+        // The index must find at least half the pairs at the threshold, or it promises removals it cannot make.
+        const { bands, rows } = q.minhash;
+        const t = q.nearDuplicateThreshold;
+        if (t === null) return;
+        const recall = 1 - (1 - t ** rows) ** bands;
+        if (recall < 0.5) {
+          let lowest = t;
+          while (lowest < 1 && 1 - (1 - lowest ** rows) ** bands < 0.5) lowest = Math.round((lowest + 0.01) * 100) / 100;
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            path: ['nearDuplicateThreshold'],
+            message: `nearDuplicateThreshold ${t}: with ${bands} bands × ${rows} rows the index finds only ${Math.round(recall * 100)} % of pairs that similar; use ${lowest} or more, or more bands of fewer rows in quality.minhash (32 × 4 reaches 0.37)`,
+          });
+        }
+      })
       .default({}),
     dacp: TrainingSettings.default({ steps: 200, batchSize: 16, learningRate: 1e-3, checkpointEvery: 25 }),
     forgetting: z

@@ -9,7 +9,7 @@ import { qualityActivities } from '../activities/quality';
 import { migrate } from '../db/migrate';
 import { insertRun } from '../db/records';
 import { defaultHeuristics } from '../ml/heuristics';
-import { defaultNearDuplicateThreshold, minNearDuplicateThreshold } from '../ml/quality';
+import { defaultMinhash, defaultNearDuplicateThreshold, minNearDuplicateThreshold } from '../ml/quality';
 import { parseRunSpec, RunSpec, type RunSpecInput } from '../schemas/runSpec';
 import { tinySpec } from './helpers/fixtures';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
@@ -72,8 +72,48 @@ async function runQuality(quality: RunSpecInput['quality'], docs: TextDoc[], hel
     if (!ref) throw new Error(`no domain ${split} dataset in the result`);
     return (await readDataset<TextDoc>(store, ref)).map((d) => d.text);
   };
-  return { result, train: await part('train'), heldout: await part('heldout') };
+  return { runId, result, train: await part('train'), heldout: await part('heldout') };
 }
+
+describe('near-duplicate removal against earlier updates (quality.dedupAgainst)', () => {
+  const next = random(21);
+  const originals = Array.from({ length: 12 }, () => documentWords(next));
+  const fresh = Array.from({ length: 6 }, () => documentWords(next).join(' '));
+  const nearCopies = originals.slice(0, 4).map((words, i) => withOneWordChanged(words, 70, `later${i}`));
+
+  it('removes what a completed run trained on (as earlier_update), from signatures kept by dataset hash, or rebuilt where none were kept', async () => {
+    const earlier = await runQuality({}, originals.map((w) => ({ text: w.join(' ') })));
+    // Its signatures were kept, by the hash of each domain dataset it wrote.
+    const kept = await db.pool.query('SELECT dataset_sha256, bands, rows_per_band, docs FROM minhash_signatures WHERE dataset_sha256 = ANY($1)', [earlier.result.datasets.filter((d) => d.role === 'domain').map((d) => d.sha256)]);
+    expect(kept.rows.map((r) => [r.bands, r.rows_per_band]).sort()).toEqual([[14, 8], [14, 8]]);
+    expect(kept.rows.reduce((n, r) => n + r.docs, 0)).toBe(12);
+    const docs = [...fresh, ...nearCopies].map((text) => ({ text }));
+
+    // A manual run looks back only when its spec asks, and only at runs that completed.
+    await expect(runQuality({ dedupAgainst: { runs: [earlier.runId] } }, docs)).rejects.toThrow(/quality\.dedupAgainst\.runs: quality-activity-\d+ \(running\) did not complete/);
+    await db.pool.query(`UPDATE runs SET state = 'completed' WHERE run_id = $1`, [earlier.runId]);
+    const manual = await runQuality({}, docs);
+    expect(manual.result.summary.earlier).toBeUndefined();
+    expect(manual.result.summary.perRole.domain.removed.earlier_update).toBe(0);
+
+    const later = await runQuality({ dedupAgainst: { runs: [earlier.runId] } }, docs);
+    expect(later.result.summary.earlier).toEqual({ runs: 1, documents: 12 });
+    expect(later.result.summary.perRole.domain.removed.earlier_update).toBe(4);
+    expect([...later.train, ...later.heldout].sort()).toEqual([...fresh].sort());
+    const report = await store.getJson<{ earlier: { runIds: string[] } }>(later.result.summary.report);
+    expect(report.earlier.runIds).toEqual([earlier.runId]);
+
+    // Signatures lost (or a run from before they were kept): rebuilt from the dataset, and kept again.
+    await db.pool.query('DELETE FROM minhash_signatures WHERE dataset_sha256 = ANY($1)', [kept.rows.map((r) => r.dataset_sha256)]);
+    const rebuilt = await runQuality({ dedupAgainst: { runs: [earlier.runId] } }, docs);
+    expect(rebuilt.result.summary.perRole.domain.removed.earlier_update).toBe(4);
+    expect((await db.pool.query('SELECT count(*)::int AS n FROM minhash_signatures WHERE dataset_sha256 = ANY($1)', [kept.rows.map((r) => r.dataset_sha256)])).rows[0].n).toBe(2);
+
+    // false: none, even when asked elsewhere.
+    const off = await runQuality({ dedupAgainst: false }, docs);
+    expect(off.result.summary.perRole.domain.removed.earlier_update).toBe(0);
+  });
+});
 
 describe('near-duplicate removal in the quality activity', () => {
   const next = random(7);
@@ -263,19 +303,38 @@ describe('language identification in the quality activity (sources[].languages)'
   });
 });
 
-describe('quality.nearDuplicateThreshold in the run spec', () => {
-  it('is on by default, with the same threshold as the quality library', () => {
-    expect(parseRunSpec(tinySpec()).quality.nearDuplicateThreshold).toBe(defaultNearDuplicateThreshold);
+describe('quality.nearDuplicateThreshold and quality.minhash in the run spec', () => {
+  it('are on by default, with the public pipelines\' 14 × 8 index and its threshold, the same as the quality library\'s', () => {
+    const quality = parseRunSpec(tinySpec()).quality;
+    expect(quality.nearDuplicateThreshold).toBe(defaultNearDuplicateThreshold);
+    expect(quality.minhash).toEqual(defaultMinhash);
+    expect(defaultMinhash).toEqual({ bands: 14, rows: 8 });
+    expect(defaultNearDuplicateThreshold).toBeCloseTo((1 / 14) ** (1 / 8), 2);
   });
 
-  it('accepts null to turn removal off, and refuses a threshold the index cannot honour, naming the field and the fix', () => {
+  it('accept null to turn removal off, and refuse a threshold the index cannot honour, naming the field and the fix', () => {
     expect(parseRunSpec(tinySpec({ quality: { nearDuplicateThreshold: null } })).quality.nearDuplicateThreshold).toBeNull();
-    // The schema's floor is the library's: the floor itself passes, just below it does not.
-    expect(RunSpec.safeParse(tinySpec({ quality: { nearDuplicateThreshold: minNearDuplicateThreshold } })).success).toBe(true);
-    expect(RunSpec.safeParse(tinySpec({ quality: { nearDuplicateThreshold: minNearDuplicateThreshold - 0.01 } })).success).toBe(false);
-    expect(() => parseRunSpec(tinySpec({ quality: { nearDuplicateThreshold: 0.3 } }))).toThrow(
-      /quality\.nearDuplicateThreshold: .*null to turn near-duplicate removal off/,
+    // The schema's floor is the library's, for each shape: the floor itself passes, just below it does not.
+    for (const shape of [defaultMinhash, { bands: 32, rows: 4 }, { bands: 20, rows: 5 }]) {
+      const floor = minNearDuplicateThreshold(shape);
+      expect(RunSpec.safeParse(tinySpec({ quality: { minhash: shape, nearDuplicateThreshold: floor } })).success).toBe(true);
+      expect(RunSpec.safeParse(tinySpec({ quality: { minhash: shape, nearDuplicateThreshold: floor - 0.01 } })).success).toBe(false);
+    }
+    expect(minNearDuplicateThreshold(defaultMinhash)).toBe(0.69);
+    expect(() => parseRunSpec(tinySpec({ quality: { nearDuplicateThreshold: 0.5 } }))).toThrow(
+      /quality\.nearDuplicateThreshold: nearDuplicateThreshold 0\.5: with 14 bands × 8 rows the index finds only 5 % of pairs that similar; use 0\.69 or more, or more bands of fewer rows/,
     );
+    expect(parseRunSpec(tinySpec({ quality: { nearDuplicateThreshold: 0.5, minhash: { bands: 32, rows: 4 } } })).quality).toMatchObject({ nearDuplicateThreshold: 0.5 });
     expect(() => parseRunSpec(tinySpec({ quality: { nearDuplicateThreshold: 1.5 } }))).toThrow(/quality\.nearDuplicateThreshold/);
+    expect(() => parseRunSpec(tinySpec({ quality: { minhash: { bands: 0, rows: 8 } } }))).toThrow(/quality\.minhash\.bands/);
+    expect(() => parseRunSpec(tinySpec({ quality: { minhash: { bands: 64, rows: 32 } } }))).toThrow(/bands × rows must be at most 1024/);
+  });
+
+  it('dedupAgainst takes a schedule, completed runs, or false', () => {
+    expect(parseRunSpec(tinySpec()).quality.dedupAgainst).toBeUndefined();
+    expect(parseRunSpec(tinySpec({ quality: { dedupAgainst: { schedule: 'weekly' } } })).quality.dedupAgainst).toEqual({ schedule: 'weekly' });
+    expect(parseRunSpec(tinySpec({ quality: { dedupAgainst: false } })).quality.dedupAgainst).toBe(false);
+    expect(() => parseRunSpec(tinySpec({ quality: { dedupAgainst: { schedule: 'a', runs: ['b'] } } }))).toThrow(/give either "schedule" or "runs"/);
+    expect(() => parseRunSpec(tinySpec({ quality: { dedupAgainst: true as never } }))).toThrow(/quality\.dedupAgainst/);
   });
 });

@@ -151,7 +151,7 @@ describe('cleanDocuments: the report behind the counts', () => {
     const spam = (i: number) => Array.from({ length: 12 }, () => `buy now call ops${i}@example.com`).join('\n');
     const docs = [
       { text: prose('radio') },
-      { text: prose('core') },
+      { text: 'Core engineers moved the paging channel to a quieter carrier after the night shift logged dropped calls.' },
       { text: '짧음' },
       ...Array.from({ length: 5 }, (_, i) => ({ text: spam(i) })),
       { text: '%%%% #### $$$$ @@@@ ^^^^ &&&& ~~~~ ++++ 日本' },

@@ -1,11 +1,12 @@
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { decide, runStatus } from '../cli/runs';
 import type { RunListing } from '../cli/runs';
 import type { ScheduleView } from '../cli/schedules';
 import type { CollectSummary } from '../activities/collect';
+import type { QualitySummary } from '../activities/quality';
 import type { DatasetRef, RunStatus } from '../schemas/pipeline';
 import { ArtifactStore } from '../activities/artifacts';
 import { readDataset } from '../activities/datasets';
@@ -80,6 +81,19 @@ async function toGate(runId: string): Promise<RunStatus> {
   }, `${runId} to reach approval`, 300_000, 250);
 }
 
+/** Every string and payload of a run's history, decoded, one per line. */
+async function historyText(runId: string): Promise<string> {
+  const texts: string[] = [];
+  const walk = (value: unknown): void => {
+    if (value instanceof Uint8Array) texts.push(Buffer.from(value).toString('utf8'));
+    else if (typeof value === 'string') texts.push(value);
+    else if (Array.isArray(value)) value.forEach(walk);
+    else if (value && typeof value === 'object') Object.values(value).forEach(walk);
+  };
+  walk(await h.client.workflow.getHandle(runId).fetchHistory());
+  return texts.join('\n');
+}
+
 async function finished(runId: string, state: string): Promise<void> {
   await eventually(async () => ((await runStatus(h.runs, runId)).state === state ? true : undefined), `${runId} to be ${state}`, 120_000, 250);
 }
@@ -125,7 +139,7 @@ describe('dacp schedule', () => {
   test('three firings chain three updates: each continues from the last deploy and reads only new files; a rejected one moves no watermark', async () => {
     const created = dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'weekly', '--as', 'engineer', '--json');
     expect(created.stderr).toBe('');
-    expect(JSON.parse(created.stdout)).toMatchObject({ scheduleId: 'weekly', nextRuns: expect.arrayContaining([expect.stringMatching(/^\d{4}-/)]) });
+    expect(JSON.parse(created.stdout)).toMatchObject({ scheduleId: 'weekly', reads: { folder: h.home }, nextRuns: expect.arrayContaining([expect.stringMatching(/^\d{4}-/)]) });
     expect(dacp('schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'weekly', '--as', 'engineer').stderr).toMatch(/schedule weekly already exists/);
     const described = JSON.parse(dacp('schedule', 'describe', 'weekly', '--json').stdout) as ScheduleView;
     expect(described).toMatchObject({ scheduleId: 'weekly', paused: false, every: '7d', cron: null, overlap: 'skip', catchupWindowMs: 86_400_000, pauseOnFailure: false, initiator: 'engineer', recentRuns: [] });
@@ -138,10 +152,19 @@ describe('dacp schedule', () => {
     expect(first).toMatch(/^weekly-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
     const s1 = await toGate(first);
     expect(domainSource(s1)).toMatchObject({ docs: n0, watermark: { used: null, next: `${n0} files by sha256` } });
+    // Its inputs are named by artifact URI: the spec's folder (where it read the files) is not in its history.
+    expect(await historyText(first)).toMatch(/artifact:inputs\/[0-9a-f]{64}\.json/);
+    expect(await historyText(first)).not.toContain(h.home);
     await decide(h.runs, { runId: first, principal: 'approver-1', decision: 'approve' });
     await finished(first, 'completed');
 
     // Update 2: twenty files arrive; only they are collected, and it continues the pretrained line of update 1.
+    // One of them is a lightly edited copy of a document update 1 trained on: a new file, but not new data.
+    const trained1 = await docsOf(first, 'quality', 'domain');
+    const words = (trained1.find((t) => t.split(' ').length >= 40) as string).split(' ');
+    words[words.length - 3] = 'edited';
+    const nearCopy = words.join(' ');
+    writeFileSync(path.join(h.home, 'incoming', 'd30.txt'), nearCopy);
     arrive(30, 50);
     const want2 = expected(seen0);
     const second = await fire(known);
@@ -150,6 +173,13 @@ describe('dacp schedule', () => {
     expect(want2.docs).toBeGreaterThanOrEqual(15);
     expect(domainSource(s2)).toMatchObject({ docs: want2.docs, watermark: { used: `${n0} files by sha256`, next: `${n0 + 20} files by sha256`, skippedFiles: want2.skippedFiles } });
     expect(s2.metrics.baseModel).toBe('weekly-telecom-adapted:v1');
+    // The near copy was collected, and removed by quality as data an earlier update of the schedule trained on.
+    const quality2 = s2.metrics.quality as QualitySummary;
+    expect(quality2.earlier).toEqual({ schedule: 'weekly', runs: 1, documents: trained1.length });
+    expect(quality2.perRole.domain.removed.earlier_update).toBeGreaterThanOrEqual(1);
+    expect(await docsOf(second, 'quality', 'domain')).not.toContain(nearCopy);
+    // A first update had nothing earlier to check against.
+    expect((s1.metrics.quality as QualitySummary).earlier).toEqual({ schedule: 'weekly', runs: 0, documents: 0 });
     // It trains on no domain document update 1 used, except those sampled into its replay.
     const [used1, domain2, replay2] = [await docsOf(first, 'quality', 'domain'), await docsOf(second, 'quality', 'domain', 'train'), await docsOf(second, 'mix', 'replay', 'train')];
     const earlier = new Set(used1);
@@ -187,6 +217,8 @@ describe('dacp schedule', () => {
     const s4 = await toGate(fourth);
     expect(domainSource(s4)).toMatchObject({ docs: want4.docs, watermark: { used: `${n0 + 30} files by sha256`, next: `${n0 + 40} files by sha256`, skippedFiles: want4.skippedFiles } });
     expect(s4.metrics.baseModel).toBe('weekly-telecom-adapted:v2');
+    // Checked against both successful updates (the rejected one trained nothing that shipped).
+    expect((s4.metrics.quality as QualitySummary).earlier).toMatchObject({ schedule: 'weekly', runs: 2 });
     // Replay pools the domain data of both earlier updates of the line.
     expect(s4.metrics.replay).toMatchObject({ versions: ['weekly-telecom-adapted:v2', 'weekly-telecom-adapted:v1'] });
     await decide(h.runs, { runId: fourth, principal: 'approver-1', decision: 'approve' });
@@ -279,5 +311,58 @@ describe('dacp schedule', () => {
     expect((await runStatus(h.runs, a)).state).toBe('awaiting_approval');
     for (const id of [a, b]) await h.client.workflow.getHandle(id).terminate('test over');
     dacp('schedule', 'delete', 'keep', '--as', 'ops-lead');
+  }, 600_000);
+
+  test('a schedule names its files by data root: each control worker reads them from the folder its DACP_DATA_ROOTS maps, and no folder lands in its runs\' history', async () => {
+    // The same data, mounted elsewhere on the control worker's host (here: fewer domain files, so the folder read shows).
+    const mirror = `${h.home}-mirror`;
+    cpSync(path.join(h.home, 'data'), path.join(mirror, 'data'), { recursive: true });
+    const mirrored = readdirSync(path.join(mirror, 'data', 'domain')).sort();
+    for (const f of mirrored.slice(0, 10)) rmSync(path.join(mirror, 'data', 'domain', f));
+    const operatorEnv = { ...process.env, ...h.env, DACP_DATA_ROOTS: `corpus=${h.home}` };
+    const create = spawnSync(process.execPath, [path.join(root, 'bin', 'dacp.js'), 'schedule', 'create', '--spec', 'spec.json', '--every', '7d', '--id', 'mapped', '--as', 'engineer'], { env: operatorEnv, cwd: h.home, encoding: 'utf8' });
+    expect(create.stderr).toBe('');
+    expect(create.stdout).toMatch(/each firing reads the file sources from data root "corpus", as each control worker's DACP_DATA_ROOTS maps it/);
+    const known = new Set(runList().map((r) => r.runId));
+    const once = async () => {
+      const second = Math.floor(Date.now() / 1000);
+      await eventually(async () => (Math.floor(Date.now() / 1000) > second ? true : undefined), 'the next second', 5_000, 50);
+      expect(dacp('schedule', 'trigger', 'mapped', '--as', 'ops-lead').code).toBe(0);
+      const runId = await eventually(async () => runList().find((r) => r.scheduleId === 'mapped' && !known.has(r.runId))?.runId, 'the run', 60_000, 200);
+      known.add(runId);
+      return runId;
+    };
+    const saved = process.env.DACP_DATA_ROOTS;
+    try {
+      // A control worker that maps no such root refuses the run, naming the variable to set.
+      delete process.env.DACP_DATA_ROOTS;
+      const unmapped = await once();
+      await finished(unmapped, 'failed');
+      expect(String((await runStatus(h.runs, unmapped)).metrics.error)).toMatch(/DACP_DATA_ROOTS names no data root "corpus".*adds corpus=\/folder/);
+
+      // Mapped: it reads the files in this host's folder.
+      process.env.DACP_DATA_ROOTS = `corpus=${mirror}`;
+      const mapped = await once();
+      const collected = await eventually(async () => {
+        const s = await runStatus(h.runs, mapped);
+        if (s.state === 'failed') throw new GiveUp(`run ${mapped} failed: ${String(s.metrics.error)}`);
+        return s.metrics.collect as CollectSummary | undefined;
+      }, `${mapped} to collect`, 120_000, 250);
+      expect(collected.sources.find((x) => x.role === 'domain')).toMatchObject({ docs: mirrored.length - 10 });
+      await h.client.workflow.getHandle(mapped).terminate('test over');
+
+      // Each run names its inputs by artifact URI; neither host's folder is in its history.
+      for (const runId of [unmapped, mapped]) {
+        const history = await historyText(runId);
+        expect(history).toMatch(/artifact:inputs\/[0-9a-f]{64}\.json/);
+        expect(history).not.toContain(h.home);
+        expect(history).not.toContain(mirror);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.DACP_DATA_ROOTS;
+      else process.env.DACP_DATA_ROOTS = saved;
+      dacp('schedule', 'delete', 'mapped', '--as', 'ops-lead');
+      rmSync(mirror, { recursive: true, force: true });
+    }
   }, 600_000);
 });
