@@ -1,4 +1,5 @@
-import { defaultHeuristics, heuristicVerdict, scriptLanguage, words, type HeuristicSettings } from '../ml/heuristics';
+import { defaultHeuristics, heuristicVerdict, scriptLanguage, segmentedWords, words, type HeuristicSettings } from '../ml/heuristics';
+import { generateDemoCorpus, mulberry32 } from '../ml/demoCorpus';
 import { inExpectedLanguage, languageCode, likelyLanguage } from '../ml/language';
 import { IDENTIFIABLE } from '../schemas/languages';
 
@@ -29,6 +30,25 @@ describe('words and languages', () => {
     expect(ja.split(/\s+/).length).toBe(1);
     expect(words(ko).length).toBeGreaterThan(50);
     expect(words('Hello, world... 42!')).toEqual(['Hello', 'world', '42']);
+  });
+});
+
+describe('words without the segmenter', () => {
+  it('are the words Intl.Segmenter finds, on the demo corpus and on random strings of letters, digits and the joining punctuation', () => {
+    const corpus = generateDemoCorpus({ seed: 3, domainDocs: 200, generalDocs: 200, instructionPairs: 50 });
+    const texts = [
+      ...corpus.domain, ...corpus.general, ...corpus.instructions.map((p) => `${p.prompt}\n${p.response}`),
+      "It's 3,000.50 km, e.g. U.S.A.; don't x:y a_b 10:30 v1.2.3 ops@example.com http://x.y/z?q=1 #tag … “quoted” 5G/LTE",
+      '서울 본사의 네트워크 운영 센터는 오늘 오전 장애를 접수했습니다. 010-9876-5432, LTE기지국 3곳',
+      "l'homme aujourd'hui São Paulo naïve café Ω-ж Ⅻ __init__ ＡＢＣ１２",
+    ];
+    const alphabet = [...'aZé한국19 .,;:\'’-_/@#!?()"\n·😀ßx5%&+=…ㄱÀΩж‐–—²½ⅫＡ１①\t\u00A0\u200B\u2027\uFE13\uFF0E\u2024'];
+    const next = mulberry32(17);
+    for (let i = 0; i < 30_000; i++) texts.push(Array.from({ length: 1 + Math.floor(next() * 12) }, () => alphabet[Math.floor(next() * alphabet.length)]).join(''));
+    for (const language of ['en', 'ko', 'other'] as const) {
+      const differing = texts.filter((t) => words(t, language).join('\u0000') !== segmentedWords(t, language).join('\u0000'));
+      expect(differing.slice(0, 5)).toEqual([]);
+    }
   });
 });
 
