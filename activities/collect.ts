@@ -62,7 +62,7 @@ export function collectActivities({ pool, store }: ActivityDeps) {
       // (DACP_DATA_ROOTS, else the spec's folder), narrowed by the spec's dataRoots.
       // A schedule's file sources are read anew at each firing from its live folder (on this host,
       // under the worker's data roots); its choice sets were staged when it was created.
-      const folders = await inputsFolders(store, input.baseDir);
+      const folders = await inputsFolders(store, input.baseDir, { scheduled: input.scheduleId !== undefined });
       const stagedRoots = isStaged(input.baseDir) ? [folders.staged] : sourceRoots({ baseDir: folders.staged, specRoots: spec.dataRoots });
       const sourcesAt = folders.live === null
         ? { baseDir: folders.staged, allowedRoots: stagedRoots }

@@ -7,19 +7,21 @@
  * manifest into its own `<DACP_HOME>/inputs/<sha256>` folder (each file checked against its hash)
  * and reads from there as it would from the spec's folder.
  */
-import { existsSync, promises as fs, statSync } from 'node:fs';
+import { existsSync, promises as fs, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ArtifactRef } from '../schemas/pipeline';
 import type { RunSpec } from '../schemas/runSpec';
 import { ARTIFACT_URI, hashFile, type ArtifactStore } from './artifacts';
-import { namedRootFolder, type WorkerPolicy } from '../workers/policy';
+import { DATA_ROOT_NAME, namedRootFolder, type WorkerPolicy } from '../workers/policy';
 import { displayPath, sourceFiles } from './sources';
 
 export const INPUTS_FORMAT = 'dacp-inputs/1';
+/** A schedule's manifest, with a live folder: workers from before it refuse it rather than misread it. */
+export const LIVE_INPUTS_FORMAT = 'dacp-inputs/2';
 
 export interface InputsManifest {
-  format: typeof INPUTS_FORMAT;
+  format: typeof INPUTS_FORMAT | typeof LIVE_INPUTS_FORMAT;
   /** By path relative to the staged folder: the file's artifact, and whether it is executable. */
   files: Record<string, ArtifactRef & { executable?: boolean }>;
   /**
@@ -37,6 +39,14 @@ export type LiveFolder = { root: string; folder: string } | { folder: string };
 /** True when `baseDir` is a staged manifest's artifact URI rather than a folder. */
 export function isStaged(baseDir: string): boolean {
   return ARTIFACT_URI.test(baseDir);
+}
+
+function realOrResolved(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
 }
 
 function extensionOf(file: string): string {
@@ -72,8 +82,10 @@ export async function stageInputs(
 
   // A schedule's paths, relative to the folder its file sources are read from at each firing.
   const live = o.live;
+  // Through links on both sides, as the root was found (namedRootOf).
+  const realBase = live ? realOrResolved(baseDir) : baseDir;
   const liveRelative = (entry: string, field: string): string => {
-    const relative = path.relative(path.resolve((live as LiveFolder).folder), path.resolve(baseDir, entry)).split(path.sep).join('/');
+    const relative = path.relative(realOrResolved((live as LiveFolder).folder), path.resolve(realBase, entry)).split(path.sep).join('/');
     if (live && 'root' in live && (relative === '..' || relative.startsWith('../') || path.isAbsolute(relative))) {
       throw ApplicationFailure.nonRetryable(
         `${field} "${entry}" lies outside data root "${live.root}" (${live.folder}), which holds the spec; move the data inside it, or name its folder in DACP_DATA_ROOTS as a root of its own and keep the spec there`,
@@ -115,7 +127,7 @@ export async function stageInputs(
     engine = { ...engine, command };
   }
   const manifest: InputsManifest = {
-    format: INPUTS_FORMAT,
+    format: live ? LIVE_INPUTS_FORMAT : INPUTS_FORMAT,
     files: Object.fromEntries(Object.entries(files).sort(([a], [b]) => a.localeCompare(b))),
     ...(live ? { live: 'root' in live ? { root: live.root } : { folder: path.resolve(live.folder) } } : {}),
   };
@@ -138,7 +150,17 @@ export async function stageInputs(
  * the folder being built again when one is not what the manifest names.
  */
 export async function inputsFolder(store: ArtifactStore, baseDir: string): Promise<string> {
-  return (await inputsFolders(store, baseDir)).staged;
+  const match = ARTIFACT_URI.exec(baseDir);
+  if (!match) return baseDir;
+  return materialise(store, match[2] as string, await readManifest(store, baseDir, match[2] as string));
+}
+
+async function readManifest(store: ArtifactStore, uri: string, sha256: string): Promise<InputsManifest> {
+  const manifest = await store.getJson<InputsManifest>({ uri, sha256 });
+  if (manifest.format !== INPUTS_FORMAT && manifest.format !== LIVE_INPUTS_FORMAT) {
+    throw ApplicationFailure.nonRetryable(`artifact ${uri} is not a run's staged inputs (format ${String(manifest.format)})`, 'ArtifactInvalid');
+  }
+  return manifest;
 }
 
 /**
@@ -146,15 +168,25 @@ export async function inputsFolder(store: ArtifactStore, baseDir: string): Promi
  * sources are read from at this firing (a named data root mapped by this worker's
  * DACP_DATA_ROOTS, or the folder the manifest names); null for a run whose sources were staged.
  */
-export async function inputsFolders(store: ArtifactStore, baseDir: string, policy?: WorkerPolicy): Promise<{ staged: string; live: string | null }> {
+export async function inputsFolders(store: ArtifactStore, baseDir: string, o: { scheduled: boolean; policy?: WorkerPolicy }): Promise<{ staged: string; live: string | null }> {
   const match = ARTIFACT_URI.exec(baseDir);
   if (!match) return { staged: baseDir, live: null };
   const sha256 = match[2] as string;
-  const manifest = await store.getJson<InputsManifest>({ uri: baseDir, sha256 });
-  if (manifest.format !== INPUTS_FORMAT) {
-    throw ApplicationFailure.nonRetryable(`artifact ${baseDir} is not a run's staged inputs (format ${String(manifest.format)})`, 'ArtifactInvalid');
+  const manifest = await readManifest(store, baseDir, sha256);
+  // Only a schedule's runs read a live folder; in any other run's manifest it is refused.
+  let live: string | null = null;
+  if (manifest.live !== undefined) {
+    const invalid = (why: string) => ApplicationFailure.nonRetryable(`artifact ${baseDir}: ${why}`, 'ArtifactInvalid');
+    if (!o.scheduled) throw invalid('only a schedule\'s runs read their files from a live folder, and this run has no schedule');
+    if ('root' in manifest.live) {
+      if (typeof manifest.live.root !== 'string' || !DATA_ROOT_NAME.test(manifest.live.root)) throw invalid(`live.root ${JSON.stringify(manifest.live.root)} is not a data root name`);
+      live = namedRootFolder(manifest.live.root, o.policy);
+    } else {
+      const folder = (manifest.live as { folder?: unknown }).folder;
+      if (typeof folder !== 'string' || !path.isAbsolute(folder) || path.resolve(folder) === path.parse(folder).root) throw invalid(`live.folder ${JSON.stringify(folder)} is not an absolute folder below the file system's root`);
+      live = folder;
+    }
   }
-  const live = manifest.live === undefined ? null : 'root' in manifest.live ? namedRootFolder(manifest.live.root, policy) : manifest.live.folder;
   return { staged: await materialise(store, sha256, manifest), live };
 }
 

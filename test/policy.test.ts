@@ -1,9 +1,9 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { collectActivities } from '../activities/collect';
-import { stageInputs, type InputsManifest } from '../activities/inputs';
+import { inputsFolder, inputsFolders, stageInputs, type InputsManifest } from '../activities/inputs';
 import { namedRootFolder, namedRootOf, workerPolicy } from '../workers/policy';
 import { ByteTokenizer } from '../ml/tokenizer';
 import { parseRunSpec, type RunSpec } from '../schemas/runSpec';
@@ -167,7 +167,22 @@ describe('sources', () => {
     const staged = await stageInputs(bench.store, { ...inside, sources: inside.sources.slice(0, 1) }, specDir, [outer], { live });
     expect(staged.spec.sources[0]).toMatchObject({ paths: ['domain/*.txt'] });
     const manifest = await bench.store.getJson<InputsManifest>({ uri: staged.baseDir, sha256: /([0-9a-f]{64})/.exec(staged.baseDir)?.[1] as string });
-    expect(manifest.live).toEqual({ root: 'telecom' });
+    expect(manifest).toMatchObject({ format: 'dacp-inputs/2', live: { root: 'telecom' } });
+    // Only collect, on a control worker, reads the live folder: a gpu worker that maps no such root still gets the staged folder.
+    const gpuPolicy = workerPolicy({});
+    expect(existsSync(await inputsFolder(bench.store, staged.baseDir))).toBe(true);
+    await expect(inputsFolders(bench.store, staged.baseDir, { scheduled: true, policy: gpuPolicy })).rejects.toThrow(/names no data root "telecom"/);
+    expect((await inputsFolders(bench.store, staged.baseDir, { scheduled: true, policy })).live).toBe(inner);
+    // A live folder in the manifest of a run with no schedule is refused.
+    await expect(inputsFolders(bench.store, staged.baseDir, { scheduled: false, policy })).rejects.toThrow(/only a schedule's runs read their files from a live folder/);
+    // Names that are Object's own properties are names like any other.
+    expect(() => namedRootFolder('constructor', policy)).toThrow(/names no data root "constructor"/);
+    expect(workerPolicy({ DACP_DATA_ROOTS: 'toString=/x' }).namedRoots).toEqual({ toString: '/x' });
+    // A spec reached through a link to the root is inside it all the same.
+    const link = path.join(outer, 'link');
+    symlinkSync(inner, link);
+    const viaLink = await stageInputs(bench.store, { ...inside, sources: inside.sources.slice(0, 1) }, path.join(link, 'specs'), [outer], { live: { root: 'telecom', folder: namedRootOf(path.join(link, 'specs'), policy)!.folder } });
+    expect(viaLink.spec.sources[0]).toMatchObject({ paths: ['domain/*.txt'] });
     const past = parseRunSpec(tinySpec({ sources: [{ kind: 'files', role: 'domain', paths: ['../../elsewhere/*.txt'] }, ...tinySpec().sources.slice(1)] }));
     await expect(stageInputs(bench.store, { ...past, sources: past.sources.slice(0, 1) }, specDir, [outer], { live })).rejects.toThrow(
       /sources\[0\]\.paths "\.\.\/\.\.\/elsewhere\/\*\.txt" lies outside data root "telecom"/,

@@ -75,13 +75,13 @@ export function workerPolicy(env: NodeJS.ProcessEnv = process.env): WorkerPolicy
     }
     trainerCommands = parsed as string[][];
   }
-  const namedRoots: Record<string, string> = {};
+  const namedRoots: Record<string, string> = Object.create(null) as Record<string, string>;
   const dataRoots =
     list(env.DACP_DATA_ROOTS, path.delimiter)?.map((entry) => {
       const named = DATA_ROOT_ENTRY.exec(entry);
       if (!named) return path.resolve(entry);
       const [, name, folder] = named as unknown as [string, string, string];
-      if (namedRoots[name] !== undefined) throw new Error(`DACP_DATA_ROOTS names "${name}" twice; give each named root once (NAME=/folder)`);
+      if (Object.hasOwn(namedRoots, name)) throw new Error(`DACP_DATA_ROOTS names "${name}" twice; give each named root once (NAME=/folder)`);
       namedRoots[name] = path.resolve(folder);
       return namedRoots[name];
     }) ?? null;
@@ -229,7 +229,7 @@ export function namedRootOf(folder: string, policy: WorkerPolicy = workerPolicy(
 
 /** The folder this host maps a named data root to; refused, naming the fix, where it maps none. */
 export function namedRootFolder(name: string, policy: WorkerPolicy = workerPolicy()): string {
-  const folder = policy.namedRoots[name];
+  const folder = Object.hasOwn(policy.namedRoots, name) ? policy.namedRoots[name] : undefined;
   if (folder === undefined) {
     refuse(
       'DataRootUnknown',
