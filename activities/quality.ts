@@ -2,7 +2,8 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
 import type { Pool } from 'pg';
-import { cleanDocumentsPaced, minhashSignature, MinhashIndex, normalizeForDedup, type MinhashShape, type QualityDetails, type QualityReport } from '../ml/quality';
+import { cleanDocumentsParallel } from '../ml/qualityParallel';
+import { MINHASH_ALGORITHM, minhashSignature, MinhashIndex, normalizeForDedup, type MinhashShape, type QualityDetails, type QualityReport } from '../ml/quality';
 import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
 import { domainMixes } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
@@ -16,7 +17,7 @@ export interface QualitySummary {
    * Where the domain data was also checked against what earlier successful updates trained on: how
    * many runs and documents (the runs themselves are listed in the stored report).
    */
-  earlier?: { schedule?: string; runs: number; documents: number };
+  earlier?: { schedule?: string; runs: number; documents: number; olderRunsLeftOut?: number };
   perRole: Record<DatasetRole, QualityReport & { train: number; heldout: number }>;
   /** Where the run weighs its domain sources: what each kept, by source name. */
   domainSources?: Record<string, { train: number; heldout: number }>;
@@ -54,7 +55,7 @@ function splitHeldout(docs: DatasetDoc[], fraction: number): { train: DatasetDoc
   return { train, heldout };
 }
 
-/** The index shape of runs from before `quality.minhash` existed (their signatures are these). */
+/** The index shape of runs from before `quality.minhash` existed. */
 const SHAPE_BEFORE: MinhashShape = { bands: 32, rows: 4 };
 
 /** Signatures as stored: each one's hashes as little-endian uint32, one after another. */
@@ -80,9 +81,9 @@ function unpackSignatures(data: Buffer, permutations: number): Uint32Array[] {
 async function keepSignatures(pool: Pool, store: ArtifactStore, dataset: { sha256: string }, shape: MinhashShape, signatures: Uint32Array[]): Promise<void> {
   const ref = await store.put('signatures', packSignatures(signatures), 'bin');
   await pool.query(
-    `INSERT INTO minhash_signatures (dataset_sha256, bands, rows_per_band, docs, uri, sha256, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)
-     ON CONFLICT (dataset_sha256, bands, rows_per_band) DO NOTHING`,
-    [dataset.sha256, shape.bands, shape.rows, signatures.length, ref.uri, ref.sha256, ref.bytes],
+    `INSERT INTO minhash_signatures (dataset_sha256, bands, rows_per_band, algorithm, docs, uri, sha256, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (dataset_sha256, bands, rows_per_band, algorithm) DO NOTHING`,
+    [dataset.sha256, shape.bands, shape.rows, MINHASH_ALGORITHM, signatures.length, ref.uri, ref.sha256, ref.bytes],
   );
 }
 
@@ -95,16 +96,18 @@ async function earlierRuns(pool: Pool, runId: string, spec: RunSpec): Promise<{ 
   const against = spec.quality.dedupAgainst;
   if (against === false || spec.quality.nearDuplicateThreshold === null) return null;
   if (against?.runs) {
-    const { rows } = await pool.query('SELECT run_id, state FROM runs WHERE run_id = ANY($1)', [against.runs]);
+    // The run itself, if listed, is no earlier update.
+    const listed = [...new Set(against.runs)].filter((id) => id !== runId);
+    const { rows } = await pool.query('SELECT run_id, state FROM runs WHERE run_id = ANY($1)', [listed]);
     const states = new Map(rows.map((r) => [r.run_id as string, r.state as string]));
-    const unusable = against.runs.filter((id) => states.get(id) !== 'completed');
+    const unusable = listed.filter((id) => states.get(id) !== 'completed');
     if (unusable.length) {
       throw ApplicationFailure.nonRetryable(
         `quality.dedupAgainst.runs: ${unusable.map((id) => `${id} (${states.get(id) ?? 'no such run'})`).join(', ')} did not complete; list runs that deployed (see \`dacp run list\`)`,
         'SpecInvalid',
       );
     }
-    return { runs: [...new Set(against.runs)].filter((id) => id !== runId) };
+    return { runs: listed };
   }
   let schedule = against?.schedule;
   if (schedule === undefined) {
@@ -112,41 +115,77 @@ async function earlierRuns(pool: Pool, runId: string, spec: RunSpec): Promise<{ 
     schedule = (rows[0]?.schedule_id as string | null | undefined) ?? undefined;
   }
   if (schedule === undefined) return null;
-  const { rows } = await pool.query(`SELECT run_id FROM runs WHERE schedule_id = $1 AND state = 'completed' AND run_id <> $2 ORDER BY created_at`, [schedule, runId]);
+  // Newest first: where the look-back is capped, the oldest updates are the ones left out.
+  const { rows } = await pool.query(`SELECT run_id FROM runs WHERE schedule_id = $1 AND state = 'completed' AND run_id <> $2 ORDER BY created_at DESC`, [schedule, runId]);
   return { schedule, runs: rows.map((r) => r.run_id as string) };
 }
 
 /**
- * An index holding the signatures of the domain documents `runs` trained on (train and held-out),
- * read by dataset hash; a dataset without stored signatures of this shape (a run from before) is
- * read once and its signatures stored.
+ * The most earlier documents a run is checked against (about 1 KB of memory each): the newest runs
+ * first, and the older ones left out once a run would pass it.
  */
-async function earlierIndex(pool: Pool, store: ArtifactStore, runs: string[], shape: MinhashShape, heartbeat: () => void): Promise<{ index: MinhashIndex; documents: number }> {
+export const EARLIER_MAX_DOCUMENTS = 500_000;
+
+/**
+ * An index holding the signatures of the domain documents `runs` trained on (train and held-out),
+ * read by dataset hash; a dataset without stored signatures of this shape (a run from before, or
+ * one whose signatures artifact is gone) is read again and its signatures stored.
+ */
+async function earlierIndex(
+  pool: Pool,
+  store: ArtifactStore,
+  runs: string[],
+  shape: MinhashShape,
+  heartbeat: () => void,
+): Promise<{ index: MinhashIndex; documents: number; used: string[]; leftOut: number }> {
   const index = new MinhashIndex(shape);
   const permutations = shape.bands * shape.rows;
   const { rows } = await pool.query(
-    `SELECT d.uri, d.sha256, d.docs, d.bytes, d.split, s.uri AS sig_uri, s.sha256 AS sig_sha256
+    `SELECT d.run_id, d.uri, d.sha256, d.docs, d.bytes, d.split, s.uri AS sig_uri, s.sha256 AS sig_sha256
        FROM datasets d
-       LEFT JOIN minhash_signatures s ON s.dataset_sha256 = d.sha256 AND s.bands = $2 AND s.rows_per_band = $3
+       LEFT JOIN minhash_signatures s ON s.dataset_sha256 = d.sha256 AND s.bands = $2 AND s.rows_per_band = $3 AND s.algorithm = $4
       WHERE d.run_id = ANY($1) AND d.stage = 'quality' AND d.role = 'domain'`,
-    [runs, shape.bands, shape.rows],
+    [runs, shape.bands, shape.rows, MINHASH_ALGORITHM],
   );
   const seen = new Set<string>();
-  for (const r of rows) {
-    if (seen.has(r.sha256 as string)) continue; // the same data in two runs
-    seen.add(r.sha256 as string);
-    heartbeat();
-    let signatures: Uint32Array[];
-    if (r.sig_uri) {
-      signatures = unpackSignatures(await store.get({ uri: r.sig_uri as string, sha256: r.sig_sha256 as string }), permutations);
-    } else {
-      const ref: DatasetRef = { uri: r.uri, sha256: r.sha256, bytes: 0, role: 'domain', split: r.split, docs: r.docs, dataBytes: Number(r.bytes), tokens: 0 };
-      signatures = (await readDataset(store, ref)).map((doc) => minhashSignature(docText(doc), permutations));
-      await keepSignatures(pool, store, ref, shape, signatures);
+  const used: string[] = [];
+  let leftOut = 0;
+  for (const runId of runs) {
+    const datasets = rows.filter((r) => r.run_id === runId && !seen.has(r.sha256 as string));
+    const docs = datasets.reduce((n, r) => n + Number(r.docs), 0);
+    if (index.size > 0 && index.size + docs > EARLIER_MAX_DOCUMENTS) {
+      leftOut = runs.length - used.length;
+      break;
     }
-    for (const sig of signatures) index.add(sig, true);
+    used.push(runId);
+    for (const r of datasets) {
+      seen.add(r.sha256 as string);
+      heartbeat();
+      let signatures: Uint32Array[] | undefined;
+      if (r.sig_uri) {
+        try {
+          signatures = unpackSignatures(await store.get({ uri: r.sig_uri as string, sha256: r.sig_sha256 as string }), permutations);
+        } catch (err) {
+          const type = (err as ApplicationFailure).type;
+          if (type !== 'ArtifactMissing' && type !== 'ArtifactCorrupted') throw err;
+        }
+      }
+      if (!signatures) {
+        const ref: DatasetRef = { uri: r.uri, sha256: r.sha256, bytes: 0, role: 'domain', split: r.split, docs: r.docs, dataBytes: Number(r.bytes), tokens: 0 };
+        const texts = (await readDataset(store, ref)).map((doc) => docText(doc));
+        signatures = [];
+        // In slices, so this activity's heartbeats keep flowing on a large dataset.
+        for (let i = 0; i < texts.length; i += 256) {
+          for (const text of texts.slice(i, i + 256)) signatures.push(minhashSignature(text, permutations));
+          heartbeat();
+          await new Promise<void>((resolve) => setImmediate(resolve));
+        }
+        await keepSignatures(pool, store, ref, shape, signatures);
+      }
+      for (const sig of signatures) index.add(sig, true);
+    }
   }
-  return { index, documents: index.size };
+  return { index, documents: index.size, used, leftOut };
 }
 
 /**
@@ -170,19 +209,20 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       // Weighted domain sources (domainRatio): each one with a weight must keep training text.
       const weighted = spec.domainRatio === undefined ? [] : domainMixes(spec).flatMap((mix) => Object.keys(mix ?? {}).filter((name) => (mix?.[name] ?? 0) > 0));
       const names = spec.sources.filter((s) => s.role === 'domain' && s.name !== undefined).map((s) => s.name as string);
-      // Runs from before quality.minhash used 32 × 4 and never looked at earlier updates: as they ran.
+      // Runs from before quality.minhash keep their index shape (32 × 4) and never look at earlier updates.
       const fromBefore = spec.quality.minhash === undefined;
       const shape = spec.quality.minhash ?? SHAPE_BEFORE;
       const against = fromBefore ? null : await earlierRuns(pool, input.runId, spec);
-      let earlier: { index: MinhashIndex; documents: number } | undefined;
+      let earlier: { index: MinhashIndex; documents: number; used: string[]; leftOut: number } | undefined;
       if (against && against.runs.length > 0) {
         earlier = await earlierIndex(pool, store, against.runs, shape, () => Context.current().heartbeat({ earlier: against.runs.length }));
       }
       for (const raw of input.raw) {
         Context.current().heartbeat({ role: raw.role });
         const docs = await readDataset(store, raw);
-        // Paced, so the heartbeat timer of this activity keeps running on a large corpus.
-        const { kept, signatures, report, details: roleDetails } = await cleanDocumentsPaced(docs, {
+        // On worker threads (DACP_QUALITY_THREADS, one per core by default), this thread free for
+        // the activity's heartbeats; on one thread, paced so that they keep flowing.
+        const { kept, signatures, report, details: roleDetails } = await cleanDocumentsParallel(docs, {
           minChars: spec.quality.minChars,
           maxChars: spec.quality.maxChars,
           maxRepetitionRatio: spec.quality.maxRepetitionRatio,
@@ -237,10 +277,17 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
           datasets.push(ref);
         }
       }
-      const earlierSummary = against ? { ...(against.schedule !== undefined ? { schedule: against.schedule } : {}), runs: against.runs.length, documents: earlier?.documents ?? 0 } : undefined;
+      const earlierSummary = against
+        ? {
+            ...(against.schedule !== undefined ? { schedule: against.schedule } : {}),
+            runs: earlier?.used.length ?? 0,
+            documents: earlier?.documents ?? 0,
+            ...(earlier?.leftOut ? { olderRunsLeftOut: earlier.leftOut } : {}),
+          }
+        : undefined;
       const reportRef = await store.putJson('reports', {
         kind: 'quality', runId: input.runId, perRole, ...(domainSources ? { domainSources } : {}), details,
-        ...(earlierSummary && against ? { earlier: { ...earlierSummary, runIds: against.runs } } : {}),
+        ...(earlierSummary ? { earlier: { ...earlierSummary, runIds: earlier?.used ?? [] } } : {}),
       });
       if (problems.length) {
         throw ApplicationFailure.nonRetryable(

@@ -140,11 +140,11 @@ function segmenter(language: ScriptLanguage): Intl.Segmenter {
 
 /**
  * Text the Unicode word-boundary rules (UAX #29) alone segment, with no dictionary: no script
- * written without spaces, no combining marks, no other-numbers (², ½, ①). For it, WORD below finds
+ * written without spaces, no combining marks or format characters (soft hyphens, joiners), no other-numbers (², ½, ①). For it, WORD below finds
  * exactly the word-like segments Intl.Segmenter finds, some 50 times faster
  * (`test/heuristics.test.ts` compares them on generated and random text).
  */
-const NEEDS_SEGMENTER = /[\p{M}\p{No}\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Thai}\p{Script=Lao}\p{Script=Khmer}\p{Script=Myanmar}\p{Script=Hebrew}\p{Script=Arabic}]/u;
+const NEEDS_SEGMENTER = /[\p{M}\p{Cf}\p{No}\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Thai}\p{Script=Lao}\p{Script=Khmer}\p{Script=Myanmar}\p{Script=Hebrew}\p{Script=Arabic}]/u;
 /** UAX #29 MidLetter, MidNumLet and Single_Quote: join letters on both sides. */
 const MID_LETTER = String.raw`[:\u00B7\u0387\u055F\u05F4\u2027\uFE13\uFE55\uFF1A.\u2018\u2019\u2024\uFE52\uFF07\uFF0E']`;
 /** UAX #29 MidNum, MidNumLet and Single_Quote: join digits on both sides. */

@@ -16,6 +16,9 @@ describe('npm run bench:quality', () => {
     expect(result.corpusBytes).toBeGreaterThanOrEqual(2 * 1024 * 1024);
     expect(result.mbPerSec).toBeGreaterThan(0);
     expect(result.docsPerSec).toBeGreaterThan(0);
+    // The whole stage as the activity runs it, on threads, and on one thread to compare.
+    expect((result as unknown as { threads: number }).threads).toBeGreaterThanOrEqual(1);
+    expect((result as unknown as { oneThread: { mbPerSec: number } }).oneThread.mbPerSec).toBeGreaterThan(0);
     expect(Object.keys(result.filters).sort()).toEqual(['exact_duplicate', 'heuristics', 'language', 'length', 'near_duplicate', 'pii', 'repetition', 'symbols']);
   });
 });

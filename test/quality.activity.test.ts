@@ -96,7 +96,8 @@ describe('near-duplicate removal against earlier updates (quality.dedupAgainst)'
     expect(manual.result.summary.earlier).toBeUndefined();
     expect(manual.result.summary.perRole.domain.removed.earlier_update).toBe(0);
 
-    const later = await runQuality({ dedupAgainst: { runs: [earlier.runId] } }, docs);
+    // The run itself, listed by mistake, is no earlier update (and not refused as unfinished).
+    const later = await runQuality({ dedupAgainst: { runs: [earlier.runId, `quality-activity-${runs + 1}`] } }, docs);
     expect(later.result.summary.earlier).toEqual({ runs: 1, documents: 12 });
     expect(later.result.summary.perRole.domain.removed.earlier_update).toBe(4);
     expect([...later.train, ...later.heldout].sort()).toEqual([...fresh].sort());
@@ -112,6 +113,25 @@ describe('near-duplicate removal against earlier updates (quality.dedupAgainst)'
     // false: none, even when asked elsewhere.
     const off = await runQuality({ dedupAgainst: false }, docs);
     expect(off.result.summary.perRole.domain.removed.earlier_update).toBe(0);
+  });
+
+  it('a run from before quality.minhash keeps its 32 × 4 index, looks at no earlier update and keeps no signatures', async () => {
+    const runId = `quality-activity-${++runs}`;
+    // A spec as such a run carries it: parsed before the field existed.
+    const parsed = parseRunSpec(tinySpec({ quality: { minDocs: 1, dedupAgainst: { schedule: 'weekly' } } }));
+    const spec = { ...parsed, quality: { ...parsed.quality, nearDuplicateThreshold: 0.8 } } as typeof parsed;
+    delete (spec.quality as { minhash?: unknown }).minhash;
+    await insertRun(db.pool, { runId, workflowId: runId, spec, specSha256: 'test', initiator: 'engineer' });
+    const own = Array.from({ length: 8 }, () => documentWords(next));
+    const raw = await writeDataset(store, 'domain', 'train', [...own.map((w) => ({ text: w.join(' ') })), ...own.slice(0, 4).map((words, i) => ({ text: withOneWordChanged(words, 50, `old${i}`) }))]);
+    const { qualityFilter } = qualityActivities({ pool: db.pool, store });
+    type Input = Parameters<typeof qualityFilter>[0];
+    type Output = Awaited<ReturnType<typeof qualityFilter>>;
+    const result = await new MockActivityEnvironment().run<[Input], Output, typeof qualityFilter>(qualityFilter, { runId, spec, raw: [raw] });
+    expect(result.summary.earlier).toBeUndefined();
+    expect(result.summary.perRole.domain.removed).toMatchObject({ near_duplicate: 4, earlier_update: 0 });
+    const kept = await db.pool.query('SELECT count(*)::int AS n FROM minhash_signatures WHERE dataset_sha256 = ANY($1)', [result.datasets.map((d) => d.sha256)]);
+    expect(kept.rows[0].n).toBe(0);
   });
 });
 

@@ -159,11 +159,9 @@ describe('dacp schedule', () => {
     await finished(first, 'completed');
 
     // Update 2: twenty files arrive; only they are collected, and it continues the pretrained line of update 1.
-    // One of them is a lightly edited copy of a document update 1 trained on: a new file, but not new data.
+    // One of them is a document update 1 trained on with a sentence added: a new file, but not new data.
     const trained1 = await docsOf(first, 'quality', 'domain');
-    const words = (trained1.find((t) => t.split(' ').length >= 40) as string).split(' ');
-    words[words.length - 3] = 'edited';
-    const nearCopy = words.join(' ');
+    const nearCopy = `${trained1.reduce((a, b) => (b.length > a.length ? b : a))} Logged again by the night shift.`;
     writeFileSync(path.join(h.home, 'incoming', 'd30.txt'), nearCopy);
     arrive(30, 50);
     const want2 = expected(seen0);
