@@ -26,6 +26,57 @@ function tokenCount(doc: DatasetDoc): number {
   return Buffer.byteLength(docText(doc), 'utf8') + 1;
 }
 
+/**
+ * Writes a dataset a document at a time: content-addressed JSONL shards of up to 4 MB, stored as
+ * each fills, then the manifest. Memory holds one shard, whatever the dataset's size.
+ */
+export class DatasetWriter {
+  private readonly shards: DatasetManifest['shards'] = [];
+  private lines: string[] = [];
+  private size = 0;
+  private docs = 0;
+  private tokens = 0;
+
+  constructor(
+    private readonly store: ArtifactStore,
+    private readonly role: DatasetRole,
+    private readonly split: DatasetSplit,
+  ) {}
+
+  async add(doc: DatasetDoc): Promise<void> {
+    const line = JSON.stringify(doc);
+    if (this.size + line.length > MAX_SHARD_BYTES) await this.flush();
+    this.lines.push(line);
+    this.size += line.length + 1;
+    this.tokens += tokenCount(doc);
+    this.docs++;
+  }
+
+  private async flush(): Promise<void> {
+    if (this.lines.length === 0) return;
+    const data = Buffer.from(this.lines.join('\n') + '\n', 'utf8');
+    const ref = await this.store.put('datasets', data, 'jsonl');
+    this.shards.push({ uri: ref.uri, sha256: ref.sha256, docs: this.lines.length, bytes: ref.bytes });
+    this.lines = [];
+    this.size = 0;
+  }
+
+  async finish(): Promise<DatasetRef> {
+    await this.flush();
+    const manifest: DatasetManifest = {
+      format: 'dacp-dataset/1',
+      role: this.role,
+      split: this.split,
+      docs: this.docs,
+      bytes: this.shards.reduce((sum, s) => sum + s.bytes, 0),
+      tokens: this.tokens,
+      shards: this.shards,
+    };
+    const ref = await this.store.putJson('manifests', manifest);
+    return { ...ref, role: this.role, split: this.split, docs: manifest.docs, dataBytes: manifest.bytes, tokens: this.tokens };
+  }
+}
+
 /** Write docs as content-addressed JSONL shards plus a manifest; returns the manifest's reference. */
 export async function writeDataset(
   store: ArtifactStore,
@@ -33,37 +84,19 @@ export async function writeDataset(
   split: DatasetSplit,
   docs: DatasetDoc[],
 ): Promise<DatasetRef> {
-  const shards: DatasetManifest['shards'] = [];
-  let lines: string[] = [];
-  let size = 0;
-  const flush = async () => {
-    if (lines.length === 0) return;
-    const data = Buffer.from(lines.join('\n') + '\n', 'utf8');
-    const ref = await store.put('datasets', data, 'jsonl');
-    shards.push({ uri: ref.uri, sha256: ref.sha256, docs: lines.length, bytes: ref.bytes });
-    lines = [];
-    size = 0;
-  };
-  let tokens = 0;
-  for (const doc of docs) {
-    const line = JSON.stringify(doc);
-    if (size + line.length > MAX_SHARD_BYTES) await flush();
-    lines.push(line);
-    size += line.length + 1;
-    tokens += tokenCount(doc);
+  const writer = new DatasetWriter(store, role, split);
+  for (const doc of docs) await writer.add(doc);
+  return writer.finish();
+}
+
+/** A dataset's documents a shard at a time (each shard checked against its hash): memory holds one shard. */
+export async function* datasetShards<T extends DatasetDoc = DatasetDoc>(store: ArtifactStore, ref: DatasetRef): AsyncGenerator<T[]> {
+  const manifest = await store.getJson<DatasetManifest>(ref);
+  for (const shard of manifest.shards) {
+    const docs: T[] = [];
+    for (const line of (await store.get(shard)).toString('utf8').split('\n')) if (line) docs.push(JSON.parse(line) as T);
+    yield docs;
   }
-  await flush();
-  const manifest: DatasetManifest = {
-    format: 'dacp-dataset/1',
-    role,
-    split,
-    docs: docs.length,
-    bytes: shards.reduce((sum, s) => sum + s.bytes, 0),
-    tokens,
-    shards,
-  };
-  const ref = await store.putJson('manifests', manifest);
-  return { ...ref, role, split, docs: manifest.docs, dataBytes: manifest.bytes, tokens };
 }
 
 /** Read every document of a dataset, verifying the manifest and each shard against their hashes. */

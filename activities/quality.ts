@@ -2,14 +2,30 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
 import type { Pool } from 'pg';
-import { cleanDocumentsParallel } from '../ml/qualityParallel';
-import { MINHASH_ALGORITHM, minhashSignature, MinhashIndex, normalizeForDedup, type MinhashShape, type QualityDetails, type QualityReport } from '../ml/quality';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { qualityThreads, shardPool } from '../ml/qualityParallel';
+import {
+  MINHASH_ALGORITHM,
+  minhashSignature,
+  MinhashIndex,
+  normalizeForDedup,
+  QualityStream,
+  shardPass,
+  type Candidate,
+  type MinhashShape,
+  type QualityDetails,
+  type QualityReport,
+  type QualitySettings,
+  type ShardResult,
+} from '../ml/quality';
 import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
 import { domainMixes } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
 import { sha256Hex, type ArtifactStore } from './artifacts';
 import type { ActivityDeps } from './context';
-import { docText, readDataset, writeDataset, type DatasetDoc } from './datasets';
+import { datasetShards, DatasetWriter, docText, readDataset, type DatasetDoc } from './datasets';
 
 export interface QualitySummary {
   report: ArtifactRef;
@@ -23,18 +39,6 @@ export interface QualitySummary {
   domainSources?: Record<string, { train: number; heldout: number }>;
 }
 
-/** Train and held-out documents per domain source name. */
-function countBySource(train: DatasetDoc[], heldout: DatasetDoc[], names: string[]): Record<string, { train: number; heldout: number }> {
-  const counts = Object.fromEntries(names.map((name) => [name, { train: 0, heldout: 0 }]));
-  for (const [split, docs] of [['train', train], ['heldout', heldout]] as const) {
-    for (const doc of docs) {
-      const source = 'text' in doc ? doc.source : undefined;
-      if (source !== undefined && counts[source]) counts[source][split]++;
-    }
-  }
-  return counts;
-}
-
 /**
  * Held-out membership is a pure function of the document's normalised text, so a document lands on
  * the same side in every run and retry. Exact and near-duplicate removal run before the split, so no
@@ -45,14 +49,72 @@ function isHeldout(doc: DatasetDoc, fraction: number): boolean {
   return parseInt(h.slice(0, 8), 16) / 0x1_0000_0000 < fraction;
 }
 
-function splitHeldout(docs: DatasetDoc[], fraction: number): { train: DatasetDoc[]; heldout: DatasetDoc[] } {
-  const train: DatasetDoc[] = [];
-  const heldout: DatasetDoc[] = [];
-  for (const doc of docs) (isHeldout(doc, fraction) ? heldout : train).push(doc);
-  // Both sides must be non-empty for training and evaluation; move one document if the hash split is lopsided.
-  if (heldout.length === 0 && train.length > 1) heldout.push(train.pop() as DatasetDoc);
-  if (train.length === 0 && heldout.length > 1) train.push(heldout.pop() as DatasetDoc);
-  return { train, heldout };
+/**
+ * One split of a cleaned dataset, written as documents arrive. The last document is held back until
+ * the next one comes, so that `balance` can still move it to the other split; each document's
+ * MinHash signature goes to a file beside it where `signatureDir` is given.
+ */
+class SplitWriter {
+  private readonly writer: DatasetWriter;
+  private pending: { doc: DatasetDoc; signature: Uint32Array | undefined } | null = null;
+  private readonly signatureFile: string | null;
+  private signatureBuffer: Buffer[] = [];
+  private missingSignature = false;
+  private readonly sources: Record<string, number> = {};
+  count = 0;
+
+  constructor(store: ArtifactStore, role: DatasetRole, split: 'train' | 'heldout', signatureDir: string | null) {
+    this.writer = new DatasetWriter(store, role, split);
+    this.signatureFile = signatureDir ? path.join(signatureDir, `${role}-${split}.bin`) : null;
+  }
+
+  async add(doc: DatasetDoc, signature: Uint32Array | undefined): Promise<void> {
+    await this.release();
+    this.pending = { doc, signature };
+    this.count++;
+  }
+
+  private async release(): Promise<void> {
+    if (!this.pending) return;
+    const { doc, signature } = this.pending;
+    this.pending = null;
+    await this.writer.add(doc);
+    const source = 'text' in doc ? doc.source : undefined;
+    if (source !== undefined) this.sources[source] = (this.sources[source] ?? 0) + 1;
+    if (this.signatureFile) {
+      if (!signature) this.missingSignature = true;
+      else this.signatureBuffer.push(Buffer.from(signature.buffer, signature.byteOffset, signature.byteLength));
+      if (this.signatureBuffer.length >= 1024) await this.flushSignatures();
+    }
+  }
+
+  private async flushSignatures(): Promise<void> {
+    if (!this.signatureFile || this.signatureBuffer.length === 0) return;
+    // Little-endian uint32 on every platform Node runs on here; packSignatures' layout.
+    await fs.appendFile(this.signatureFile, Buffer.concat(this.signatureBuffer));
+    this.signatureBuffer = [];
+  }
+
+  /** If one side is empty and the other has more than one document, move the other's last one over. */
+  static async balance(train: SplitWriter, heldout: SplitWriter): Promise<void> {
+    for (const [from, to] of [[train, heldout], [heldout, train]] as const) {
+      if (to.count === 0 && from.count > 1 && from.pending) {
+        const moved = from.pending;
+        from.pending = null;
+        from.count--;
+        await to.add(moved.doc, moved.signature);
+      }
+    }
+  }
+
+  async finish(): Promise<{ ref: DatasetRef; signatures: string | null; sources: Record<string, number> }> {
+    await this.release();
+    await this.flushSignatures();
+    const ref = await this.writer.finish();
+    const signatures = this.signatureFile && !this.missingSignature ? this.signatureFile : null;
+    if (signatures && this.count === 0) await fs.writeFile(signatures, Buffer.alloc(0));
+    return { ref, signatures, sources: this.sources };
+  }
 }
 
 /** The index shape of runs from before `quality.minhash` existed. */
@@ -84,6 +146,16 @@ async function keepSignatures(pool: Pool, store: ArtifactStore, dataset: { sha25
     `INSERT INTO minhash_signatures (dataset_sha256, bands, rows_per_band, algorithm, docs, uri, sha256, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
      ON CONFLICT (dataset_sha256, bands, rows_per_band, algorithm) DO NOTHING`,
     [dataset.sha256, shape.bands, shape.rows, MINHASH_ALGORITHM, signatures.length, ref.uri, ref.sha256, ref.bytes],
+  );
+}
+
+/** keepSignatures for signatures written to a file as the documents passed. */
+async function keepSignatureFile(pool: Pool, store: ArtifactStore, dataset: { sha256: string }, shape: MinhashShape, file: string, docs: number): Promise<void> {
+  const ref = await store.putFile('signatures', file, 'bin');
+  await pool.query(
+    `INSERT INTO minhash_signatures (dataset_sha256, bands, rows_per_band, algorithm, docs, uri, sha256, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (dataset_sha256, bands, rows_per_band, algorithm) DO NOTHING`,
+    [dataset.sha256, shape.bands, shape.rows, MINHASH_ALGORITHM, docs, ref.uri, ref.sha256, ref.bytes],
   );
 }
 
@@ -209,6 +281,8 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       // Weighted domain sources (domainRatio): each one with a weight must keep training text.
       const weighted = spec.domainRatio === undefined ? [] : domainMixes(spec).flatMap((mix) => Object.keys(mix ?? {}).filter((name) => (mix?.[name] ?? 0) > 0));
       const names = spec.sources.filter((s) => s.role === 'domain' && s.name !== undefined).map((s) => s.name as string);
+      // Kept signatures are written here as documents pass, then stored.
+      const tempDir = await fs.mkdtemp(path.join(os.tmpdir(), 'dacp-quality-'));
       // Runs from before quality.minhash keep their index shape (32 × 4) and never look at earlier updates.
       const fromBefore = spec.quality.minhash === undefined;
       const shape = spec.quality.minhash ?? SHAPE_BEFORE;
@@ -217,65 +291,104 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       if (against && against.runs.length > 0) {
         earlier = await earlierIndex(pool, store, against.runs, shape, () => Context.current().heartbeat({ earlier: against.runs.length }));
       }
-      for (const raw of input.raw) {
-        Context.current().heartbeat({ role: raw.role });
-        const docs = await readDataset(store, raw);
-        // On worker threads (DACP_QUALITY_THREADS, one per core by default), this thread free for
-        // the activity's heartbeats; on one thread, paced so that they keep flowing.
-        const { kept, signatures, report, details: roleDetails } = await cleanDocumentsParallel(docs, {
-          minChars: spec.quality.minChars,
-          maxChars: spec.quality.maxChars,
-          maxRepetitionRatio: spec.quality.maxRepetitionRatio,
-          maxSymbolRatio: spec.quality.maxSymbolRatio,
-          redactPii: spec.quality.redactPii,
-          nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
-          minhash: shape,
-          // Runs from before carry no heuristics: off, as they ran.
-          heuristics: spec.quality.heuristics ?? null,
-          minLanguageScore: spec.quality.minLanguageScore ?? 0.8,
-        }, {
-          onProgress: () => Context.current().heartbeat({ role: raw.role }),
+      const settings: QualitySettings = {
+        minChars: spec.quality.minChars,
+        maxChars: spec.quality.maxChars,
+        maxRepetitionRatio: spec.quality.maxRepetitionRatio,
+        maxSymbolRatio: spec.quality.maxSymbolRatio,
+        redactPii: spec.quality.redactPii,
+        nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
+        minhash: shape,
+        // Runs from before carry no heuristics: off, as they ran.
+        heuristics: spec.quality.heuristics ?? null,
+        minLanguageScore: spec.quality.minLanguageScore ?? 0.8,
+      };
+      try {
+        for (const raw of input.raw) {
+          const beat = () => Context.current().heartbeat({ role: raw.role });
+          beat();
           // Only the domain data is new with each update; replay and instructions are meant to recur.
-          ...(raw.role === 'domain' && earlier ? { index: earlier.index } : {}),
-        });
-        if (kept.length < spec.quality.minDocs) {
-          const reasons = Object.entries(report.removed)
-            .filter(([, n]) => n > 0)
-            .map(([reason, n]) => `${reason}: ${n}`)
-            .join(', ');
-          problems.push(
-            `${raw.role}: ${kept.length} of ${docs.length} documents survived (need quality.minDocs = ${spec.quality.minDocs}; removed ${reasons || 'none'})`,
-          );
-        }
-        details[raw.role] = roleDetails;
-        // The expected languages were for this stage only: the cleaned datasets are as before.
-        const signatureOf = new Map<DatasetDoc, Uint32Array | undefined>();
-        const cleaned = kept.map((doc, i) => {
-          let out: DatasetDoc = doc;
-          if ('languages' in doc) {
-            const rest: DatasetDoc & { languages?: string[] } = { ...doc };
-            delete rest.languages;
-            out = rest;
+          const stream = new QualityStream<DatasetDoc>(settings, raw.role === 'domain' ? earlier?.index : undefined);
+          const keep = raw.role === 'domain' && !fromBefore && settings.nearDuplicateThreshold !== null;
+          const out = {
+            train: new SplitWriter(store, raw.role, 'train', keep ? tempDir : null),
+            heldout: new SplitWriter(store, raw.role, 'heldout', keep ? tempDir : null),
+          };
+          const bySource = Object.fromEntries(names.map((name) => [name, { train: 0, heldout: 0 }]));
+          const emit = async (survivors: Candidate<DatasetDoc>[]) => {
+            for (const c of survivors) {
+              // The expected languages were for this stage only: the cleaned datasets are as before.
+              let doc: DatasetDoc = c.doc;
+              if ('languages' in doc) {
+                const rest: DatasetDoc & { languages?: string[] } = { ...doc };
+                delete rest.languages;
+                doc = rest;
+              }
+              await out[isHeldout(doc, spec.heldoutFraction) ? 'heldout' : 'train'].add(doc, c.signature);
+            }
+          };
+          // The dataset a shard at a time: on worker threads (DACP_QUALITY_THREADS, one per core),
+          // a few shards ahead; on this thread, in slices, so heartbeats keep flowing either way.
+          const threads = shardPool<DatasetDoc>(settings);
+          const timer = threads ? setInterval(beat, 1_000) : undefined;
+          try {
+            const ahead: { docs: DatasetDoc[]; pass: Promise<ShardResult<DatasetDoc>> }[] = [];
+            const next = async () => {
+              const { docs, pass } = ahead.shift() as (typeof ahead)[number];
+              await emit(stream.add(docs, await pass));
+              beat();
+            };
+            for await (const docs of datasetShards<DatasetDoc>(store, raw)) {
+              if (threads) {
+                const pass = threads.run(docs);
+                pass.catch(() => undefined); // awaited in order below; this only keeps an early failure from going unhandled
+                ahead.push({ docs, pass });
+                if (ahead.length > qualityThreads()) await next();
+                continue;
+              }
+              for (let i = 0; i < docs.length; i += 256) {
+                const slice = docs.slice(i, i + 256);
+                await emit(stream.add(slice, shardPass(slice, settings)));
+                beat();
+                await new Promise<void>((resolve) => setImmediate(resolve));
+              }
+            }
+            while (ahead.length) await next();
+          } finally {
+            if (timer) clearInterval(timer);
+            await threads?.close();
           }
-          signatureOf.set(out, signatures[i]);
-          return out;
-        });
-        const { train, heldout } = splitHeldout(cleaned, spec.heldoutFraction);
-        perRole[raw.role] = { ...report, train: train.length, heldout: heldout.length };
-        if (raw.role === 'domain' && spec.domainRatio !== undefined) {
-          domainSources = countBySource(train, heldout, names);
-          for (const name of names.filter((n) => weighted.includes(n) && domainSources?.[n]?.train === 0)) {
-            problems.push(`domain source "${name}": no document left to train on, but domainRatio gives it weight`);
+          // Both sides must be non-empty for training and evaluation: move the last document over if the hash split is lopsided.
+          await SplitWriter.balance(out.train, out.heldout);
+          const { report, details: roleDetails } = stream.result();
+          if (report.kept < spec.quality.minDocs) {
+            const reasons = Object.entries(report.removed)
+              .filter(([, n]) => n > 0)
+              .map(([reason, n]) => `${reason}: ${n}`)
+              .join(', ');
+            problems.push(
+              `${raw.role}: ${report.kept} of ${report.input} documents survived (need quality.minDocs = ${spec.quality.minDocs}; removed ${reasons || 'none'})`,
+            );
+          }
+          details[raw.role] = roleDetails;
+          for (const split of ['train', 'heldout'] as const) {
+            const { ref, signatures, sources } = await out[split].finish();
+            for (const [name, n] of Object.entries(sources)) if (bySource[name]) bySource[name][split] += n;
+            // What a later update checks its domain data against, kept by this dataset's hash.
+            if (signatures) await keepSignatureFile(pool, store, ref, shape, signatures, out[split].count);
+            await upsertDataset(pool, input.runId, 'quality', ref);
+            datasets.push(ref);
+          }
+          perRole[raw.role] = { ...report, train: out.train.count, heldout: out.heldout.count };
+          if (raw.role === 'domain' && spec.domainRatio !== undefined) {
+            domainSources = bySource;
+            for (const name of names.filter((n) => weighted.includes(n) && domainSources?.[n]?.train === 0)) {
+              problems.push(`domain source "${name}": no document left to train on, but domainRatio gives it weight`);
+            }
           }
         }
-        for (const [split, part] of [['train', train], ['heldout', heldout]] as const) {
-          const ref = await writeDataset(store, raw.role, split, part);
-          // What a later update checks its domain data against, kept by this dataset's hash.
-          const sigs = part.map((doc) => signatureOf.get(doc));
-          if (raw.role === 'domain' && !fromBefore && sigs.every((sig) => sig !== undefined)) await keepSignatures(pool, store, ref, shape, sigs as Uint32Array[]);
-          await upsertDataset(pool, input.runId, 'quality', ref);
-          datasets.push(ref);
-        }
+      } finally {
+        await fs.rm(tempDir, { recursive: true, force: true });
       }
       const earlierSummary = against
         ? {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { heuristicReasons, heuristicVerdict, type HeuristicSettings } from './heuristics';
 import { defaultMinLanguageScore, inExpectedLanguage } from './language';
 
@@ -382,15 +383,32 @@ export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
  * run's own kept documents.
  */
 export class MinhashIndex {
-  /** Band key → the index of the one signature there, or of all of them. */
-  private readonly buckets = new Map<number, number | number[]>();
-  private readonly signatures: Uint32Array[] = [];
-  private readonly earlier: Uint8Array[] = [];
+  // Everything lives in typed arrays, outside the JavaScript heap, at about 0.9 KB a document
+  // (14 × 8): the signatures, whether each came from an earlier update, and an open-addressing
+  // table from band keys to chains of (document, band) entries.
+  private readonly permutations: number;
+  private count = 0;
+  private signatures: Uint32Array;
+  private earlier: Uint8Array;
+  /** Per (document, band) entry: the previous entry under the same key, or −1. */
+  private next: Int32Array;
+  private keys: Float64Array;
+  /** Per table slot: the newest entry under its key, or −1 for an empty slot. */
+  private heads: Int32Array;
+  private used = 0;
 
-  constructor(readonly shape: MinhashShape = defaultMinhash) {}
+  constructor(readonly shape: MinhashShape = defaultMinhash, capacity = 1024) {
+    this.permutations = shape.bands * shape.rows;
+    this.signatures = new Uint32Array(capacity * this.permutations);
+    this.earlier = new Uint8Array(capacity);
+    this.next = new Int32Array(capacity * shape.bands);
+    const slots = 1 << Math.ceil(Math.log2(Math.max(16, capacity * shape.bands * 2)));
+    this.keys = new Float64Array(slots);
+    this.heads = new Int32Array(slots).fill(-1);
+  }
 
   get size(): number {
-    return this.signatures.length;
+    return this.count;
   }
 
   /**
@@ -411,45 +429,85 @@ export class MinhashIndex {
     return (a >>> 0) * 0x200000 + ((b >>> 0) & 0x1fffff);
   }
 
-  private isEarlier(index: number): boolean {
-    return ((this.earlier[index >> 16] as Uint8Array)[index & 0xffff] as number) === 1;
+  /** The table slot holding `key`, or the empty slot where it would go. */
+  private slot(key: number): number {
+    const mask = this.heads.length - 1;
+    let i = (key % 0x100000000 ^ Math.floor(key / 0x100000000)) & mask;
+    while (this.heads[i] !== -1 && this.keys[i] !== key) i = (i + 1) & mask;
+    return i;
+  }
+
+  private similarity(signature: Uint32Array, doc: number): number {
+    const base = doc * this.permutations;
+    let same = 0;
+    for (let i = 0; i < this.permutations; i++) if (signature[i] === this.signatures[base + i]) same++;
+    return same / this.permutations;
   }
 
   /** The closest match at or above `threshold`: whether it came from an earlier update, or null. */
   match(signature: Uint32Array, threshold: number): 'earlier' | 'own' | null {
     let found: 'earlier' | 'own' | null = null;
     const seen = new Set<number>();
-    const judge = (index: number): boolean => {
-      if (seen.has(index)) return false;
-      seen.add(index);
-      if (estimatedJaccard(signature, this.signatures[index] as Uint32Array) < threshold) return false;
-      if (this.isEarlier(index)) return true;
-      found = 'own';
-      return false;
-    };
-    for (let band = 0; band < this.shape.bands; band++) {
-      const bucket = this.buckets.get(this.key(signature, band));
-      if (bucket === undefined) continue;
-      if (typeof bucket === 'number') {
-        if (judge(bucket)) return 'earlier';
-      } else for (const index of bucket) if (judge(index)) return 'earlier';
+    const { bands } = this.shape;
+    for (let band = 0; band < bands; band++) {
+      for (let entry = this.heads[this.slot(this.key(signature, band))] as number; entry !== -1; entry = this.next[entry] as number) {
+        const doc = Math.floor(entry / bands);
+        if (seen.has(doc)) continue;
+        seen.add(doc);
+        if (this.similarity(signature, doc) < threshold) continue;
+        if (this.earlier[doc] === 1) return 'earlier';
+        found = 'own';
+      }
     }
     return found;
   }
 
   add(signature: Uint32Array, earlier = false): void {
-    if (signature.length !== this.shape.bands * this.shape.rows) {
+    if (signature.length !== this.permutations) {
       throw new Error(`a signature of ${signature.length} hashes does not fit an index of ${this.shape.bands} bands × ${this.shape.rows} rows`);
     }
-    const index = this.signatures.push(signature) - 1;
-    if ((index & 0xffff) === 0) this.earlier.push(new Uint8Array(0x10000));
-    (this.earlier[index >> 16] as Uint8Array)[index & 0xffff] = earlier ? 1 : 0;
-    for (let band = 0; band < this.shape.bands; band++) {
+    const { bands } = this.shape;
+    if (this.count === this.earlier.length) this.grow();
+    const doc = this.count++;
+    this.signatures.set(signature, doc * this.permutations);
+    this.earlier[doc] = earlier ? 1 : 0;
+    for (let band = 0; band < bands; band++) {
       const key = this.key(signature, band);
-      const bucket = this.buckets.get(key);
-      if (bucket === undefined) this.buckets.set(key, index);
-      else if (typeof bucket === 'number') this.buckets.set(key, [bucket, index]);
-      else bucket.push(index);
+      const i = this.slot(key);
+      const entry = doc * bands + band;
+      if (this.heads[i] === -1) {
+        this.keys[i] = key;
+        this.used++;
+      }
+      this.next[entry] = this.heads[i] as number;
+      this.heads[i] = entry;
+    }
+    if (this.used * 2 > this.heads.length) this.rehash();
+  }
+
+  private grow(): void {
+    const capacity = this.earlier.length * 2;
+    const signatures = new Uint32Array(capacity * this.permutations);
+    signatures.set(this.signatures);
+    this.signatures = signatures;
+    const earlier = new Uint8Array(capacity);
+    earlier.set(this.earlier);
+    this.earlier = earlier;
+    const next = new Int32Array(capacity * this.shape.bands);
+    next.set(this.next);
+    this.next = next;
+  }
+
+  private rehash(): void {
+    const oldKeys = this.keys;
+    const oldHeads = this.heads;
+    this.keys = new Float64Array(oldKeys.length * 2);
+    this.heads = new Int32Array(oldHeads.length * 2).fill(-1);
+    for (let i = 0; i < oldHeads.length; i++) {
+      if (oldHeads[i] === -1) continue;
+      const j = this.slot(oldKeys[i] as number);
+      this.keys[j] = oldKeys[i] as number;
+      this.heads[j] = oldHeads[i] as number;
     }
   }
 }
@@ -704,7 +762,7 @@ export async function cleanDocumentsPaced<T extends QualityDoc>(
   return tally.result();
 }
 
-/** The per-document steps' outcome on one shard of the documents, to be merged in order (Tally.absorb). */
+/** The per-document steps' outcome on one shard of the documents, to be merged in order (QualityStream.add). */
 export interface ShardResult<T extends QualityDoc> {
   kept: Candidate<T>[];
   removed: Record<string, number>;
@@ -728,26 +786,138 @@ export function shardPass<T extends QualityDoc>(docs: T[], settings: QualitySett
 }
 
 /**
- * cleanDocuments with the per-document steps done by `run` on shards of the documents (worker
- * threads, see ml/qualityParallel.ts), and the steps that compare documents (exact and near
- * duplicates) here, in order: the same result as cleanDocuments.
+ * A set of 96-bit hashes (two 48-bit halves) in typed arrays, outside the heap: 32 bytes a slot at
+ * most half full. Two different texts share a hash with a probability near 2^-96 a pair.
  */
-export async function cleanDocumentsSharded<T extends QualityDoc>(
-  docs: T[],
-  settings: QualitySettings,
-  run: (shards: T[][]) => Promise<ShardResult<T>[]>,
-  o: { shardDocs: number; index?: MinhashIndex; onProgress?: () => void },
-): Promise<CleanResult<T>> {
-  const tally = new Tally<T>(docs);
-  const shards: T[][] = [];
-  for (let i = 0; i < docs.length; i += o.shardDocs) shards.push(docs.slice(i, i + o.shardDocs));
-  tally.absorb(await run(shards.length ? shards : [[]]));
-  for (const step of cleaningSteps<T>(settings, o.index).filter((s) => !s.perDocument)) {
-    tally.apply(step.run(tally.candidates));
-    o.onProgress?.();
-    await new Promise<void>((resolve) => setImmediate(resolve));
+class HashSet96 {
+  private keys = new Float64Array(2 * 1024);
+  private used = new Uint8Array(1024);
+  private count = 0;
+
+  /** Adds the hash; false when it was there already. */
+  add(digest: Buffer): boolean {
+    const a = digest.readUIntBE(0, 6);
+    const b = digest.readUIntBE(6, 6);
+    if ((this.count + 1) * 2 > this.used.length) this.grow();
+    const mask = this.used.length - 1;
+    let i = (a ^ (b >>> 3)) & mask;
+    while (this.used[i]) {
+      if (this.keys[2 * i] === a && this.keys[2 * i + 1] === b) return false;
+      i = (i + 1) & mask;
+    }
+    this.used[i] = 1;
+    this.keys[2 * i] = a;
+    this.keys[2 * i + 1] = b;
+    this.count++;
+    return true;
   }
-  return tally.result();
+
+  private grow(): void {
+    const keys = this.keys;
+    const used = this.used;
+    this.keys = new Float64Array(keys.length * 2);
+    this.used = new Uint8Array(used.length * 2);
+    const mask = this.used.length - 1;
+    for (let j = 0; j < used.length; j++) {
+      if (!used[j]) continue;
+      const a = keys[2 * j] as number;
+      const b = keys[2 * j + 1] as number;
+      let i = (a ^ (b >>> 3)) & mask;
+      while (this.used[i]) i = (i + 1) & mask;
+      this.used[i] = 1;
+      this.keys[2 * i] = a;
+      this.keys[2 * i + 1] = b;
+    }
+  }
+}
+
+function addCounts(into: Histogram | undefined, h: Histogram): Histogram {
+  if (!into) return { edges: h.edges, counts: [...h.counts] };
+  h.counts.forEach((n, i) => (into.counts[i] = (into.counts[i] as number) + n));
+  return into;
+}
+
+/**
+ * The quality stage a chunk of documents at a time, for a corpus that does not fit in memory: each
+ * chunk's per-document pass (shardPass, on any thread) is merged in order, then its survivors are
+ * checked against every earlier survivor, exact copies by a 128-bit hash of their normalised text
+ * and near copies in the MinHash index (outside the heap). Counts, bytes, examples and histograms
+ * come out as cleanDocuments gives them for the whole corpus at once.
+ */
+export class QualityStream<T extends QualityDoc> {
+  private input = 0;
+  private kept = 0;
+  private chunks = 0;
+  private lengths: Histogram | undefined;
+  private readonly removed: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
+  private readonly removedBytes: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
+  private readonly examples: Record<string, string[]> = {};
+  private readonly scores: Partial<Record<ScoreName, Histogram>> = {};
+  private readonly redactions = emptyPiiCounts();
+  private readonly exact = new HashSet96();
+  private readonly index: MinhashIndex | null;
+  private readonly permutations: number;
+
+  constructor(private readonly settings: QualitySettings, index?: MinhashIndex) {
+    const shape = settings.minhash ?? defaultMinhash;
+    if (index && (index.shape.bands !== shape.bands || index.shape.rows !== shape.rows)) throw new Error('the MinHash index given has another shape than settings.minhash');
+    this.permutations = shape.bands * shape.rows;
+    this.index = settings.nearDuplicateThreshold === null ? null : (index ?? new MinhashIndex(shape));
+  }
+
+  private drop(reason: RemovalReason, text: string): void {
+    this.removed[reason] = (this.removed[reason] ?? 0) + 1;
+    this.removedBytes[reason] = (this.removedBytes[reason] ?? 0) + Buffer.byteLength(text, 'utf8');
+    const list = (this.examples[reason] ??= []);
+    if (list.length < examplesPerReason) list.push(shorten(redactPii(text).text));
+  }
+
+  /** One chunk: its documents and the per-document pass over them; returns its survivors, in order, with their signatures. */
+  add(docs: T[], pass: ShardResult<T>): Candidate<T>[] {
+    this.chunks++;
+    this.input += docs.length;
+    // Histograms add up chunk by chunk: the same bins as over all documents at once.
+    this.lengths = addCounts(this.lengths, lengthHistogram(docs.map((doc) => documentText(doc).length)));
+    for (const [reason, n] of Object.entries(pass.removed)) this.removed[reason] = (this.removed[reason] ?? 0) + n;
+    for (const [reason, n] of Object.entries(pass.removedBytes)) this.removedBytes[reason] = (this.removedBytes[reason] ?? 0) + n;
+    for (const [reason, list] of Object.entries(pass.examples)) {
+      const mine = (this.examples[reason] ??= []);
+      for (const example of list) if (mine.length < examplesPerReason) mine.push(example);
+    }
+    for (const [name, values] of Object.entries(pass.scores) as [ScoreName, number[]][]) this.scores[name] = addCounts(this.scores[name], histogram(values, 0, 1, 20));
+    const survivors: Candidate<T>[] = [];
+    for (const c of pass.kept) {
+      if (!this.exact.add(createHash('sha256').update(normalizeForDedup(c.text)).digest())) {
+        this.drop('duplicate', c.text);
+        continue;
+      }
+      if (this.index && this.settings.nearDuplicateThreshold !== null) {
+        const signature = c.signature?.length === this.permutations ? c.signature : minhashSignature(c.text, this.permutations);
+        c.signature = signature;
+        const match = this.index.match(signature, this.settings.nearDuplicateThreshold);
+        if (match !== null) {
+          this.drop(match === 'earlier' ? 'earlier_update' : 'near_duplicate', c.text);
+          continue;
+        }
+        this.index.add(signature);
+      }
+      if (c.redactions) addPiiCounts(this.redactions, c.redactions);
+      this.kept++;
+      survivors.push(c);
+    }
+    return survivors;
+  }
+
+  result(): { report: QualityReport; details: QualityDetails } {
+    // With no chunk at all, the steps still report (empty histograms), as cleanDocuments does.
+    if (this.chunks === 0) this.add([], shardPass<T>([], this.settings));
+    const histograms: QualityDetails['histograms'] = { length: this.lengths as Histogram };
+    for (const [name, counts] of Object.entries(this.scores) as [ScoreName, Histogram][]) histograms[name] = counts;
+    return {
+      report: { input: this.input, kept: this.kept, removed: this.removed, removedBytes: this.removedBytes, redactions: this.redactions },
+      details: { examples: this.examples, histograms },
+    };
+  }
 }
 
 interface CleaningStep<T extends QualityDoc> {
@@ -806,34 +976,6 @@ class Tally<T extends QualityDoc> {
   /** What a shard's per-document steps left and removed (see shardPass). */
   shard(): ShardResult<T> {
     return { kept: this.candidates, removed: this.removed, removedBytes: this.removedBytes, examples: this.examples, scores: this.scoreValues };
-  }
-
-  /**
-   * Take the per-document steps' results from shards of the documents, in the documents' order:
-   * the same counts, bytes, examples (the first ones, in order), histograms and survivors as the
-   * steps run over all of them at once.
-   */
-  absorb(shards: ShardResult<T>[]): void {
-    const kept: Candidate<T>[] = [];
-    const scores: Partial<Record<ScoreName, number[]>> = {};
-    for (const shard of shards) {
-      for (const [reason, n] of Object.entries(shard.removed)) this.removed[reason] = (this.removed[reason] ?? 0) + n;
-      for (const [reason, n] of Object.entries(shard.removedBytes)) this.removedBytes[reason] = (this.removedBytes[reason] ?? 0) + n;
-      for (const [reason, list] of Object.entries(shard.examples)) {
-        const mine = (this.examples[reason] ??= []);
-        for (const example of list) if (mine.length < examplesPerReason) mine.push(example);
-      }
-      for (const [name, values] of Object.entries(shard.scores) as [ScoreName, number[]][]) {
-        const all = (scores[name] ??= []);
-        for (const v of values) all.push(v);
-      }
-      for (const c of shard.kept) kept.push(c);
-    }
-    for (const [name, values] of Object.entries(scores) as [ScoreName, number[]][]) {
-      this.scoreValues[name] = values;
-      this.histograms[name] = histogram(values, 0, 1, 20);
-    }
-    this.candidates = kept;
   }
 
   result(): CleanResult<T> {

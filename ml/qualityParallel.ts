@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { cleanDocumentsPaced, cleanDocumentsSharded, type CleanResult, type MinhashIndex, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
+import { cleanDocumentsPaced, QualityStream, type CleanResult, type MinhashIndex, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
 
 /** Documents per shard: small enough to keep every thread busy and heartbeats frequent. */
 export const defaultShardDocs = 2_000;
@@ -40,88 +40,116 @@ function workerScript(): string | null {
 export const shardAttempts = 3;
 
 /**
- * Run the shards on `threads` worker threads, each taking the next shard as it finishes one;
- * results in shard order. A thread that dies loses only the shard it was on: a new thread takes
- * that shard again (up to shardAttempts tries), and the others go on. `onShard` sees each thread
- * as it starts a shard (tests kill one there).
+ * Worker threads that run shardPass on chunks of documents as they are handed in (the quality
+ * activity streams a dataset through it). A thread that dies loses only the chunk it was on, which
+ * a new thread takes again (up to shardAttempts tries). `close` ends the threads.
  */
-async function onThreads<T extends QualityDoc>(
-  script: string,
-  shards: T[][],
-  settings: QualitySettings,
-  threads: number,
-  o: { onProgress?: () => void; onShard?: (thread: Worker, shard: number, attempt: number) => void },
-): Promise<{ results: ShardResult<T>[]; redone: number }> {
-  const results: ShardResult<T>[] = new Array(shards.length);
-  const queue = shards.map((_, i) => i);
-  const attempts = new Array<number>(shards.length).fill(0);
-  let redone = 0;
-  const live = new Set<Worker>();
-  // The activity's heartbeats keep flowing while the threads work.
-  const beat = o.onProgress ? setInterval(o.onProgress, 1_000) : undefined;
-  const runOne = (worker: Worker, id: number): Promise<ShardResult<T>> =>
-    new Promise<ShardResult<T>>((resolve, reject) => {
-      const cleanup = () => {
-        worker.off('message', onMessage);
-        worker.off('error', onError);
-        worker.off('exit', onExit);
-      };
-      const onMessage = (m: { id: number; result?: ShardResult<T>; error?: string }) => {
-        if (m.id !== id) return;
-        cleanup();
-        if (m.error !== undefined) reject(Object.assign(new Error(`quality worker thread failed on shard ${id}: ${m.error}`), { fatal: true }));
-        else resolve(m.result as ShardResult<T>);
-      };
-      const onError = (err: Error) => {
-        cleanup();
-        reject(err);
-      };
-      const onExit = (code: number) => {
-        cleanup();
-        reject(new Error(`quality worker thread exited (${code}) during shard ${id}`));
-      };
-      worker.on('message', onMessage);
-      worker.once('error', onError);
-      worker.once('exit', onExit);
-      attempts[id] = (attempts[id] as number) + 1;
-      o.onShard?.(worker, id, attempts[id] as number);
-      worker.postMessage({ id, docs: shards[id], settings });
-    });
-  try {
-    await Promise.all(
-      Array.from({ length: Math.min(threads, shards.length) }, async () => {
-        let worker: Worker | undefined;
-        while (queue.length) {
-          const id = queue.shift() as number;
-          if (!worker) {
-            worker = new Worker(script);
-            live.add(worker);
-          }
-          try {
-            results[id] = await runOne(worker, id);
-            o.onProgress?.();
-          } catch (err) {
-            // A filter that throws would throw again: the stage fails. A thread that died is replaced.
-            if ((err as { fatal?: boolean }).fatal || (attempts[id] as number) >= shardAttempts) throw err;
-            live.delete(worker);
-            await worker.terminate();
-            worker = undefined;
-            redone++;
-            queue.unshift(id);
-          }
-        }
-      }),
-    );
-  } finally {
-    if (beat) clearInterval(beat);
-    await Promise.all([...live].map((w) => w.terminate()));
+export class ShardPool<T extends QualityDoc> {
+  private readonly idle: Worker[] = [];
+  private readonly waiting: (() => void)[] = [];
+  private readonly live = new Set<Worker>();
+  private started = 0;
+  private chunks = 0;
+  redone = 0;
+
+  constructor(
+    private readonly script: string,
+    private readonly threads: number,
+    private readonly settings: QualitySettings,
+    private readonly onShard?: (thread: Worker, shard: number, attempt: number) => void,
+  ) {}
+
+  private async take(): Promise<Worker> {
+    for (;;) {
+      const worker = this.idle.pop();
+      if (worker) return worker;
+      if (this.started < this.threads) {
+        this.started++;
+        const fresh = new Worker(this.script);
+        this.live.add(fresh);
+        return fresh;
+      }
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    }
   }
-  return { results, redone };
+
+  private give(worker: Worker): void {
+    this.idle.push(worker);
+    this.waiting.shift()?.();
+  }
+
+  private async discard(worker: Worker): Promise<void> {
+    this.live.delete(worker);
+    this.started--;
+    await worker.terminate();
+    this.waiting.shift()?.();
+  }
+
+  async run(docs: T[]): Promise<ShardResult<T>> {
+    const id = this.chunks++;
+    for (let attempt = 1; ; attempt++) {
+      const worker = await this.take();
+      try {
+        const result = await new Promise<ShardResult<T>>((resolve, reject) => {
+          const cleanup = () => {
+            worker.off('message', onMessage);
+            worker.off('error', onError);
+            worker.off('exit', onExit);
+          };
+          const onMessage = (m: { id: number; result?: ShardResult<T>; error?: string }) => {
+            if (m.id !== id) return;
+            cleanup();
+            if (m.error !== undefined) reject(Object.assign(new Error(`quality worker thread failed on shard ${id}: ${m.error}`), { fatal: true }));
+            else resolve(m.result as ShardResult<T>);
+          };
+          const onError = (err: Error) => {
+            cleanup();
+            reject(err);
+          };
+          const onExit = (code: number) => {
+            cleanup();
+            reject(new Error(`quality worker thread exited (${code}) during shard ${id}`));
+          };
+          worker.on('message', onMessage);
+          worker.once('error', onError);
+          worker.once('exit', onExit);
+          this.onShard?.(worker, id, attempt);
+          worker.postMessage({ id, docs, settings: this.settings });
+        });
+        this.give(worker);
+        return result;
+      } catch (err) {
+        // A filter that throws would throw again: the stage fails. A thread that died is replaced.
+        if ((err as { fatal?: boolean }).fatal) {
+          this.give(worker);
+          throw err;
+        }
+        await this.discard(worker);
+        if (attempt >= shardAttempts) throw err;
+        this.redone++;
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.live].map((w) => w.terminate()));
+    this.live.clear();
+  }
+}
+
+/** A pool for `settings`, or null where the stage runs on this thread (one thread, or no compiled worker script). */
+export function shardPool<T extends QualityDoc>(settings: QualitySettings, o: { threads?: number; onShard?: (thread: Worker, shard: number, attempt: number) => void } = {}): ShardPool<T> | null {
+  const threads = o.threads ?? qualityThreads();
+  const script = workerScript();
+  if (threads <= 1 || script === null) return null;
+  return new ShardPool<T>(script, threads, settings, o.onShard);
 }
 
 /**
- * cleanDocuments on `threads` threads (default qualityThreads()); on one thread, or without the
- * compiled worker script (running from TypeScript sources without a build), cleanDocumentsPaced.
+ * cleanDocuments on `threads` threads (default qualityThreads()), as the quality activity runs it:
+ * shards of `shardDocs` documents through a ShardPool and a QualityStream. On one thread, or
+ * without the compiled worker script (running from TypeScript sources without a build),
+ * cleanDocumentsPaced.
  */
 export async function cleanDocumentsParallel<T extends QualityDoc>(
   docs: T[],
@@ -130,21 +158,31 @@ export async function cleanDocumentsParallel<T extends QualityDoc>(
 ): Promise<CleanResult<T> & { threads: number; redoneShards: number }> {
   const threads = o.threads ?? qualityThreads();
   const shardDocs = o.shardDocs ?? defaultShardDocs;
-  const script = workerScript();
-  if (threads <= 1 || docs.length <= shardDocs || script === null) {
+  const pool = docs.length > shardDocs ? shardPool<T>(settings, { threads, ...(o.onShard ? { onShard: o.onShard } : {}) }) : null;
+  if (!pool) {
     const result = await cleanDocumentsPaced(docs, settings, { ...(o.onProgress ? { onProgress: o.onProgress } : {}), ...(o.index ? { index: o.index } : {}) });
     return { ...result, threads: 1, redoneShards: 0 };
   }
-  let redoneShards = 0;
-  const result = await cleanDocumentsSharded(
-    docs,
-    settings,
-    async (shards) => {
-      const done = await onThreads(script, shards, settings, threads, { ...(o.onProgress ? { onProgress: o.onProgress } : {}), ...(o.onShard ? { onShard: o.onShard } : {}) });
-      redoneShards = done.redone;
-      return done.results;
-    },
-    { shardDocs, ...(o.index ? { index: o.index } : {}), ...(o.onProgress ? { onProgress: o.onProgress } : {}) },
-  );
-  return { ...result, threads, redoneShards };
+  const stream = new QualityStream<T>(settings, o.index);
+  const chunks: T[][] = [];
+  for (let i = 0; i < docs.length; i += shardDocs) chunks.push(docs.slice(i, i + shardDocs));
+  // Every shard handed in at once: the pool runs them as threads come free, and they are merged in order.
+  const passes = chunks.map((chunk) => pool.run(chunk));
+  for (const pass of passes) pass.catch(() => undefined); // each is awaited below; this only keeps an early failure from going unhandled
+  const beat = o.onProgress ? setInterval(o.onProgress, 1_000) : undefined;
+  const kept: T[] = [];
+  const signatures: (Uint32Array | undefined)[] = [];
+  try {
+    for (const [i, chunk] of chunks.entries()) {
+      for (const c of stream.add(chunk, await (passes[i] as Promise<ShardResult<T>>))) {
+        kept.push(c.doc);
+        signatures.push(c.signature);
+      }
+      o.onProgress?.();
+    }
+  } finally {
+    if (beat) clearInterval(beat);
+    await pool.close();
+  }
+  return { kept, signatures, ...stream.result(), threads, redoneShards: pool.redone };
 }

@@ -1,6 +1,6 @@
 import { defaultHeuristics } from '../ml/heuristics';
 import { generateDemoCorpus, mulberry32 } from '../ml/demoCorpus';
-import { cleanDocuments, defaultQualitySettings, type QualitySettings } from '../ml/quality';
+import { cleanDocuments, defaultQualitySettings, QualityStream, shardPass, type QualitySettings } from '../ml/quality';
 import { cleanDocumentsParallel, qualityThreads } from '../ml/qualityParallel';
 
 /**
@@ -64,6 +64,26 @@ test('a thread killed mid-shard loses only that shard: another thread does it ag
   expect(many.kept).toEqual(one.kept);
   expect(many.report).toEqual(one.report);
 }, 120_000);
+
+test('a chunk at a time (QualityStream, as the activity streams a dataset), the stage gives exactly what one pass gives', () => {
+  const docs = corpus(1_300);
+  const one = cleanDocuments(docs, settings);
+  const stream = new QualityStream<(typeof docs)[number]>(settings);
+  const kept: (typeof docs)[number][] = [];
+  for (let i = 0; i < docs.length; i += 137) {
+    const chunk = docs.slice(i, i + 137);
+    for (const c of stream.add(chunk, shardPass(chunk, settings))) kept.push(c.doc);
+  }
+  const { report, details } = stream.result();
+  expect(kept).toEqual(one.kept);
+  expect(report).toEqual(one.report);
+  expect(details).toEqual(one.details);
+  // And with nothing at all, the same empty report.
+  const none = new QualityStream<(typeof docs)[number]>(settings).result();
+  const empty = cleanDocuments([], settings);
+  expect(none.report).toEqual(empty.report);
+  expect(none.details).toEqual(empty.details);
+});
 
 test('DACP_QUALITY_THREADS sets the threads, and a bad value is refused naming it', () => {
   expect(qualityThreads({ DACP_QUALITY_THREADS: '3' })).toBe(3);
