@@ -135,6 +135,18 @@ describe('near-duplicate removal against earlier updates (quality.dedupAgainst)'
   });
 });
 
+describe('the held-out split in the quality activity', () => {
+  it('moves the last training document over when the hash split leaves held-out empty, as documents stream past', async () => {
+    const next = random(5);
+    const docs = Array.from({ length: 6 }, () => ({ text: documentWords(next).join(' ') }));
+    const { result, train, heldout } = await runQuality({}, docs, 0.01);
+    // At 1 %, six documents almost surely all hash to train (checked: none of these does).
+    expect(result.summary.perRole.domain).toMatchObject({ kept: 6, train: 5, heldout: 1 });
+    expect(heldout).toEqual([docs[5]?.text]);
+    expect(train).toEqual(docs.slice(0, 5).map((d) => d.text));
+  });
+});
+
 describe('near-duplicate removal in the quality activity', () => {
   const next = random(7);
   const originals = Array.from({ length: 12 }, () => documentWords(next));
