@@ -197,7 +197,7 @@ function duplicates(items: string[]): { fraction: number; charFraction: number }
  * The words as integers (equal words, equal ids), so n-grams are compared by a number instead of a
  * joined string.
  */
-function wordIds(w: string[]): Int32Array {
+export function wordIds(w: string[]): Int32Array {
   const ids = new Map<string, number>();
   const out = new Int32Array(w.length);
   for (let i = 0; i < w.length; i++) {
@@ -214,7 +214,7 @@ function wordIds(w: string[]): Int32Array {
  * double (32 + 21 bits), so equal n-grams always share a key and two different ones of a document
  * share one with a probability near 2^-53 a pair.
  */
-function ngramKey(ids: Int32Array, start: number, n: number): number {
+export function ngramKey(ids: Int32Array, start: number, n: number): number {
   let a = 0x811c9dc5;
   let b = 0x9747b28c;
   for (let k = start; k < start + n; k++) {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { heuristicReasons, heuristicVerdict, type HeuristicSettings } from './heuristics';
+import { heuristicReasons, heuristicVerdict, ngramKey, wordIds, type HeuristicSettings } from './heuristics';
 import { defaultMinLanguageScore, inExpectedLanguage } from './language';
 
 /**
@@ -101,6 +101,8 @@ export interface Candidate<T extends QualityDoc> {
   redactions?: PiiCounts;
   /** MinHash signature, when computed ahead (see cleanDocumentsPaced). */
   signature?: Uint32Array;
+  /** sha256 of the normalised text, when computed ahead (shardPass), for exact de-duplication. */
+  exactKey?: Uint8Array;
 }
 
 export interface StepResult<T extends QualityDoc> {
@@ -247,14 +249,18 @@ function duplicateNgramShare(text: string, n: number): number {
   const words = text.toLowerCase().split(/\s+/u).filter((w) => w.length > 0);
   if (words.length < Math.max(2 * n, repetitionNgramMinWords)) return 0;
   const totalChars = words.reduce((sum, w) => sum + w.length, 0);
-  const counts = new Map<string, number>();
+  // N-grams compared by a numeric key of their words' ids (ml/heuristics.ts), not a joined string.
+  const ids = wordIds(words);
+  const keys = new Float64Array(words.length - n + 1);
+  const counts = new Map<number, number>();
   for (let i = 0; i + n <= words.length; i++) {
-    const gram = words.slice(i, i + n).join(' ');
-    counts.set(gram, (counts.get(gram) ?? 0) + 1);
+    const key = ngramKey(ids, i, n);
+    keys[i] = key;
+    counts.set(key, (counts.get(key) ?? 0) + 1);
   }
   const covered = new Uint8Array(words.length);
   for (let i = 0; i + n <= words.length; i++) {
-    if ((counts.get(words.slice(i, i + n).join(' ')) ?? 0) > 1) covered.fill(1, i, i + n);
+    if ((counts.get(keys[i] as number) ?? 0) > 1) covered.fill(1, i, i + n);
   }
   let coveredChars = 0;
   for (let i = 0; i < words.length; i++) if (covered[i]) coveredChars += words[i].length;
@@ -287,10 +293,32 @@ export function heuristicFilter<T extends QualityDoc>(docs: Candidate<T>[], sett
 const ordinaryChar = /[\p{L}\p{N}\p{M}.,;:!?'"()\-/%&’‘“”—–…]/u;
 
 /** Share of non-whitespace characters that are neither letters, digits, marks nor common punctuation. */
+/** For ASCII: 0 white space, 1 ordinary, 2 symbol, as the regular expressions below say. */
+const asciiClass = Uint8Array.from({ length: 128 }, (_, code) => {
+  const ch = String.fromCharCode(code);
+  return /\s/u.test(ch) ? 0 : ordinaryChar.test(ch) ? 1 : 2;
+});
+
 export function symbolRatio(text: string): number {
   let visible = 0;
   let symbols = 0;
-  for (const ch of text) {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 128) {
+      const kind = asciiClass[code] as number;
+      if (kind === 0) continue;
+      visible++;
+      if (kind === 2) symbols++;
+      continue;
+    }
+    // Hangul syllables are letters.
+    if (code >= 0xac00 && code <= 0xd7a3) {
+      visible++;
+      continue;
+    }
+    const point = text.codePointAt(i) as number;
+    if (point > 0xffff) i++;
+    const ch = String.fromCodePoint(point);
     if (/\s/u.test(ch)) continue;
     visible++;
     if (!ordinaryChar.test(ch)) symbols++;
@@ -342,7 +370,12 @@ export const MINHASH_ALGORITHM = 'word5-fnv1a-ax+b/1';
 
 /** MinHash signature (`permutations` hashes) of a text's word 5-gram set (a text shorter than that is one shingle). */
 export function minhashSignature(text: string, permutations: number = defaultMinhash.bands * defaultMinhash.rows): Uint32Array {
-  const words = normalizeForDedup(text).split(' ');
+  return minhashOfNormalized(normalizeForDedup(text), permutations);
+}
+
+/** minhashSignature of a text already through normalizeForDedup. */
+export function minhashOfNormalized(normalized: string, permutations: number): Uint32Array {
+  const words = normalized.split(' ');
   // Each word hashed once; a shingle's hash chains its words' hashes in order.
   const wordHashes = new Uint32Array(words.length);
   for (let i = 0; i < words.length; i++) wordHashes[i] = fnv1a(words[i] as string);
@@ -778,9 +811,12 @@ export interface ShardResult<T extends QualityDoc> {
 export function shardPass<T extends QualityDoc>(docs: T[], settings: QualitySettings): ShardResult<T> {
   const tally = new Tally<T>(docs);
   for (const step of cleaningSteps<T>(settings).filter((s) => s.perDocument)) tally.apply(step.run(tally.candidates));
-  if (settings.nearDuplicateThreshold !== null) {
-    const shape = settings.minhash ?? defaultMinhash;
-    for (const c of tally.candidates) c.signature = minhashSignature(c.text, shape.bands * shape.rows);
+  // What the comparing steps need of each survivor, computed here, on the shard's thread.
+  const shape = settings.minhash ?? defaultMinhash;
+  for (const c of tally.candidates) {
+    const normalized = normalizeForDedup(c.text);
+    c.exactKey = createHash('sha256').update(normalized).digest();
+    if (settings.nearDuplicateThreshold !== null) c.signature = minhashOfNormalized(normalized, shape.bands * shape.rows);
   }
   return tally.shard();
 }
@@ -795,9 +831,14 @@ class HashSet96 {
   private count = 0;
 
   /** Adds the hash; false when it was there already. */
-  add(digest: Buffer): boolean {
-    const a = digest.readUIntBE(0, 6);
-    const b = digest.readUIntBE(6, 6);
+  add(digest: Uint8Array): boolean {
+    // (A Buffer that crossed from a worker thread arrives as a plain Uint8Array.)
+    let a = 0;
+    let b = 0;
+    for (let i = 0; i < 6; i++) {
+      a = a * 256 + (digest[i] as number);
+      b = b * 256 + (digest[i + 6] as number);
+    }
     if ((this.count + 1) * 2 > this.used.length) this.grow();
     const mask = this.used.length - 1;
     let i = (a ^ (b >>> 3)) & mask;
@@ -887,7 +928,7 @@ export class QualityStream<T extends QualityDoc> {
     for (const [name, values] of Object.entries(pass.scores) as [ScoreName, number[]][]) this.scores[name] = addCounts(this.scores[name], histogram(values, 0, 1, 20));
     const survivors: Candidate<T>[] = [];
     for (const c of pass.kept) {
-      if (!this.exact.add(createHash('sha256').update(normalizeForDedup(c.text)).digest())) {
+      if (!this.exact.add(c.exactKey ?? createHash('sha256').update(normalizeForDedup(c.text)).digest())) {
         this.drop('duplicate', c.text);
         continue;
       }

@@ -10,6 +10,7 @@ import {
   removalReasons,
   repetitionFilter,
   symbolFilter,
+  symbolRatio,
   type Candidate,
   type QualityReport,
   type QualitySettings,
@@ -20,6 +21,22 @@ const prose = (topic: string): string =>
   `The ${topic} team reviewed the handover parameters on the northern cluster and agreed to raise the time to trigger.`;
 const candidates = (texts: string[]): Candidate<{ text: string }>[] => texts.map((text) => ({ doc: { text }, text }));
 const removedSum = (report: QualityReport): number => Object.values(report.removed).reduce((a, b) => a + b, 0);
+
+describe('symbolRatio', () => {
+  it('is the share of visible characters that are not letters, digits, marks or common punctuation, by its ASCII and Hangul shortcuts too', () => {
+    const ordinary = /[\p{L}\p{N}\p{M}.,;:!?'"()\-/%&’‘“”—–…]/u;
+    const reference = (text: string) => {
+      const visible = [...text].filter((ch) => !/\s/u.test(ch));
+      return visible.length === 0 ? 0 : visible.filter((ch) => !ordinary.test(ch)).length / visible.length;
+    };
+    const alphabet = [...'aZ09 \t\n.,;:!?#$%^&*()[]{}<>~`|\\/@한국어日本語é\u0301😀🚀€£¥§¶•…—–“”‘’\u00A0\u2003\u3000'];
+    const next = mulberry32(12);
+    for (let i = 0; i < 5_000; i++) {
+      const text = Array.from({ length: Math.floor(next() * 40) }, () => alphabet[Math.floor(next() * alphabet.length)]).join('');
+      expect([text, symbolRatio(text)]).toEqual([text, reference(text)]);
+    }
+  });
+});
 
 describe('normalizeForDedup', () => {
   it('case-folds, collapses whitespace and applies NFKC', () => {
