@@ -12,7 +12,7 @@ import { ArtifactStore } from '../activities/artifacts';
 import { readDataset } from '../activities/datasets';
 import { tinySpec } from './helpers/fixtures';
 import { startHarness, type Harness } from './helpers/harness';
-import { eventually, GiveUp } from './helpers/temporal';
+import { eventually, GiveUp, historyText as historyOf } from './helpers/temporal';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -81,18 +81,7 @@ async function toGate(runId: string): Promise<RunStatus> {
   }, `${runId} to reach approval`, 300_000, 250);
 }
 
-/** Every string and payload of a run's history, decoded, one per line. */
-async function historyText(runId: string): Promise<string> {
-  const texts: string[] = [];
-  const walk = (value: unknown): void => {
-    if (value instanceof Uint8Array) texts.push(Buffer.from(value).toString('utf8'));
-    else if (typeof value === 'string') texts.push(value);
-    else if (Array.isArray(value)) value.forEach(walk);
-    else if (value && typeof value === 'object') Object.values(value).forEach(walk);
-  };
-  walk(await h.client.workflow.getHandle(runId).fetchHistory());
-  return texts.join('\n');
-}
+const historyText = (runId: string) => historyOf(h.client, runId);
 
 async function finished(runId: string, state: string): Promise<void> {
   await eventually(async () => ((await runStatus(h.runs, runId)).state === state ? true : undefined), `${runId} to be ${state}`, 120_000, 250);

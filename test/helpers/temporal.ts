@@ -60,3 +60,16 @@ export function tempHome(prefix = 'dacp-home-'): string {
 export function runsFor(client: Client, pool: Pool, home: string): RunContext {
   return { client, pool, artifactsDir: path.join(home, 'artifacts') };
 }
+
+/** Every string and payload of a run's history, decoded, one per line (to look for what must not be there). */
+export async function historyText(client: Client, workflowId: string): Promise<string> {
+  const texts: string[] = [];
+  const walk = (value: unknown): void => {
+    if (value instanceof Uint8Array) texts.push(Buffer.from(value).toString('utf8'));
+    else if (typeof value === 'string') texts.push(value);
+    else if (Array.isArray(value)) value.forEach(walk);
+    else if (value && typeof value === 'object') Object.values(value).forEach(walk);
+  };
+  walk(await client.workflow.getHandle(workflowId).fetchHistory());
+  return texts.join('\n');
+}

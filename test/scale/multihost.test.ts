@@ -16,7 +16,7 @@ import { GpuWorkerProcess, writeStepProbe } from '../faults/helpers/gpuWorker';
 import { sharedTinyBase, tinySpec, writeTinyCorpus } from '../helpers/fixtures';
 import { enrolTestPrincipals } from '../helpers/identities';
 import { startS3Server, type S3Server } from '../helpers/s3';
-import { eventually, GiveUp } from '../helpers/temporal';
+import { eventually, GiveUp, historyText as historyOf } from '../helpers/temporal';
 import { createHosts, netnsUnavailable, type Hosts } from './netns';
 
 const run = promisify(execFile);
@@ -166,18 +166,7 @@ describeHosts('several hosts (network namespaces): core, ctl, gpu1, gpu2, sharin
     }, `run ${runId} to be ${states.join(' or ')}`, timeoutMs, 500);
   }
 
-  /** Every string and payload of a run's history, decoded, one per line. */
-  async function historyText(runId: string): Promise<string> {
-    const texts: string[] = [];
-    const walk = (value: unknown): void => {
-      if (value instanceof Uint8Array) texts.push(Buffer.from(value).toString('utf8'));
-      else if (typeof value === 'string') texts.push(value);
-      else if (Array.isArray(value)) value.forEach(walk);
-      else if (value && typeof value === 'object') Object.values(value).forEach(walk);
-    };
-    walk(await client.workflow.getHandle(runId).fetchHistory());
-    return texts.join('\n');
-  }
+  const historyText = (runId: string) => historyOf(client, runId);
 
   let referenceSha: string;
   let gpu1: GpuWorkerProcess & { home: string };
