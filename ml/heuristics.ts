@@ -5,7 +5,8 @@
  * GopherRepetitionFilter, which FineWeb uses). docs/data-quality.md cites each threshold.
  *
  * Words come from `Intl.Segmenter`, which knows scripts without spaces, so a Japanese or Chinese
- * paragraph is many words, not one. A document's script decides its language for the rules that
+ * paragraph is many words, not one (where no dictionary is needed, `words` applies the same
+ * Unicode rules itself, faster). A document's script decides its language for the rules that
  * depend on it (mean word length, stop words): Hangul is Korean, kana is Japanese, Han without kana
  * is Chinese, Latin is English for the stop-word rule; other scripts skip the stop-word rule.
  */
