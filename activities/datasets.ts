@@ -99,6 +99,30 @@ export async function* datasetShards<T extends DatasetDoc = DatasetDoc>(store: A
   }
 }
 
+/**
+ * Documents `from` (inclusive) to `to` (exclusive) of a dataset, a shard at a time: only the shards
+ * that hold them are read (each checked against its hash). A quality part reads its share this way.
+ */
+export async function* datasetRange<T extends DatasetDoc = DatasetDoc>(store: ArtifactStore, ref: DatasetRef, from: number, to: number): AsyncGenerator<T[]> {
+  const manifest = await store.getJson<DatasetManifest>(ref);
+  let first = 0;
+  for (const shard of manifest.shards) {
+    const end = first + shard.docs;
+    if (end > from && first < to) {
+      const docs: T[] = [];
+      let i = first;
+      for (const line of (await store.get(shard)).toString('utf8').split('\n')) {
+        if (!line) continue;
+        if (i >= from && i < to) docs.push(JSON.parse(line) as T);
+        i++;
+      }
+      yield docs;
+    }
+    if (end >= to) break;
+    first = end;
+  }
+}
+
 /** Read every document of a dataset, verifying the manifest and each shard against their hashes. */
 export async function readDataset<T extends DatasetDoc = DatasetDoc>(store: ArtifactStore, ref: DatasetRef): Promise<T[]> {
   const manifest = await store.getJson<DatasetManifest>(ref);

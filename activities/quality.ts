@@ -2,11 +2,14 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
 import type { Pool } from 'pg';
-import { promises as fs } from 'node:fs';
+import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { qualityThreads, shardPool } from '../ml/qualityParallel';
 import {
+  addToTally,
+  emptyTally,
   MINHASH_ALGORITHM,
   minhashSignature,
   MinhashIndex,
@@ -15,17 +18,19 @@ import {
   shardPass,
   type Candidate,
   type MinhashShape,
+  type PassTally,
+  type PiiCounts,
   type QualityDetails,
   type QualityReport,
   type QualitySettings,
   type ShardResult,
 } from '../ml/quality';
-import type { ArtifactRef, DatasetRef, DatasetRole } from '../schemas/pipeline';
+import { qualityPartRange, type ArtifactRef, type DatasetRef, type DatasetRole } from '../schemas/pipeline';
 import { domainMixes } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
 import { sha256Hex, type ArtifactStore } from './artifacts';
 import type { ActivityDeps } from './context';
-import { datasetShards, DatasetWriter, docText, readDataset, type DatasetDoc } from './datasets';
+import { datasetRange, datasetShards, DatasetWriter, docText, readDataset, type DatasetDoc } from './datasets';
 
 export interface QualitySummary {
   report: ArtifactRef;
@@ -34,7 +39,8 @@ export interface QualitySummary {
    * many runs and documents (the runs themselves are listed in the stored report).
    */
   earlier?: { schedule?: string; runs: number; documents: number; olderRunsLeftOut?: number };
-  perRole: Record<DatasetRole, QualityReport & { train: number; heldout: number }>;
+  /** `parts`: where the role's pass ran as separate activities (quality.partMB), how many. */
+  perRole: Record<DatasetRole, QualityReport & { train: number; heldout: number; parts?: number }>;
   /** Where the run weighs its domain sources: what each kept, by source name. */
   domainSources?: Record<string, { train: number; heldout: number }>;
 }
@@ -260,6 +266,116 @@ async function earlierIndex(
   return { index, documents: index.size, used, leftOut };
 }
 
+/** The quality settings of a run's spec. */
+function settingsOf(spec: RunSpec): QualitySettings {
+  return {
+    minChars: spec.quality.minChars,
+    maxChars: spec.quality.maxChars,
+    maxRepetitionRatio: spec.quality.maxRepetitionRatio,
+    maxSymbolRatio: spec.quality.maxSymbolRatio,
+    redactPii: spec.quality.redactPii,
+    nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
+    // Runs from before quality.minhash keep their index shape (32 × 4).
+    minhash: spec.quality.minhash ?? SHAPE_BEFORE,
+    // Runs from before carry no heuristics: off, as they ran.
+    heuristics: spec.quality.heuristics ?? null,
+    minLanguageScore: spec.quality.minLanguageScore ?? 0.8,
+  };
+}
+
+/**
+ * The per-document pass (shardPass) over chunks of documents, handed to `onPass` in their order:
+ * on worker threads (DACP_QUALITY_THREADS, one per core), a few chunks ahead; on this thread, in
+ * slices, so heartbeats keep flowing either way.
+ */
+async function passChunks(
+  chunks: AsyncIterable<DatasetDoc[]>,
+  settings: QualitySettings,
+  beat: () => void,
+  onPass: (docs: DatasetDoc[], pass: ShardResult<DatasetDoc>) => Promise<void>,
+): Promise<void> {
+  const threads = shardPool<DatasetDoc>(settings);
+  const timer = threads ? setInterval(beat, 1_000) : undefined;
+  try {
+    const ahead: { docs: DatasetDoc[]; pass: Promise<ShardResult<DatasetDoc>> }[] = [];
+    const next = async () => {
+      const { docs, pass } = ahead.shift() as (typeof ahead)[number];
+      await onPass(docs, await pass);
+      beat();
+    };
+    for await (const docs of chunks) {
+      if (threads) {
+        const pass = threads.run(docs);
+        pass.catch(() => undefined); // awaited in order below; this only keeps an early failure from going unhandled
+        ahead.push({ docs, pass });
+        if (ahead.length > qualityThreads()) await next();
+        continue;
+      }
+      for (let i = 0; i < docs.length; i += 256) {
+        const slice = docs.slice(i, i + 256);
+        await onPass(slice, shardPass(slice, settings));
+        beat();
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+    }
+    while (ahead.length) await next();
+  } finally {
+    if (timer) clearInterval(timer);
+    await threads?.close();
+  }
+}
+
+/** A quality part's result: its stored survivors and tally, and counts (what history holds of it). */
+export interface QualityPartRef extends ArtifactRef {
+  input: number;
+  kept: number;
+}
+
+/** One survivor of a part's pass, as a line of its file: the document, its exact hash, signature and redactions. */
+interface PartLine {
+  d: DatasetDoc;
+  k: string;
+  s?: string;
+  r?: PiiCounts;
+}
+
+/**
+ * A part's stored pass, in order: survivors a batch at a time to `onSurvivors`, then its tally.
+ * The file is checked against its hash before it is read.
+ */
+async function readPart(
+  store: ArtifactStore,
+  ref: QualityPartRef,
+  onSurvivors: (kept: Candidate<DatasetDoc>[]) => Promise<void>,
+  beat: () => void,
+): Promise<PassTally> {
+  const file = await store.localFile(ref);
+  let tally: PassTally | undefined;
+  let batch: Candidate<DatasetDoc>[] = [];
+  const lines = createInterface({ input: createReadStream(file, 'utf8'), crlfDelay: Infinity });
+  for await (const line of lines) {
+    if (!line) continue;
+    if (tally) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} has lines after its tally`, 'ArtifactInvalid');
+    const row = JSON.parse(line) as PartLine | { tally: PassTally };
+    if ('tally' in row) {
+      tally = row.tally;
+      continue;
+    }
+    const c: Candidate<DatasetDoc> = { doc: row.d, text: docText(row.d), exactKey: Buffer.from(row.k, 'hex') };
+    if (row.s !== undefined) c.signature = new Uint32Array(new Uint8Array(Buffer.from(row.s, 'base64')).buffer);
+    if (row.r) c.redactions = row.r;
+    batch.push(c);
+    if (batch.length >= 1024) {
+      await onSurvivors(batch);
+      batch = [];
+      beat();
+    }
+  }
+  if (batch.length) await onSurvivors(batch);
+  if (!tally || tally.input !== ref.input) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} ends without its tally of ${ref.input} documents`, 'ArtifactInvalid');
+  return tally;
+}
+
 /**
  * quality: filter, redact PII, remove exact and near-duplicates (within the run, and for the domain
  * data against earlier updates' too), then split held-out sets; fail clearly when too little
@@ -267,7 +383,57 @@ async function earlierIndex(
  */
 export function qualityActivities({ pool, store }: ActivityDeps) {
   return {
-    async qualityFilter(input: { runId: string; spec: RunSpec; raw: DatasetRef[] }): Promise<{
+    /**
+     * Part `part` of `parts` of one collected dataset: the steps that judge each document alone, on
+     * this worker's threads; its survivors (with their exact hashes and MinHash signatures) and its
+     * tally stored as one artifact, which qualityFilter merges in order. Retried anywhere, it
+     * stores the same bytes.
+     */
+    async qualityPart(input: { runId: string; spec: RunSpec; raw: DatasetRef; part: number; parts: number }): Promise<QualityPartRef> {
+      const { raw, part, parts } = input;
+      if (!Number.isInteger(parts) || parts < 1 || !Number.isInteger(part) || part < 0 || part >= parts) {
+        throw ApplicationFailure.nonRetryable(`quality part ${part} of ${parts}: not a part of the dataset`, 'InputInvalid');
+      }
+      const settings = settingsOf(input.spec);
+      const { from, to } = qualityPartRange(raw.docs, part, parts);
+      const beat = () => Context.current().heartbeat({ role: raw.role, part });
+      const tempDir = await fs.mkdtemp(path.join(os.tmpdir(), 'dacp-quality-part-'));
+      const file = path.join(tempDir, 'part.jsonl');
+      const tally = emptyTally();
+      let kept = 0;
+      try {
+        let lines: string[] = [];
+        const flush = async () => {
+          if (lines.length) await fs.appendFile(file, lines.join(''));
+          lines = [];
+        };
+        await fs.writeFile(file, '');
+        await passChunks(datasetRange<DatasetDoc>(store, raw, from, to), settings, beat, async (docs, pass) => {
+          addToTally(tally, docs, pass);
+          for (const c of pass.kept) {
+            const row: PartLine = { d: c.doc, k: Buffer.from(c.exactKey ?? []).toString('hex') };
+            if (c.signature) row.s = Buffer.from(c.signature.buffer, c.signature.byteOffset, c.signature.byteLength).toString('base64');
+            if (c.redactions) row.r = c.redactions;
+            lines.push(`${JSON.stringify(row)}\n`);
+            kept++;
+          }
+          if (lines.length >= 1024) await flush();
+        });
+        lines.push(`${JSON.stringify({ tally })}\n`);
+        await flush();
+        if (tally.input !== to - from) throw ApplicationFailure.nonRetryable(`quality part ${part} of ${parts}: read ${tally.input} documents of ${to - from}; the dataset's manifest does not match its reference`, 'ArtifactInvalid');
+        const ref = await store.putFile('quality-parts', file, 'jsonl');
+        return { uri: ref.uri, sha256: ref.sha256, bytes: ref.bytes, input: tally.input, kept };
+      } finally {
+        await fs.rm(tempDir, { recursive: true, force: true });
+      }
+    },
+
+    /**
+     * `parts`: for each raw dataset (same order), the qualityPart results its pass was cut into, or
+     * null where this activity runs the pass itself.
+     */
+    async qualityFilter(input: { runId: string; spec: RunSpec; raw: DatasetRef[]; parts?: (QualityPartRef[] | null)[] }): Promise<{
       datasets: DatasetRef[];
       summary: QualitySummary;
     }> {
@@ -291,20 +457,12 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
       if (against && against.runs.length > 0) {
         earlier = await earlierIndex(pool, store, against.runs, shape, () => Context.current().heartbeat({ earlier: against.runs.length }));
       }
-      const settings: QualitySettings = {
-        minChars: spec.quality.minChars,
-        maxChars: spec.quality.maxChars,
-        maxRepetitionRatio: spec.quality.maxRepetitionRatio,
-        maxSymbolRatio: spec.quality.maxSymbolRatio,
-        redactPii: spec.quality.redactPii,
-        nearDuplicateThreshold: spec.quality.nearDuplicateThreshold,
-        minhash: shape,
-        // Runs from before carry no heuristics: off, as they ran.
-        heuristics: spec.quality.heuristics ?? null,
-        minLanguageScore: spec.quality.minLanguageScore ?? 0.8,
-      };
+      const settings = settingsOf(spec);
+      if (input.parts && input.parts.length !== input.raw.length) {
+        throw ApplicationFailure.nonRetryable(`quality: ${input.parts.length} lists of parts for ${input.raw.length} datasets`, 'InputInvalid');
+      }
       try {
-        for (const raw of input.raw) {
+        for (const [i, raw] of input.raw.entries()) {
           const beat = () => Context.current().heartbeat({ role: raw.role });
           beat();
           // Only the domain data is new with each update; replay and instructions are meant to recur.
@@ -327,36 +485,12 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
               await out[isHeldout(doc, spec.heldoutFraction) ? 'heldout' : 'train'].add(doc, c.signature);
             }
           };
-          // The dataset a shard at a time: on worker threads (DACP_QUALITY_THREADS, one per core),
-          // a few shards ahead; on this thread, in slices, so heartbeats keep flowing either way.
-          const threads = shardPool<DatasetDoc>(settings);
-          const timer = threads ? setInterval(beat, 1_000) : undefined;
-          try {
-            const ahead: { docs: DatasetDoc[]; pass: Promise<ShardResult<DatasetDoc>> }[] = [];
-            const next = async () => {
-              const { docs, pass } = ahead.shift() as (typeof ahead)[number];
-              await emit(stream.add(docs, await pass));
-              beat();
-            };
-            for await (const docs of datasetShards<DatasetDoc>(store, raw)) {
-              if (threads) {
-                const pass = threads.run(docs);
-                pass.catch(() => undefined); // awaited in order below; this only keeps an early failure from going unhandled
-                ahead.push({ docs, pass });
-                if (ahead.length > qualityThreads()) await next();
-                continue;
-              }
-              for (let i = 0; i < docs.length; i += 256) {
-                const slice = docs.slice(i, i + 256);
-                await emit(stream.add(slice, shardPass(slice, settings)));
-                beat();
-                await new Promise<void>((resolve) => setImmediate(resolve));
-              }
-            }
-            while (ahead.length) await next();
-          } finally {
-            if (timer) clearInterval(timer);
-            await threads?.close();
+          const parts = input.parts?.[i] ?? null;
+          if (parts) {
+            // Its pass ran as separate activities (qualityPart): merged here in order.
+            for (const part of parts) stream.addTally(await readPart(store, part, (kept) => emit(stream.merge(kept)), beat));
+          } else {
+            await passChunks(datasetShards<DatasetDoc>(store, raw), settings, beat, (docs, pass) => emit(stream.add(docs, pass)));
           }
           // Both sides must be non-empty for training and evaluation: move the last document over if the hash split is lopsided.
           await SplitWriter.balance(out.train, out.heldout);
@@ -379,7 +513,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
             await upsertDataset(pool, input.runId, 'quality', ref);
             datasets.push(ref);
           }
-          perRole[raw.role] = { ...report, train: out.train.count, heldout: out.heldout.count };
+          perRole[raw.role] = { ...report, train: out.train.count, heldout: out.heldout.count, ...(parts ? { parts: parts.length } : {}) };
           if (raw.role === 'domain' && spec.domainRatio !== undefined) {
             domainSources = bySource;
             for (const name of names.filter((n) => weighted.includes(n) && domainSources?.[n]?.train === 0)) {

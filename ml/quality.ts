@@ -879,21 +879,62 @@ function addCounts(into: Histogram | undefined, h: Histogram): Histogram {
 }
 
 /**
+ * What a chunk's per-document pass removed and measured, summed up: counts, bytes, the first
+ * examples per reason, and the histograms (fixed bins, so they add up). A quality part (one
+ * activity's share of a dataset) stores its tally beside its survivors, for the merge.
+ */
+export interface PassTally {
+  input: number;
+  lengths: Histogram;
+  scores: Partial<Record<ScoreName, Histogram>>;
+  removed: Record<string, number>;
+  removedBytes: Record<string, number>;
+  examples: Record<string, string[]>;
+}
+
+export function emptyTally(): PassTally {
+  return {
+    input: 0,
+    lengths: lengthHistogram([]),
+    scores: {},
+    removed: Object.fromEntries(removalReasons.map((r) => [r, 0])),
+    removedBytes: Object.fromEntries(removalReasons.map((r) => [r, 0])),
+    examples: {},
+  };
+}
+
+/** Adds a chunk's documents and their per-document pass to `into`, as the chunks come in order. */
+export function addToTally<T extends QualityDoc>(into: PassTally, docs: T[], pass: ShardResult<T>): void {
+  const scores: PassTally['scores'] = {};
+  for (const [name, values] of Object.entries(pass.scores) as [ScoreName, number[]][]) scores[name] = histogram(values, 0, 1, 20);
+  mergeTally(into, { input: docs.length, lengths: lengthHistogram(docs.map((doc) => documentText(doc).length)), scores, removed: pass.removed, removedBytes: pass.removedBytes, examples: pass.examples });
+}
+
+/** Adds tally `t` (of later documents) to `into`; examples stay the first few per reason. */
+export function mergeTally(into: PassTally, t: PassTally): void {
+  into.input += t.input;
+  addCounts(into.lengths, t.lengths);
+  for (const [name, h] of Object.entries(t.scores) as [ScoreName, Histogram][]) into.scores[name] = addCounts(into.scores[name], h);
+  for (const [reason, n] of Object.entries(t.removed)) into.removed[reason] = (into.removed[reason] ?? 0) + n;
+  for (const [reason, n] of Object.entries(t.removedBytes)) into.removedBytes[reason] = (into.removedBytes[reason] ?? 0) + n;
+  for (const [reason, list] of Object.entries(t.examples)) {
+    const mine = (into.examples[reason] ??= []);
+    for (const example of list) if (mine.length < examplesPerReason) mine.push(example);
+  }
+}
+
+/**
  * The quality stage a chunk of documents at a time, for a corpus that does not fit in memory: each
- * chunk's per-document pass (shardPass, on any thread) is merged in order, then its survivors are
- * checked against every earlier survivor, exact copies by a 128-bit hash of their normalised text
- * and near copies in the MinHash index (outside the heap). Counts, bytes, examples and histograms
- * come out as cleanDocuments gives them for the whole corpus at once.
+ * chunk's per-document pass (shardPass, on any thread, or a quality part's on any control worker)
+ * is merged in order, then its survivors are checked against every earlier survivor, exact copies
+ * by a 96-bit hash of their normalised text and near copies in the MinHash index (outside the
+ * heap). Counts, bytes, examples and histograms come out as cleanDocuments gives them for the
+ * whole corpus at once.
  */
 export class QualityStream<T extends QualityDoc> {
-  private input = 0;
   private kept = 0;
   private chunks = 0;
-  private lengths: Histogram | undefined;
-  private readonly removed: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
-  private readonly removedBytes: Record<string, number> = Object.fromEntries(removalReasons.map((r) => [r, 0]));
-  private readonly examples: Record<string, string[]> = {};
-  private readonly scores: Partial<Record<ScoreName, Histogram>> = {};
+  private readonly tally = emptyTally();
   private readonly redactions = emptyPiiCounts();
   private readonly exact = new HashSet96();
   private readonly index: MinhashIndex | null;
@@ -907,27 +948,29 @@ export class QualityStream<T extends QualityDoc> {
   }
 
   private drop(reason: RemovalReason, text: string): void {
-    this.removed[reason] = (this.removed[reason] ?? 0) + 1;
-    this.removedBytes[reason] = (this.removedBytes[reason] ?? 0) + Buffer.byteLength(text, 'utf8');
-    const list = (this.examples[reason] ??= []);
+    this.tally.removed[reason] = (this.tally.removed[reason] ?? 0) + 1;
+    this.tally.removedBytes[reason] = (this.tally.removedBytes[reason] ?? 0) + Buffer.byteLength(text, 'utf8');
+    const list = (this.tally.examples[reason] ??= []);
     if (list.length < examplesPerReason) list.push(shorten(redactPii(text).text));
   }
 
   /** One chunk: its documents and the per-document pass over them; returns its survivors, in order, with their signatures. */
   add(docs: T[], pass: ShardResult<T>): Candidate<T>[] {
     this.chunks++;
-    this.input += docs.length;
-    // Histograms add up chunk by chunk: the same bins as over all documents at once.
-    this.lengths = addCounts(this.lengths, lengthHistogram(docs.map((doc) => documentText(doc).length)));
-    for (const [reason, n] of Object.entries(pass.removed)) this.removed[reason] = (this.removed[reason] ?? 0) + n;
-    for (const [reason, n] of Object.entries(pass.removedBytes)) this.removedBytes[reason] = (this.removedBytes[reason] ?? 0) + n;
-    for (const [reason, list] of Object.entries(pass.examples)) {
-      const mine = (this.examples[reason] ??= []);
-      for (const example of list) if (mine.length < examplesPerReason) mine.push(example);
-    }
-    for (const [name, values] of Object.entries(pass.scores) as [ScoreName, number[]][]) this.scores[name] = addCounts(this.scores[name], histogram(values, 0, 1, 20));
+    addToTally(this.tally, docs, pass);
+    return this.merge(pass.kept);
+  }
+
+  /** A quality part's tally (its survivors come through `merge`, in order). */
+  addTally(t: PassTally): void {
+    this.chunks++;
+    mergeTally(this.tally, t);
+  }
+
+  /** Survivors of the per-document pass, in the documents' order: removes exact and near copies of earlier ones; returns the rest. */
+  merge(kept: Candidate<T>[]): Candidate<T>[] {
     const survivors: Candidate<T>[] = [];
-    for (const c of pass.kept) {
+    for (const c of kept) {
       if (!this.exact.add(c.exactKey ?? createHash('sha256').update(normalizeForDedup(c.text)).digest())) {
         this.drop('duplicate', c.text);
         continue;
@@ -952,11 +995,12 @@ export class QualityStream<T extends QualityDoc> {
   result(): { report: QualityReport; details: QualityDetails } {
     // With no chunk at all, the steps still report (empty histograms), as cleanDocuments does.
     if (this.chunks === 0) this.add([], shardPass<T>([], this.settings));
-    const histograms: QualityDetails['histograms'] = { length: this.lengths as Histogram };
-    for (const [name, counts] of Object.entries(this.scores) as [ScoreName, Histogram][]) histograms[name] = counts;
+    const { input, lengths, scores, removed, removedBytes, examples } = this.tally;
+    const histograms: QualityDetails['histograms'] = { length: lengths };
+    for (const [name, counts] of Object.entries(scores) as [ScoreName, Histogram][]) histograms[name] = counts;
     return {
-      report: { input: this.input, kept: this.kept, removed: this.removed, removedBytes: this.removedBytes, redactions: this.redactions },
-      details: { examples: this.examples, histograms },
+      report: { input, kept: this.kept, removed, removedBytes, redactions: this.redactions },
+      details: { examples, histograms },
     };
   }
 }

@@ -64,6 +64,27 @@ export interface WorkflowSpec {
   deploy: { alias: string; smoke?: { enabled: boolean } };
   heartbeatTimeout: RunSpec['heartbeatTimeout'];
   controlHeartbeatTimeout: RunSpec['controlHeartbeatTimeout'];
+  /** Absent in runs (and schedules) from before quality parts: the default part size. */
+  quality?: Pick<RunSpec['quality'], 'partMB'>;
+}
+
+/** The most parts one dataset's quality pass is cut into (each a few events in history). */
+export const MAX_QUALITY_PARTS = 256;
+/** quality.partMB's default, for runs whose workflow input has none. */
+export const DEFAULT_QUALITY_PART_MB = 64;
+
+/**
+ * How many parts (activities) the quality stage cuts a collected dataset into: one per `partMB` of
+ * its text, at most MAX_QUALITY_PARTS and at most one per document. Pure: the workflow computes it.
+ */
+export function qualityPartCount(raw: Pick<DatasetRef, 'docs' | 'dataBytes'>, partMB: number = DEFAULT_QUALITY_PART_MB): number {
+  const byBytes = Math.ceil(raw.dataBytes / (partMB * 1024 * 1024));
+  return Math.max(1, Math.min(MAX_QUALITY_PARTS, raw.docs, byBytes));
+}
+
+/** Part `part` of `parts` of a dataset of `docs` documents: documents `from` to `to` (exclusive). */
+export function qualityPartRange(docs: number, part: number, parts: number): { from: number; to: number } {
+  return { from: Math.floor((part * docs) / parts), to: Math.floor(((part + 1) * docs) / parts) };
 }
 
 export function workflowSpec(spec: RunSpec): WorkflowSpec {
@@ -80,6 +101,7 @@ export function workflowSpec(spec: RunSpec): WorkflowSpec {
     deploy: { alias: spec.deploy.alias, smoke: { enabled: spec.deploy.smoke.enabled } },
     heartbeatTimeout: spec.heartbeatTimeout,
     controlHeartbeatTimeout: spec.controlHeartbeatTimeout,
+    quality: { partMB: spec.quality.partMB },
   };
 }
 

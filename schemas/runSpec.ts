@@ -395,6 +395,12 @@ export const RunSpec = z
          * them must come in franc's ranking for a document to stay. Same default as ml/language.ts.
          */
         minLanguageScore: z.number().min(0).max(1).default(0.8),
+        /**
+         * Each collected dataset is cut into parts of about this many MB (at most 256 parts), each a
+         * separate activity that any control worker may take; a killed worker loses only the parts it
+         * was on. One part: the stage is one activity, as before.
+         */
+        partMB: z.number().min(0.01, 'give at least 0.01 (MB of collected text per part)').max(65_536, 'give at most 65536 (MB of collected text per part)').default(64),
         /** Fewer surviving documents than this per role fails the run. */
         minDocs: z.number().int().min(1).max(100_000_000).default(10),
       })

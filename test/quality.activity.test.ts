@@ -1,4 +1,4 @@
-import { mulberry32 } from '../ml/demoCorpus';
+import { generateDemoCorpus, mulberry32 } from '../ml/demoCorpus';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import { migrate } from '../db/migrate';
 import { insertRun } from '../db/records';
 import { defaultHeuristics } from '../ml/heuristics';
 import { defaultMinhash, defaultNearDuplicateThreshold, minNearDuplicateThreshold } from '../ml/quality';
+import { qualityPartCount } from '../schemas/pipeline';
 import { parseRunSpec, RunSpec, type RunSpecInput } from '../schemas/runSpec';
 import { tinySpec } from './helpers/fixtures';
 import { createTestDatabase, type TestDatabase } from './helpers/db';
@@ -368,5 +369,84 @@ describe('quality.nearDuplicateThreshold and quality.minhash in the run spec', (
     expect(parseRunSpec(tinySpec({ quality: { dedupAgainst: false } })).quality.dedupAgainst).toBe(false);
     expect(() => parseRunSpec(tinySpec({ quality: { dedupAgainst: { schedule: 'a', runs: ['b'] } } }))).toThrow(/give either "schedule" or "runs"/);
     expect(() => parseRunSpec(tinySpec({ quality: { dedupAgainst: true as never } }))).toThrow(/quality\.dedupAgainst/);
+  });
+});
+
+describe('the quality stage in parts (quality.partMB), as the workflow runs a large dataset', () => {
+  it('part activities, run in any order and retried, then merged, give exactly the one-activity result', async () => {
+    // A mixed corpus: the demo corpus's domain documents (with its planted duplicates, PII and junk),
+    // Korean and Japanese text, documents in unexpected languages, and near copies whose originals
+    // sit in other parts, so merging must carry the dedup state across parts.
+    const demo = generateDemoCorpus({ seed: 3, domainDocs: 300, generalDocs: 0, instructionPairs: 0 });
+    const next = random(31);
+    const originals = Array.from({ length: 30 }, () => documentWords(next));
+    const docs: TextDoc[] = [
+      ...originals.map((w) => ({ text: w.join(' ') })),
+      ...demo.domain.map((text) => ({ text })),
+      { text: '서울 본사의 네트워크 운영 센터는 오늘 오전 장애를 접수했고 엔지니어들이 한 시간 안에 서비스를 복구했습니다. 담당자 연락처는 010-1234-5678 입니다.', languages: ['eng', 'kor'] },
+      { text: '東京本社のネットワーク運用センターは今朝の障害を受け付け、技術者が一時間以内にサービスを復旧しました。', languages: ['eng', 'kor'] },
+      ...originals.map((w, i) => ({ text: withOneWordChanged(w, 40 + i, `edit${i}`) })),
+      ...originals.slice(0, 5).map((w) => ({ text: w.join(' ') })),
+      { text: `${documentWords(next).join(' ')} mail jane.doe@example.com` },
+    ];
+    // Gopher's rules on, but for the stop words, which the random-word documents have none of.
+    const quality = { minDocs: 1, partMB: 0.01, heuristics: { minStopWords: null } };
+    const spec = parseRunSpec(tinySpec({ quality, heldoutFraction: 0.2 }));
+    const raw = await writeDataset(store, 'domain', 'train', docs);
+    const n = qualityPartCount(raw, spec.quality.partMB);
+    expect(n).toBeGreaterThanOrEqual(4);
+    const { qualityFilter, qualityPart } = qualityActivities({ pool: db.pool, store });
+    const env = new MockActivityEnvironment();
+    type FilterIn = Parameters<typeof qualityFilter>[0];
+    type PartIn = Parameters<typeof qualityPart>[0];
+    const filter = (input: FilterIn) => env.run<[FilterIn], Awaited<ReturnType<typeof qualityFilter>>, typeof qualityFilter>(qualityFilter, input);
+    const partOf = (input: PartIn) => env.run<[PartIn], Awaited<ReturnType<typeof qualityPart>>, typeof qualityPart>(qualityPart, input);
+    const register = async (runId: string) => insertRun(db.pool, { runId, workflowId: runId, spec, specSha256: 'test', initiator: 'engineer' });
+
+    const whole = `quality-parts-whole-${++runs}`;
+    await register(whole);
+    const one = await filter({ runId: whole, spec, raw: [raw] });
+
+    const inParts = `quality-parts-split-${++runs}`;
+    await register(inParts);
+    // Last part first: each part is judged alone; only the merge depends on their order.
+    const order = Array.from({ length: n }, (_, i) => n - 1 - i);
+    const refs: Awaited<ReturnType<typeof qualityPart>>[] = [];
+    for (const part of order) refs[part] = await partOf({ runId: inParts, spec, raw, part, parts: n });
+    // A retried part (on another worker) stores the very same bytes.
+    expect(await partOf({ runId: inParts, spec, raw, part: 1, parts: n })).toEqual(refs[1]);
+    expect(refs.reduce((sum, r) => sum + r.input, 0)).toBe(docs.length);
+    const merged = await filter({ runId: inParts, spec, raw: [raw], parts: [refs] });
+
+    expect(merged.datasets.map((d) => d.sha256)).toEqual(one.datasets.map((d) => d.sha256));
+    const { parts, ...domain } = merged.summary.perRole.domain;
+    expect(parts).toBe(n);
+    expect(domain).toEqual(one.summary.perRole.domain);
+    // What was removed is what the one activity removed, for every reason this corpus exercises.
+    expect(domain.removed).toMatchObject({ near_duplicate: 30, duplicate: expect.any(Number), language: 1 });
+    expect(domain.removed.duplicate).toBeGreaterThanOrEqual(5);
+    expect(domain.redactions.email).toBe(1);
+    type Stored = { details: unknown };
+    expect((await store.getJson<Stored>(merged.summary.report)).details).toEqual((await store.getJson<Stored>(one.summary.report)).details);
+  });
+
+  it('refuses a part that is not one of the dataset, and lists of parts that do not match the datasets', async () => {
+    const spec = parseRunSpec(tinySpec({ quality: { minDocs: 1 } }));
+    const raw = await writeDataset(store, 'domain', 'train', [{ text: 'one document of enough characters to keep' }]);
+    const { qualityFilter, qualityPart } = qualityActivities({ pool: db.pool, store });
+    const env = new MockActivityEnvironment();
+    await expect(env.run(qualityPart, { runId: 'x', spec, raw, part: 2, parts: 2 })).rejects.toThrow(/quality part 2 of 2: not a part of the dataset/);
+    await expect(env.run(qualityFilter, { runId: 'x', spec, raw: [raw], parts: [] })).rejects.toThrow(/0 lists of parts for 1 datasets/);
+  });
+
+  it('cuts a dataset by quality.partMB, at most 256 parts and one per document, and refuses a part size below 0.01 MB', () => {
+    expect(qualityPartCount({ docs: 1000, dataBytes: 10 * 1024 * 1024 }, 64)).toBe(1);
+    expect(qualityPartCount({ docs: 1000, dataBytes: 10 * 1024 * 1024 }, 1)).toBe(10);
+    expect(qualityPartCount({ docs: 3, dataBytes: 10 * 1024 * 1024 }, 1)).toBe(3);
+    expect(qualityPartCount({ docs: 10_000_000, dataBytes: 1e12 }, 64)).toBe(256);
+    expect(qualityPartCount({ docs: 0, dataBytes: 0 }, 64)).toBe(1);
+    expect(qualityPartCount({ docs: 100, dataBytes: 5000 })).toBe(1);
+    expect(() => parseRunSpec(tinySpec({ quality: { partMB: 0 } }))).toThrow(/quality\.partMB: give at least 0\.01/);
+    expect(parseRunSpec(tinySpec()).quality.partMB).toBe(64);
   });
 });

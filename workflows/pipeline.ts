@@ -24,6 +24,7 @@ import type {
   Stage,
   TrainingResult,
 } from '../schemas/pipeline';
+import { qualityPartCount } from '../schemas/pipeline';
 import { candidatePoints, formatDomainMix, type CandidatePoint, type DomainMix } from '../schemas/candidates';
 import type { RunSpec } from '../schemas/runSpec';
 import { approvalGate } from './approval';
@@ -89,6 +90,9 @@ function failureMessage(err: unknown): string {
  * Only URIs and sha256 hashes of data and models pass through here; every transition is recorded
  * in Postgres (runs + audit_log) by an idempotent activity.
  */
+/** Patch id: the quality stage in parts (quality.partMB); runs from before run it as one activity. */
+export const QUALITY_PARTS = 'quality-parts';
+
 export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult> {
   const { spec } = input;
   // A run a schedule starts has no run id in its input (the input is fixed when the schedule is
@@ -272,7 +276,21 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
 
     // quality
     await enter('quality');
-    const cleaned = await controlActivities.qualityFilter({ runId, ...specArg, raw: collected.datasets });
+    // A dataset of more than one part (quality.partMB) is judged part by part, as separate
+    // activities any control worker may take, then merged in order by qualityFilter; runs from
+    // before, and runs whose datasets are one part each, run the stage as one activity.
+    const partCounts = collected.datasets.map((raw) => qualityPartCount(raw, spec.quality?.partMB));
+    const inParts = partCounts.some((n) => n > 1) && patched(QUALITY_PARTS);
+    const parts = inParts
+      ? await Promise.all(
+          collected.datasets.map((raw, i) => {
+            const n = partCounts[i] ?? 1;
+            if (n === 1) return null;
+            return Promise.all(Array.from({ length: n }, (_, part) => controlActivities.qualityPart({ runId, ...specArg, raw, part, parts: n })));
+          }),
+        )
+      : undefined;
+    const cleaned = await controlActivities.qualityFilter({ runId, ...specArg, raw: collected.datasets, ...(parts ? { parts } : {}) });
     metrics.quality = cleaned.summary;
     const data = {
       domainTrain: findDataset(cleaned.datasets, 'domain', 'train'),
