@@ -168,6 +168,16 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'quality-in-parts',
+    what: 'runs its quality stage as part activities merged in order (quality.partMB), then trains, is approved and deploys',
+    async run(world, runId) {
+      await start(world, runId, { quality: { minDocs: 5, partMB: 0.01 } });
+      await awaitingApproval(world, runId);
+      await decide(world.runs, { runId, principal: 'approver-1', decision: 'approve', comment: 'ok' });
+      await expectState(world, runId, 'completed');
+    },
+  },
+  {
     name: 'rejected-at-gate',
     what: 'reaches the approval gate and is rejected',
     async run(world, runId) {
