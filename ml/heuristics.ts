@@ -227,39 +227,125 @@ export function ngramKey(ids: Int32Array, start: number, n: number): number {
   return (a >>> 0) * 0x200000 + ((b >>> 0) & 0x1fffff);
 }
 
-function topNgramCharFraction(w: string[], ids: Int32Array, n: number, totalChars: number): number {
-  const counts = new Map<number, number>();
-  const first = new Map<number, number>();
-  for (let i = 0; i + n <= w.length; i++) {
-    const key = ngramKey(ids, i, n);
-    const count = counts.get(key);
-    if (count === undefined) {
-      counts.set(key, 1);
-      first.set(key, i);
-    } else counts.set(key, count + 1);
+/**
+ * A scratch table of n-gram keys for one document at a time: open addressing in typed arrays,
+ * emptied by moving to a new generation instead of clearing. Counts and first positions per key,
+ * and the keys in the order they first came (so ties go to the earliest, as a Map's order gives).
+ */
+class NgramTable {
+  private keys = new Float64Array(0);
+  private stamp = new Uint32Array(0);
+  private generation = 0;
+  counts = new Int32Array(0);
+  firsts = new Int32Array(0);
+  /** Slots in the order their keys first came. */
+  order = new Int32Array(0);
+  size = 0;
+  private mask = 0;
+
+  /** Empties the table for up to `entries` keys. */
+  reset(entries: number): void {
+    let capacity = 64;
+    while (capacity < entries * 2) capacity *= 2;
+    if (capacity > this.keys.length) {
+      this.keys = new Float64Array(capacity);
+      this.stamp = new Uint32Array(capacity);
+      this.counts = new Int32Array(capacity);
+      this.firsts = new Int32Array(capacity);
+      this.order = new Int32Array(capacity);
+      this.generation = 0;
+    }
+    this.mask = capacity - 1;
+    this.generation++;
+    if (this.generation === 0xffffffff) {
+      this.stamp.fill(0);
+      this.generation = 1;
+    }
+    this.size = 0;
   }
+
+  /** Counts `key` (first seen at `at`); returns its count so far. */
+  add(key: number, at: number): number {
+    let i = (key >>> 0) & this.mask;
+    for (;;) {
+      if (this.stamp[i] !== this.generation) {
+        this.stamp[i] = this.generation;
+        this.keys[i] = key;
+        this.counts[i] = 1;
+        this.firsts[i] = at;
+        this.order[this.size++] = i;
+        return 1;
+      }
+      if (this.keys[i] === key) return ++(this.counts[i] as number);
+      i = (i + 1) & this.mask;
+    }
+  }
+}
+const table = new NgramTable();
+
+/**
+ * ngramKey of every n-gram of a document, n growing one at a time: each position's two running
+ * hashes are extended by one more id, so the keys of all n from 2 to 10 cost ten steps a word, not
+ * fifty-four (the keys are ngramKey's, exactly).
+ */
+class RollingNgrams {
+  private readonly a: Int32Array;
+  private readonly b: Int32Array;
+  n = 0;
+
+  constructor(private readonly ids: Int32Array) {
+    this.a = new Int32Array(ids.length).fill(0x811c9dc5 | 0);
+    this.b = new Int32Array(ids.length).fill(0x9747b28c | 0);
+  }
+
+  /** Extends the hashes to n-grams of `n` words. */
+  grow(n: number): void {
+    const { a, b, ids } = this;
+    for (; this.n < n; this.n++) {
+      const offset = this.n;
+      for (let i = 0; i + offset < ids.length; i++) {
+        const id = ids[i + offset] as number;
+        a[i] = Math.imul((a[i] as number) ^ id, 0x01000193);
+        let h = Math.imul((b[i] as number) ^ id, 0x5bd1e995);
+        h ^= h >>> 15;
+        b[i] = h;
+      }
+    }
+  }
+
+  key(i: number): number {
+    return ((this.a[i] as number) >>> 0) * 0x200000 + (((this.b[i] as number) >>> 0) & 0x1fffff);
+  }
+}
+
+function topNgramCharFraction(w: string[], grams: RollingNgrams, n: number, totalChars: number): number {
+  if (w.length < n) return 0;
+  grams.grow(n);
+  table.reset(w.length - n + 1);
+  for (let i = 0; i + n <= w.length; i++) table.add(grams.key(i), i);
   let best = 0;
-  let bestKey = 0;
-  for (const [key, count] of counts) {
-    if (count > best) {
-      best = count;
-      bestKey = key;
+  let bestSlot = -1;
+  for (let k = 0; k < table.size; k++) {
+    const slot = table.order[k] as number;
+    if ((table.counts[slot] as number) > best) {
+      best = table.counts[slot] as number;
+      bestSlot = slot;
     }
   }
   if (best <= 1) return 0;
-  const at = first.get(bestKey) as number;
+  const at = table.firsts[bestSlot] as number;
   let chars = 0;
   for (let k = at; k < at + n; k++) chars += (w[k] as string).length;
   return (best * chars) / totalChars;
 }
 
-function duplicateNgramCharFraction(w: string[], ids: Int32Array, n: number, totalChars: number): number {
-  const seen = new Set<number>();
+function duplicateNgramCharFraction(w: string[], grams: RollingNgrams, n: number, totalChars: number): number {
+  if (w.length < n) return 0;
+  grams.grow(n);
+  table.reset(w.length - n + 1);
   const covered = new Uint8Array(w.length);
   for (let i = 0; i + n <= w.length; i++) {
-    const key = ngramKey(ids, i, n);
-    if (seen.has(key)) covered.fill(1, i, i + n);
-    else seen.add(key);
+    if (table.add(grams.key(i), i) > 1) covered.fill(1, i, i + n);
   }
   let chars = 0;
   for (let i = 0; i < w.length; i++) if (covered[i]) chars += (w[i] as string).length;
@@ -316,13 +402,13 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   if ((s.maxDuplicateLineFraction !== null && lineDup.fraction > s.maxDuplicateLineFraction) || (s.maxDuplicateLineCharFraction !== null && lineDup.charFraction > s.maxDuplicateLineCharFraction)) return 'duplicate_lines';
   // Characters of the n-grams over the document's length, as datatrove divides them.
   const lowered = w.map((x) => x.toLowerCase());
-  const ids = wordIds(lowered);
+  const grams = new RollingNgrams(wordIds(lowered));
   const length = text.length;
   if (s.maxTopNgramCharFraction) {
-    for (const [i, max] of s.maxTopNgramCharFraction.entries()) if (topNgramCharFraction(lowered, ids, i + 2, length) > max) return 'top_ngram';
+    for (const [i, max] of s.maxTopNgramCharFraction.entries()) if (topNgramCharFraction(lowered, grams, i + 2, length) > max) return 'top_ngram';
   }
   if (s.maxDuplicateNgramCharFraction) {
-    for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (duplicateNgramCharFraction(lowered, ids, i + 5, length) > max) return 'duplicate_ngram';
+    for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (duplicateNgramCharFraction(lowered, grams, i + 5, length) > max) return 'duplicate_ngram';
   }
   return null;
 }
