@@ -78,6 +78,49 @@ describe('Gopher heuristics with the literature defaults, in English, Korean and
     expect(heuristicVerdict(text, on())).toBe(reason);
   });
 
+  it('the n-gram rules decide as a plain string-keyed count does (datatrove\'s way), on 2,000 repetitive random texts with random thresholds', () => {
+    // Only the n-gram rules on: the verdict is theirs alone.
+    const off: HeuristicSettings = Object.fromEntries(Object.keys(defaultHeuristics).map((k) => [k, null])) as unknown as HeuristicSettings;
+    const next = mulberry32(404);
+    const vocabulary = ['the', 'pump', 'valve', 'Valve', 'a', 'tower', 'signal', 'fibre', 'north', 'site', 'cell', 'down'];
+    const top = (w: string[], n: number, length: number) => {
+      const counts = new Map<string, number>();
+      for (let i = 0; i + n <= w.length; i++) {
+        const gram = w.slice(i, i + n).join('\u0000');
+        counts.set(gram, (counts.get(gram) ?? 0) + 1);
+      }
+      let best: string | undefined;
+      for (const [gram, count] of counts) if (best === undefined || count > (counts.get(best) as number)) best = gram;
+      if (best === undefined || (counts.get(best) as number) <= 1) return 0;
+      return ((counts.get(best) as number) * best.split('\u0000').join('').length) / length;
+    };
+    const duplicated = (w: string[], n: number, length: number) => {
+      const seen = new Set<string>();
+      const covered = new Uint8Array(w.length);
+      for (let i = 0; i + n <= w.length; i++) {
+        const gram = w.slice(i, i + n).join('\u0000');
+        if (seen.has(gram)) covered.fill(1, i, i + n);
+        else seen.add(gram);
+      }
+      return w.reduce((sum, x, i) => sum + (covered[i] ? x.length : 0), 0) / length;
+    };
+    const verdicts = new Map<string | null, number>();
+    for (let c = 0; c < 2000; c++) {
+      const vocab = vocabulary.slice(0, 2 + Math.floor(next() * vocabulary.length));
+      const text = Array.from({ length: Math.floor(next() * 200) }, () => vocab[Math.floor(next() * vocab.length)]).join(next() < 0.5 ? ' ' : ', ');
+      const t = () => Math.round(next() * 100) / 100;
+      const settings: HeuristicSettings = { ...off, maxTopNgramCharFraction: [t(), t(), t()], maxDuplicateNgramCharFraction: [t(), t(), t(), t(), t(), t()] };
+      const lowered = words(text).map((x) => x.toLowerCase());
+      let expected: string | null = null;
+      for (const [i, max] of (settings.maxTopNgramCharFraction ?? []).entries()) if (expected === null && top(lowered, i + 2, text.length) > max) expected = 'top_ngram';
+      for (const [i, max] of (settings.maxDuplicateNgramCharFraction ?? []).entries()) if (expected === null && duplicated(lowered, i + 5, text.length) > max) expected = 'duplicate_ngram';
+      expect([c, heuristicVerdict(text, settings)]).toEqual([c, expected]);
+      verdicts.set(expected, (verdicts.get(expected) ?? 0) + 1);
+    }
+    // Each outcome occurs often, so the comparison covers all three.
+    for (const v of [null, 'top_ngram', 'duplicate_ngram']) expect(verdicts.get(v) ?? 0).toBeGreaterThan(100);
+  });
+
   it('rules take the run\'s values (word count, letters, per-language word length), and null turns a rule off', () => {
     const short = 'Call the NOC now and report the outage to the team.';
     expect(heuristicVerdict(short, on({ minWords: null }))).toBeNull();
