@@ -35,6 +35,11 @@ interface ScriptTable {
 interface FrancData {
   expressions: [string, RegExp][];
   tables: Map<string, ScriptTable>;
+  /**
+   * For each UTF-16 unit outside the surrogates, a bit per expression that matches it alone; null
+   * where an expression could match something else (then the expressions themselves count).
+   */
+  scriptBits: Uint32Array | null;
 }
 let francData: FrancData | undefined;
 
@@ -87,20 +92,60 @@ function loadFranc(): FrancData {
     rowStart[r] = at;
     tables.set(script, { languages, rows, rowStart, postLanguage, postRank });
   }
-  francData = { expressions: Object.entries(expressions), tables };
+  const entries = Object.entries(expressions);
+  francData = { expressions: entries, tables, scriptBits: scriptBitsOf(entries) };
   return francData;
+}
+
+/**
+ * The script expressions as a table: franc's expressions are character classes plus surrogate
+ * pairs, so on a text without surrogates each match is one unit that the table names. Checked
+ * here, on every unit: where that does not hold, null.
+ */
+function scriptBitsOf(expressions: [string, RegExp][]): Uint32Array | null {
+  if (expressions.length > 32) return null;
+  const bits = new Uint32Array(65536);
+  const units: number[] = [];
+  for (let u = 0; u < 65536; u++) if (u < 0xd800 || u > 0xdfff) units.push(u);
+  const all = String.fromCharCode(...units);
+  for (const [index, [, expression]] of expressions.entries()) {
+    const alone = new RegExp(expression.source, expression.flags.replace('g', ''));
+    for (let u = 0xd800; u <= 0xdfff; u++) if (alone.test(String.fromCharCode(u))) return null;
+    for (const match of all.matchAll(new RegExp(expression.source, expression.flags.includes('g') ? expression.flags : `${expression.flags}g`))) {
+      if (match[0].length !== 1) return null;
+      const u = match[0].charCodeAt(0);
+      bits[u] = (bits[u] as number) | (1 << index);
+    }
+  }
+  return bits;
+}
+
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** How many of `value`'s characters each script expression matches (franc counts `value.match(expression)`). */
+function scriptCounts(value: string, data: FrancData): number[] {
+  const { expressions, scriptBits } = data;
+  if (!scriptBits || SURROGATE.test(value)) return expressions.map(([, expression]) => value.match(expression)?.length ?? 0);
+  const counts = new Array<number>(expressions.length).fill(0);
+  for (let i = 0; i < value.length; i++) {
+    let bits = scriptBits[value.charCodeAt(i)] as number;
+    for (let index = 0; bits !== 0; index++, bits >>>= 1) if (bits & 1) (counts[index] as number)++;
+  }
+  return counts;
 }
 
 /** franc-min's `francAll(text, { minLength })`: languages (ISO 639-3) with scores, best first (1), or [['und', 1]]. */
 export function rankLanguages(text: string, minLength: number): [string, number][] {
   if (!text || text.length < minLength) return [['und', 1]];
-  const { expressions, tables } = loadFranc();
+  const data = loadFranc();
+  const { expressions, tables } = data;
   const value = text.slice(0, MAX_LENGTH);
   // The script with most characters (the first of equals).
   let topScript: string | undefined;
   let topCount = -1;
-  for (const [script, expression] of expressions) {
-    const count = (value.match(expression)?.length ?? 0) / value.length || 0;
+  const counts = scriptCounts(value, data);
+  for (const [index, [script]] of expressions.entries()) {
+    const count = (counts[index] as number) / value.length || 0;
     if (count > topCount) {
       topCount = count;
       topScript = script;
