@@ -1,4 +1,5 @@
 import { Context } from '@temporalio/activity';
+import { createHash } from 'node:crypto';
 import { ApplicationFailure } from '@temporalio/common';
 import { upsertDataset } from '../db/records';
 import type { Pool } from 'pg';
@@ -325,10 +326,24 @@ async function passChunks(
   }
 }
 
-/** A quality part's result: its stored survivors and tally, and counts (what history holds of it). */
+/** A quality part's result: its stored survivors and tally, the documents it judged (`from` to `to`, exclusive) and counts (what history holds of it). */
 export interface QualityPartRef extends ArtifactRef {
+  from: number;
+  to: number;
   input: number;
   kept: number;
+}
+
+/** The parts of a dataset, in order, must be its documents, each once. */
+function checkParts(raw: DatasetRef, parts: QualityPartRef[]): void {
+  let next = 0;
+  for (const part of parts) {
+    if (part.from !== next || part.to < part.from || part.input !== part.to - part.from) {
+      throw ApplicationFailure.nonRetryable(`quality parts of the ${raw.role} dataset: a part covers documents ${part.from} to ${part.to} where ${next} comes next`, 'InputInvalid');
+    }
+    next = part.to;
+  }
+  if (next !== raw.docs) throw ApplicationFailure.nonRetryable(`quality parts of the ${raw.role} dataset cover ${next} of its ${raw.docs} documents`, 'InputInvalid');
 }
 
 /** One survivor of a part's pass, as a line of its file: the document, its exact hash, signature and redactions. */
@@ -341,7 +356,8 @@ interface PartLine {
 
 /**
  * A part's stored pass, in order: survivors a batch at a time to `onSurvivors`, then its tally.
- * The file is checked against its hash before it is read.
+ * The file is hashed as it is read, and refused at the end unless it has the part's sha256 (nothing
+ * is published before every part has been read).
  */
 async function readPart(
   store: ArtifactStore,
@@ -352,7 +368,10 @@ async function readPart(
   const file = await store.localFile(ref);
   let tally: PassTally | undefined;
   let batch: Candidate<DatasetDoc>[] = [];
-  const lines = createInterface({ input: createReadStream(file, 'utf8'), crlfDelay: Infinity });
+  const hash = createHash('sha256');
+  const input = createReadStream(file);
+  input.on('data', (chunk) => hash.update(chunk));
+  const lines = createInterface({ input, crlfDelay: Infinity });
   for await (const line of lines) {
     if (!line) continue;
     if (tally) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} has lines after its tally`, 'ArtifactInvalid');
@@ -371,6 +390,7 @@ async function readPart(
       beat();
     }
   }
+  if (hash.digest('hex') !== ref.sha256) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} does not match its sha256: the stored file was changed`, 'ArtifactCorrupted');
   if (batch.length) await onSurvivors(batch);
   if (!tally || tally.input !== ref.input) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} ends without its tally of ${ref.input} documents`, 'ArtifactInvalid');
   return tally;
@@ -423,7 +443,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
         await flush();
         if (tally.input !== to - from) throw ApplicationFailure.nonRetryable(`quality part ${part} of ${parts}: read ${tally.input} documents of ${to - from}; the dataset's manifest does not match its reference`, 'ArtifactInvalid');
         const ref = await store.putFile('quality-parts', file, 'jsonl');
-        return { uri: ref.uri, sha256: ref.sha256, bytes: ref.bytes, input: tally.input, kept };
+        return { uri: ref.uri, sha256: ref.sha256, bytes: ref.bytes, from, to, input: tally.input, kept };
       } finally {
         await fs.rm(tempDir, { recursive: true, force: true });
       }
@@ -487,6 +507,7 @@ export function qualityActivities({ pool, store }: ActivityDeps) {
           };
           const parts = input.parts?.[i] ?? null;
           if (parts) {
+            checkParts(raw, parts);
             // Its pass ran as separate activities (qualityPart): merged here in order.
             for (const part of parts) stream.addTally(await readPart(store, part, (kept) => emit(stream.merge(kept)), beat));
           } else {

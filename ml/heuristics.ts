@@ -300,6 +300,7 @@ class RollingNgrams {
 
   /** Extends the hashes to n-grams of `n` words. */
   grow(n: number): void {
+    if (n < this.n) throw new Error(`n-gram keys of ${n} words asked after ${this.n}: they only grow`);
     const { a, b, ids } = this;
     for (; this.n < n; this.n++) {
       const offset = this.n;

@@ -995,7 +995,10 @@ export class QualityStream<T extends QualityDoc> {
   result(): { report: QualityReport; details: QualityDetails } {
     // With no chunk at all, the steps still report (empty histograms), as cleanDocuments does.
     if (this.chunks === 0) this.add([], shardPass<T>([], this.settings));
-    const { input, lengths, scores, removed, removedBytes, examples } = this.tally;
+    const { input, lengths, scores, removed, removedBytes } = this.tally;
+    // In the reasons' order, however the chunks or parts came in.
+    const order = [...removalReasons, ...Object.keys(this.tally.examples).filter((r) => !(removalReasons as readonly string[]).includes(r))];
+    const examples = Object.fromEntries(order.filter((r) => this.tally.examples[r]).map((r) => [r, this.tally.examples[r] as string[]]));
     const histograms: QualityDetails['histograms'] = { length: lengths };
     for (const [name, counts] of Object.entries(scores) as [ScoreName, Histogram][]) histograms[name] = counts;
     return {

@@ -50,6 +50,7 @@ export class ShardPool<T extends QualityDoc> {
   private readonly live = new Set<Worker>();
   private started = 0;
   private chunks = 0;
+  private closed = false;
   redone = 0;
 
   constructor(
@@ -57,6 +58,7 @@ export class ShardPool<T extends QualityDoc> {
     private readonly threads: number,
     private readonly settings: QualitySettings,
     private readonly onShard?: (thread: Worker, shard: number, attempt: number) => void,
+    private readonly onClose?: () => void,
   ) {}
 
   private async take(): Promise<Worker> {
@@ -134,15 +136,27 @@ export class ShardPool<T extends QualityDoc> {
   async close(): Promise<void> {
     await Promise.all([...this.live].map((w) => w.terminate()));
     this.live.clear();
+    if (!this.closed) this.onClose?.();
+    this.closed = true;
   }
 }
 
-/** A pool for `settings`, or null where the stage runs on this thread (one thread, or no compiled worker script). */
+/**
+ * Threads the pools of this process hold now. A control worker runs several quality parts at once;
+ * together their pools stay within qualityThreads(): a pool gets what the others leave, and where
+ * that is one thread or none its part runs on the activity's own thread.
+ */
+let threadsInUse = 0;
+
+/** A pool for `settings`, or null where the stage runs on this thread (one thread, none left, or no compiled worker script). */
 export function shardPool<T extends QualityDoc>(settings: QualitySettings, o: { threads?: number; onShard?: (thread: Worker, shard: number, attempt: number) => void } = {}): ShardPool<T> | null {
-  const threads = o.threads ?? qualityThreads();
+  const threads = Math.min(o.threads ?? qualityThreads(), Math.max(qualityThreads(), o.threads ?? 0) - threadsInUse);
   const script = workerScript();
   if (threads <= 1 || script === null) return null;
-  return new ShardPool<T>(script, threads, settings, o.onShard);
+  threadsInUse += threads;
+  return new ShardPool<T>(script, threads, settings, o.onShard, () => {
+    threadsInUse -= threads;
+  });
 }
 
 /**

@@ -85,14 +85,14 @@ function failureMessage(err: unknown): string {
   return current instanceof Error ? current.message : String(err);
 }
 
+/** Patch id: the quality stage in parts (quality.partMB); runs from before run it as one activity. */
+export const QUALITY_PARTS = 'quality-parts';
+
 /**
  * One DACP run: collect → quality → dacp → forgetting → instruct → approval → deploy.
  * Only URIs and sha256 hashes of data and models pass through here; every transition is recorded
  * in Postgres (runs + audit_log) by an idempotent activity.
  */
-/** Patch id: the quality stage in parts (quality.partMB); runs from before run it as one activity. */
-export const QUALITY_PARTS = 'quality-parts';
-
 export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult> {
   const { spec } = input;
   // A run a schedule starts has no run id in its input (the input is fixed when the schedule is
@@ -277,9 +277,12 @@ export async function dacpPipeline(input: PipelineInput): Promise<PipelineResult
     // quality
     await enter('quality');
     // A dataset of more than one part (quality.partMB) is judged part by part, as separate
-    // activities any control worker may take, then merged in order by qualityFilter; runs from
-    // before, and runs whose datasets are one part each, run the stage as one activity.
-    const partCounts = collected.datasets.map((raw) => qualityPartCount(raw, spec.quality?.partMB));
+    // activities any control worker may take, then merged in order by qualityFilter. Runs (and
+    // schedules) from before, whose input has no part size, and runs whose datasets are one part
+    // each, run the stage as one activity; so do runs that carry their spec inline, which every
+    // part's input would repeat.
+    const partMB = input.specRef ? spec.quality?.partMB : undefined;
+    const partCounts = collected.datasets.map((raw) => (partMB === undefined ? 1 : qualityPartCount(raw, partMB)));
     const inParts = partCounts.some((n) => n > 1) && patched(QUALITY_PARTS);
     const parts = inParts
       ? await Promise.all(

@@ -141,6 +141,13 @@ describe('faults: the quality stage in parts across control workers, one of them
     expect(redone.length).toBeGreaterThanOrEqual(1);
     expect(redone.length).toBeLessThanOrEqual(4);
     for (const [, f] of redone) expect(f.identity.startsWith(`${b.pid}@`)).toBe(true);
+    // Each part A was seen on either finished there just before the kill, or was redone by B.
+    for (const id of killedIds) {
+      const f = finished.get(id);
+      const doneByAItself = f?.attempt === 1 && f.identity.startsWith(`${a.pid}@`);
+      const redoneByB = (f?.attempt ?? 0) > 1 && (f?.identity.startsWith(`${b.pid}@`) ?? false);
+      expect([id, doneByAItself || redoneByB]).toEqual([id, true]);
+    }
     // What A finished before it died stands: not one of those parts ran again.
     for (const done of doneByA) expect(finished.get(done.activityId)).toEqual(done);
     const identities = [...finished.values()].map((f) => f.identity.split('@')[0]);
