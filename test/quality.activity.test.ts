@@ -373,6 +373,18 @@ describe('quality.nearDuplicateThreshold and quality.minhash in the run spec', (
 });
 
 describe('the quality stage in parts (quality.partMB), as the workflow runs a large dataset', () => {
+  /** qualityFilter and qualityPart as the worker runs them, typed. */
+  const partActivities = () => {
+    const { qualityFilter, qualityPart } = qualityActivities({ pool: db.pool, store });
+    const env = new MockActivityEnvironment();
+    type FilterIn = Parameters<typeof qualityFilter>[0];
+    type PartIn = Parameters<typeof qualityPart>[0];
+    return {
+      filter: (input: FilterIn) => env.run<[FilterIn], Awaited<ReturnType<typeof qualityFilter>>, typeof qualityFilter>(qualityFilter, input),
+      partOf: (input: PartIn) => env.run<[PartIn], Awaited<ReturnType<typeof qualityPart>>, typeof qualityPart>(qualityPart, input),
+    };
+  };
+
   it('part activities, run in any order and retried, then merged, give exactly the one-activity result', async () => {
     // A mixed corpus: the demo corpus's domain documents (with its planted duplicates, PII and junk),
     // Korean and Japanese text, documents in unexpected languages, and near copies whose originals
@@ -395,12 +407,7 @@ describe('the quality stage in parts (quality.partMB), as the workflow runs a la
     const raw = await writeDataset(store, 'domain', 'train', docs);
     const n = qualityPartCount(raw, spec.quality.partMB);
     expect(n).toBeGreaterThanOrEqual(4);
-    const { qualityFilter, qualityPart } = qualityActivities({ pool: db.pool, store });
-    const env = new MockActivityEnvironment();
-    type FilterIn = Parameters<typeof qualityFilter>[0];
-    type PartIn = Parameters<typeof qualityPart>[0];
-    const filter = (input: FilterIn) => env.run<[FilterIn], Awaited<ReturnType<typeof qualityFilter>>, typeof qualityFilter>(qualityFilter, input);
-    const partOf = (input: PartIn) => env.run<[PartIn], Awaited<ReturnType<typeof qualityPart>>, typeof qualityPart>(qualityPart, input);
+    const { filter, partOf } = partActivities();
     const register = async (runId: string) => insertRun(db.pool, { runId, workflowId: runId, spec, specSha256: 'test', initiator: 'engineer' });
 
     const whole = `quality-parts-whole-${++runs}`;
@@ -411,7 +418,7 @@ describe('the quality stage in parts (quality.partMB), as the workflow runs a la
     await register(inParts);
     // Last part first: each part is judged alone; only the merge depends on their order.
     const order = Array.from({ length: n }, (_, i) => n - 1 - i);
-    const refs: Awaited<ReturnType<typeof qualityPart>>[] = [];
+    const refs: Awaited<ReturnType<typeof partOf>>[] = [];
     for (const part of order) refs[part] = await partOf({ runId: inParts, spec, raw, part, parts: n });
     // A retried part (on another worker) stores the very same bytes.
     expect(await partOf({ runId: inParts, spec, raw, part: 1, parts: n })).toEqual(refs[1]);
@@ -434,12 +441,7 @@ describe('the quality stage in parts (quality.partMB), as the workflow runs a la
   it('refuses a part that is not one of the dataset, parts that do not cover the dataset, and a changed part file', async () => {
     const spec = parseRunSpec(tinySpec({ quality: { minDocs: 1 } }));
     const raw = await writeDataset(store, 'domain', 'train', [{ text: 'one document of enough characters to keep' }]);
-    const { qualityFilter, qualityPart } = qualityActivities({ pool: db.pool, store });
-    const env = new MockActivityEnvironment();
-    type FilterIn = Parameters<typeof qualityFilter>[0];
-    type PartIn = Parameters<typeof qualityPart>[0];
-    const filter = (input: FilterIn) => env.run<[FilterIn], Awaited<ReturnType<typeof qualityFilter>>, typeof qualityFilter>(qualityFilter, input);
-    const partOf = (input: PartIn) => env.run<[PartIn], Awaited<ReturnType<typeof qualityPart>>, typeof qualityPart>(qualityPart, input);
+    const { filter, partOf } = partActivities();
     await expect(partOf({ runId: 'x', spec, raw, part: 2, parts: 2 })).rejects.toThrow(/quality part 2 of 2: not a part of the dataset/);
     await expect(filter({ runId: 'x', spec, raw: [raw], parts: [] })).rejects.toThrow(/0 lists of parts for 1 datasets/);
     // Parts that leave documents out, or whose file was changed, are refused before anything is written.

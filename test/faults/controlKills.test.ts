@@ -1,24 +1,23 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { enrolTestPrincipals } from '../helpers/identities';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import pg from 'pg';
 import { ArtifactStore } from '../../activities/artifacts';
 import { decide, startRun } from '../../cli/runs';
-import { migrate } from '../../db/migrate';
 import { generateDemoCorpus } from '../../ml/demoCorpus';
 import { parseRunSpec } from '../../schemas/runSpec';
-import { createTestDatabase, testServerUrl, type TestDatabase } from '../helpers/db';
+import { testServerUrl } from '../helpers/db';
 import { tinySpec } from '../helpers/fixtures';
-import { eventually, startTestDevServer, tempHome, runsFor } from '../helpers/temporal';
+import { eventually, runsFor } from '../helpers/temporal';
 import {
   activityAttempts,
   checkReferencedArtifacts,
-  killAll,
   killHard,
   runRowCounts,
   seconds,
   spawnWorker,
+  startFaultWorld,
+  type FaultWorld,
   waitForStatus,
   type WorkerProcess,
 } from './helpers/harness';
@@ -81,28 +80,21 @@ interface KillRecord {
 }
 
 describe('faults: the worker is SIGKILLed in every stage outside training (control; gpu for the evaluation, which runs in the training engine)', () => {
-  let server: Awaited<ReturnType<typeof startTestDevServer>>;
-  let db: TestDatabase;
+  let world: FaultWorld;
+  let server: FaultWorld['server'];
+  let db: FaultWorld['db'];
   let client: Client;
   let home: string;
   const runs = () => runsFor(client, db.pool, home);
   const children: WorkerProcess[] = [];
 
   beforeAll(async () => {
-    home = tempHome();
-    writeCorpus(home);
-    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
-    await migrate(db.pool);
-    await enrolTestPrincipals(db.pool);
-    client = new Client({ connection: await Connection.connect({ address: server.address }) });
+    world = await startFaultWorld(writeCorpus);
+    ({ server, db, client, home } = world);
   });
 
   afterAll(async () => {
-    await killAll(children);
-    await client?.connection.close();
-    await server?.cleanup();
-    await db?.drop();
-    rmSync(home, { recursive: true, force: true });
+    await world?.stop(children);
   });
 
   test('after each kill a fresh control worker finishes the run: no duplicate rows, no half-written artifact used', async () => {

@@ -1,20 +1,17 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ArtifactStore } from '../../activities/artifacts';
 import { qualityActivities } from '../../activities/quality';
 import { startRun } from '../../cli/runs';
-import { migrate } from '../../db/migrate';
 import { insertRun } from '../../db/records';
 import { generateDemoCorpus } from '../../ml/demoCorpus';
 import { qualityPartCount, type DatasetRef } from '../../schemas/pipeline';
 import { parseRunSpec } from '../../schemas/runSpec';
-import { createTestDatabase, type TestDatabase } from '../helpers/db';
-import { enrolTestPrincipals } from '../helpers/identities';
 import { tinySpec } from '../helpers/fixtures';
-import { eventually, runsFor, startTestDevServer, tempHome } from '../helpers/temporal';
-import { killAll, killHard, spawnWorker, waitForStatus, type WorkerProcess } from './helpers/harness';
+import { eventually, runsFor } from '../helpers/temporal';
+import { killHard, spawnWorker, startFaultWorld, waitForStatus, type FaultWorld, type WorkerProcess } from './helpers/harness';
 import { ranOnProcess, startedActivities } from './helpers/orphans';
 
 /**
@@ -55,27 +52,20 @@ const specInput = tinySpec({
 });
 
 describe('faults: the quality stage in parts across control workers, one of them SIGKILLed', () => {
-  let server: Awaited<ReturnType<typeof startTestDevServer>>;
-  let db: TestDatabase;
+  let world: FaultWorld;
+  let server: FaultWorld['server'];
+  let db: FaultWorld['db'];
   let client: Client;
   let home: string;
   const children: WorkerProcess[] = [];
 
   beforeAll(async () => {
-    home = tempHome();
-    writeCorpus(home);
-    [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
-    await migrate(db.pool);
-    await enrolTestPrincipals(db.pool);
-    client = new Client({ connection: await Connection.connect({ address: server.address }) });
+    world = await startFaultWorld(writeCorpus);
+    ({ server, db, client, home } = world);
   });
 
   afterAll(async () => {
-    await killAll(children);
-    await client?.connection.close();
-    await server?.cleanup();
-    await db?.drop();
-    rmSync(home, { recursive: true, force: true });
+    await world?.stop(children);
   });
 
   test('both workers take parts; the killed one loses only the parts it was on, which the other redoes; the result equals the one-activity stage', async () => {

@@ -1,12 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { promises as fs, rmSync } from 'node:fs';
 import path from 'node:path';
-import type { Client } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { ArtifactStore } from '../../../activities/artifacts';
 import { decide, runStatus, type RunContext } from '../../../cli/runs';
+import { migrate } from '../../../db/migrate';
 import type { DatasetManifest, PipelineResult, RunStatus } from '../../../schemas/pipeline';
-import { eventually, GiveUp } from '../../helpers/temporal';
+import { createTestDatabase, type TestDatabase } from '../../helpers/db';
+import { enrolTestPrincipals } from '../../helpers/identities';
+import { eventually, GiveUp, startTestDevServer, tempHome } from '../../helpers/temporal';
 
 const dacpBin = path.resolve(__dirname, '..', '..', '..', 'bin', 'dacp.js');
 
@@ -17,6 +20,38 @@ export interface WorkerProcess extends ChildProcess {
   ready: Promise<void>;
   /** Everything it printed so far (stdout and stderr), for failure messages. */
   output(): string;
+}
+
+/** What a fault test with spawned workers stands on: a dev server, a migrated database with the test principals, a client, and a home with its corpus. */
+export interface FaultWorld {
+  server: Awaited<ReturnType<typeof startTestDevServer>>;
+  db: TestDatabase;
+  client: Client;
+  home: string;
+  /** SIGKILL `children`, then stop the client, the server and the database, and remove the home. */
+  stop(children: ChildProcess[]): Promise<void>;
+}
+
+export async function startFaultWorld(writeCorpus: (home: string) => void): Promise<FaultWorld> {
+  const home = tempHome();
+  writeCorpus(home);
+  const [server, db] = await Promise.all([startTestDevServer(), createTestDatabase()]);
+  await migrate(db.pool);
+  await enrolTestPrincipals(db.pool);
+  const client = new Client({ connection: await Connection.connect({ address: server.address }) });
+  return {
+    server,
+    db,
+    client,
+    home,
+    async stop(children) {
+      await killAll(children);
+      await client.connection.close();
+      await server.cleanup();
+      await db.drop();
+      rmSync(home, { recursive: true, force: true });
+    },
+  };
 }
 
 export function spawnWorker(queue: 'control' | 'gpu', env: NodeJS.ProcessEnv): WorkerProcess {
