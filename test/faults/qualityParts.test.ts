@@ -1,6 +1,5 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Client } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ArtifactStore } from '../../activities/artifacts';
 import { qualityActivities } from '../../activities/quality';
@@ -53,22 +52,12 @@ const specInput = tinySpec({
 
 describe('faults: the quality stage in parts across control workers, one of them SIGKILLed', () => {
   let world: FaultWorld;
-  let server: FaultWorld['server'];
-  let db: FaultWorld['db'];
-  let client: Client;
-  let home: string;
   const children: WorkerProcess[] = [];
-
-  beforeAll(async () => {
-    world = await startFaultWorld(writeCorpus);
-    ({ server, db, client, home } = world);
-  });
-
-  afterAll(async () => {
-    await world?.stop(children);
-  });
+  beforeAll(async () => (world = await startFaultWorld(writeCorpus)));
+  afterAll(async () => world?.stop(children));
 
   test('both workers take parts; the killed one loses only the parts it was on, which the other redoes; the result equals the one-activity stage', async () => {
+    const { server, db, client, home } = world;
     // One thread each: two processes on this machine's two cores.
     const env = { DATABASE_URL: db.url, TEMPORAL_ADDRESS: server.address, DACP_HOME: home, DACP_QUALITY_THREADS: '1' };
     const a = spawnWorker('control', env);
