@@ -7,7 +7,7 @@ import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { qualityThreads, shardPool } from '../ml/qualityParallel';
+import { shardPool } from '../ml/qualityParallel';
 import {
   addToTally,
   emptyTally,
@@ -309,7 +309,7 @@ async function passChunks(
         const pass = threads.run(docs);
         pass.catch(() => undefined); // awaited in order below; this only keeps an early failure from going unhandled
         ahead.push({ docs, pass });
-        if (ahead.length > qualityThreads()) await next();
+        if (ahead.length > threads.threads) await next();
         continue;
       }
       for (let i = 0; i < docs.length; i += 256) {
@@ -372,25 +372,36 @@ async function readPart(
   const input = createReadStream(file);
   input.on('data', (chunk) => hash.update(chunk));
   const lines = createInterface({ input, crlfDelay: Infinity });
-  for await (const line of lines) {
-    if (!line) continue;
-    if (tally) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} has lines after its tally`, 'ArtifactInvalid');
-    const row = JSON.parse(line) as PartLine | { tally: PassTally };
-    if ('tally' in row) {
-      tally = row.tally;
-      continue;
+  const corrupted = (why: string) => ApplicationFailure.nonRetryable(`quality part ${ref.uri} ${why}: the stored file was changed`, 'ArtifactCorrupted');
+  try {
+    for await (const line of lines) {
+      if (!line) continue;
+      if (tally) throw corrupted('has lines after its tally');
+      let row: PartLine | { tally: PassTally };
+      try {
+        row = JSON.parse(line) as PartLine | { tally: PassTally };
+      } catch {
+        throw corrupted('has a line that is not JSON');
+      }
+      if ('tally' in row) {
+        tally = row.tally;
+        continue;
+      }
+      const c: Candidate<DatasetDoc> = { doc: row.d, text: docText(row.d), exactKey: Buffer.from(row.k, 'hex') };
+      if (row.s !== undefined) c.signature = new Uint32Array(new Uint8Array(Buffer.from(row.s, 'base64')).buffer);
+      if (row.r) c.redactions = row.r;
+      batch.push(c);
+      if (batch.length >= 1024) {
+        await onSurvivors(batch);
+        batch = [];
+        beat();
+      }
     }
-    const c: Candidate<DatasetDoc> = { doc: row.d, text: docText(row.d), exactKey: Buffer.from(row.k, 'hex') };
-    if (row.s !== undefined) c.signature = new Uint32Array(new Uint8Array(Buffer.from(row.s, 'base64')).buffer);
-    if (row.r) c.redactions = row.r;
-    batch.push(c);
-    if (batch.length >= 1024) {
-      await onSurvivors(batch);
-      batch = [];
-      beat();
-    }
+  } finally {
+    lines.close();
+    input.destroy();
   }
-  if (hash.digest('hex') !== ref.sha256) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} does not match its sha256: the stored file was changed`, 'ArtifactCorrupted');
+  if (hash.digest('hex') !== ref.sha256) throw corrupted('does not match its sha256');
   if (batch.length) await onSurvivors(batch);
   if (!tally || tally.input !== ref.input) throw ApplicationFailure.nonRetryable(`quality part ${ref.uri} ends without its tally of ${ref.input} documents`, 'ArtifactInvalid');
   return tally;

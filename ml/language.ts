@@ -109,9 +109,11 @@ function scriptBitsOf(expressions: [string, RegExp][]): Uint32Array | null {
   for (let u = 0; u < 65536; u++) if (u < 0xd800 || u > 0xdfff) units.push(u);
   const all = String.fromCharCode(...units);
   for (const [index, [, expression]] of expressions.entries()) {
+    // franc counts every match (`g`); an expression without it would count one at most.
+    if (!expression.flags.includes('g')) return null;
     const alone = new RegExp(expression.source, expression.flags.replace('g', ''));
     for (let u = 0xd800; u <= 0xdfff; u++) if (alone.test(String.fromCharCode(u))) return null;
-    for (const match of all.matchAll(new RegExp(expression.source, expression.flags.includes('g') ? expression.flags : `${expression.flags}g`))) {
+    for (const match of all.matchAll(new RegExp(expression.source, expression.flags))) {
       if (match[0].length !== 1) return null;
       const u = match[0].charCodeAt(0);
       bits[u] = (bits[u] as number) | (1 << index);

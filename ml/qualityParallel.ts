@@ -55,7 +55,8 @@ export class ShardPool<T extends QualityDoc> {
 
   constructor(
     private readonly script: string,
-    private readonly threads: number,
+    /** The threads this pool may start. */
+    readonly threads: number,
     private readonly settings: QualitySettings,
     private readonly onShard?: (thread: Worker, shard: number, attempt: number) => void,
     private readonly onClose?: () => void,
@@ -63,6 +64,7 @@ export class ShardPool<T extends QualityDoc> {
 
   private async take(): Promise<Worker> {
     for (;;) {
+      if (this.closed) throw new Error('the quality thread pool was closed');
       const worker = this.idle.pop();
       if (worker) return worker;
       if (this.started < this.threads) {
@@ -127,17 +129,23 @@ export class ShardPool<T extends QualityDoc> {
           throw err;
         }
         await this.discard(worker);
-        if (attempt >= shardAttempts) throw err;
+        if (attempt >= shardAttempts || this.closed) throw err;
         this.redone++;
       }
     }
   }
 
+  /** Ends the threads and gives their share back; shards still waiting fail, and none is started again. */
   async close(): Promise<void> {
-    await Promise.all([...this.live].map((w) => w.terminate()));
+    if (!this.closed) {
+      this.closed = true;
+      this.onClose?.();
+    }
+    this.idle.length = 0;
+    for (const wake of this.waiting.splice(0)) wake();
+    const live = [...this.live];
     this.live.clear();
-    if (!this.closed) this.onClose?.();
-    this.closed = true;
+    await Promise.allSettled(live.map((w) => w.terminate()));
   }
 }
 
@@ -172,12 +180,13 @@ export async function cleanDocumentsParallel<T extends QualityDoc>(
 ): Promise<CleanResult<T> & { threads: number; redoneShards: number }> {
   const threads = o.threads ?? qualityThreads();
   const shardDocs = o.shardDocs ?? defaultShardDocs;
+  // The stream first: it refuses an index of another shape before any thread is taken.
+  const stream = new QualityStream<T>(settings, o.index);
   const pool = docs.length > shardDocs ? shardPool<T>(settings, { threads, ...(o.onShard ? { onShard: o.onShard } : {}) }) : null;
   if (!pool) {
     const result = await cleanDocumentsPaced(docs, settings, { ...(o.onProgress ? { onProgress: o.onProgress } : {}), ...(o.index ? { index: o.index } : {}) });
     return { ...result, threads: 1, redoneShards: 0 };
   }
-  const stream = new QualityStream<T>(settings, o.index);
   const chunks: T[][] = [];
   for (let i = 0; i < docs.length; i += shardDocs) chunks.push(docs.slice(i, i + shardDocs));
   // Every shard handed in at once: the pool runs them as threads come free, and they are merged in order.
@@ -198,5 +207,5 @@ export async function cleanDocumentsParallel<T extends QualityDoc>(
     if (beat) clearInterval(beat);
     await pool.close();
   }
-  return { kept, signatures, ...stream.result(), threads, redoneShards: pool.redone };
+  return { kept, signatures, ...stream.result(), threads: pool.threads, redoneShards: pool.redone };
 }

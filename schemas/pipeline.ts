@@ -64,13 +64,13 @@ export interface WorkflowSpec {
   deploy: { alias: string; smoke?: { enabled: boolean } };
   heartbeatTimeout: RunSpec['heartbeatTimeout'];
   controlHeartbeatTimeout: RunSpec['controlHeartbeatTimeout'];
-  /** Absent in runs (and schedules) from before quality parts: the default part size. */
+  /** Absent in runs (and schedules) from before quality parts: their stage runs as one activity. */
   quality?: Pick<RunSpec['quality'], 'partMB'>;
 }
 
 /** The most parts one dataset's quality pass is cut into (each a few events in history). */
 export const MAX_QUALITY_PARTS = 256;
-/** quality.partMB's default, for runs whose workflow input has none. */
+/** quality.partMB's default (as in the run spec's schema). */
 export const DEFAULT_QUALITY_PART_MB = 64;
 
 /**

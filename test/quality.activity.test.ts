@@ -453,6 +453,9 @@ describe('the quality stage in parts (quality.partMB), as the workflow runs a la
     await fs.chmod(file, 0o644);
     await fs.writeFile(file, bytes.toString('utf8').replace('one document', 'One document'));
     await expect(filter({ runId: 'x', spec, raw: [raw], parts: [[part]] })).rejects.toThrow(/does not match its sha256/);
+    // A change that breaks a line fails the same way, at once (not as a retryable parse error).
+    await fs.writeFile(file, bytes.toString('utf8').replace('{"d":', '{"d";'));
+    await expect(filter({ runId: 'x', spec, raw: [raw], parts: [[part]] })).rejects.toMatchObject({ type: 'ArtifactCorrupted', nonRetryable: true, message: expect.stringMatching(/has a line that is not JSON/) });
   });
 
   it('cuts a dataset by quality.partMB, at most 256 parts and one per document, and refuses a part size below 0.01 MB', () => {
