@@ -90,13 +90,8 @@ export async function writeDataset(
 }
 
 /** A dataset's documents a shard at a time (each shard checked against its hash): memory holds one shard. */
-export async function* datasetShards<T extends DatasetDoc = DatasetDoc>(store: ArtifactStore, ref: DatasetRef): AsyncGenerator<T[]> {
-  const manifest = await store.getJson<DatasetManifest>(ref);
-  for (const shard of manifest.shards) {
-    const docs: T[] = [];
-    for (const line of (await store.get(shard)).toString('utf8').split('\n')) if (line) docs.push(JSON.parse(line) as T);
-    yield docs;
-  }
+export function datasetShards<T extends DatasetDoc = DatasetDoc>(store: ArtifactStore, ref: DatasetRef): AsyncGenerator<T[]> {
+  return datasetRange<T>(store, ref, 0, Infinity);
 }
 
 /**
@@ -125,12 +120,8 @@ export async function* datasetRange<T extends DatasetDoc = DatasetDoc>(store: Ar
 
 /** Read every document of a dataset, verifying the manifest and each shard against their hashes. */
 export async function readDataset<T extends DatasetDoc = DatasetDoc>(store: ArtifactStore, ref: DatasetRef): Promise<T[]> {
-  const manifest = await store.getJson<DatasetManifest>(ref);
   const docs: T[] = [];
-  for (const shard of manifest.shards) {
-    const text = (await store.get(shard)).toString('utf8');
-    for (const line of text.split('\n')) if (line) docs.push(JSON.parse(line) as T);
-  }
+  for await (const shard of datasetShards<T>(store, ref)) for (const doc of shard) docs.push(doc);
   return docs;
 }
 
