@@ -131,6 +131,9 @@ export function scriptLanguage(text: string): ScriptLanguage {
   return 'other';
 }
 
+/** For each UTF-16 unit, 1 where `\s` matches it (white space and line terminators; all of them are in the BMP). */
+export const whiteSpace = Uint8Array.from({ length: 65536 }, (_, unit) => (/\s/u.test(String.fromCharCode(unit)) ? 1 : 0));
+
 const segmenters = new Map<string, Intl.Segmenter>();
 function segmenter(language: ScriptLanguage): Intl.Segmenter {
   const locale = language === 'other' ? 'und' : language;
@@ -158,10 +161,120 @@ const WORD = new RegExp(
 );
 const LETTER_OR_NUMBER = /[\p{L}\p{N}]/u;
 
+/** What a UTF-16 unit is to the word rules, as bits (classesOfUnits). */
+const IS_LETTER = 1; // \p{L}
+const IS_NUMBER_LETTER = 2; // \p{Nl}
+const IS_DIGIT = 4; // \p{Nd}
+const IS_WORD_CHAR = 8; // WORD_CHAR
+const IS_HANGUL_SYLLABLE = 16;
+const IS_MID_LETTER = 32;
+const IS_MID_NUM = 64;
+const IS_LETTER_OR_NUMBER = 128;
+let unitClasses: Uint8Array | undefined;
+
+/** Each unit of the Basic Multilingual Plane, classed by the same expressions WORD is made of (built on first use). */
+function classesOfUnits(): Uint8Array {
+  if (unitClasses) return unitClasses;
+  const classes = new Uint8Array(65536);
+  const tests: [number, RegExp][] = [
+    [IS_LETTER, /^\p{L}$/u],
+    [IS_NUMBER_LETTER, /^\p{Nl}$/u],
+    [IS_DIGIT, /^\p{Nd}$/u],
+    [IS_WORD_CHAR, new RegExp(`^${WORD_CHAR}$`, 'v')],
+    [IS_HANGUL_SYLLABLE, /^[\uAC00-\uD7A3]$/u],
+    [IS_MID_LETTER, new RegExp(`^${MID_LETTER}$`, 'u')],
+    [IS_MID_NUM, new RegExp(`^${MID_NUM}$`, 'u')],
+    [IS_LETTER_OR_NUMBER, /^[\p{L}\p{N}]$/u],
+  ];
+  for (let unit = 0; unit < 65536; unit++) {
+    if (unit >= 0xd800 && unit <= 0xdfff) continue;
+    const ch = String.fromCharCode(unit);
+    let bits = 0;
+    for (const [bit, test] of tests) if (test.test(ch)) bits |= bit;
+    classes[unit] = bits;
+  }
+  return (unitClasses = classes);
+}
+
+/** One document's words, by offsets into its text (scanWords), and per word: 1 when it has a letter, 2 when all its units are ASCII or Hangul syllables. */
+let wordStarts = new Int32Array(1024);
+let wordEnds = new Int32Array(1024);
+let wordFlags = new Uint8Array(1024);
+const HAS_LETTER = 1;
+const PLAIN = 2;
+
+/**
+ * WORD's matches and the filter `words` applies, found unit by unit into wordStarts, wordEnds and
+ * wordFlags: the same words, without a match object or a string per word. Returns how many, or
+ * −1 where the text needs the segmenter, −2 where it has units outside the Basic Multilingual
+ * Plane (WORD, which reads code points, then decides).
+ */
+function scanWords(text: string): number {
+  if (NEEDS_SEGMENTER.test(text)) return -1;
+  const classes = classesOfUnits();
+  const length = text.length;
+  if (length + 1 > wordStarts.length) {
+    wordStarts = new Int32Array(2 * (length + 1));
+    wordEnds = new Int32Array(2 * (length + 1));
+    wordFlags = new Uint8Array(2 * (length + 1));
+  }
+  let count = 0;
+  let i = 0;
+  while (i < length) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0xd800 && unit <= 0xdfff) return -2;
+    const bits = classes[unit] as number;
+    const start = i;
+    if (bits & IS_HANGUL_SYLLABLE) {
+      do i++;
+      while (i < length && (classes[text.charCodeAt(i)] as number) & IS_HANGUL_SYLLABLE);
+      // A run of syllables: letters, and more than one unit or a letter, so always a word.
+      wordStarts[count] = start;
+      wordEnds[count] = i;
+      wordFlags[count++] = HAS_LETTER | PLAIN;
+      continue;
+    }
+    if (!(bits & IS_WORD_CHAR)) {
+      i++;
+      continue;
+    }
+    let letters = 0;
+    let plain = PLAIN;
+    for (;;) {
+      for (; i < length; i++) {
+        const u = text.charCodeAt(i);
+        const b = classes[u] as number;
+        if (!(b & IS_WORD_CHAR)) break;
+        letters |= b & IS_LETTER;
+        if (u >= 0x80) plain = 0;
+      }
+      if (i + 1 >= length) break;
+      // A joiner between two word characters: letters on both sides (no Hangul syllable after), or digits.
+      const mid = text.charCodeAt(i);
+      const midBits = classes[mid] as number;
+      const before = classes[text.charCodeAt(i - 1)] as number;
+      const after = classes[text.charCodeAt(i + 1)] as number;
+      const joinsLetters = midBits & IS_MID_LETTER && before & (IS_LETTER | IS_NUMBER_LETTER) && after & (IS_LETTER | IS_NUMBER_LETTER) && !(after & IS_HANGUL_SYLLABLE);
+      const joinsDigits = midBits & IS_MID_NUM && before & IS_DIGIT && after & IS_DIGIT;
+      if (!joinsLetters && !joinsDigits) break;
+      if (mid >= 0x80) plain = 0;
+      i++;
+    }
+    if (i - start > 1 || (classes[text.charCodeAt(start)] as number) & IS_LETTER_OR_NUMBER) {
+      wordStarts[count] = start;
+      wordEnds[count] = i;
+      wordFlags[count++] = (letters ? HAS_LETTER : 0) | plain;
+    }
+  }
+  return count;
+}
+
 /** Words as Intl.Segmenter finds them (word-like segments only); without it where the rules alone decide. */
 export function words(text: string, language: ScriptLanguage = scriptLanguage(text)): string[] {
-  const out: string[] = [];
-  if (!NEEDS_SEGMENTER.test(text)) {
+  const count = scanWords(text);
+  if (count >= 0) return Array.from({ length: count }, (_, k) => text.slice(wordStarts[k], wordEnds[k]));
+  if (count === -2) {
+    const out: string[] = [];
     for (const match of text.matchAll(WORD)) if (match[0].length > 1 || LETTER_OR_NUMBER.test(match[0])) out.push(match[0]);
     return out;
   }
@@ -195,35 +308,11 @@ function duplicates(items: string[]): { fraction: number; charFraction: number }
 }
 
 /**
- * The words as integers (equal words, equal ids), so n-grams are compared by a number instead of a
- * joined string.
+ * An n-gram's key: two independent 32-bit hashes chained over its words' hashes, in one exact double
+ * (32 + 21 bits), so equal n-grams always share a key and two different ones of a document share
+ * one with a probability near 2^-53 a pair.
  */
-export function wordIds(w: string[]): Int32Array {
-  const ids = new Map<string, number>();
-  const out = new Int32Array(w.length);
-  for (let i = 0; i < w.length; i++) {
-    const word = w[i] as string;
-    let id = ids.get(word);
-    if (id === undefined) ids.set(word, (id = ids.size));
-    out[i] = id;
-  }
-  return out;
-}
-
-/**
- * A key for the n-gram of ids at `start`: two independent 32-bit hashes of its ids in one exact
- * double (32 + 21 bits), so equal n-grams always share a key and two different ones of a document
- * share one with a probability near 2^-53 a pair.
- */
-export function ngramKey(ids: Int32Array, start: number, n: number): number {
-  let a = 0x811c9dc5;
-  let b = 0x9747b28c;
-  for (let k = start; k < start + n; k++) {
-    const id = ids[k] as number;
-    a = Math.imul(a ^ id, 0x01000193);
-    b = Math.imul(b ^ id, 0x5bd1e995);
-    b ^= b >>> 15;
-  }
+export function ngramKeyOf(a: number, b: number): number {
   return (a >>> 0) * 0x200000 + ((b >>> 0) & 0x1fffff);
 }
 
@@ -232,7 +321,7 @@ export function ngramKey(ids: Int32Array, start: number, n: number): number {
  * emptied by moving to a new generation instead of clearing. Counts and first positions per key,
  * and the keys in the order they first came (so ties go to the earliest, as a Map's order gives).
  */
-class NgramTable {
+export class NgramTable {
   private keys = new Float64Array(0);
   private stamp = new Uint32Array(0);
   private generation = 0;
@@ -264,6 +353,26 @@ class NgramTable {
     this.size = 0;
   }
 
+  /** Counts `key` (first seen at `at`); returns its slot, whose count is `counts[slot]`. */
+  slotOf(key: number, at: number): number {
+    let i = (key >>> 0) & this.mask;
+    for (;;) {
+      if (this.stamp[i] !== this.generation) {
+        this.stamp[i] = this.generation;
+        this.keys[i] = key;
+        this.counts[i] = 1;
+        this.firsts[i] = at;
+        this.order[this.size++] = i;
+        return i;
+      }
+      if (this.keys[i] === key) {
+        (this.counts[i] as number)++;
+        return i;
+      }
+      i = (i + 1) & this.mask;
+    }
+  }
+
   /** Counts `key` (first seen at `at`); returns its count so far. */
   add(key: number, at: number): number {
     let i = (key >>> 0) & this.mask;
@@ -284,73 +393,130 @@ class NgramTable {
 const table = new NgramTable();
 
 /**
- * ngramKey of every n-gram of a document, n growing one at a time: each position's two running
- * hashes are extended by one more id, so the keys of all n from 2 to 10 cost ten steps a word, not
- * fifty-four (the keys are ngramKey's, exactly).
+ * The n-grams of one document, n growing one word at a time up to 10, as the Gopher rules ask for
+ * them. Each position's two running hashes are extended by one more word's (ngramKeyOf). Only
+ * positions whose n-gram occurs more than once are carried on to n + 1: an (n + 1)-gram that
+ * repeats starts with an n-gram that repeats, at the same position, so every occurrence of a
+ * repeated (n + 1)-gram is still counted, in order, and a document with little repetition costs
+ * little past n = 2.
  */
-class RollingNgrams {
-  private readonly a: Int32Array;
-  private readonly b: Int32Array;
-  n = 0;
+class NgramPasses {
+  private a = new Int32Array(1024);
+  private b = new Int32Array(1024);
+  /** The positions still carried, in order, and how many. */
+  private positions = new Int32Array(1024);
+  private count = 0;
+  /** Per carried position (same index), its n-gram's slot in `table` after the last pass. */
+  private slots = new Int32Array(1024);
+  private covered = new Uint8Array(1024);
+  private n = 0;
+  /** The document's words: two hashes of each (lower-cased), and its length. */
+  private hashA: Int32Array = new Int32Array(0);
+  private hashB: Int32Array = new Int32Array(0);
+  private lengths: Int32Array = new Int32Array(0);
+  private words = 0;
 
-  constructor(private readonly ids: Int32Array) {
-    this.a = new Int32Array(ids.length).fill(0x811c9dc5 | 0);
-    this.b = new Int32Array(ids.length).fill(0x9747b28c | 0);
+  /** Starts on a document of `words` words, given by `hashA`, `hashB` and `lengths` (scratch, read in place). */
+  reset(words: number, hashA: Int32Array, hashB: Int32Array, lengths: Int32Array): void {
+    if (words > this.a.length) {
+      const size = 2 * words;
+      this.a = new Int32Array(size);
+      this.b = new Int32Array(size);
+      this.positions = new Int32Array(size);
+      this.slots = new Int32Array(size);
+      this.covered = new Uint8Array(size);
+    }
+    this.a.fill(0x811c9dc5 | 0, 0, words);
+    this.b.fill(0x9747b28c | 0, 0, words);
+    for (let i = 0; i < words; i++) this.positions[i] = i;
+    this.count = words;
+    this.n = 0;
+    this.words = words;
+    this.hashA = hashA;
+    this.hashB = hashB;
+    this.lengths = lengths;
   }
 
-  /** Extends the hashes to n-grams of `n` words. */
-  grow(n: number): void {
-    if (n < this.n) throw new Error(`n-gram keys of ${n} words asked after ${this.n}: they only grow`);
-    const { a, b, ids } = this;
-    for (; this.n < n; this.n++) {
-      const offset = this.n;
-      for (let i = 0; i + offset < ids.length; i++) {
-        const id = ids[i + offset] as number;
-        a[i] = Math.imul((a[i] as number) ^ id, 0x01000193);
-        let h = Math.imul((b[i] as number) ^ id, 0x5bd1e995);
-        h ^= h >>> 15;
-        b[i] = h;
+  /** Extends the carried positions' hashes by one word; from n = 2, counts their n-grams in `table`. */
+  private pass(): void {
+    const { a, b, hashA, hashB, positions, slots } = this;
+    const offset = this.n;
+    const n = ++this.n;
+    let count = 0;
+    for (let k = 0; k < this.count; k++) {
+      const i = positions[k] as number;
+      if (i + n > this.words) break;
+      a[i] = Math.imul((a[i] as number) ^ (hashA[i + offset] as number), 0x01000193);
+      let h = Math.imul((b[i] as number) ^ (hashB[i + offset] as number), 0x5bd1e995);
+      h ^= h >>> 15;
+      b[i] = h;
+      count++;
+    }
+    this.count = count;
+    if (n === 1) return;
+    table.reset(count);
+    for (let k = 0; k < count; k++) {
+      const i = positions[k] as number;
+      slots[k] = table.slotOf(ngramKeyOf(a[i] as number, b[i] as number), i);
+    }
+  }
+
+  /** After a pass from n = 2: carries on only the positions whose n-gram occurred more than once. */
+  private keepRepeated(): void {
+    const { positions, slots } = this;
+    let kept = 0;
+    for (let k = 0; k < this.count; k++) {
+      if ((table.counts[slots[k] as number] as number) > 1) positions[kept++] = positions[k] as number;
+    }
+    this.count = kept;
+  }
+
+  /** Passes up to n-grams of `n` words (n ≥ 2, never less than the last), counted in `table`. */
+  private growTo(n: number): void {
+    if (n <= this.n || n < 2) throw new Error(`n-grams of ${n} words asked after ${this.n}: they grow`);
+    while (this.n < n - 1) {
+      this.pass();
+      if (this.n > 1) this.keepRepeated();
+    }
+    this.pass();
+  }
+
+  /** The most frequent n-gram's characters times its count, over `totalChars` (ties: the first to occur); 0 when none repeats. */
+  topCharFraction(n: number, totalChars: number): number {
+    if (this.words < n) return 0;
+    this.growTo(n);
+    let best = 0;
+    let bestSlot = -1;
+    for (let k = 0; k < table.size; k++) {
+      const slot = table.order[k] as number;
+      if ((table.counts[slot] as number) > best) {
+        best = table.counts[slot] as number;
+        bestSlot = slot;
       }
     }
+    this.keepRepeated();
+    if (best <= 1) return 0;
+    const at = table.firsts[bestSlot] as number;
+    let chars = 0;
+    for (let k = at; k < at + n; k++) chars += this.lengths[k] as number;
+    return (best * chars) / totalChars;
   }
 
-  key(i: number): number {
-    return ((this.a[i] as number) >>> 0) * 0x200000 + (((this.b[i] as number) >>> 0) & 0x1fffff);
-  }
-}
-
-function topNgramCharFraction(w: string[], grams: RollingNgrams, n: number, totalChars: number): number {
-  if (w.length < n) return 0;
-  grams.grow(n);
-  table.reset(w.length - n + 1);
-  for (let i = 0; i + n <= w.length; i++) table.add(grams.key(i), i);
-  let best = 0;
-  let bestSlot = -1;
-  for (let k = 0; k < table.size; k++) {
-    const slot = table.order[k] as number;
-    if ((table.counts[slot] as number) > best) {
-      best = table.counts[slot] as number;
-      bestSlot = slot;
+  /** The characters of the words in every occurrence of an n-gram after its first, over `totalChars`. */
+  duplicateCharFraction(n: number, totalChars: number): number {
+    if (this.words < n) return 0;
+    this.growTo(n);
+    const { covered, positions, slots } = this;
+    covered.fill(0, 0, this.words);
+    for (let k = 0; k < this.count; k++) {
+      const i = positions[k] as number;
+      if ((table.firsts[slots[k] as number] as number) !== i) covered.fill(1, i, i + n);
     }
+    this.keepRepeated();
+    let chars = 0;
+    for (let i = 0; i < this.words; i++) if (covered[i]) chars += this.lengths[i] as number;
+    return chars / totalChars;
   }
-  if (best <= 1) return 0;
-  const at = table.firsts[bestSlot] as number;
-  let chars = 0;
-  for (let k = at; k < at + n; k++) chars += (w[k] as string).length;
-  return (best * chars) / totalChars;
-}
-
-function duplicateNgramCharFraction(w: string[], grams: RollingNgrams, n: number, totalChars: number): number {
-  if (w.length < n) return 0;
-  grams.grow(n);
-  table.reset(w.length - n + 1);
-  const covered = new Uint8Array(w.length);
-  for (let i = 0; i + n <= w.length; i++) {
-    if (table.add(grams.key(i), i) > 1) covered.fill(1, i, i + n);
-  }
-  let chars = 0;
-  for (let i = 0; i < w.length; i++) if (covered[i]) chars += (w[i] as string).length;
-  return chars / totalChars;
 }
 
 /** The settings for a document of `language`: the run's, with the language's overrides where the run keeps the default. */
@@ -364,34 +530,69 @@ export function settingsFor(language: ScriptLanguage, run: HeuristicSettings): H
 }
 
 /** The first heuristic a text fails, or null. */
+const grams = new NgramPasses();
+
+/** One document's words (lower-cased): two independent 32-bit hashes of each, and its length. */
+let loweredHashA = new Int32Array(1024);
+let loweredHashB = new Int32Array(1024);
+let loweredLengths = new Int32Array(1024);
+
+/** Hashes `word` (already lower-cased) as the `k`th word. */
+function hashWord(k: number, word: string, from: number, to: number): void {
+  let a = 0x811c9dc5;
+  let b = 0x9747b28c;
+  for (let i = from; i < to; i++) {
+    const unit = word.charCodeAt(i);
+    a = Math.imul(a ^ unit, 0x01000193);
+    b = Math.imul(b ^ unit, 0x5bd1e995);
+    b ^= b >>> 15;
+  }
+  loweredHashA[k] = a;
+  loweredHashB[k] = b;
+  loweredLengths[k] = to - from;
+}
+
+/** The first heuristic a text fails, or null. */
 export function heuristicVerdict(text: string, run: HeuristicSettings): HeuristicReason | null {
   const language = scriptLanguage(text);
   const s = settingsFor(language, run);
-  const w = words(text, language);
-  const n = w.length;
+  // The words by offsets into the text (scanWords), or, where the segmenter or WORD decides, as strings.
+  const scanned = scanWords(text);
+  const list = scanned >= 0 ? null : words(text, language);
+  const n = list ? list.length : scanned;
   if ((s.minWords !== null && n < s.minWords) || (s.maxWords !== null && n > s.maxWords)) return 'word_count';
   if (n === 0) return null;
-  const wordChars = w.reduce((a, x) => a + x.length, 0);
+  let wordChars = 0;
+  if (list) for (const x of list) wordChars += x.length;
+  else for (let k = 0; k < n; k++) wordChars += (wordEnds[k] as number) - (wordStarts[k] as number);
   const mean = wordChars / n;
   if ((s.minMeanWordLength !== null && mean < s.minMeanWordLength) || (s.maxMeanWordLength !== null && mean > s.maxMeanWordLength)) return 'mean_word_length';
   // As Gopher and datatrove: the hash and the ellipsis each against the ratio, not their sum.
   if (s.maxSymbolWordRatio !== null) {
-    if ((text.match(/#/g)?.length ?? 0) / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
-    if ((text.match(/\.\.\.|…/g)?.length ?? 0) / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
+    if (countHashes(text) / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
+    if (countEllipses(text) / n > s.maxSymbolWordRatio) return 'symbol_word_ratio';
   }
   // Every line counts in the denominator, blank ones too (datatrove's splitlines()).
   const allLines = text.split(/\r?\n/);
   if (s.maxBulletLineRatio !== null && allLines.filter((line) => bullet.test(line)).length / allLines.length > s.maxBulletLineRatio) return 'bullet_lines';
   if (s.maxEllipsisLineRatio !== null && allLines.filter((line) => ellipsisEnd.test(line)).length / allLines.length > s.maxEllipsisLineRatio) return 'ellipsis_lines';
   const lines = allLines.filter((line) => line.trim() !== '');
-  if (s.minAlphaWordRatio !== null && w.filter((x) => letter.test(x)).length / n < s.minAlphaWordRatio) return 'alpha_words';
+  if (s.minAlphaWordRatio !== null) {
+    let alpha = 0;
+    if (list) for (const x of list) alpha += letter.test(x) ? 1 : 0;
+    else for (let k = 0; k < n; k++) alpha += (wordFlags[k] as number) & HAS_LETTER;
+    if (alpha / n < s.minAlphaWordRatio) return 'alpha_words';
+  }
   const stop = stopWords[language];
   // Occurrences, as datatrove counts them.
   if (s.minStopWords !== null && stop) {
+    // Lower-casing never shortens a word, so a longer one cannot be a stop word.
+    const longest = longestStopWord(stop);
     let found = 0;
-    for (const x of w) {
-      if (stop.has(x.toLowerCase())) found++;
-      if (found >= s.minStopWords) break;
+    for (let k = 0; k < n && found < s.minStopWords; k++) {
+      if (list) {
+        if (stop.has((list[k] as string).toLowerCase())) found++;
+      } else if ((wordEnds[k] as number) - (wordStarts[k] as number) <= longest && stop.has(text.slice(wordStarts[k], wordEnds[k]).toLowerCase())) found++;
     }
     if (found < s.minStopWords) return 'stop_words';
   }
@@ -401,15 +602,70 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   // Paragraphs first, then lines, in datatrove's order.
   if ((s.maxDuplicateParagraphFraction !== null && paraDup.fraction > s.maxDuplicateParagraphFraction) || (s.maxDuplicateParagraphCharFraction !== null && paraDup.charFraction > s.maxDuplicateParagraphCharFraction)) return 'duplicate_paragraphs';
   if ((s.maxDuplicateLineFraction !== null && lineDup.fraction > s.maxDuplicateLineFraction) || (s.maxDuplicateLineCharFraction !== null && lineDup.charFraction > s.maxDuplicateLineCharFraction)) return 'duplicate_lines';
+  if (!s.maxTopNgramCharFraction && !s.maxDuplicateNgramCharFraction) return null;
+  // The n-gram rules compare lower-cased words, by two hashes of each (equal words always hash
+  // equal; two different ones of a document collide with a probability near 2^-64).
+  if (n > loweredHashA.length) {
+    loweredHashA = new Int32Array(2 * n);
+    loweredHashB = new Int32Array(2 * n);
+    loweredLengths = new Int32Array(2 * n);
+  }
+  for (let k = 0; k < n; k++) {
+    if (list) {
+      const lowered = (list[k] as string).toLowerCase();
+      hashWord(k, lowered, 0, lowered.length);
+    } else if ((wordFlags[k] as number) & PLAIN) hashPlainWord(k, text, wordStarts[k] as number, wordEnds[k] as number);
+    else {
+      const lowered = text.slice(wordStarts[k], wordEnds[k]).toLowerCase();
+      hashWord(k, lowered, 0, lowered.length);
+    }
+  }
+  grams.reset(n, loweredHashA, loweredHashB, loweredLengths);
   // Characters of the n-grams over the document's length, as datatrove divides them.
-  const lowered = w.map((x) => x.toLowerCase());
-  const grams = new RollingNgrams(wordIds(lowered));
   const length = text.length;
   if (s.maxTopNgramCharFraction) {
-    for (const [i, max] of s.maxTopNgramCharFraction.entries()) if (topNgramCharFraction(lowered, grams, i + 2, length) > max) return 'top_ngram';
+    for (const [i, max] of s.maxTopNgramCharFraction.entries()) if (grams.topCharFraction(i + 2, length) > max) return 'top_ngram';
   }
   if (s.maxDuplicateNgramCharFraction) {
-    for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (duplicateNgramCharFraction(lowered, grams, i + 5, length) > max) return 'duplicate_ngram';
+    for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (grams.duplicateCharFraction(i + 5, length) > max) return 'duplicate_ngram';
   }
   return null;
+}
+
+/** hashWord of a word of ASCII and Hangul syllables at text[from, to), lower-cased unit by unit (as toLowerCase does for them). */
+function hashPlainWord(k: number, text: string, from: number, to: number): void {
+  let a = 0x811c9dc5;
+  let b = 0x9747b28c;
+  for (let i = from; i < to; i++) {
+    let unit = text.charCodeAt(i);
+    if (unit >= 0x41 && unit <= 0x5a) unit |= 0x20;
+    a = Math.imul(a ^ unit, 0x01000193);
+    b = Math.imul(b ^ unit, 0x5bd1e995);
+    b ^= b >>> 15;
+  }
+  loweredHashA[k] = a;
+  loweredHashB[k] = b;
+  loweredLengths[k] = to - from;
+}
+
+const longestStopWords = new Map<ReadonlySet<string>, number>();
+function longestStopWord(stop: ReadonlySet<string>): number {
+  let longest = longestStopWords.get(stop);
+  if (longest === undefined) longestStopWords.set(stop, (longest = Math.max(0, ...[...stop].map((w) => w.length))));
+  return longest;
+}
+
+/** `text.match(/#/g)?.length ?? 0`, without the array. */
+function countHashes(text: string): number {
+  let count = 0;
+  for (let at = text.indexOf('#'); at !== -1; at = text.indexOf('#', at + 1)) count++;
+  return count;
+}
+
+/** `text.match(/\.\.\.|…/g)?.length ?? 0`: leftmost matches, none overlapping (a run of dots counts by threes). */
+function countEllipses(text: string): number {
+  let count = 0;
+  for (let at = text.indexOf('...'); at !== -1; at = text.indexOf('...', at + 3)) count++;
+  for (let at = text.indexOf('…'); at !== -1; at = text.indexOf('…', at + 1)) count++;
+  return count;
 }

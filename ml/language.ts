@@ -24,12 +24,15 @@ const MAX_DIFFERENCE = 300;
 
 interface ScriptTable {
   languages: string[];
-  /** Trigram (three UTF-16 units as one number) → its row in the postings. */
-  rows: Map<number, number>;
+  /** Open addressing from a trigram's key to its row in the postings: `slotKeys` (NaN where empty) and `slotRows`. */
+  slotKeys: Float64Array;
+  slotRows: Int32Array;
   /** Row r's postings are rowStart[r] … rowStart[r + 1] − 1: a language's index and the trigram's rank in it. */
   rowStart: Int32Array;
   postLanguage: Uint16Array;
   postRank: Int16Array;
+  /** Scratch for one text's distances to each language. */
+  distance: Float64Array;
 }
 
 interface FrancData {
@@ -40,10 +43,27 @@ interface FrancData {
    * where an expression could match something else (then the expressions themselves count).
    */
   scriptBits: Uint32Array | null;
+  /**
+   * For each UTF-16 unit, 1 where franc's cleaning turns it into a space (ASCII punctuation and
+   * digits, U+0021–U+0040, and white space), when lower-casing first is known to change nothing
+   * (see cleanTrigrams); null otherwise.
+   */
+  toSpace: Uint8Array | null;
 }
 let francData: FrancData | undefined;
 
 const trigramKey = (s: string, i: number): number => s.charCodeAt(i) * 4294967296 + s.charCodeAt(i + 1) * 65536 + s.charCodeAt(i + 2);
+
+/** A 32-bit hash of a trigram's three units, for the open-addressing tables. */
+function trigramHash(a: number, b: number, c: number): number {
+  let h = Math.imul(a, 0x9e3779b1) ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35);
+  h ^= h >>> 15;
+  return Math.imul(h, 0x2c1b3c6d) >>> 0;
+}
+
+function hashOfKey(key: number): number {
+  return trigramHash(Math.floor(key / 4294967296), Math.floor(key / 65536) % 65536, key % 65536);
+}
 
 /**
  * franc-min is an ES module: Node ≥ 20.19 `require`s it. Loaded on first use, so runs whose sources
@@ -72,7 +92,10 @@ function loadFranc(): FrancData {
         byLanguage.set(li, weight);
       }
     });
-    const rows = new Map<number, number>();
+    let slots = 64;
+    while (slots < ranks.size * 2) slots *= 2;
+    const slotKeys = new Float64Array(slots).fill(Number.NaN);
+    const slotRows = new Int32Array(slots).fill(-1);
     const rowStart = new Int32Array(ranks.size + 1);
     const total = [...ranks.values()].reduce((n, m) => n + m.size, 0);
     const postLanguage = new Uint16Array(total);
@@ -80,7 +103,10 @@ function loadFranc(): FrancData {
     let r = 0;
     let at = 0;
     for (const [key, byLanguage] of ranks) {
-      rows.set(key, r);
+      let slot = hashOfKey(key) & (slots - 1);
+      while (slotRows[slot] !== -1) slot = (slot + 1) & (slots - 1);
+      slotKeys[slot] = key;
+      slotRows[slot] = r;
       rowStart[r] = at;
       for (const [li, rank] of byLanguage) {
         postLanguage[at] = li;
@@ -90,10 +116,10 @@ function loadFranc(): FrancData {
       r++;
     }
     rowStart[r] = at;
-    tables.set(script, { languages, rows, rowStart, postLanguage, postRank });
+    tables.set(script, { languages, slotKeys, slotRows, rowStart, postLanguage, postRank, distance: new Float64Array(languages.length) });
   }
   const entries = Object.entries(expressions);
-  francData = { expressions: entries, tables, scriptBits: scriptBitsOf(entries) };
+  francData = { expressions: entries, tables, scriptBits: scriptBitsOf(entries), toSpace: toSpaceTable() };
   return francData;
 }
 
@@ -122,6 +148,29 @@ function scriptBitsOf(expressions: [string, RegExp][]): Uint32Array | null {
   return bits;
 }
 
+/** What franc's cleaning turns into a space, one unit at a time: ASCII punctuation and digits, and white space. */
+const CLEANED_AWAY = /[\u0021-\u0040]|\s/;
+
+/**
+ * The units franc's cleaning turns into spaces, as a table, provided lower-casing each unit alone
+ * never turns one of them into another unit or another unit into one of them: then lower-casing
+ * the whole text first (one native call) and cleaning after gives franc's cleaned text, except
+ * around a capital sigma, whose lower case depends on its neighbours (cleanTrigrams leaves such
+ * text to franc's own order). Checked here on every unit; where it does not hold, null.
+ */
+function toSpaceTable(): Uint8Array | null {
+  const table = new Uint8Array(65536);
+  for (let u = 0; u < 65536; u++) {
+    const ch = String.fromCharCode(u);
+    const away = CLEANED_AWAY.test(ch);
+    const lower = ch.toLowerCase();
+    if (away && lower !== ch) return null;
+    if (!away) for (let i = 0; i < lower.length; i++) if (CLEANED_AWAY.test(lower.charAt(i))) return null;
+    table[u] = away ? 1 : 0;
+  }
+  return table;
+}
+
 const SURROGATE = /[\uD800-\uDFFF]/;
 
 /** How many of `value`'s characters each script expression matches (franc counts `value.match(expression)`). */
@@ -136,9 +185,58 @@ function scriptCounts(value: string, data: FrancData): number[] {
   return counts;
 }
 
-/** franc-min's `francAll(text, { minLength })`: languages (ISO 639-3) with scores, best first (1), or [['und', 1]]. */
-export function rankLanguages(text: string, minLength: number): [string, number][] {
-  if (!text || text.length < minLength) return [['und', 1]];
+/** Scratch for one text's cleaned units and its trigram counts (open addressing, emptied by generation). */
+let cleanedUnits = new Uint16Array(MAX_LENGTH * 3 + 2);
+const COUNT_SLOTS = 1 << 14;
+const countKeys = new Float64Array(COUNT_SLOTS);
+const countHashes = new Uint32Array(COUNT_SLOTS);
+const countValues = new Int32Array(COUNT_SLOTS);
+const countStamps = new Uint32Array(COUNT_SLOTS);
+const countOrder = new Int32Array(COUNT_SLOTS);
+let countGeneration = 0;
+
+/**
+ * franc's cleaned text into `cleanedUnits`: ASCII punctuation and digits to spaces, white space
+ * collapsed, trimmed, lower-cased, padded with a space each side. Returns its length.
+ */
+function cleanTrigrams(value: string, toSpace: Uint8Array | null): number {
+  if (toSpace === null || value.includes('\u03A3')) {
+    const cleaned = ` ${value.replace(/[\u0021-\u0040]+/g, ' ').replace(/\s+/g, ' ').trim().toLowerCase()} `;
+    if (cleaned.length > cleanedUnits.length) cleanedUnits = new Uint16Array(cleaned.length);
+    for (let i = 0; i < cleaned.length; i++) cleanedUnits[i] = cleaned.charCodeAt(i);
+    return cleaned.length;
+  }
+  const lower = value.toLowerCase();
+  if (lower.length + 2 > cleanedUnits.length) cleanedUnits = new Uint16Array(lower.length + 2);
+  const out = cleanedUnits;
+  let n = 0;
+  out[n++] = 32;
+  let space = false;
+  for (let i = 0; i < lower.length; i++) {
+    const unit = lower.charCodeAt(i);
+    if (toSpace[unit] === 1) {
+      space = n > 1;
+      continue;
+    }
+    if (space) {
+      out[n++] = 32;
+      space = false;
+    }
+    out[n++] = unit;
+  }
+  out[n++] = 32;
+  return n;
+}
+
+/**
+ * franc's ranking before it is sorted and scaled: `[code, 1]` where franc answers without trigrams
+ * (an undetermined text, or a script with one language), otherwise each language's trigram
+ * distance (in `table.distance`) and what scales it.
+ */
+type Ranking = { only: string } | { table: ScriptTable; min: number; max: number };
+
+function rank(text: string, minLength: number): Ranking {
+  if (!text || text.length < minLength) return { only: 'und' };
   const data = loadFranc();
   const { expressions, tables } = data;
   const value = text.slice(0, MAX_LENGTH);
@@ -154,39 +252,78 @@ export function rankLanguages(text: string, minLength: number): [string, number]
     }
   }
   const table = topScript === undefined ? undefined : tables.get(topScript);
-  if (!table) return topScript === undefined || topCount === 0 ? [['und', 1]] : [[topScript, 1]];
-  // The text's trigrams as franc cleans it: ASCII punctuation and digits to spaces, white space
-  // collapsed, trimmed, lower-cased, padded with a space each side.
-  const cleaned = ` ${value.replace(/[\u0021-\u0040]+/g, ' ').replace(/\s+/g, ' ').trim().toLowerCase()} `;
-  const n = cleaned.length - 2;
-  const keys = new Float64Array(Math.max(0, n));
-  for (let i = 0; i < n; i++) keys[i] = trigramKey(cleaned, i);
-  keys.sort();
-  const { languages, rows, rowStart, postLanguage, postRank } = table;
-  const distance = new Float64Array(languages.length);
-  let unique = 0;
-  for (let i = 0; i < n; ) {
-    const key = keys[i] as number;
-    let j = i + 1;
-    while (j < n && keys[j] === key) j++;
-    const count = j - i;
-    unique++;
-    const row = rows.get(key);
-    if (row !== undefined) {
-      // Every language starts at MAX_DIFFERENCE for this trigram; those that list it get |count − rank − 1| instead.
-      for (let p = rowStart[row] as number, end = rowStart[row + 1] as number; p < end; p++) {
-        const difference = count - (postRank[p] as number) - 1;
-        (distance[postLanguage[p] as number] as number) += (difference < 0 ? -difference : difference) - MAX_DIFFERENCE;
-      }
-    }
-    i = j;
+  if (!table) return { only: topScript === undefined || topCount === 0 ? 'und' : topScript };
+  // Each distinct trigram of the cleaned text, counted.
+  const length = cleanTrigrams(value, data.toSpace);
+  const units = cleanedUnits;
+  countGeneration = (countGeneration + 1) >>> 0;
+  if (countGeneration === 0) {
+    countStamps.fill(0);
+    countGeneration = 1;
   }
-  const ranked = languages.map((language, li): [string, number] => [language, (distance[li] as number) + unique * MAX_DIFFERENCE]);
+  let unique = 0;
+  for (let i = 0; i + 2 < length; i++) {
+    const a = units[i] as number;
+    const b = units[i + 1] as number;
+    const c = units[i + 2] as number;
+    const key = a * 4294967296 + b * 65536 + c;
+    const hash = trigramHash(a, b, c);
+    let slot = hash & (COUNT_SLOTS - 1);
+    for (;;) {
+      if (countStamps[slot] !== countGeneration) {
+        countStamps[slot] = countGeneration;
+        countKeys[slot] = key;
+        countHashes[slot] = hash;
+        countValues[slot] = 1;
+        countOrder[unique++] = slot;
+        break;
+      }
+      if (countKeys[slot] === key) {
+        (countValues[slot] as number)++;
+        break;
+      }
+      slot = (slot + 1) & (COUNT_SLOTS - 1);
+    }
+  }
+  const { slotKeys, slotRows, rowStart, postLanguage, postRank, distance } = table;
+  const mask = slotKeys.length - 1;
+  distance.fill(0);
+  for (let u = 0; u < unique; u++) {
+    const at = countOrder[u] as number;
+    const key = countKeys[at] as number;
+    let slot = (countHashes[at] as number) & mask;
+    while (slotRows[slot] !== -1 && slotKeys[slot] !== key) slot = (slot + 1) & mask;
+    const row = slotRows[slot] as number;
+    if (row === -1) continue;
+    const count = countValues[at] as number;
+    // Every language starts at MAX_DIFFERENCE for this trigram; those that list it get |count − rank − 1| instead.
+    for (let p = rowStart[row] as number, end = rowStart[row + 1] as number; p < end; p++) {
+      const difference = count - (postRank[p] as number) - 1;
+      (distance[postLanguage[p] as number] as number) += (difference < 0 ? -difference : difference) - MAX_DIFFERENCE;
+    }
+  }
+  let min = Infinity;
+  for (let li = 0; li < distance.length; li++) {
+    distance[li] = (distance[li] as number) + unique * MAX_DIFFERENCE;
+    if ((distance[li] as number) < min) min = distance[li] as number;
+  }
+  if (distance.length === 0) min = 0;
+  return { table, min, max: value.length * MAX_DIFFERENCE - min };
+}
+
+/** franc's relative score of a language at `distance`. */
+const scoreOf = (distance: number, min: number, max: number): number => 1 - (distance - min) / max || 0;
+
+/** franc-min's `francAll(text, { minLength })`: languages (ISO 639-3) with scores, best first (1), or [['und', 1]]. */
+export function rankLanguages(text: string, minLength: number): [string, number][] {
+  const ranking = rank(text, minLength);
+  if ('only' in ranking) return [[ranking.only, 1]];
+  const { table, min, max } = ranking;
+  if (table.languages.length === 0) return [['und', 1]];
+  const ranked = table.languages.map((language, li): [string, number] => [language, table.distance[li] as number]);
   ranked.sort((a, b) => a[1] - b[1]);
-  const min = ranked[0]?.[1] ?? 0;
-  const max = value.length * MAX_DIFFERENCE - min;
-  for (const entry of ranked) entry[1] = 1 - (entry[1] - min) / max || 0;
-  return ranked.length === 0 ? [['und', 1]] : ranked;
+  for (const entry of ranked) entry[1] = scoreOf(entry[1], min, max);
+  return ranked;
 }
 
 /** Languages with a script of their own: a real share of it in a document is enough to say it is there. */
@@ -204,14 +341,32 @@ export const languageMinChars = 20;
  * `minScore` relative to the best, or the text is too short to tell.
  */
 export function inExpectedLanguage(text: string, expected: readonly string[], minScore = defaultMinLanguageScore): boolean {
-  if ([...text.trim()].length < languageMinChars) return true;
+  if (shorterThan(text.trim(), languageMinChars)) return true;
   // franc judges only the script with most letters: Korean telecom notes full of Latin terms would
   // look Latin to it. A language with its own script is accepted on a real share of that script.
   const shares = scriptShares(text);
   if (expected.some((lang) => OWN_SCRIPT[lang] && shares[OWN_SCRIPT[lang]] >= ownScriptShare)) return true;
-  const ranked = rankLanguages(text, languageMinChars);
-  if (ranked.length === 0 || ranked[0][0] === 'und') return true;
-  return ranked.some(([lang, score]) => expected.includes(lang) && score >= minScore);
+  // rankLanguages' scores, for the expected languages only (no list to build and sort).
+  const ranking = rank(text, languageMinChars);
+  if ('only' in ranking) return ranking.only === 'und' || (expected.includes(ranking.only) && 1 >= minScore);
+  const { table, min, max } = ranking;
+  if (table.languages.length === 0) return true;
+  return table.languages.some((language, li) => expected.includes(language) && scoreOf(table.distance[li] as number, min, max) >= minScore);
+}
+
+/** Whether `text` has fewer than `n` code points (counting no further than n). */
+function shorterThan(text: string, n: number): boolean {
+  if (text.length < n) return true;
+  if (text.length >= 2 * n) return false;
+  let points = 0;
+  for (let i = 0; i < text.length && points < n; i++, points++) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) i++;
+    }
+  }
+  return points < n;
 }
 
 /** franc's best guess (ISO 639-3), or 'und'. */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { heuristicReasons, heuristicVerdict, ngramKey, wordIds, type HeuristicSettings } from './heuristics';
+import { heuristicReasons, heuristicVerdict, ngramKeyOf, NgramTable, whiteSpace, type HeuristicSettings } from './heuristics';
 import { defaultMinLanguageScore, inExpectedLanguage } from './language';
 
 /**
@@ -142,8 +142,13 @@ export function documentText(doc: QualityDoc): string {
 
 /** The key exact de-duplication compares: NFKC, case-folded, whitespace collapsed. */
 export function normalizeForDedup(text: string): string {
-  return text.normalize('NFKC').toLowerCase().replace(/\s+/gu, ' ').trim();
+  const lowered = text.normalize('NFKC').toLowerCase();
+  // Most text has no white space to collapse: then only the trim.
+  return (SPACE_TO_COLLAPSE.test(lowered) ? lowered.replace(/\s+/gu, ' ') : lowered).trim();
 }
+
+/** White space other than a lone space. */
+const SPACE_TO_COLLAPSE = /[^\S ]| {2}/;
 
 function filterBy<T extends QualityDoc>(
   docs: Candidate<T>[],
@@ -245,25 +250,72 @@ function duplicateLineShare(text: string): number {
   return duplicated / total;
 }
 
+/** Per document, scratch: each word's two hashes and length, each n-gram's slot in the count table. */
+let wordHashA = new Int32Array(1024);
+let wordHashB = new Int32Array(1024);
+let wordLength = new Int32Array(1024);
+let gramSlots = new Int32Array(1024);
+let wordCovered = new Uint8Array(1024);
+const repetitionTable = new NgramTable();
+
+/**
+ * Words are the lower-cased text split at white space. They are compared by two independent 32-bit
+ * hashes of their units, and n-grams by two hashes chained over those (ngramKeyOf) (so equal n-grams always
+ * share a key, and two different ones of a document share one with a probability near 2^-53), all
+ * in typed arrays, without a string per word.
+ */
 function duplicateNgramShare(text: string, n: number): number {
-  const words = text.toLowerCase().split(/\s+/u).filter((w) => w.length > 0);
-  if (words.length < Math.max(2 * n, repetitionNgramMinWords)) return 0;
-  const totalChars = words.reduce((sum, w) => sum + w.length, 0);
-  // N-grams compared by a numeric key of their words' ids (ml/heuristics.ts), not a joined string.
-  const ids = wordIds(words);
-  const keys = new Float64Array(words.length - n + 1);
-  const counts = new Map<number, number>();
-  for (let i = 0; i + n <= words.length; i++) {
-    const key = ngramKey(ids, i, n);
-    keys[i] = key;
-    counts.set(key, (counts.get(key) ?? 0) + 1);
+  const lower = text.toLowerCase();
+  if (lower.length + 1 > wordHashA.length) {
+    const size = 2 * (lower.length + 1);
+    wordHashA = new Int32Array(size);
+    wordHashB = new Int32Array(size);
+    wordLength = new Int32Array(size);
   }
-  const covered = new Uint8Array(words.length);
-  for (let i = 0; i + n <= words.length; i++) {
-    if ((counts.get(keys[i] as number) ?? 0) > 1) covered.fill(1, i, i + n);
+  let count = 0;
+  let totalChars = 0;
+  for (let i = 0; i < lower.length; ) {
+    let unit = lower.charCodeAt(i);
+    if (whiteSpace[unit] === 1) {
+      i++;
+      continue;
+    }
+    let a = 0x811c9dc5;
+    let b = 0x9747b28c;
+    const start = i;
+    do {
+      a = Math.imul(a ^ unit, 0x01000193);
+      b = Math.imul(b ^ unit, 0x5bd1e995);
+      b ^= b >>> 15;
+      unit = ++i < lower.length ? lower.charCodeAt(i) : 32;
+    } while (whiteSpace[unit] === 0);
+    wordHashA[count] = a;
+    wordHashB[count] = b;
+    wordLength[count] = i - start;
+    totalChars += i - start;
+    count++;
   }
+  if (count < Math.max(2 * n, repetitionNgramMinWords)) return 0;
+  const grams = count - n + 1;
+  if (grams > gramSlots.length) gramSlots = new Int32Array(2 * grams);
+  if (count > wordCovered.length) wordCovered = new Uint8Array(2 * count);
+  const table = repetitionTable;
+  table.reset(grams);
+  for (let i = 0; i < grams; i++) {
+    let a = 0x811c9dc5;
+    let b = 0x9747b28c;
+    for (let k = i; k < i + n; k++) {
+      a = Math.imul(a ^ (wordHashA[k] as number), 0x01000193);
+      b = Math.imul(b ^ (wordHashB[k] as number), 0x5bd1e995);
+      b ^= b >>> 15;
+    }
+    gramSlots[i] = table.slotOf(ngramKeyOf(a, b), i);
+  }
+  const covered = wordCovered;
+  covered.fill(0, 0, count);
+  for (let i = 0; i < grams; i++) if ((table.counts[gramSlots[i] as number] as number) > 1) covered.fill(1, i, i + n);
   let coveredChars = 0;
-  for (let i = 0; i < words.length; i++) if (covered[i]) coveredChars += words[i].length;
+  for (let i = 0; i < count; i++) if (covered[i]) coveredChars += wordLength[i] as number;
   return coveredChars / totalChars;
 }
 
@@ -335,14 +387,6 @@ export function symbolFilter<T extends QualityDoc>(
 
 // ---------------------------------------------------------------- near-duplicates (MinHash + LSH)
 
-function fnv1a(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
 
 function fmix32(x: number): number {
   let h = x;
@@ -373,32 +417,84 @@ export function minhashSignature(text: string, permutations: number = defaultMin
   return minhashOfNormalized(normalizeForDedup(text), permutations);
 }
 
-/** minhashSignature of a text already through normalizeForDedup. */
+/** Per signature, scratch: each word's hash and each shingle's. */
+let minhashWords = new Int32Array(1024);
+let minhashShingles = new Int32Array(1024);
+/** The permutations' multipliers and offsets as signed 32-bit integers (the same bits). */
+const permutationA32 = Int32Array.from(permutationA, (a) => a | 0);
+const permutationB32 = Int32Array.from(permutationB, (b) => b | 0);
+
+/**
+ * minhashSignature of a text already through normalizeForDedup. Words are what `split(' ')` gives,
+ * each hashed once by FNV-1a over its UTF-16 units; a shingle's hash chains its words' hashes in
+ * order. The arithmetic is in signed 32-bit integers, the minimum taken in unsigned order (by
+ * flipping the sign bit), four permutations to a pass over the shingles.
+ */
 export function minhashOfNormalized(normalized: string, permutations: number): Uint32Array {
-  const words = normalized.split(' ');
-  // Each word hashed once; a shingle's hash chains its words' hashes in order.
-  const wordHashes = new Uint32Array(words.length);
-  for (let i = 0; i < words.length; i++) wordHashes[i] = fnv1a(words[i] as string);
-  const shingleOf = (start: number, length: number): number => {
-    let h = 0x9747b28c;
-    for (let k = start; k < start + length; k++) h = fmix32(Math.imul(h ^ (wordHashes[k] as number), 0x01000193));
-    return h;
-  };
+  const length = normalized.length;
+  if (length + 1 > minhashWords.length) minhashWords = new Int32Array(2 * (length + 1));
+  const words = minhashWords;
+  let wordCount = 0;
+  let h = 0x811c9dc5 | 0;
+  for (let i = 0; i < length; i++) {
+    const unit = normalized.charCodeAt(i);
+    if (unit === 32) {
+      words[wordCount++] = h;
+      h = 0x811c9dc5 | 0;
+    } else h = Math.imul(h ^ unit, 0x01000193);
+  }
+  words[wordCount++] = h;
   // A repeated shingle changes no minimum, so none is set aside.
-  const count = words.length < repetitionNgram ? 1 : words.length - repetitionNgram + 1;
-  const shingles = new Uint32Array(count);
-  if (words.length < repetitionNgram) shingles[0] = shingleOf(0, words.length);
-  else for (let i = 0; i < count; i++) shingles[i] = shingleOf(i, repetitionNgram);
-  const signature = new Uint32Array(permutations);
-  for (let p = 0; p < permutations; p++) {
-    const a = permutationA[p] as number;
-    const b = permutationB[p] as number;
-    let min = 0xffffffff;
-    for (let i = 0; i < count; i++) {
-      const h = (Math.imul(shingles[i] as number, a) + b) >>> 0;
-      if (h < min) min = h;
+  const short = wordCount < repetitionNgram;
+  const count = short ? 1 : wordCount - repetitionNgram + 1;
+  const span = short ? wordCount : repetitionNgram;
+  if (count > minhashShingles.length) minhashShingles = new Int32Array(2 * count);
+  const shingles = minhashShingles;
+  for (let i = 0; i < count; i++) {
+    let x = 0x9747b28c | 0;
+    for (let k = i; k < i + span; k++) {
+      x = Math.imul(x ^ (words[k] as number), 0x01000193);
+      x ^= x >>> 16;
+      x = Math.imul(x, 0x85ebca6b);
+      x ^= x >>> 13;
+      x = Math.imul(x, 0xc2b2ae35);
+      x ^= x >>> 16;
     }
-    signature[p] = min;
+    shingles[i] = x;
+  }
+  const signature = new Uint32Array(permutations);
+  const A = permutationA32;
+  const B = permutationB32;
+  let p = 0;
+  for (; p + 4 <= permutations; p += 4) {
+    const a0 = A[p] as number, a1 = A[p + 1] as number, a2 = A[p + 2] as number, a3 = A[p + 3] as number;
+    const b0 = B[p] as number, b1 = B[p + 1] as number, b2 = B[p + 2] as number, b3 = B[p + 3] as number;
+    let m0 = 0x7fffffff, m1 = 0x7fffffff, m2 = 0x7fffffff, m3 = 0x7fffffff;
+    for (let i = 0; i < count; i++) {
+      const x = shingles[i] as number;
+      const h0 = ((Math.imul(x, a0) + b0) | 0) ^ 0x80000000;
+      const h1 = ((Math.imul(x, a1) + b1) | 0) ^ 0x80000000;
+      const h2 = ((Math.imul(x, a2) + b2) | 0) ^ 0x80000000;
+      const h3 = ((Math.imul(x, a3) + b3) | 0) ^ 0x80000000;
+      if (h0 < m0) m0 = h0;
+      if (h1 < m1) m1 = h1;
+      if (h2 < m2) m2 = h2;
+      if (h3 < m3) m3 = h3;
+    }
+    signature[p] = m0 ^ 0x80000000;
+    signature[p + 1] = m1 ^ 0x80000000;
+    signature[p + 2] = m2 ^ 0x80000000;
+    signature[p + 3] = m3 ^ 0x80000000;
+  }
+  for (; p < permutations; p++) {
+    const a = A[p] as number;
+    const b = B[p] as number;
+    let m = 0x7fffffff;
+    for (let i = 0; i < count; i++) {
+      const x = ((Math.imul(shingles[i] as number, a) + b) | 0) ^ 0x80000000;
+      if (x < m) m = x;
+    }
+    signature[p] = m ^ 0x80000000;
   }
   return signature;
 }
@@ -587,6 +683,8 @@ const krRrnCandidate = /(?<![\w-])\d{6}-?[1-8]\d{6}(?![\w-])/g;
 // Never part of a longer run of digit groups (a card number's first twelve digits).
 const jpMyNumberCandidate = /(?<![\w-]|\d[ -])\d{4}([ -]?)\d{4}\1\d{4}(?![\w-]|[ -]\d)/g;
 
+const ANY_DIGIT = /\d/;
+
 function isIpv6(candidate: string): boolean {
   if (!/\d/.test(candidate)) return false; // "abc::def" is more likely code than an address
   const halves = candidate.split('::');
@@ -684,15 +782,19 @@ export function redactPii(text: string): { text: string; counts: Record<PiiKind,
       counts[kind]++;
       return `[${kind.toUpperCase()}]`;
     });
-  let out = replace(text, emailPattern, 'email', () => true);
+  // Each pattern is tried only where what it needs is there: an at sign; a digit (every other kind
+  // needs one, an IPv6 address too, see isIpv6); two colons; a dot.
+  let out = text.includes('@') ? replace(text, emailPattern, 'email', () => true) : text;
+  if (!ANY_DIGIT.test(out)) return { text: out, counts };
   // National identifiers before cards and phones, whose looser patterns would take their digits.
   // A resident registration number is written YYMMDD-NNNNNNN; without the hyphen it must be named
   // (13 bare digits are as often a millisecond timestamp). A My Number is twelve digits like any
   // other, so it must be named (マイナンバー, 個人番号, My Number) just before it.
   out = replace(out, krRrnCandidate, 'national_id', (m, at, whole) => isKoreanRrn(m) && (m.includes('-') || namedBefore(whole, at)));
   out = replace(out, jpMyNumberCandidate, 'national_id', (m, at, whole) => isJapaneseMyNumber(m) && namedBefore(whole, at));
-  out = replace(out, ipv6Candidate, 'ip', isIpv6);
-  out = replace(out, ipv4Pattern, 'ip', () => true);
+  const colon = out.indexOf(':');
+  if (colon !== -1 && out.indexOf(':', colon + 1) !== -1) out = replace(out, ipv6Candidate, 'ip', isIpv6);
+  if (out.includes('.')) out = replace(out, ipv4Pattern, 'ip', () => true);
   out = replace(out, cardCandidate, 'card', (m) => isLuhnValid(m.replace(/\D/g, '')));
   out = replace(out, phoneCandidate, 'phone', isPhone);
   return { text: out, counts };

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { cleanDocumentsPaced, QualityStream, type CleanResult, type MinhashIndex, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
+import { cleanDocumentsPaced, documentText, QualityStream, type CleanResult, type MinhashIndex, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
 
 /** Documents per shard: small enough to keep every thread busy and heartbeats frequent. */
 export const defaultShardDocs = 2_000;
@@ -104,7 +104,12 @@ export class ShardPool<T extends QualityDoc> {
             if (m.id !== id) return;
             cleanup();
             if (m.error !== undefined) reject(Object.assign(new Error(`quality worker thread failed on shard ${id}: ${m.error}`), { fatal: true }));
-            else resolve(m.result as ShardResult<T>);
+            else {
+              // The worker sends a text document's text once (ml/qualityWorker.ts).
+              const result = m.result as ShardResult<T>;
+              for (const c of result.kept) if (c.text === undefined) c.text = documentText(c.doc);
+              resolve(result);
+            }
           };
           const onError = (err: Error) => {
             cleanup();

@@ -47,6 +47,8 @@ function randomText(next: () => number): string {
     'ابتثجحخدذرزسشصضطظعغفقكلمنهوي ',
     '\n\t\u00a0\u2003 ',
     '😀🚀👍🏽 ',
+    // Capitals whose lower case depends on the neighbours (Σ) or is longer (İ), next to the punctuation franc cleans away.
+    'ΑΣΩΣ İIK\'.:; ',
   ];
   const length = Math.floor(next() * 3000);
   const mix = pools.filter(() => next() < 0.4);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mulberry32 } from '../ml/demoCorpus';
 import {
   cleanDocuments,
@@ -7,8 +8,10 @@ import {
   nearDedup,
   normalizeForDedup,
   redactPii,
+  minhashSignature,
   removalReasons,
   repetitionFilter,
+  repetitionRatio,
   symbolFilter,
   symbolRatio,
   type Candidate,
@@ -21,6 +24,89 @@ const prose = (topic: string): string =>
   `The ${topic} team reviewed the handover parameters on the northern cluster and agreed to raise the time to trigger.`;
 const candidates = (texts: string[]): Candidate<{ text: string }>[] => texts.map((text) => ({ doc: { text }, text }));
 const removedSum = (report: QualityReport): number => Object.values(report.removed).reduce((a, b) => a + b, 0);
+
+describe('repetitionRatio and MinHash signatures, computed in typed arrays', () => {
+  const alphabet = ['pump', 'Pump', 'valve', 'the', 'a', '기지국', '점검', 'İ', 'ΣΑΣ', '😀', 'x', ' ', ' ', '  ', '\n', '\t', '\u00a0', '\u3000', '.', ','];
+  const next = mulberry32(2024);
+  const texts = Array.from({ length: 3000 }, () => {
+    const vocabulary = alphabet.slice(0, 2 + Math.floor(next() * alphabet.length));
+    return Array.from({ length: Math.floor(next() * 400) }, () => vocabulary[Math.floor(next() * vocabulary.length)]).join(next() < 0.7 ? ' ' : '');
+  });
+
+  it('repetitionRatio is the larger of the duplicate-line share and a plain string-keyed count of repeated word 5-grams', () => {
+    const lineShare = (text: string) => {
+      const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+      const total = lines.reduce((n, l) => n + l.length, 0);
+      const seen = new Set<string>();
+      let duplicated = 0;
+      for (const line of lines) if (seen.has(line)) duplicated += line.length;
+      else seen.add(line);
+      return total === 0 ? 0 : duplicated / total;
+    };
+    const ngramShare = (text: string) => {
+      const words = text.toLowerCase().split(/\s+/u).filter((w) => w.length > 0);
+      if (words.length < 50) return 0;
+      const counts = new Map<string, number>();
+      for (let i = 0; i + 5 <= words.length; i++) counts.set(words.slice(i, i + 5).join('\u0000'), (counts.get(words.slice(i, i + 5).join('\u0000')) ?? 0) + 1);
+      const covered = new Uint8Array(words.length);
+      for (let i = 0; i + 5 <= words.length; i++) if ((counts.get(words.slice(i, i + 5).join('\u0000')) as number) > 1) covered.fill(1, i, i + 5);
+      return words.reduce((sum, w, i) => sum + (covered[i] ? w.length : 0), 0) / words.reduce((sum, w) => sum + w.length, 0);
+    };
+    let repetitive = 0;
+    for (const text of texts) {
+      const expected = Math.max(lineShare(text), ngramShare(text));
+      expect([text, repetitionRatio(text)]).toEqual([text, expected]);
+      if (expected > 0.3) repetitive++;
+    }
+    // Both verdicts occur often, so the comparison covers both.
+    expect(repetitive).toBeGreaterThan(300);
+    expect(texts.length - repetitive).toBeGreaterThan(300);
+  });
+
+  it('MinHash signatures are the defined ones: words by split(" "), FNV-1a each, chained 5-gram shingles, min of (a·x + b) mod 2^32', () => {
+    const fmix32 = (x: number) => {
+      let h = x;
+      h ^= h >>> 16;
+      h = Math.imul(h, 0x85ebca6b);
+      h ^= h >>> 13;
+      h = Math.imul(h, 0xc2b2ae35);
+      h ^= h >>> 16;
+      return h >>> 0;
+    };
+    const reference = (text: string, permutations: number) => {
+      const words = normalizeForDedup(text).split(' ');
+      const wordHash = words.map((w) => {
+        let h = 0x811c9dc5;
+        for (let i = 0; i < w.length; i++) h = Math.imul(h ^ w.charCodeAt(i), 0x01000193);
+        return h >>> 0;
+      });
+      const span = Math.min(5, words.length);
+      const shingles: number[] = [];
+      for (let i = 0; i + span <= words.length; i++) {
+        let h = 0x9747b28c;
+        for (let k = i; k < i + span; k++) h = fmix32(Math.imul(h ^ (wordHash[k] as number), 0x01000193));
+        shingles.push(h);
+      }
+      return Array.from({ length: permutations }, (_, p) => {
+        const a = fmix32(p + 0x9e3779b9) | 1;
+        const b = fmix32(p + 0x7f4a7c15);
+        return Math.min(...shingles.map((x) => (Math.imul(x, a) + b) >>> 0));
+      });
+    };
+    for (const text of texts.slice(0, 500)) {
+      expect([text, [...minhashSignature(text)]]).toEqual([text, reference(text, 112)]);
+      expect([text, [...minhashSignature(text, 30)]]).toEqual([text, reference(text, 30)]);
+    }
+    // Signatures kept from earlier updates are compared with new ones: these stay what they were.
+    const kept = ['The pump and the valve were replaced at the north site after the alarm.', '서울 기지국에서 경보가 발생하여 현장 점검을 요청했습니다. 담당자가 출동했습니다.', 'a', '', 'ÉCOLE  straße\tİstanbul ΣΑΣ 😀 x y z w v u'];
+    const hash = createHash('sha256');
+    for (const text of kept) {
+      hash.update(Buffer.from(minhashSignature(text).buffer));
+      hash.update(Buffer.from(minhashSignature(text, 32 * 4).buffer));
+    }
+    expect(hash.digest('hex')).toBe('0fc8cad138552a57be58a9104d204cd9c981308f476c8c4f14057a04361dd6d1');
+  });
+});
 
 describe('symbolRatio', () => {
   it('is the share of visible characters that are not letters, digits, marks or common punctuation, by its ASCII and Hangul shortcuts too', () => {
