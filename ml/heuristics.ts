@@ -88,37 +88,48 @@ const han = /\p{Script=Han}/u;
 const latin = /\p{Script=Latin}/u;
 const letter = /\p{L}/u;
 
+/** A letter's script for scriptShares: 0 not a letter, 1 a letter of another script. */
+const SCRIPT_HANGUL = 2;
+const SCRIPT_KANA = 3;
+const SCRIPT_HAN = 4;
+const SCRIPT_LATIN = 5;
+function scriptOf(ch: string): number {
+  if (!letter.test(ch)) return 0;
+  if (hangul.test(ch)) return SCRIPT_HANGUL;
+  if (kana.test(ch)) return SCRIPT_KANA;
+  if (han.test(ch)) return SCRIPT_HAN;
+  if (latin.test(ch)) return SCRIPT_LATIN;
+  return 1;
+}
+let unitScripts: Uint8Array | undefined;
+/** scriptOf each unit of the Basic Multilingual Plane outside the surrogates (built on first use). */
+function scriptsOfUnits(): Uint8Array {
+  if (unitScripts) return unitScripts;
+  const scripts = new Uint8Array(65536);
+  for (let unit = 0; unit < 65536; unit++) if (unit < 0xd800 || unit > 0xdfff) scripts[unit] = scriptOf(String.fromCharCode(unit));
+  return (unitScripts = scripts);
+}
+
 /** The share of a text's letters in Hangul, kana, Han and Latin script (0 each when it has no letters). */
 export function scriptShares(text: string): { hangul: number; kana: number; han: number; latin: number } {
-  let letters = 0;
-  let h = 0;
-  let k = 0;
-  let c = 0;
-  let l = 0;
-  for (const ch of text) {
-    // ASCII letters and Hangul syllables, the bulk of the text here, without a regular expression.
-    const code = ch.charCodeAt(0);
-    if (code < 0x80) {
-      if ((code | 0x20) >= 0x61 && (code | 0x20) <= 0x7a) {
-        letters++;
-        l++;
-      }
+  const scripts = scriptsOfUnits();
+  const counts = [0, 0, 0, 0, 0, 0];
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0xd800 || unit > 0xdfff) {
+      (counts[scripts[unit] as number] as number)++;
       continue;
     }
-    if (code >= 0xac00 && code <= 0xd7a3) {
-      letters++;
-      h++;
-      continue;
+    // A surrogate pair is one code point; a lone surrogate is no letter.
+    const next = text.charCodeAt(i + 1);
+    if (unit <= 0xdbff && next >= 0xdc00 && next <= 0xdfff) {
+      (counts[scriptOf(text.slice(i, i + 2))] as number)++;
+      i++;
     }
-    if (!letter.test(ch)) continue;
-    letters++;
-    if (hangul.test(ch)) h++;
-    else if (kana.test(ch)) k++;
-    else if (han.test(ch)) c++;
-    else if (latin.test(ch)) l++;
   }
+  const letters = text.length === 0 ? 0 : (counts[1] as number) + (counts[2] as number) + (counts[3] as number) + (counts[4] as number) + (counts[5] as number);
   if (letters === 0) return { hangul: 0, kana: 0, han: 0, latin: 0 };
-  return { hangul: h / letters, kana: k / letters, han: c / letters, latin: l / letters };
+  return { hangul: (counts[SCRIPT_HANGUL] as number) / letters, kana: (counts[SCRIPT_KANA] as number) / letters, han: (counts[SCRIPT_HAN] as number) / letters, latin: (counts[SCRIPT_LATIN] as number) / letters };
 }
 
 /** The language a document's letters say, by script (see the module comment). */
@@ -170,12 +181,13 @@ const IS_HANGUL_SYLLABLE = 16;
 const IS_MID_LETTER = 32;
 const IS_MID_NUM = 64;
 const IS_LETTER_OR_NUMBER = 128;
-let unitClasses: Uint8Array | undefined;
+const IS_FOR_SEGMENTER = 256; // NEEDS_SEGMENTER
+let unitClasses: Uint16Array | undefined;
 
 /** Each unit of the Basic Multilingual Plane, classed by the same expressions WORD is made of (built on first use). */
-function classesOfUnits(): Uint8Array {
+function classesOfUnits(): Uint16Array {
   if (unitClasses) return unitClasses;
-  const classes = new Uint8Array(65536);
+  const classes = new Uint16Array(65536);
   const tests: [number, RegExp][] = [
     [IS_LETTER, /^\p{L}$/u],
     [IS_NUMBER_LETTER, /^\p{Nl}$/u],
@@ -185,6 +197,7 @@ function classesOfUnits(): Uint8Array {
     [IS_MID_LETTER, new RegExp(`^${MID_LETTER}$`, 'u')],
     [IS_MID_NUM, new RegExp(`^${MID_NUM}$`, 'u')],
     [IS_LETTER_OR_NUMBER, /^[\p{L}\p{N}]$/u],
+    [IS_FOR_SEGMENTER, new RegExp(`^${NEEDS_SEGMENTER.source}$`, 'u')],
   ];
   for (let unit = 0; unit < 65536; unit++) {
     if (unit >= 0xd800 && unit <= 0xdfff) continue;
@@ -202,15 +215,20 @@ let wordEnds = new Int32Array(1024);
 let wordFlags = new Uint8Array(1024);
 const HAS_LETTER = 1;
 const PLAIN = 2;
+/** One document's words (lower-cased): two independent 32-bit hashes of each, and its length. */
+let loweredHashA = new Int32Array(1024);
+let loweredHashB = new Int32Array(1024);
+let loweredLengths = new Int32Array(1024);
 
 /**
  * WORD's matches and the filter `words` applies, found unit by unit into wordStarts, wordEnds and
- * wordFlags: the same words, without a match object or a string per word. Returns how many, or
- * −1 where the text needs the segmenter, −2 where it has units outside the Basic Multilingual
- * Plane (WORD, which reads code points, then decides).
+ * wordFlags: the same words, without a match object or a string per word. A word of ASCII and
+ * Hangul syllables (PLAIN) also gets its lower-cased hashes (loweredHashA, loweredHashB,
+ * loweredLengths; see hashWord). Returns how many words, or −1 where the text needs the segmenter
+ * (NEEDS_SEGMENTER matches it), −2 where it has units outside the Basic Multilingual Plane and
+ * does not (WORD, which reads code points, then decides).
  */
 function scanWords(text: string): number {
-  if (NEEDS_SEGMENTER.test(text)) return -1;
   const classes = classesOfUnits();
   const length = text.length;
   if (length + 1 > wordStarts.length) {
@@ -218,19 +236,35 @@ function scanWords(text: string): number {
     wordEnds = new Int32Array(2 * (length + 1));
     wordFlags = new Uint8Array(2 * (length + 1));
   }
+  if (length + 1 > loweredHashA.length) {
+    loweredHashA = new Int32Array(2 * (length + 1));
+    loweredHashB = new Int32Array(2 * (length + 1));
+    loweredLengths = new Int32Array(2 * (length + 1));
+  }
   let count = 0;
   let i = 0;
   while (i < length) {
     const unit = text.charCodeAt(i);
-    if (unit >= 0xd800 && unit <= 0xdfff) return -2;
+    if (unit >= 0xd800 && unit <= 0xdfff) return NEEDS_SEGMENTER.test(text) ? -1 : -2;
     const bits = classes[unit] as number;
+    if (bits & IS_FOR_SEGMENTER) return -1;
     const start = i;
+    let a = 0x811c9dc5;
+    let b = 0x9747b28c;
     if (bits & IS_HANGUL_SYLLABLE) {
-      do i++;
-      while (i < length && (classes[text.charCodeAt(i)] as number) & IS_HANGUL_SYLLABLE);
+      let u = unit;
+      do {
+        a = Math.imul(a ^ u, 0x01000193);
+        b = Math.imul(b ^ u, 0x5bd1e995);
+        b ^= b >>> 15;
+        u = ++i < length ? text.charCodeAt(i) : 0;
+      } while (i < length && (classes[u] as number) & IS_HANGUL_SYLLABLE);
       // A run of syllables: letters, and more than one unit or a letter, so always a word.
       wordStarts[count] = start;
       wordEnds[count] = i;
+      loweredHashA[count] = a;
+      loweredHashB[count] = b;
+      loweredLengths[count] = i - start;
       wordFlags[count++] = HAS_LETTER | PLAIN;
       continue;
     }
@@ -242,11 +276,16 @@ function scanWords(text: string): number {
     let plain = PLAIN;
     for (;;) {
       for (; i < length; i++) {
-        const u = text.charCodeAt(i);
-        const b = classes[u] as number;
-        if (!(b & IS_WORD_CHAR)) break;
-        letters |= b & IS_LETTER;
+        let u = text.charCodeAt(i);
+        const c = classes[u] as number;
+        if (!(c & IS_WORD_CHAR)) break;
+        if (c & IS_FOR_SEGMENTER) return -1;
+        letters |= c & IS_LETTER;
         if (u >= 0x80) plain = 0;
+        else if (u >= 0x41 && u <= 0x5a) u |= 0x20;
+        a = Math.imul(a ^ u, 0x01000193);
+        b = Math.imul(b ^ u, 0x5bd1e995);
+        b ^= b >>> 15;
       }
       if (i + 1 >= length) break;
       // A joiner between two word characters: letters on both sides (no Hangul syllable after), or digits.
@@ -257,12 +296,19 @@ function scanWords(text: string): number {
       const joinsLetters = midBits & IS_MID_LETTER && before & (IS_LETTER | IS_NUMBER_LETTER) && after & (IS_LETTER | IS_NUMBER_LETTER) && !(after & IS_HANGUL_SYLLABLE);
       const joinsDigits = midBits & IS_MID_NUM && before & IS_DIGIT && after & IS_DIGIT;
       if (!joinsLetters && !joinsDigits) break;
+      if (midBits & IS_FOR_SEGMENTER) return -1;
       if (mid >= 0x80) plain = 0;
+      a = Math.imul(a ^ mid, 0x01000193);
+      b = Math.imul(b ^ mid, 0x5bd1e995);
+      b ^= b >>> 15;
       i++;
     }
     if (i - start > 1 || (classes[text.charCodeAt(start)] as number) & IS_LETTER_OR_NUMBER) {
       wordStarts[count] = start;
       wordEnds[count] = i;
+      loweredHashA[count] = a;
+      loweredHashB[count] = b;
+      loweredLengths[count] = i - start;
       wordFlags[count++] = (letters ? HAS_LETTER : 0) | plain;
     }
   }
@@ -532,10 +578,6 @@ export function settingsFor(language: ScriptLanguage, run: HeuristicSettings): H
 /** The first heuristic a text fails, or null. */
 const grams = new NgramPasses();
 
-/** One document's words (lower-cased): two independent 32-bit hashes of each, and its length. */
-let loweredHashA = new Int32Array(1024);
-let loweredHashB = new Int32Array(1024);
-let loweredLengths = new Int32Array(1024);
 
 /** Hashes `word` (already lower-cased) as the `k`th word. */
 function hashWord(k: number, word: string, from: number, to: number): void {
@@ -614,8 +656,7 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
     if (list) {
       const lowered = (list[k] as string).toLowerCase();
       hashWord(k, lowered, 0, lowered.length);
-    } else if ((wordFlags[k] as number) & PLAIN) hashPlainWord(k, text, wordStarts[k] as number, wordEnds[k] as number);
-    else {
+    } else if (!((wordFlags[k] as number) & PLAIN)) {
       const lowered = text.slice(wordStarts[k], wordEnds[k]).toLowerCase();
       hashWord(k, lowered, 0, lowered.length);
     }
@@ -630,22 +671,6 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
     for (const [i, max] of s.maxDuplicateNgramCharFraction.entries()) if (grams.duplicateCharFraction(i + 5, length) > max) return 'duplicate_ngram';
   }
   return null;
-}
-
-/** hashWord of a word of ASCII and Hangul syllables at text[from, to), lower-cased unit by unit (as toLowerCase does for them). */
-function hashPlainWord(k: number, text: string, from: number, to: number): void {
-  let a = 0x811c9dc5;
-  let b = 0x9747b28c;
-  for (let i = from; i < to; i++) {
-    let unit = text.charCodeAt(i);
-    if (unit >= 0x41 && unit <= 0x5a) unit |= 0x20;
-    a = Math.imul(a ^ unit, 0x01000193);
-    b = Math.imul(b ^ unit, 0x5bd1e995);
-    b ^= b >>> 15;
-  }
-  loweredHashA[k] = a;
-  loweredHashB[k] = b;
-  loweredLengths[k] = to - from;
 }
 
 const longestStopWords = new Map<ReadonlySet<string>, number>();

@@ -103,6 +103,8 @@ export interface Candidate<T extends QualityDoc> {
   signature?: Uint32Array;
   /** sha256 of the normalised text, when computed ahead (shardPass), for exact de-duplication. */
   exactKey?: Uint8Array;
+  /** The document's place in the list the steps started from (cleanDocuments, shardPass). */
+  at?: number;
 }
 
 export interface StepResult<T extends QualityDoc> {
@@ -806,7 +808,7 @@ export function piiRedaction<T extends QualityDoc>(docs: Candidate<T>[]): StepRe
     if ('text' in c.doc) {
       const r = redactPii(c.doc.text);
       const doc: T = { ...c.doc, text: r.text };
-      return { doc, text: documentText(doc), redactions: r.counts };
+      return { doc, text: documentText(doc), redactions: r.counts, ...(c.at === undefined ? {} : { at: c.at }) };
     }
     const prompt = redactPii(c.doc.prompt);
     const response = redactPii(c.doc.response);
@@ -814,7 +816,7 @@ export function piiRedaction<T extends QualityDoc>(docs: Candidate<T>[]): StepRe
     addPiiCounts(redactions, prompt.counts);
     addPiiCounts(redactions, response.counts);
     const doc: T = { ...c.doc, prompt: prompt.text, response: response.text };
-    return { doc, text: documentText(doc), redactions };
+    return { doc, text: documentText(doc), redactions, ...(c.at === undefined ? {} : { at: c.at }) };
   });
   return { kept, removed: {} };
 }
@@ -1144,7 +1146,7 @@ class Tally<T extends QualityDoc> {
   readonly scoreValues: Partial<Record<ScoreName, number[]>> = {};
 
   constructor(private readonly docs: T[]) {
-    this.candidates = docs.map((doc) => ({ doc, text: documentText(doc) }));
+    this.candidates = docs.map((doc, at) => ({ doc, text: documentText(doc), at }));
     this.histograms = { length: lengthHistogram(this.candidates.map((c) => c.text.length)) };
   }
 

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { cleanDocumentsPaced, documentText, QualityStream, type CleanResult, type MinhashIndex, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
+import { cleanDocumentsPaced, documentText, QualityStream, type Candidate, type CleanResult, type MinhashIndex, type PiiCounts, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
 
 /** Documents per shard: small enough to keep every thread busy and heartbeats frequent. */
 export const defaultShardDocs = 2_000;
@@ -34,6 +34,79 @@ function workerScript(): string | null {
     if (existsSync(candidate)) return candidate;
   }
   return null;
+}
+
+/**
+ * A shard's result as a worker thread sends it back: the survivors by their place in the shard
+ * (the documents themselves are already on this side, so only those redaction changed travel),
+ * their signatures and exact hashes in one typed array each, and the tally. Far less to copy and
+ * to collect than the candidates themselves.
+ */
+export interface PackedShard<T extends QualityDoc> extends Omit<ShardResult<T>, 'kept'> {
+  at: Int32Array;
+  /** Survivors whose text redaction changed: their index in `at`, and the redacted document. */
+  changed: [number, T][];
+  /** Survivors with something redacted: their index in `at`, and the counts. */
+  redactions: [number, PiiCounts][];
+  /** Hashes per signature (0 where none was computed), and the signatures one after another. */
+  permutations: number;
+  signatures: Uint32Array;
+  /** Bytes per exact hash (0 where none was computed), and the hashes one after another. */
+  keyBytes: number;
+  exactKeys: Uint8Array;
+}
+
+function sameFields(a: QualityDoc, b: QualityDoc): boolean {
+  if ('text' in a) return 'text' in b && a.text === b.text;
+  return 'prompt' in b && a.prompt === b.prompt && a.response === b.response;
+}
+
+/** What a worker thread sends back for shardPass(`docs`) (see PackedShard). */
+export function packShard<T extends QualityDoc>(docs: T[], result: ShardResult<T>): PackedShard<T> {
+  const { kept, ...tally } = result;
+  const count = kept.length;
+  const first = kept[0];
+  const permutations = first?.signature?.length ?? 0;
+  const keyBytes = first?.exactKey?.length ?? 0;
+  const packed: PackedShard<T> = {
+    ...tally,
+    at: new Int32Array(count),
+    changed: [],
+    redactions: [],
+    permutations,
+    signatures: new Uint32Array(count * permutations),
+    keyBytes,
+    exactKeys: new Uint8Array(count * keyBytes),
+  };
+  for (const [k, c] of kept.entries()) {
+    if (c.at === undefined) throw new Error('a survivor of shardPass without its place in the shard');
+    if ((c.signature?.length ?? 0) !== permutations || (c.exactKey?.length ?? 0) !== keyBytes) throw new Error('the survivors of a shard differ in what was computed for them');
+    packed.at[k] = c.at;
+    if (!sameFields(c.doc, docs[c.at] as T)) packed.changed.push([k, c.doc]);
+    if (c.redactions && Object.values(c.redactions).some((n) => n > 0)) packed.redactions.push([k, c.redactions]);
+    if (c.signature) packed.signatures.set(c.signature, k * permutations);
+    if (c.exactKey) packed.exactKeys.set(c.exactKey, k * keyBytes);
+  }
+  return packed;
+}
+
+/** The shard's result again, from what packShard sent and the shard's documents. */
+export function unpackShard<T extends QualityDoc>(packed: PackedShard<T>, docs: T[]): ShardResult<T> {
+  const { at, changed, redactions, permutations, signatures, keyBytes, exactKeys, ...tally } = packed;
+  const kept: Candidate<T>[] = Array.from(at, (i, k) => {
+    const doc = docs[i] as T;
+    const c: Candidate<T> = { doc, text: documentText(doc), at: i };
+    if (permutations > 0) c.signature = signatures.subarray(k * permutations, (k + 1) * permutations);
+    if (keyBytes > 0) c.exactKey = exactKeys.subarray(k * keyBytes, (k + 1) * keyBytes);
+    return c;
+  });
+  for (const [k, doc] of changed) {
+    const c = kept[k] as Candidate<T>;
+    c.doc = doc;
+    c.text = documentText(doc);
+  }
+  for (const [k, counts] of redactions) (kept[k] as Candidate<T>).redactions = counts;
+  return { kept, ...tally };
 }
 
 /** Tries a shard gets when the thread working on it dies (killed, out of memory) before another is given up. */
@@ -100,16 +173,11 @@ export class ShardPool<T extends QualityDoc> {
             worker.off('error', onError);
             worker.off('exit', onExit);
           };
-          const onMessage = (m: { id: number; result?: ShardResult<T>; error?: string }) => {
+          const onMessage = (m: { id: number; result?: PackedShard<T>; error?: string }) => {
             if (m.id !== id) return;
             cleanup();
             if (m.error !== undefined) reject(Object.assign(new Error(`quality worker thread failed on shard ${id}: ${m.error}`), { fatal: true }));
-            else {
-              // The worker sends a text document's text once (ml/qualityWorker.ts).
-              const result = m.result as ShardResult<T>;
-              for (const c of result.kept) if (c.text === undefined) c.text = documentText(c.doc);
-              resolve(result);
-            }
+            else resolve(unpackShard(m.result as unknown as PackedShard<T>, docs));
           };
           const onError = (err: Error) => {
             cleanup();

@@ -1,7 +1,7 @@
 import { defaultHeuristics } from '../ml/heuristics';
 import { generateDemoCorpus, mulberry32 } from '../ml/demoCorpus';
 import { cleanDocuments, defaultQualitySettings, QualityStream, shardPass, type QualitySettings } from '../ml/quality';
-import { cleanDocumentsParallel, qualityThreads } from '../ml/qualityParallel';
+import { cleanDocumentsParallel, packShard, qualityThreads, unpackShard } from '../ml/qualityParallel';
 
 /**
  * The quality stage on worker threads (the compiled worker from dist/, which `npm test` builds):
@@ -27,6 +27,28 @@ function corpus(n: number): { text: string; languages?: string[] }[] {
 }
 
 const settings: QualitySettings = { ...defaultQualitySettings, heuristics: { ...defaultHeuristics, minWords: 5 } };
+
+test('a shard\'s result packed for the way back (survivors by place, redacted documents only, signatures and hashes in one array) unpacks to what shardPass gave', () => {
+  type Doc = { text: string; languages?: string[] } | { prompt: string; response: string };
+  const docs: Doc[] = [
+    ...corpus(400),
+    { prompt: 'Who is on call tonight for the core network?', response: 'Mina, at mina.kim@example.com or 010-1234-5678, until six in the morning.' },
+    { prompt: 'How long did the outage at the north cluster last?', response: 'About forty minutes, from 02:14 to 02:55 UTC, and service came back in stages.' },
+  ];
+  for (const s of [settings, { ...settings, nearDuplicateThreshold: null }, { ...settings, redactPii: false }]) {
+    const pass = shardPass(docs, s);
+    const back = unpackShard(structuredClone(packShard(docs, pass)), docs);
+    expect(back.kept.length).toBe(pass.kept.length);
+    expect(back.kept.length).toBeGreaterThan(100);
+    const plain = (r: typeof pass) => r.kept.map((c) => ({ doc: c.doc, text: c.text, at: c.at, redactions: c.redactions && Object.values(c.redactions).some((n) => n > 0) ? c.redactions : undefined, signature: c.signature ? Array.from(c.signature) : undefined, exactKey: c.exactKey ? Buffer.from(c.exactKey).toString('hex') : undefined }));
+    expect(plain(back)).toEqual(plain(pass));
+    expect({ ...back, kept: [] }).toEqual({ ...pass, kept: [] });
+    // Documents that redaction left alone are the very ones sent; the redacted ones come back.
+    const redacted = back.kept.filter((c) => c.doc !== docs[c.at as number]);
+    expect(redacted.length).toBe(s.redactPii ? pass.kept.filter((c) => c.redactions && Object.values(c.redactions).some((n) => n > 0)).length : 0);
+    if (s.redactPii) expect(redacted.some((c) => 'prompt' in c.doc && c.doc.response.includes('[EMAIL]'))).toBe(true);
+  }
+});
 
 test('on worker threads, in shards, the stage gives exactly what one pass gives: survivors, signatures, counts, bytes, examples, histograms', async () => {
   const docs = corpus(1_500);
