@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { heuristicReasons, heuristicVerdict, ngramKeyOf, NgramTable, whiteSpace, type HeuristicSettings } from './heuristics';
 import { defaultMinLanguageScore, inExpectedLanguage } from './language';
+import { minhashWasmBase64 } from './minhashWasm.bytes';
 
 /**
  * The quality stage as a pipeline of small pure steps (datatrove style).
@@ -427,6 +428,56 @@ const permutationA32 = Int32Array.from(permutationA, (a) => a | 0);
 const permutationB32 = Int32Array.from(permutationB, (b) => b | 0);
 
 /**
+ * The permutation loops in WebAssembly SIMD (ml/minhash.wat): the same minima, several times
+ * faster. Its memory holds the multipliers, the offsets, the minima and the shingles, as 32-bit
+ * words from these places. Null where WebAssembly SIMD is not available: the loops then run in
+ * JavaScript (minhashOfNormalized).
+ */
+interface MinhashKernel {
+  memory: WasmMemory;
+  words: Int32Array;
+  run: (count: number, blocks: number) => void;
+}
+/** Node's WebAssembly, as far as used here (this project's TypeScript libraries leave out the DOM's, which declare it). */
+interface WasmMemory {
+  buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+declare const WebAssembly: {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+};
+const KERNEL_B = 1024;
+const KERNEL_OUT = 2048;
+const KERNEL_SHINGLES = 3072;
+let kernel: MinhashKernel | null | undefined;
+/** False makes minhashOfNormalized run its JavaScript loops (for the tests that compare the two). */
+let useMinhashKernel = true;
+export function setMinhashKernel(on: boolean): void {
+  useMinhashKernel = on;
+}
+
+/** Whether the WebAssembly kernel loads here. */
+export function minhashKernelReady(): boolean {
+  return minhashKernel() !== null;
+}
+
+function minhashKernel(): MinhashKernel | null {
+  if (kernel !== undefined) return kernel;
+  try {
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(minhashWasmBase64, 'base64')), {});
+    const memory = instance.exports.memory as WasmMemory;
+    const words = new Int32Array(memory.buffer);
+    words.set(permutationA32, 0);
+    words.set(permutationB32, KERNEL_B);
+    kernel = { memory, words, run: instance.exports.minhash as (count: number, blocks: number) => void };
+  } catch {
+    kernel = null;
+  }
+  return kernel;
+}
+
+/**
  * minhashSignature of a text already through normalizeForDedup. Words are what `split(' ')` gives,
  * each hashed once by FNV-1a over its UTF-16 units; a shingle's hash chains its words' hashes in
  * order. The arithmetic is in signed 32-bit integers, the minimum taken in unsigned order (by
@@ -450,8 +501,15 @@ export function minhashOfNormalized(normalized: string, permutations: number): U
   const short = wordCount < repetitionNgram;
   const count = short ? 1 : wordCount - repetitionNgram + 1;
   const span = short ? wordCount : repetitionNgram;
-  if (count > minhashShingles.length) minhashShingles = new Int32Array(2 * count);
-  const shingles = minhashShingles;
+  const kernel = useMinhashKernel ? minhashKernel() : null;
+  if (kernel && KERNEL_SHINGLES + count > kernel.words.length) {
+    kernel.memory.grow(Math.ceil(((KERNEL_SHINGLES + count) * 4 - kernel.memory.buffer.byteLength) / 65536));
+    kernel.words = new Int32Array(kernel.memory.buffer);
+  }
+  if (!kernel && count > minhashShingles.length) minhashShingles = new Int32Array(2 * count);
+  // Into the kernel's memory where it runs, so they are not copied there.
+  const shingles = kernel ? kernel.words : minhashShingles;
+  const first = kernel ? KERNEL_SHINGLES : 0;
   for (let i = 0; i < count; i++) {
     let x = 0x9747b28c | 0;
     for (let k = i; k < i + span; k++) {
@@ -462,9 +520,14 @@ export function minhashOfNormalized(normalized: string, permutations: number): U
       x = Math.imul(x, 0xc2b2ae35);
       x ^= x >>> 16;
     }
-    shingles[i] = x;
+    shingles[first + i] = x;
   }
   const signature = new Uint32Array(permutations);
+  if (kernel) {
+    kernel.run(count, Math.ceil(permutations / 16));
+    signature.set(kernel.words.subarray(KERNEL_OUT, KERNEL_OUT + permutations));
+    return signature;
+  }
   const A = permutationA32;
   const B = permutationB32;
   let p = 0;

@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto';
+import path from 'node:path';
 import { mulberry32 } from '../ml/demoCorpus';
+import { minhashWasmBase64 } from '../ml/minhashWasm.bytes';
+import { compileMinhashWat } from '../scripts/build-wasm';
 import {
   cleanDocuments,
   defaultQualitySettings,
@@ -12,6 +15,8 @@ import {
   removalReasons,
   repetitionFilter,
   repetitionRatio,
+  minhashKernelReady,
+  setMinhashKernel,
   symbolFilter,
   symbolRatio,
   type Candidate,
@@ -105,6 +110,25 @@ describe('repetitionRatio and MinHash signatures, computed in typed arrays', () 
       hash.update(Buffer.from(minhashSignature(text, 32 * 4).buffer));
     }
     expect(hash.digest('hex')).toBe('0fc8cad138552a57be58a9104d204cd9c981308f476c8c4f14057a04361dd6d1');
+  });
+
+  it('the WebAssembly kernel gives what the JavaScript loops give, for any number of permutations and for long texts', () => {
+    expect(minhashKernelReady()).toBe(true);
+    const long = Array.from({ length: 20_000 }, (_, i) => `w${i % 9973}`).join(' ');
+    for (const permutations of [1, 5, 16, 17, 30, 112, 128, 1000, 1024]) {
+      // The long text's shingles outgrow the kernel's first page of memory.
+      for (const text of [...texts.slice(0, 100), 'one', '', ...(permutations === 112 ? [long] : [])]) {
+        setMinhashKernel(false);
+        const js = minhashSignature(text, permutations).join(',');
+        setMinhashKernel(true);
+        expect([permutations, text.slice(0, 40), minhashSignature(text, permutations).join(',')]).toEqual([permutations, text.slice(0, 40), js]);
+      }
+    }
+  });
+
+  it('the committed WebAssembly is ml/minhash.wat as wabt compiles it (npm run build:wasm)', async () => {
+    const compiled = await compileMinhashWat(path.resolve(__dirname, '..'));
+    expect(Buffer.from(minhashWasmBase64, 'base64').equals(Buffer.from(compiled))).toBe(true);
   });
 });
 
