@@ -337,6 +337,8 @@ export function segmentedWords(text: string, language: ScriptLanguage = scriptLa
 const bullet = /^\s*[•‣⁃◦▪▫●○■□\-*·–—]/u;
 const ellipsisEnd = /(\.\.\.|…)\s*$/u;
 
+const NONE_REPEATED = { fraction: 0, charFraction: 0 };
+
 /** Fraction of items that repeat an earlier one, and the fraction of characters in those repeats. */
 function duplicates(items: string[]): { fraction: number; charFraction: number } {
   const seen = new Set<string>();
@@ -628,19 +630,27 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   const stop = stopWords[language];
   // Occurrences, as datatrove counts them.
   if (s.minStopWords !== null && stop) {
-    // Lower-casing never shortens a word, so a longer one cannot be a stop word.
-    const longest = longestStopWord(stop);
+    // Lower-casing never shortens a word, so a longer one cannot be a stop word; a plain word
+    // (scanWords hashed it lower-cased) is looked at only when its hashes are a stop word's.
+    const { longest, keys } = stopWordKeys(stop);
     let found = 0;
     for (let k = 0; k < n && found < s.minStopWords; k++) {
       if (list) {
         if (stop.has((list[k] as string).toLowerCase())) found++;
-      } else if ((wordEnds[k] as number) - (wordStarts[k] as number) <= longest && stop.has(text.slice(wordStarts[k], wordEnds[k]).toLowerCase())) found++;
+        continue;
+      }
+      const start = wordStarts[k] as number;
+      const end = wordEnds[k] as number;
+      if (end - start > longest) continue;
+      if ((wordFlags[k] as number) & PLAIN && !keys.has(ngramKeyOf(loweredHashA[k] as number, loweredHashB[k] as number))) continue;
+      if (stop.has(text.slice(start, end).toLowerCase())) found++;
     }
     if (found < s.minStopWords) return 'stop_words';
   }
-  const lineDup = duplicates(lines.map((line) => line.trim()));
-  const paragraphs = text.split(/\n\s*\n/).map((p) => p.trim()).filter(Boolean);
-  const paraDup = duplicates(paragraphs);
+  // One line (no line break) is one paragraph at most: nothing repeats.
+  const oneLine = allLines.length === 1;
+  const lineDup = oneLine ? NONE_REPEATED : duplicates(lines.map((line) => line.trim()));
+  const paraDup = oneLine ? NONE_REPEATED : duplicates(text.split(/\n\s*\n/).map((p) => p.trim()).filter(Boolean));
   // Paragraphs first, then lines, in datatrove's order.
   if ((s.maxDuplicateParagraphFraction !== null && paraDup.fraction > s.maxDuplicateParagraphFraction) || (s.maxDuplicateParagraphCharFraction !== null && paraDup.charFraction > s.maxDuplicateParagraphCharFraction)) return 'duplicate_paragraphs';
   if ((s.maxDuplicateLineFraction !== null && lineDup.fraction > s.maxDuplicateLineFraction) || (s.maxDuplicateLineCharFraction !== null && lineDup.charFraction > s.maxDuplicateLineCharFraction)) return 'duplicate_lines';
@@ -673,11 +683,26 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   return null;
 }
 
-const longestStopWords = new Map<ReadonlySet<string>, number>();
-function longestStopWord(stop: ReadonlySet<string>): number {
-  let longest = longestStopWords.get(stop);
-  if (longest === undefined) longestStopWords.set(stop, (longest = Math.max(0, ...[...stop].map((w) => w.length))));
-  return longest;
+const stopWordKeyCache = new Map<ReadonlySet<string>, { longest: number; keys: Set<number> }>();
+/** A stop-word list's longest word, and each word's key (ngramKeyOf its hashWord hashes). */
+function stopWordKeys(stop: ReadonlySet<string>): { longest: number; keys: Set<number> } {
+  let found = stopWordKeyCache.get(stop);
+  if (!found) {
+    const keys = new Set<number>();
+    for (const word of stop) {
+      // hashWord's hashes, without its scratch (which holds the document's words now).
+      let a = 0x811c9dc5;
+      let b = 0x9747b28c;
+      for (let i = 0; i < word.length; i++) {
+        a = Math.imul(a ^ word.charCodeAt(i), 0x01000193);
+        b = Math.imul(b ^ word.charCodeAt(i), 0x5bd1e995);
+        b ^= b >>> 15;
+      }
+      keys.add(ngramKeyOf(a, b));
+    }
+    stopWordKeyCache.set(stop, (found = { longest: Math.max(0, ...[...stop].map((w) => w.length)), keys }));
+  }
+  return found;
 }
 
 /** `text.match(/#/g)?.length ?? 0`, without the array. */

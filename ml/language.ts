@@ -27,13 +27,21 @@ interface ScriptTable {
   /** Open addressing from a trigram's key to its row in the postings: `slotKeys` (NaN where empty) and `slotRows`. */
   slotKeys: Float64Array;
   slotRows: Int32Array;
-  /** Row r's postings are rowStart[r] … rowStart[r + 1] − 1: a language's index and the trigram's rank in it. */
+  /**
+   * The rows of the trigrams made of a space and the letters a–z only (most of a Latin-script
+   * text's), by asciiIndex: looked up directly, without hashing. −1 where the profiles lack one.
+   */
+  asciiRows: Int32Array;
+  /** Row r's postings are rowStart[r] … rowStart[r + 1] − 1: a language's index × 65536 + the trigram's rank in it. */
   rowStart: Int32Array;
-  postLanguage: Uint16Array;
-  postRank: Int16Array;
-  /** Scratch for one text's distances to each language. */
-  distance: Float64Array;
+  postings: Int32Array;
+  /** Scratch for one text's distances to each language (whole numbers). */
+  distance: Int32Array;
 }
+
+/** A space and a–z as 0 and 1–26; −1 for every other unit. */
+const ASCII_CODE = Int8Array.from({ length: 65536 }, (_, unit) => (unit === 32 ? 0 : unit >= 0x61 && unit <= 0x7a ? unit - 0x60 : -1));
+const ASCII_TRIGRAMS = 27 * 27 * 27;
 
 interface FrancData {
   expressions: [string, RegExp][];
@@ -98,8 +106,8 @@ function loadFranc(): FrancData {
     const slotRows = new Int32Array(slots).fill(-1);
     const rowStart = new Int32Array(ranks.size + 1);
     const total = [...ranks.values()].reduce((n, m) => n + m.size, 0);
-    const postLanguage = new Uint16Array(total);
-    const postRank = new Int16Array(total);
+    const postings = new Int32Array(total);
+    const asciiRows = new Int32Array(ASCII_TRIGRAMS).fill(-1);
     let r = 0;
     let at = 0;
     for (const [key, byLanguage] of ranks) {
@@ -107,16 +115,18 @@ function loadFranc(): FrancData {
       while (slotRows[slot] !== -1) slot = (slot + 1) & (slots - 1);
       slotKeys[slot] = key;
       slotRows[slot] = r;
+      const [a, b, c] = [Math.floor(key / 4294967296), Math.floor(key / 65536) % 65536, key % 65536].map((unit) => ASCII_CODE[unit] as number) as [number, number, number];
+      if (a >= 0 && b >= 0 && c >= 0) asciiRows[(a * 27 + b) * 27 + c] = r;
       rowStart[r] = at;
       for (const [li, rank] of byLanguage) {
-        postLanguage[at] = li;
-        postRank[at] = rank;
+        if (li > 0xffff || rank < 0 || rank > 0xffff) throw new Error(`franc-min's ${script} profiles: ${languages.length} languages, rank ${rank}: more than the postings hold`);
+        postings[at] = li * 65536 + rank;
         at++;
       }
       r++;
     }
     rowStart[r] = at;
-    tables.set(script, { languages, slotKeys, slotRows, rowStart, postLanguage, postRank, distance: new Float64Array(languages.length) });
+    tables.set(script, { languages, slotKeys, slotRows, asciiRows, rowStart, postings, distance: new Int32Array(languages.length) });
   }
   const entries = Object.entries(expressions);
   francData = { expressions: entries, tables, scriptBits: scriptBitsOf(entries), toSpace: toSpaceTable() };
@@ -193,6 +203,10 @@ const countHashes = new Uint32Array(COUNT_SLOTS);
 const countValues = new Int32Array(COUNT_SLOTS);
 const countStamps = new Uint32Array(COUNT_SLOTS);
 const countOrder = new Int32Array(COUNT_SLOTS);
+/** The same for the trigrams of a space and a–z, indexed directly (asciiIndex). */
+const asciiStamps = new Uint32Array(ASCII_TRIGRAMS);
+const asciiCounts = new Int32Array(ASCII_TRIGRAMS);
+const asciiOrder = new Int32Array(COUNT_SLOTS);
 let countGeneration = 0;
 
 /**
@@ -259,13 +273,27 @@ function rank(text: string, minLength: number): Ranking {
   countGeneration = (countGeneration + 1) >>> 0;
   if (countGeneration === 0) {
     countStamps.fill(0);
+    asciiStamps.fill(0);
     countGeneration = 1;
   }
   let unique = 0;
+  let asciiUnique = 0;
   for (let i = 0; i + 2 < length; i++) {
     const a = units[i] as number;
     const b = units[i + 1] as number;
     const c = units[i + 2] as number;
+    const ca = ASCII_CODE[a] as number;
+    const cb = ASCII_CODE[b] as number;
+    const cc = ASCII_CODE[c] as number;
+    if ((ca | cb | cc) >= 0) {
+      const index = (ca * 27 + cb) * 27 + cc;
+      if (asciiStamps[index] !== countGeneration) {
+        asciiStamps[index] = countGeneration;
+        asciiCounts[index] = 1;
+        asciiOrder[asciiUnique++] = index;
+      } else (asciiCounts[index] as number)++;
+      continue;
+    }
     const key = a * 4294967296 + b * 65536 + c;
     const hash = trigramHash(a, b, c);
     let slot = hash & (COUNT_SLOTS - 1);
@@ -285,23 +313,31 @@ function rank(text: string, minLength: number): Ranking {
       slot = (slot + 1) & (COUNT_SLOTS - 1);
     }
   }
-  const { slotKeys, slotRows, rowStart, postLanguage, postRank, distance } = table;
+  const { slotKeys, slotRows, asciiRows, rowStart, postings, distance } = table;
   const mask = slotKeys.length - 1;
   distance.fill(0);
+  // Every language starts at MAX_DIFFERENCE for each trigram; those that list it get |count − rank − 1| instead.
+  const post = (row: number, count: number): void => {
+    for (let p = rowStart[row] as number, end = rowStart[row + 1] as number; p < end; p++) {
+      const entry = postings[p] as number;
+      const difference = count - (entry & 0xffff) - 1;
+      (distance[entry >>> 16] as number) += (difference < 0 ? -difference : difference) - MAX_DIFFERENCE;
+    }
+  };
+  for (let u = 0; u < asciiUnique; u++) {
+    const index = asciiOrder[u] as number;
+    const row = asciiRows[index] as number;
+    if (row !== -1) post(row, asciiCounts[index] as number);
+  }
   for (let u = 0; u < unique; u++) {
     const at = countOrder[u] as number;
     const key = countKeys[at] as number;
     let slot = (countHashes[at] as number) & mask;
     while (slotRows[slot] !== -1 && slotKeys[slot] !== key) slot = (slot + 1) & mask;
     const row = slotRows[slot] as number;
-    if (row === -1) continue;
-    const count = countValues[at] as number;
-    // Every language starts at MAX_DIFFERENCE for this trigram; those that list it get |count − rank − 1| instead.
-    for (let p = rowStart[row] as number, end = rowStart[row + 1] as number; p < end; p++) {
-      const difference = count - (postRank[p] as number) - 1;
-      (distance[postLanguage[p] as number] as number) += (difference < 0 ? -difference : difference) - MAX_DIFFERENCE;
-    }
+    if (row !== -1) post(row, countValues[at] as number);
   }
+  unique += asciiUnique;
   let min = Infinity;
   for (let li = 0; li < distance.length; li++) {
     distance[li] = (distance[li] as number) + unique * MAX_DIFFERENCE;

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import crypto, { createHash } from 'node:crypto';
 import { heuristicReasons, heuristicVerdict, ngramKeyOf, NgramTable, whiteSpace, type HeuristicSettings } from './heuristics';
 import { defaultMinLanguageScore, inExpectedLanguage } from './language';
 import { minhashWasmBase64 } from './minhashWasm.bytes';
@@ -241,6 +241,8 @@ export function repetitionRatio(text: string): number {
 }
 
 function duplicateLineShare(text: string): number {
+  // One line repeats nothing.
+  if (!text.includes('\n')) return 0;
   const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
   const total = lines.reduce((n, l) => n + l.length, 0);
   if (total === 0) return 0;
@@ -982,10 +984,18 @@ export function shardPass<T extends QualityDoc>(docs: T[], settings: QualitySett
   const shape = settings.minhash ?? defaultMinhash;
   for (const c of tally.candidates) {
     const normalized = normalizeForDedup(c.text);
-    c.exactKey = createHash('sha256').update(normalized).digest();
+    c.exactKey = sha256Of(normalized);
     if (settings.nearDuplicateThreshold !== null) c.signature = minhashOfNormalized(normalized, shape.bands * shape.rows);
   }
   return tally.shard();
+}
+
+/** Node's one-shot hash (from 20.12), which skips the Hash object; createHash before it. */
+const oneShotHash = (crypto as { hash?: (algorithm: string, data: string, encoding: 'buffer') => Buffer }).hash;
+
+/** The sha256 digest of `text` (UTF-8). */
+function sha256Of(text: string): Uint8Array {
+  return oneShotHash ? oneShotHash('sha256', text, 'buffer') : createHash('sha256').update(text).digest();
 }
 
 /**
@@ -1138,7 +1148,7 @@ export class QualityStream<T extends QualityDoc> {
   merge(kept: Candidate<T>[]): Candidate<T>[] {
     const survivors: Candidate<T>[] = [];
     for (const c of kept) {
-      if (!this.exact.add(c.exactKey ?? createHash('sha256').update(normalizeForDedup(c.text)).digest())) {
+      if (!this.exact.add(c.exactKey ?? sha256Of(normalizeForDedup(c.text)))) {
         this.drop('duplicate', c.text);
         continue;
       }
