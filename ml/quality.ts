@@ -592,6 +592,16 @@ export class MinhashIndex {
   /** Per table slot: the newest entry under its key, or −1 for an empty slot. */
   private heads: Int32Array;
   private used = 0;
+  /**
+   * What the last `match` looked up: the signature, and each band's key and slot. `add` of the same
+   * signature right after (nothing added in between) uses them instead of hashing and probing again.
+   */
+  private lastSignature: Uint32Array | null = null;
+  private lastKeys: Float64Array;
+  private lastSlots: Int32Array;
+  /** Candidates already compared in this `match`: a document's stamp is the match's number. */
+  private seen: Uint32Array;
+  private matches = 0;
 
   constructor(readonly shape: MinhashShape = defaultMinhash, capacity = 1024) {
     this.permutations = shape.bands * shape.rows;
@@ -601,6 +611,9 @@ export class MinhashIndex {
     const slots = 1 << Math.ceil(Math.log2(Math.max(16, capacity * shape.bands * 2)));
     this.keys = new Float64Array(slots);
     this.heads = new Int32Array(slots).fill(-1);
+    this.lastKeys = new Float64Array(shape.bands);
+    this.lastSlots = new Int32Array(shape.bands);
+    this.seen = new Uint32Array(capacity);
   }
 
   get size(): number {
@@ -643,15 +656,30 @@ export class MinhashIndex {
   /** The closest match at or above `threshold`: whether it came from an earlier update, or null. */
   match(signature: Uint32Array, threshold: number): 'earlier' | 'own' | null {
     let found: 'earlier' | 'own' | null = null;
-    const seen = new Set<number>();
     const { bands } = this.shape;
+    this.matches = (this.matches + 1) >>> 0;
+    if (this.matches === 0) {
+      this.seen.fill(0);
+      this.matches = 1;
+    }
+    const stamp = this.matches;
+    // Every band's key and slot first, so that `add` can use them.
     for (let band = 0; band < bands; band++) {
-      for (let entry = this.heads[this.slot(this.key(signature, band))] as number; entry !== -1; entry = this.next[entry] as number) {
+      const key = this.key(signature, band);
+      this.lastKeys[band] = key;
+      this.lastSlots[band] = this.slot(key);
+    }
+    this.lastSignature = signature;
+    for (let band = 0; band < bands; band++) {
+      for (let entry = this.heads[this.lastSlots[band] as number] as number; entry !== -1; entry = this.next[entry] as number) {
         const doc = Math.floor(entry / bands);
-        if (seen.has(doc)) continue;
-        seen.add(doc);
+        if (this.seen[doc] === stamp) continue;
+        this.seen[doc] = stamp;
         if (this.similarity(signature, doc) < threshold) continue;
-        if (this.earlier[doc] === 1) return 'earlier';
+        if (this.earlier[doc] === 1) {
+          this.lastSignature = null;
+          return 'earlier';
+        }
         found = 'own';
       }
     }
@@ -667,9 +695,14 @@ export class MinhashIndex {
     const doc = this.count++;
     this.signatures.set(signature, doc * this.permutations);
     this.earlier[doc] = earlier ? 1 : 0;
+    // The slot `match` found for a band is still its slot while it is empty or holds its key; an
+    // earlier band of this signature may have taken it since, and then it is looked up again.
+    const looked = this.lastSignature === signature;
+    this.lastSignature = null;
     for (let band = 0; band < bands; band++) {
-      const key = this.key(signature, band);
-      const i = this.slot(key);
+      const key = looked ? (this.lastKeys[band] as number) : this.key(signature, band);
+      const found = looked ? (this.lastSlots[band] as number) : -1;
+      const i = found !== -1 && (this.heads[found] === -1 || this.keys[found] === key) ? found : this.slot(key);
       const entry = doc * bands + band;
       if (this.heads[i] === -1) {
         this.keys[i] = key;
@@ -692,6 +725,9 @@ export class MinhashIndex {
     const next = new Int32Array(capacity * this.shape.bands);
     next.set(this.next);
     this.next = next;
+    const seen = new Uint32Array(capacity);
+    seen.set(this.seen);
+    this.seen = seen;
   }
 
   private rehash(): void {
