@@ -255,6 +255,8 @@ function duplicateLineShare(text: string): number {
   return duplicated / total;
 }
 
+const ASCII_AND_HANGUL = /^[\u0000-\u007f\uac00-\ud7a3]*$/;
+
 /** Per document, scratch: each word's two hashes and length, each n-gram's slot in the count table. */
 let wordHashA = new Int32Array(1024);
 let wordHashB = new Int32Array(1024);
@@ -270,7 +272,10 @@ const repetitionTable = new NgramTable();
  * in typed arrays, without a string per word.
  */
 function duplicateNgramShare(text: string, n: number): number {
-  const lower = text.toLowerCase();
+  // Text of ASCII and Hangul syllables only is lower-cased unit by unit as it is read (as
+  // toLowerCase does for it); other text through toLowerCase first.
+  const plain = ASCII_AND_HANGUL.test(text);
+  const lower = plain ? text : text.toLowerCase();
   if (lower.length + 1 > wordHashA.length) {
     const size = 2 * (lower.length + 1);
     wordHashA = new Int32Array(size);
@@ -289,6 +294,7 @@ function duplicateNgramShare(text: string, n: number): number {
     let b = 0x9747b28c;
     const start = i;
     do {
+      if (plain && unit >= 0x41 && unit <= 0x5a) unit |= 0x20;
       a = Math.imul(a ^ unit, 0x01000193);
       b = Math.imul(b ^ unit, 0x5bd1e995);
       b ^= b >>> 15;
@@ -908,7 +914,8 @@ export function piiRedaction<T extends QualityDoc>(docs: Candidate<T>[]): StepRe
   const kept = docs.map((c): Candidate<T> => {
     if ('text' in c.doc) {
       const r = redactPii(c.doc.text);
-      const doc: T = { ...c.doc, text: r.text };
+      // Nothing redacted: the document itself.
+      const doc: T = r.text === c.doc.text ? c.doc : { ...c.doc, text: r.text };
       return { doc, text: documentText(doc), redactions: r.counts, ...(c.at === undefined ? {} : { at: c.at }) };
     }
     const prompt = redactPii(c.doc.prompt);
