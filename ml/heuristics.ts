@@ -209,6 +209,20 @@ function classesOfUnits(): Uint16Array {
   return (unitClasses = classes);
 }
 
+/** Scratch arrays hold this many entries at most once the document that needed more is done. */
+const SCRATCH_KEEP = 1 << 20;
+
+/**
+ * The length to give a scratch array of `length` entries that must hold `need`, or −1 to keep it:
+ * twice the need when it is too short, and back to that after a long document, so that one long
+ * document does not leave large arrays behind for the life of the thread.
+ */
+export function scratchLength(length: number, need: number): number {
+  if (need > length) return 2 * need;
+  if (length > SCRATCH_KEEP && need * 4 < length) return Math.max(1024, 2 * need);
+  return -1;
+}
+
 /** One document's words, by offsets into its text (scanWords), and per word: 1 when it has a letter, 2 when all its units are ASCII or Hangul syllables. */
 let wordStarts = new Int32Array(1024);
 let wordEnds = new Int32Array(1024);
@@ -231,15 +245,14 @@ let loweredLengths = new Int32Array(1024);
 function scanWords(text: string): number {
   const classes = classesOfUnits();
   const length = text.length;
-  if (length + 1 > wordStarts.length) {
-    wordStarts = new Int32Array(2 * (length + 1));
-    wordEnds = new Int32Array(2 * (length + 1));
-    wordFlags = new Uint8Array(2 * (length + 1));
-  }
-  if (length + 1 > loweredHashA.length) {
-    loweredHashA = new Int32Array(2 * (length + 1));
-    loweredHashB = new Int32Array(2 * (length + 1));
-    loweredLengths = new Int32Array(2 * (length + 1));
+  const size = scratchLength(wordStarts.length, length + 1);
+  if (size !== -1) {
+    wordStarts = new Int32Array(size);
+    wordEnds = new Int32Array(size);
+    wordFlags = new Uint8Array(size);
+    loweredHashA = new Int32Array(size);
+    loweredHashB = new Int32Array(size);
+    loweredLengths = new Int32Array(size);
   }
   let count = 0;
   let i = 0;
@@ -466,8 +479,8 @@ class NgramPasses {
 
   /** Starts on a document of `words` words, given by `hashA`, `hashB` and `lengths` (scratch, read in place). */
   reset(words: number, hashA: Int32Array, hashB: Int32Array, lengths: Int32Array): void {
-    if (words > this.a.length) {
-      const size = 2 * words;
+    const size = scratchLength(this.a.length, words);
+    if (size !== -1) {
       this.a = new Int32Array(size);
       this.b = new Int32Array(size);
       this.positions = new Int32Array(size);
@@ -657,11 +670,6 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   if (!s.maxTopNgramCharFraction && !s.maxDuplicateNgramCharFraction) return null;
   // The n-gram rules compare lower-cased words, by two hashes of each (equal words always hash
   // equal; two different ones of a document collide with a probability near 2^-64).
-  if (n > loweredHashA.length) {
-    loweredHashA = new Int32Array(2 * n);
-    loweredHashB = new Int32Array(2 * n);
-    loweredLengths = new Int32Array(2 * n);
-  }
   for (let k = 0; k < n; k++) {
     if (list) {
       const lowered = (list[k] as string).toLowerCase();

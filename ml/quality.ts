@@ -1,5 +1,5 @@
 import crypto, { createHash } from 'node:crypto';
-import { heuristicReasons, heuristicVerdict, ngramKeyOf, NgramTable, whiteSpace, type HeuristicSettings } from './heuristics';
+import { heuristicReasons, heuristicVerdict, ngramKeyOf, NgramTable, scratchLength, whiteSpace, type HeuristicSettings } from './heuristics';
 import { defaultMinLanguageScore, inExpectedLanguage } from './language';
 import { minhashWasmBase64 } from './minhashWasm.bytes';
 
@@ -276,11 +276,13 @@ function duplicateNgramShare(text: string, n: number): number {
   // toLowerCase does for it); other text through toLowerCase first.
   const plain = ASCII_AND_HANGUL.test(text);
   const lower = plain ? text : text.toLowerCase();
-  if (lower.length + 1 > wordHashA.length) {
-    const size = 2 * (lower.length + 1);
+  const size = scratchLength(wordHashA.length, lower.length + 1);
+  if (size !== -1) {
     wordHashA = new Int32Array(size);
     wordHashB = new Int32Array(size);
     wordLength = new Int32Array(size);
+    gramSlots = new Int32Array(size);
+    wordCovered = new Uint8Array(size);
   }
   let count = 0;
   let totalChars = 0;
@@ -308,8 +310,6 @@ function duplicateNgramShare(text: string, n: number): number {
   }
   if (count < Math.max(2 * n, repetitionNgramMinWords)) return 0;
   const grams = count - n + 1;
-  if (grams > gramSlots.length) gramSlots = new Int32Array(2 * grams);
-  if (count > wordCovered.length) wordCovered = new Uint8Array(2 * count);
   const table = repetitionTable;
   table.reset(grams);
   for (let i = 0; i < grams; i++) {
@@ -458,6 +458,8 @@ declare const WebAssembly: {
 const KERNEL_B = 1024;
 const KERNEL_OUT = 2048;
 const KERNEL_SHINGLES = 3072;
+/** Shingles the kernel takes at most (its memory then 16 MB). */
+const KERNEL_MAX_SHINGLES = (1 << 22) - KERNEL_SHINGLES;
 let kernel: MinhashKernel | null | undefined;
 /** False makes minhashOfNormalized run its JavaScript loops (for the tests that compare the two). */
 let useMinhashKernel = true;
@@ -492,8 +494,13 @@ function minhashKernel(): MinhashKernel | null {
  * flipping the sign bit), four permutations to a pass over the shingles.
  */
 export function minhashOfNormalized(normalized: string, permutations: number): Uint32Array {
+  if (!Number.isInteger(permutations) || permutations < 1 || permutations > permutationA.length) throw new Error(`a MinHash signature has 1 to ${permutationA.length} permutations, not ${permutations}`);
   const length = normalized.length;
-  if (length + 1 > minhashWords.length) minhashWords = new Int32Array(2 * (length + 1));
+  const size = scratchLength(minhashWords.length, length + 1);
+  if (size !== -1) {
+    minhashWords = new Int32Array(size);
+    minhashShingles = new Int32Array(size);
+  }
   const words = minhashWords;
   let wordCount = 0;
   let h = 0x811c9dc5 | 0;
@@ -509,12 +516,12 @@ export function minhashOfNormalized(normalized: string, permutations: number): U
   const short = wordCount < repetitionNgram;
   const count = short ? 1 : wordCount - repetitionNgram + 1;
   const span = short ? wordCount : repetitionNgram;
-  const kernel = useMinhashKernel ? minhashKernel() : null;
+  // The kernel's memory only grows: a document of more shingles than it takes runs in JavaScript.
+  const kernel = useMinhashKernel && count <= KERNEL_MAX_SHINGLES ? minhashKernel() : null;
   if (kernel && KERNEL_SHINGLES + count > kernel.words.length) {
     kernel.memory.grow(Math.ceil(((KERNEL_SHINGLES + count) * 4 - kernel.memory.buffer.byteLength) / 65536));
     kernel.words = new Int32Array(kernel.memory.buffer);
   }
-  if (!kernel && count > minhashShingles.length) minhashShingles = new Int32Array(2 * count);
   // Into the kernel's memory where it runs, so they are not copied there.
   const shingles = kernel ? kernel.words : minhashShingles;
   const first = kernel ? KERNEL_SHINGLES : 0;
@@ -603,6 +610,8 @@ export class MinhashIndex {
    * signature right after (nothing added in between) uses them instead of hashing and probing again.
    */
   private lastSignature: Uint32Array | null = null;
+  /** A copy of it: `add` uses the slots only for the same hashes (a caller may refill one buffer). */
+  private lastHashes: Uint32Array;
   private lastKeys: Float64Array;
   private lastSlots: Int32Array;
   /** Candidates already compared in this `match`: a document's stamp is the match's number. */
@@ -618,6 +627,7 @@ export class MinhashIndex {
     this.keys = new Float64Array(slots);
     this.heads = new Int32Array(slots).fill(-1);
     this.lastKeys = new Float64Array(shape.bands);
+    this.lastHashes = new Uint32Array(this.permutations);
     this.lastSlots = new Int32Array(shape.bands);
     this.seen = new Uint32Array(capacity);
   }
@@ -676,6 +686,7 @@ export class MinhashIndex {
       this.lastSlots[band] = this.slot(key);
     }
     this.lastSignature = signature;
+    this.lastHashes.set(signature);
     for (let band = 0; band < bands; band++) {
       for (let entry = this.heads[this.lastSlots[band] as number] as number; entry !== -1; entry = this.next[entry] as number) {
         const doc = Math.floor(entry / bands);
@@ -692,6 +703,11 @@ export class MinhashIndex {
     return found;
   }
 
+  private sameAsLast(signature: Uint32Array): boolean {
+    for (let i = 0; i < this.permutations; i++) if (signature[i] !== this.lastHashes[i]) return false;
+    return true;
+  }
+
   add(signature: Uint32Array, earlier = false): void {
     if (signature.length !== this.permutations) {
       throw new Error(`a signature of ${signature.length} hashes does not fit an index of ${this.shape.bands} bands × ${this.shape.rows} rows`);
@@ -703,7 +719,7 @@ export class MinhashIndex {
     this.earlier[doc] = earlier ? 1 : 0;
     // The slot `match` found for a band is still its slot while it is empty or holds its key; an
     // earlier band of this signature may have taken it since, and then it is looked up again.
-    const looked = this.lastSignature === signature;
+    const looked = this.lastSignature === signature && this.sameAsLast(signature);
     this.lastSignature = null;
     for (let band = 0; band < bands; band++) {
       const key = looked ? (this.lastKeys[band] as number) : this.key(signature, band);

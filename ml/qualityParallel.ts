@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { cleanDocumentsPaced, documentText, QualityStream, type Candidate, type CleanResult, type MinhashIndex, type PiiCounts, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
+import { cleanDocumentsPaced, documentText, QualityStream, type Candidate, type CleanResult, type MinhashIndex, type PiiCounts, type PiiKind, type QualityDoc, type QualitySettings, type ShardResult } from './quality';
 
 /** Documents per shard: small enough to keep every thread busy and heartbeats frequent. */
 export const defaultShardDocs = 2_000;
@@ -46,8 +46,8 @@ export interface PackedShard<T extends QualityDoc> extends Omit<ShardResult<T>, 
   at: Int32Array;
   /** Survivors whose text redaction changed: their index in `at`, and the redacted document. */
   changed: [number, T][];
-  /** Survivors with something redacted: their index in `at`, and the counts. */
-  redactions: [number, PiiCounts][];
+  /** Where redaction ran, every survivor's counts (PII_KINDS in order, one survivor after another); else null. */
+  redactions: Int32Array | null;
   /** Hashes per signature (0 where none was computed), and the signatures one after another. */
   permutations: number;
   signatures: Uint32Array;
@@ -55,6 +55,9 @@ export interface PackedShard<T extends QualityDoc> extends Omit<ShardResult<T>, 
   keyBytes: number;
   exactKeys: Uint8Array;
 }
+
+/** The kinds of personal data, in the order a packed shard holds their counts. */
+const PII_KINDS = ['email', 'phone', 'card', 'ip', 'national_id'] as const satisfies readonly PiiKind[];
 
 function sameFields(a: QualityDoc, b: QualityDoc): boolean {
   if ('text' in a) return 'text' in b && a.text === b.text;
@@ -72,7 +75,7 @@ export function packShard<T extends QualityDoc>(docs: T[], result: ShardResult<T
     ...tally,
     at: new Int32Array(count),
     changed: [],
-    redactions: [],
+    redactions: first?.redactions ? new Int32Array(count * PII_KINDS.length) : null,
     permutations,
     signatures: new Uint32Array(count * permutations),
     keyBytes,
@@ -83,7 +86,8 @@ export function packShard<T extends QualityDoc>(docs: T[], result: ShardResult<T
     if ((c.signature?.length ?? 0) !== permutations || (c.exactKey?.length ?? 0) !== keyBytes) throw new Error('the survivors of a shard differ in what was computed for them');
     packed.at[k] = c.at;
     if (!sameFields(c.doc, docs[c.at] as T)) packed.changed.push([k, c.doc]);
-    if (c.redactions && Object.values(c.redactions).some((n) => n > 0)) packed.redactions.push([k, c.redactions]);
+    if ((c.redactions === undefined) !== (packed.redactions === null)) throw new Error('the survivors of a shard differ in whether they were redacted');
+    if (c.redactions && packed.redactions) for (const [j, kind] of PII_KINDS.entries()) packed.redactions[k * PII_KINDS.length + j] = c.redactions[kind];
     if (c.signature) packed.signatures.set(c.signature, k * permutations);
     if (c.exactKey) packed.exactKeys.set(c.exactKey, k * keyBytes);
   }
@@ -105,7 +109,9 @@ export function unpackShard<T extends QualityDoc>(packed: PackedShard<T>, docs: 
     c.doc = doc;
     c.text = documentText(doc);
   }
-  for (const [k, counts] of redactions) (kept[k] as Candidate<T>).redactions = counts;
+  if (redactions) {
+    for (const [k, c] of kept.entries()) c.redactions = Object.fromEntries(PII_KINDS.map((kind, j) => [kind, redactions[k * PII_KINDS.length + j] as number])) as PiiCounts;
+  }
   return { kept, ...tally };
 }
 

@@ -38,9 +38,11 @@ test('a shard\'s result packed for the way back (survivors by place, redacted do
   for (const s of [settings, { ...settings, nearDuplicateThreshold: null }, { ...settings, redactPii: false }]) {
     const pass = shardPass(docs, s);
     const back = unpackShard(structuredClone(packShard(docs, pass)), docs);
+    // Every survivor's counts where redaction ran, zeros too (a quality part stores them).
+    expect(back.kept.every((c) => (c.redactions === undefined) === !s.redactPii)).toBe(true);
     expect(back.kept.length).toBe(pass.kept.length);
     expect(back.kept.length).toBeGreaterThan(100);
-    const plain = (r: typeof pass) => r.kept.map((c) => ({ doc: c.doc, text: c.text, at: c.at, redactions: c.redactions && Object.values(c.redactions).some((n) => n > 0) ? c.redactions : undefined, signature: c.signature ? Array.from(c.signature) : undefined, exactKey: c.exactKey ? Buffer.from(c.exactKey).toString('hex') : undefined }));
+    const plain = (r: typeof pass) => r.kept.map((c) => ({ doc: c.doc, text: c.text, at: c.at, redactions: c.redactions, signature: c.signature ? Array.from(c.signature) : undefined, exactKey: c.exactKey ? Buffer.from(c.exactKey).toString('hex') : undefined }));
     expect(plain(back)).toEqual(plain(pass));
     expect({ ...back, kept: [] }).toEqual({ ...pass, kept: [] });
     // Documents that redaction left alone are the very ones sent; the redacted ones come back.

@@ -15,6 +15,7 @@ import {
   removalReasons,
   repetitionFilter,
   repetitionRatio,
+  MinhashIndex,
   minhashKernelReady,
   setMinhashKernel,
   symbolFilter,
@@ -124,6 +125,17 @@ describe('repetitionRatio and MinHash signatures, computed in typed arrays', () 
         expect([permutations, text.slice(0, 40), minhashSignature(text, permutations).join(',')]).toEqual([permutations, text.slice(0, 40), js]);
       }
     }
+  });
+
+  it('the near-duplicate index files a signature under its own hashes, also when `add` follows `match` of a buffer filled again', () => {
+    const index = new MinhashIndex({ bands: 2, rows: 2 });
+    const buffer = Uint32Array.from([1, 2, 3, 4]);
+    expect(index.match(buffer, 1)).toBeNull();
+    buffer.set([5, 6, 7, 8]);
+    index.add(buffer);
+    expect(index.match(Uint32Array.from([5, 6, 7, 8]), 1)).toBe('own');
+    expect(index.match(Uint32Array.from([1, 2, 3, 4]), 1)).toBeNull();
+    expect(() => minhashSignature('too many', 1025)).toThrow(/1 to 1024 permutations/);
   });
 
   it('the committed WebAssembly is ml/minhash.wat as wabt compiles it (npm run build:wasm)', async () => {
