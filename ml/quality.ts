@@ -592,8 +592,8 @@ export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
  * run's own kept documents.
  */
 export class MinhashIndex {
-  // Everything lives in typed arrays, outside the JavaScript heap, at about 0.9 KB a document
-  // (14 × 8): the signatures, whether each came from an earlier update, and an open-addressing
+  // Everything lives in typed arrays, outside the JavaScript heap, at 1.1 to 1.8 KB a document
+  // (14 × 8; the arrays grow by doubling): the signatures, whether each came from an earlier update, and an open-addressing
   // table from band keys to chains of (document, band) entries.
   private readonly permutations: number;
   private count = 0;
@@ -601,9 +601,12 @@ export class MinhashIndex {
   private earlier: Uint8Array;
   /** Per (document, band) entry: the previous entry under the same key, or −1. */
   private next: Int32Array;
-  private keys: Float64Array;
-  /** Per table slot: the newest entry under its key, or −1 for an empty slot. */
-  private heads: Int32Array;
+  /**
+   * The table, two numbers a slot side by side (one cache line holds four slots, so a probe costs
+   * one memory access): the key, and the newest entry under it, or −1 for an empty slot.
+   */
+  private table: Float64Array;
+  private slots: number;
   private used = 0;
   /**
    * What the last `match` looked up: the signature, and each band's key and slot. `add` of the same
@@ -617,6 +620,8 @@ export class MinhashIndex {
   /** Candidates already compared in this `match`: a document's stamp is the match's number. */
   private seen: Uint32Array;
   private matches = 0;
+  /** Entries from earlier updates. */
+  private earlierCount = 0;
 
   constructor(readonly shape: MinhashShape = defaultMinhash, capacity = 1024) {
     this.permutations = shape.bands * shape.rows;
@@ -624,8 +629,8 @@ export class MinhashIndex {
     this.earlier = new Uint8Array(capacity);
     this.next = new Int32Array(capacity * shape.bands);
     const slots = 1 << Math.ceil(Math.log2(Math.max(16, capacity * shape.bands * 2)));
-    this.keys = new Float64Array(slots);
-    this.heads = new Int32Array(slots).fill(-1);
+    this.slots = slots;
+    this.table = MinhashIndex.emptyTable(slots);
     this.lastKeys = new Float64Array(shape.bands);
     this.lastHashes = new Uint32Array(this.permutations);
     this.lastSlots = new Int32Array(shape.bands);
@@ -634,6 +639,12 @@ export class MinhashIndex {
 
   get size(): number {
     return this.count;
+  }
+
+  private static emptyTable(slots: number): Float64Array {
+    const table = new Float64Array(2 * slots);
+    for (let i = 1; i < table.length; i += 2) table[i] = -1;
+    return table;
   }
 
   /**
@@ -656,17 +667,23 @@ export class MinhashIndex {
 
   /** The table slot holding `key`, or the empty slot where it would go. */
   private slot(key: number): number {
-    const mask = this.heads.length - 1;
+    const mask = this.slots - 1;
+    const table = this.table;
     let i = (key % 0x100000000 ^ Math.floor(key / 0x100000000)) & mask;
-    while (this.heads[i] !== -1 && this.keys[i] !== key) i = (i + 1) & mask;
+    while (table[2 * i + 1] !== -1 && table[2 * i] !== key) i = (i + 1) & mask;
     return i;
   }
 
-  private similarity(signature: Uint32Array, doc: number): number {
-    const base = doc * this.permutations;
+  /** Whether the estimated similarity to `doc` reaches `threshold`; stops once even a match on every hash left could not. */
+  private reaches(signature: Uint32Array, doc: number, threshold: number): boolean {
+    const { permutations, signatures } = this;
+    const base = doc * permutations;
     let same = 0;
-    for (let i = 0; i < this.permutations; i++) if (signature[i] === this.signatures[base + i]) same++;
-    return same / this.permutations;
+    for (let i = 0; i < permutations; i++) {
+      if (signature[i] === signatures[base + i]) same++;
+      else if ((same + permutations - i - 1) / permutations < threshold) return false;
+    }
+    return same / permutations >= threshold;
   }
 
   /** The closest match at or above `threshold`: whether it came from an earlier update, or null. */
@@ -688,15 +705,17 @@ export class MinhashIndex {
     this.lastSignature = signature;
     this.lastHashes.set(signature);
     for (let band = 0; band < bands; band++) {
-      for (let entry = this.heads[this.lastSlots[band] as number] as number; entry !== -1; entry = this.next[entry] as number) {
+      for (let entry = this.table[2 * (this.lastSlots[band] as number) + 1] as number; entry !== -1; entry = this.next[entry] as number) {
         const doc = Math.floor(entry / bands);
         if (this.seen[doc] === stamp) continue;
         this.seen[doc] = stamp;
-        if (this.similarity(signature, doc) < threshold) continue;
+        if (!this.reaches(signature, doc, threshold)) continue;
         if (this.earlier[doc] === 1) {
           this.lastSignature = null;
           return 'earlier';
         }
+        // With no earlier update in the index, nothing could turn this into 'earlier'.
+        if (this.earlierCount === 0) return 'own';
         found = 'own';
       }
     }
@@ -717,6 +736,7 @@ export class MinhashIndex {
     const doc = this.count++;
     this.signatures.set(signature, doc * this.permutations);
     this.earlier[doc] = earlier ? 1 : 0;
+    if (earlier) this.earlierCount++;
     // The slot `match` found for a band is still its slot while it is empty or holds its key; an
     // earlier band of this signature may have taken it since, and then it is looked up again.
     const looked = this.lastSignature === signature && this.sameAsLast(signature);
@@ -724,16 +744,17 @@ export class MinhashIndex {
     for (let band = 0; band < bands; band++) {
       const key = looked ? (this.lastKeys[band] as number) : this.key(signature, band);
       const found = looked ? (this.lastSlots[band] as number) : -1;
-      const i = found !== -1 && (this.heads[found] === -1 || this.keys[found] === key) ? found : this.slot(key);
+      const table = this.table;
+      const i = found !== -1 && (table[2 * found + 1] === -1 || table[2 * found] === key) ? found : this.slot(key);
       const entry = doc * bands + band;
-      if (this.heads[i] === -1) {
-        this.keys[i] = key;
+      if (table[2 * i + 1] === -1) {
+        table[2 * i] = key;
         this.used++;
       }
-      this.next[entry] = this.heads[i] as number;
-      this.heads[i] = entry;
+      this.next[entry] = table[2 * i + 1] as number;
+      table[2 * i + 1] = entry;
     }
-    if (this.used * 2 > this.heads.length) this.rehash();
+    if (this.used * 2 > this.slots) this.rehash();
   }
 
   private grow(): void {
@@ -753,15 +774,15 @@ export class MinhashIndex {
   }
 
   private rehash(): void {
-    const oldKeys = this.keys;
-    const oldHeads = this.heads;
-    this.keys = new Float64Array(oldKeys.length * 2);
-    this.heads = new Int32Array(oldHeads.length * 2).fill(-1);
-    for (let i = 0; i < oldHeads.length; i++) {
-      if (oldHeads[i] === -1) continue;
-      const j = this.slot(oldKeys[i] as number);
-      this.keys[j] = oldKeys[i] as number;
-      this.heads[j] = oldHeads[i] as number;
+    const old = this.table;
+    const oldSlots = this.slots;
+    this.slots = oldSlots * 2;
+    this.table = MinhashIndex.emptyTable(this.slots);
+    for (let i = 0; i < oldSlots; i++) {
+      if (old[2 * i + 1] === -1) continue;
+      const j = this.slot(old[2 * i] as number);
+      this.table[2 * j] = old[2 * i] as number;
+      this.table[2 * j + 1] = old[2 * i + 1] as number;
     }
   }
 }
