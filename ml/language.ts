@@ -51,6 +51,8 @@ interface FrancData {
    * where an expression could match something else (then the expressions themselves count).
    */
   scriptBits: Uint32Array | null;
+  /** From scriptBits, per unit: the one expression matching it, NO_SCRIPT, SEVERAL_SCRIPTS, or A_SURROGATE. */
+  scriptOfUnit: Int8Array | null;
   /**
    * For each UTF-16 unit, 1 where franc's cleaning turns it into a space (ASCII punctuation and
    * digits, U+0021–U+0040, and white space), when lower-casing first is known to change nothing
@@ -129,7 +131,8 @@ function loadFranc(): FrancData {
     tables.set(script, { languages, slotKeys, slotRows, asciiRows, rowStart, postings, distance: new Int32Array(languages.length) });
   }
   const entries = Object.entries(expressions);
-  francData = { expressions: entries, tables, scriptBits: scriptBitsOf(entries), toSpace: toSpaceTable() };
+  const scriptBits = scriptBitsOf(entries);
+  francData = { expressions: entries, tables, scriptBits, scriptOfUnit: scriptBits && scriptOfUnits(scriptBits), toSpace: toSpaceTable() };
   return francData;
 }
 
@@ -181,16 +184,33 @@ function toSpaceTable(): Uint8Array | null {
   return table;
 }
 
-const SURROGATE = /[\uD800-\uDFFF]/;
+const NO_SCRIPT = -1;
+const SEVERAL_SCRIPTS = -2;
+const A_SURROGATE = -3;
+
+function scriptOfUnits(bits: Uint32Array): Int8Array {
+  return Int8Array.from({ length: 65536 }, (_, unit) => {
+    if (unit >= 0xd800 && unit <= 0xdfff) return A_SURROGATE;
+    const b = bits[unit] as number;
+    if (b === 0) return NO_SCRIPT;
+    // One bit set: its number.
+    return (b & (b - 1)) === 0 ? 31 - Math.clz32(b) : SEVERAL_SCRIPTS;
+  });
+}
 
 /** How many of `value`'s characters each script expression matches (franc counts `value.match(expression)`). */
 function scriptCounts(value: string, data: FrancData): number[] {
-  const { expressions, scriptBits } = data;
-  if (!scriptBits || SURROGATE.test(value)) return expressions.map(([, expression]) => value.match(expression)?.length ?? 0);
+  const { expressions, scriptBits, scriptOfUnit } = data;
+  if (!scriptBits || !scriptOfUnit) return expressions.map(([, expression]) => value.match(expression)?.length ?? 0);
   const counts = new Array<number>(expressions.length).fill(0);
   for (let i = 0; i < value.length; i++) {
-    let bits = scriptBits[value.charCodeAt(i)] as number;
-    for (let index = 0; bits !== 0; index++, bits >>>= 1) if (bits & 1) (counts[index] as number)++;
+    const unit = value.charCodeAt(i);
+    const index = scriptOfUnit[unit] as number;
+    if (index >= 0) (counts[index] as number)++;
+    else if (index === SEVERAL_SCRIPTS) {
+      let bits = scriptBits[unit] as number;
+      for (let bit = 0; bits !== 0; bit++, bits >>>= 1) if (bits & 1) (counts[bit] as number)++;
+    } else if (index === A_SURROGATE) return expressions.map(([, expression]) => value.match(expression)?.length ?? 0);
   }
   return counts;
 }
