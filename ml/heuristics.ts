@@ -433,23 +433,6 @@ export class NgramTable {
       i = (i + 1) & this.mask;
     }
   }
-
-  /** Counts `key` (first seen at `at`); returns its count so far. */
-  add(key: number, at: number): number {
-    let i = (key >>> 0) & this.mask;
-    for (;;) {
-      if (this.stamp[i] !== this.generation) {
-        this.stamp[i] = this.generation;
-        this.keys[i] = key;
-        this.counts[i] = 1;
-        this.firsts[i] = at;
-        this.order[this.size++] = i;
-        return 1;
-      }
-      if (this.keys[i] === key) return ++(this.counts[i] as number);
-      i = (i + 1) & this.mask;
-    }
-  }
 }
 const table = new NgramTable();
 

@@ -398,7 +398,6 @@ export function symbolFilter<T extends QualityDoc>(
 
 // ---------------------------------------------------------------- near-duplicates (MinHash + LSH)
 
-
 function fmix32(x: number): number {
   let h = x;
   h ^= h >>> 16;
