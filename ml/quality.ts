@@ -687,6 +687,7 @@ export class MinhashIndex {
 
   /** The closest match at or above `threshold`: whether it came from an earlier update, or null. */
   match(signature: Uint32Array, threshold: number): 'earlier' | 'own' | null {
+    this.fits(signature);
     let found: 'earlier' | 'own' | null = null;
     const { bands } = this.shape;
     this.matches = (this.matches + 1) >>> 0;
@@ -721,15 +722,19 @@ export class MinhashIndex {
     return found;
   }
 
+  private fits(signature: Uint32Array): void {
+    if (signature.length !== this.permutations) {
+      throw new Error(`a signature of ${signature.length} hashes does not fit an index of ${this.shape.bands} bands × ${this.shape.rows} rows`);
+    }
+  }
+
   private sameAsLast(signature: Uint32Array): boolean {
     for (let i = 0; i < this.permutations; i++) if (signature[i] !== this.lastHashes[i]) return false;
     return true;
   }
 
   add(signature: Uint32Array, earlier = false): void {
-    if (signature.length !== this.permutations) {
-      throw new Error(`a signature of ${signature.length} hashes does not fit an index of ${this.shape.bands} bands × ${this.shape.rows} rows`);
-    }
+    this.fits(signature);
     const { bands } = this.shape;
     if (this.count === this.earlier.length) this.grow();
     const doc = this.count++;

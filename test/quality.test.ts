@@ -136,6 +136,7 @@ describe('repetitionRatio and MinHash signatures, computed in typed arrays', () 
     expect(index.match(Uint32Array.from([5, 6, 7, 8]), 1)).toBe('own');
     expect(index.match(Uint32Array.from([1, 2, 3, 4]), 1)).toBeNull();
     expect(() => minhashSignature('too many', 1025)).toThrow(/1 to 1024 permutations/);
+    expect(() => index.match(new Uint32Array(5), 1)).toThrow(/a signature of 5 hashes does not fit an index of 2 bands × 2 rows/);
   });
 
   it('the committed WebAssembly is ml/minhash.wat as wabt compiles it (npm run build:wasm)', async () => {
