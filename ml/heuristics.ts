@@ -573,23 +573,27 @@ export function settingsFor(language: ScriptLanguage, run: HeuristicSettings): H
   return out;
 }
 
-/** The first heuristic a text fails, or null. */
+/** One document's n-grams at a time (heuristicVerdict). */
 const grams = new NgramPasses();
 
-
 /** Hashes `word` (already lower-cased) as the `k`th word. */
-function hashWord(k: number, word: string, from: number, to: number): void {
+function hashWord(k: number, word: string): void {
+  hashWordInto(word, loweredHashA, loweredHashB, k);
+  loweredLengths[k] = word.length;
+}
+
+/** A word's two hashes (as scanWords computes them for plain words) into `hashA[k]` and `hashB[k]`. */
+function hashWordInto(word: string, hashA: Int32Array, hashB: Int32Array, k: number): void {
   let a = 0x811c9dc5;
   let b = 0x9747b28c;
-  for (let i = from; i < to; i++) {
+  for (let i = 0; i < word.length; i++) {
     const unit = word.charCodeAt(i);
     a = Math.imul(a ^ unit, 0x01000193);
     b = Math.imul(b ^ unit, 0x5bd1e995);
     b ^= b >>> 15;
   }
-  loweredHashA[k] = a;
-  loweredHashB[k] = b;
-  loweredLengths[k] = to - from;
+  hashA[k] = a;
+  hashB[k] = b;
 }
 
 /** The first heuristic a text fails, or null. */
@@ -656,10 +660,10 @@ export function heuristicVerdict(text: string, run: HeuristicSettings): Heuristi
   for (let k = 0; k < n; k++) {
     if (list) {
       const lowered = (list[k] as string).toLowerCase();
-      hashWord(k, lowered, 0, lowered.length);
+      hashWord(k, lowered);
     } else if (!((wordFlags[k] as number) & PLAIN)) {
       const lowered = text.slice(wordStarts[k], wordEnds[k]).toLowerCase();
-      hashWord(k, lowered, 0, lowered.length);
+      hashWord(k, lowered);
     }
   }
   grams.reset(n, loweredHashA, loweredHashB, loweredLengths);
@@ -680,16 +684,12 @@ function stopWordKeys(stop: ReadonlySet<string>): { longest: number; keys: Set<n
   let found = stopWordKeyCache.get(stop);
   if (!found) {
     const keys = new Set<number>();
+    // Not into the document's scratch, which holds its words now.
+    const a = new Int32Array(1);
+    const b = new Int32Array(1);
     for (const word of stop) {
-      // hashWord's hashes, without its scratch (which holds the document's words now).
-      let a = 0x811c9dc5;
-      let b = 0x9747b28c;
-      for (let i = 0; i < word.length; i++) {
-        a = Math.imul(a ^ word.charCodeAt(i), 0x01000193);
-        b = Math.imul(b ^ word.charCodeAt(i), 0x5bd1e995);
-        b ^= b >>> 15;
-      }
-      keys.add(ngramKeyOf(a, b));
+      hashWordInto(word, a, b, 0);
+      keys.add(ngramKeyOf(a[0] as number, b[0] as number));
     }
     stopWordKeyCache.set(stop, (found = { longest: Math.max(0, ...[...stop].map((w) => w.length)), keys }));
   }
